@@ -1,0 +1,3 @@
+from imgcrypt.cli.main import run
+
+run()

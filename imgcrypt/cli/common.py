@@ -1,0 +1,124 @@
+"""Pieces every command shares: passphrases, progress, and the LUKS format options."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import os
+import sys
+from collections.abc import Iterator
+
+from imgcrypt.errors import UsageError
+from imgcrypt.luks.options import DEFAULT_ITER_TIME_MS, FormatOptions
+from imgcrypt.luks.stream import Progress
+
+# A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
+MAX_PASSPHRASE_FILE = 8 << 20
+
+
+def read_passphrase_file(path: str) -> bytes:
+    """The file's bytes exactly, as cryptsetup's --key-file and qemu's secret,file= use them."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_PASSPHRASE_FILE + 1)
+    else:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PASSPHRASE_FILE + 1)
+    if len(data) > MAX_PASSPHRASE_FILE:
+        raise UsageError(f"passphrase file {path} is larger than {MAX_PASSPHRASE_FILE} bytes")
+    if not data:
+        raise UsageError(f"passphrase file {path} is empty")
+    return data
+
+
+def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:
+    """Ask on the terminal without echo; twice when creating. Never from argv or environment."""
+    try:
+        tty = open("/dev/tty", "r+")  # noqa: SIM115 - getpass needs the stream open
+    except OSError:
+        raise UsageError(
+            "no passphrase: give --passphrase-file (or --key-id) when not on a terminal"
+        ) from None
+    with tty:
+        first = getpass.getpass(prompt, stream=tty)
+        if confirm and getpass.getpass("Verify passphrase: ", stream=tty) != first:
+            raise UsageError("passphrases do not match")
+    if not first:
+        raise UsageError("empty passphrase")
+    return first.encode("utf-8")
+
+
+def passphrase_from(path: str | None, *, confirm: bool, prompt: str = "Passphrase: ") -> bytes:
+    if path is not None:
+        return read_passphrase_file(path)
+    return prompt_passphrase(prompt, confirm=confirm)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is off anyway when stderr is not a terminal)")
+
+
+@contextlib.contextmanager
+def progress_bar(args: argparse.Namespace, total: int | None, label: str) -> Iterator[Progress | None]:
+    """A byte counter on stderr when it is a terminal; ``None`` otherwise."""
+    if getattr(args, "no_progress", False) or getattr(args, "json", False) \
+            or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+              file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+        yield bar.update
+
+
+def input_size(path: str) -> int | None:
+    if path == "-":
+        return None
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def add_format_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LUKS format")
+    group.add_argument("--format", choices=("luks1", "luks2"), default="luks1",
+                       help="LUKS version (default luks1: what qemu-img and Glance accept)")
+    group.add_argument("--cipher", default="aes-xts-plain64", help="default aes-xts-plain64")
+    group.add_argument("--key-size", type=int, choices=(256, 512), default=512,
+                       help="bits of the whole key as cryptsetup counts them: 512 = AES-256-XTS")
+    group.add_argument("--hash", default="sha256", help="PBKDF2 / AF hash (default sha256)")
+    timing = group.add_mutually_exclusive_group()
+    timing.add_argument("--iter-time", type=int, metavar="MS", default=DEFAULT_ITER_TIME_MS,
+                        help="KDF time budget in milliseconds (default 2000)")
+    timing.add_argument("--iterations", type=int, metavar="N",
+                        help="exact PBKDF2 iterations (or argon2 time cost)")
+    group.add_argument("--sector-size", type=int, choices=(512, 4096), default=512,
+                       help="LUKS2 only: encryption sector size")
+    group.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
+                       help="LUKS2 keyslot KDF (default argon2id; LUKS1 is always pbkdf2)")
+    group.add_argument("--pbkdf-memory", type=int, metavar="KIB", default=1024 * 1024,
+                       help="argon2 memory in KiB (default 1048576)")
+    group.add_argument("--pbkdf-parallel", type=int, metavar="N", default=4,
+                       help="argon2 lanes (default 4)")
+
+
+def format_options(args: argparse.Namespace) -> FormatOptions:
+    options = FormatOptions(
+        version=1 if args.format == "luks1" else 2, cipher=args.cipher, key_size=args.key_size,
+        hash=args.hash, iter_time_ms=args.iter_time, iterations=args.iterations,
+        sector_size=args.sector_size, pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
+        pbkdf_parallel=args.pbkdf_parallel,
+    )
+    options.validate()
+    return options
+
+
+def key_arguments_available() -> bool:
+    try:
+        import imgcrypt.cli.keyopts  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True

@@ -1,0 +1,85 @@
+"""File edges: atomic outputs beside their target, exact reads, and stdin/stdout as ``-``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from imgcrypt.errors import TargetExistsError, UsageError
+
+TEMP_SUFFIX = ".imgcrypt-tmp"
+
+
+def read_full(stream: BinaryIO, size: int) -> bytes:
+    """Read up to ``size`` bytes, looping over short reads (pipes); fewer only at end of file."""
+    parts: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    with open(path, "rb") as f:
+        yield f
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def atomic_output(target: str, *, force: bool = False, source: str | None = None,
+                  mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file object whose contents appear at ``target`` only if the block completes.
+
+    The data goes to a temporary file in the target's directory, is flushed to disk and then
+    renamed over the target; any exception (Ctrl-C included) removes the temporary file and
+    leaves an existing target untouched. ``-`` means standard output.
+    """
+    if target == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    if source is not None and source != "-" and _same_file(source, target):
+        raise UsageError("source and target are the same file")
+    if os.path.lexists(target) and not force:
+        raise TargetExistsError(f"{target} exists (use --force to replace it)")
+    if os.path.isdir(target):
+        raise UsageError(f"{target} is a directory")
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, temp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(target)}.", suffix=TEMP_SUFFIX
+    )
+    try:
+        os.fchmod(fd, mode & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

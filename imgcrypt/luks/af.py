@@ -1,0 +1,61 @@
+"""The LUKS anti-forensic information splitter (LUKS1 spec section 2.4, reused by LUKS2).
+
+A key of ``n`` bytes becomes ``stripes`` blocks of ``n`` bytes; all of them are needed to recover
+it, so destroying any part of a keyslot's material destroys the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from imgcrypt.errors import FormatError, UnsupportedError
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def _diffuse(block: bytes, hash_name: str) -> bytes:
+    digest_size = hashlib.new(hash_name).digest_size
+    out = bytearray()
+    for index, start in enumerate(range(0, len(block), digest_size)):
+        h = hashlib.new(hash_name)
+        h.update(index.to_bytes(4, "big"))
+        h.update(block[start : start + digest_size])
+        out += h.digest()[: min(digest_size, len(block) - start)]
+    return bytes(out)
+
+
+def check_hash(hash_name: str) -> str:
+    """Normalise a LUKS hash spec ("sha256", "SHA-256") and refuse ones hashlib lacks."""
+    name = hash_name.lower().replace("-", "")
+    if name not in {"sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160", "sha3_256",
+                    "sha3_512", "whirlpool"} or name not in hashlib.algorithms_available:
+        raise UnsupportedError(f"unsupported hash {hash_name!r}")
+    return name
+
+
+def split(key: bytes, stripes: int, hash_name: str, *, randbytes: bytes | None = None) -> bytes:
+    """Split ``key`` into ``stripes`` blocks; ``randbytes`` fixes the random part (tests only)."""
+    hash_name = check_hash(hash_name)
+    n = len(key)
+    rand = randbytes if randbytes is not None else os.urandom(n * (stripes - 1))
+    if len(rand) != n * (stripes - 1):
+        raise ValueError("randbytes has the wrong length")
+    d = bytes(n)
+    for i in range(stripes - 1):
+        d = _diffuse(_xor(d, rand[i * n : (i + 1) * n]), hash_name)
+    return rand + _xor(d, key)
+
+
+def merge(material: bytes, key_size: int, stripes: int, hash_name: str) -> bytes:
+    """Recover the key from split ``material`` (at least ``key_size * stripes`` bytes)."""
+    hash_name = check_hash(hash_name)
+    if stripes < 1 or len(material) < key_size * stripes:
+        raise FormatError("keyslot material is shorter than its stripes need")
+    d = bytes(key_size)
+    for i in range(stripes - 1):
+        d = _diffuse(_xor(d, material[i * key_size : (i + 1) * key_size]), hash_name)
+    last = material[(stripes - 1) * key_size : stripes * key_size]
+    return _xor(d, last)

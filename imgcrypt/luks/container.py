@@ -1,0 +1,103 @@
+"""One API over LUKS1 and LUKS2 headers: detect the version, parse, unlock, change keyslots.
+
+Still bytes in, objects and bytes out: the caller reads :func:`bytes_to_parse` bytes from the
+start of an image, calls :func:`parse_header`, then reads ``header.region_size`` bytes to unlock
+or re-key. Keyslot changes return a :class:`RegionUpdate` whose ``steps`` say which byte ranges
+to write, in which order, so that a crash between any two steps leaves an image that opens with
+the old or the new passphrase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from imgcrypt.errors import BadMagicError, TruncatedError, UnsupportedError
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
+from imgcrypt.luks.sectors import CipherSpec
+
+MAGIC_V1 = b"LUKS\xba\xbe"
+MAGIC_V2_SECONDARY = b"SKUL\xba\xbe"
+PROBE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class RegionUpdate:
+    """A rewritten header region and the order in which to put its changed ranges on disk."""
+
+    region: bytes = field(repr=False)
+    steps: tuple[tuple[int, int], ...]
+    slot: int | None = None
+
+
+class LuksHeader(Protocol):
+    """What every parsed header offers, whatever its version."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def cipher(self) -> CipherSpec: ...
+    @property
+    def key_bytes(self) -> int: ...
+    @property
+    def sector_size(self) -> int: ...
+    @property
+    def payload_offset(self) -> int: ...
+    @property
+    def payload_size(self) -> int | None: ...
+    @property
+    def iv_tweak(self) -> int: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def region_size(self) -> int: ...
+
+    def active_keyslots(self) -> tuple[int, ...]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
+               slot: int | None = None) -> tuple[int, bytes]: ...
+
+    def add_keyslot(self, region: bytes, master_key: bytes, passphrase: bytes, kdf: Kdf,
+                    slot: int | None = None) -> RegionUpdate: ...
+
+    def remove_keyslot(self, region: bytes, slot: int) -> RegionUpdate: ...
+
+
+def detect_version(prefix: bytes) -> int:
+    """1 or 2 from the first bytes of an image; BadMagicError if it is not LUKS at all."""
+    if len(prefix) < 8:
+        raise TruncatedError("image is too short to hold a LUKS header")
+    if prefix[:6] != MAGIC_V1:
+        raise BadMagicError("not a LUKS image (bad magic)")
+    version = int.from_bytes(prefix[6:8], "big")
+    if version not in (1, 2):
+        raise UnsupportedError(f"unsupported LUKS version {version}")
+    return version
+
+
+def is_luks(prefix: bytes) -> bool:
+    return len(prefix) >= 6 and prefix[:6] == MAGIC_V1
+
+
+def bytes_to_parse(prefix: bytes) -> int:
+    """How many leading bytes :func:`parse_header` needs, judged from the first 4096."""
+    if detect_version(prefix) == 1:
+        from imgcrypt.luks.luks1 import HEADER_SIZE
+
+        return HEADER_SIZE
+    from imgcrypt.luks.luks2 import bytes_to_parse as luks2_bytes
+
+    return luks2_bytes(prefix)
+
+
+def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> LuksHeader:
+    """Parse and validate the header at the start of ``data`` (LUKS1 or LUKS2)."""
+    if detect_version(data) == 1:
+        from imgcrypt.luks.luks1 import Luks1Header
+
+        return Luks1Header.parse(data)
+    from imgcrypt.luks.luks2 import Luks2Header
+
+    return Luks2Header.parse(data, limits)

@@ -1,0 +1,151 @@
+"""Password-based key derivation for LUKS keyslots and digests, with bounds checked first.
+
+KDF parameters come from image headers, i.e. from whoever made the image. :class:`KdfLimits`
+caps them, and :func:`derive` refuses anything above the caps before doing any work, so a
+hostile header costs microseconds to reject instead of hours or terabytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+from imgcrypt.errors import LimitExceededError, UnsupportedError
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+    "sha3-256": hashes.SHA3_256,
+    "sha3-512": hashes.SHA3_512,
+}
+
+
+def hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    """The `cryptography` hash for a LUKS hash spec; UnsupportedError for anything else."""
+    try:
+        return _HASHES[name.lower()]()
+    except KeyError:
+        raise UnsupportedError(f"unsupported hash {name!r}") from None
+
+
+@dataclass(frozen=True)
+class KdfLimits:
+    """Caps on KDF parameters read from headers. The defaults are cryptsetup's own maxima for
+    argon2 memory and parallelism, and bounds on iterations that no legitimate image exceeds."""
+
+    max_pbkdf2_iterations: int = 100_000_000
+    max_argon2_time: int = 1_000
+    max_argon2_memory_kib: int = 4 * 1024 * 1024
+    max_argon2_parallel: int = 4
+    max_salt_size: int = 4096
+    max_key_size: int = 512
+
+
+DEFAULT_LIMITS = KdfLimits()
+
+
+@dataclass(frozen=True)
+class Pbkdf2:
+    hash: str
+    iterations: int
+    salt: bytes = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return "pbkdf2"
+
+
+@dataclass(frozen=True)
+class Argon2:
+    variant: str  # "argon2i" or "argon2id"
+    time: int
+    memory_kib: int
+    parallel: int
+    salt: bytes = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.variant
+
+
+Kdf = Pbkdf2 | Argon2
+
+
+def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> None:
+    """Refuse parameters above ``limits`` or outside what the algorithm accepts."""
+    if not 1 <= length <= limits.max_key_size:
+        raise LimitExceededError(f"derived key length {length} outside 1..{limits.max_key_size}")
+    if len(kdf.salt) > limits.max_salt_size:
+        raise LimitExceededError(f"KDF salt of {len(kdf.salt)} bytes exceeds the cap")
+    if isinstance(kdf, Pbkdf2):
+        hash_algorithm(kdf.hash)
+        if not 1 <= kdf.iterations <= limits.max_pbkdf2_iterations:
+            raise LimitExceededError(
+                f"pbkdf2 iterations {kdf.iterations} outside 1..{limits.max_pbkdf2_iterations}"
+            )
+        return
+    if kdf.variant not in ("argon2i", "argon2id"):
+        raise UnsupportedError(f"unsupported KDF {kdf.variant!r}")
+    if not 1 <= kdf.time <= limits.max_argon2_time:
+        raise LimitExceededError(f"argon2 time cost {kdf.time} outside 1..{limits.max_argon2_time}")
+    if not 1 <= kdf.parallel <= limits.max_argon2_parallel:
+        raise LimitExceededError(
+            f"argon2 parallelism {kdf.parallel} outside 1..{limits.max_argon2_parallel}"
+        )
+    if not 8 * kdf.parallel <= kdf.memory_kib <= limits.max_argon2_memory_kib:
+        raise LimitExceededError(
+            f"argon2 memory {kdf.memory_kib} KiB outside {8 * kdf.parallel}.."
+            f"{limits.max_argon2_memory_kib} KiB"
+        )
+    if len(kdf.salt) < 8:
+        raise UnsupportedError("argon2 salt shorter than 8 bytes")
+
+
+def derive(kdf: Kdf, secret: bytes, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> bytes:
+    """Derive ``length`` bytes from ``secret``; parameters are checked against ``limits`` first."""
+    check_limits(kdf, length, limits)
+    if isinstance(kdf, Pbkdf2):
+        return PBKDF2HMAC(
+            algorithm=hash_algorithm(kdf.hash), length=length, salt=kdf.salt,
+            iterations=kdf.iterations,
+        ).derive(secret)
+    argon = Argon2id if kdf.variant == "argon2id" else Argon2i
+    return argon(
+        salt=kdf.salt, length=length, iterations=kdf.time, lanes=kdf.parallel,
+        memory_cost=kdf.memory_kib,
+    ).derive(secret)
+
+
+def pbkdf2_iterations_for(hash_name: str, length: int, milliseconds: int) -> int:
+    """Iterations of PBKDF2 that take about ``milliseconds`` here (cryptsetup's --iter-time)."""
+    algorithm = hash_algorithm(hash_name)
+    probe = 1 << 14
+    while True:
+        start = time.perf_counter()
+        PBKDF2HMAC(algorithm=algorithm, length=length, salt=bytes(32), iterations=probe).derive(
+            b"benchmark"
+        )
+        elapsed = time.perf_counter() - start
+        if elapsed >= 0.05 or probe >= 1 << 24:
+            break
+        probe *= 4
+    return max(1000, int(probe * (milliseconds / 1000.0) / max(elapsed, 1e-6)))
+
+
+def argon2_time_for(
+    variant: str, memory_kib: int, parallel: int, milliseconds: int, max_time: int = 1000
+) -> int:
+    """Argon2 time cost that takes about ``milliseconds`` with the given memory and lanes."""
+    probe = Argon2(variant, 1, memory_kib, parallel, bytes(16))
+    start = time.perf_counter()
+    derive(probe, b"benchmark", 32)
+    one = max(time.perf_counter() - start, 1e-6)
+    # cryptsetup's floor for argon2 time cost is 4.
+    return max(4, min(max_time, int((milliseconds / 1000.0) / one)))

@@ -1,0 +1,354 @@
+"""LUKS1: the 592-byte header, its eight keyslots, and keyslot cryptography.
+
+Functions here take and return bytes. ``region`` always means the image's leading bytes that
+hold the header and every keyslot area (:attr:`Luks1Header.region_size` of them); the payload
+starts at :attr:`Luks1Header.payload_offset` and is never touched by keyslot operations.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import uuid as uuidlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from imgcrypt.errors import (
+    BadMagicError,
+    FormatError,
+    LimitExceededError,
+    TruncatedError,
+    UnsupportedError,
+    UsageError,
+    WrongPassphraseError,
+)
+from imgcrypt.luks import af
+from imgcrypt.luks.container import RegionUpdate
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2, check_limits, derive
+from imgcrypt.luks.layout import Kind, Layout, fields
+from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+
+MAGIC = b"LUKS\xba\xbe"
+SECTOR = 512
+NUM_KEYSLOTS = 8
+STRIPES = 4000
+DIGEST_SIZE = 20
+SALT_SIZE = 32
+KEYSLOT_ACTIVE = 0x00AC71F3
+KEYSLOT_INACTIVE = 0x0000DEAD
+# cryptsetup aligns keyslot areas to 4 KiB and, by default, the payload to 1 MiB.
+KEYSLOT_ALIGN = 4096
+PAYLOAD_ALIGN = 1 << 20
+# No legitimate LUKS1 image keeps keyslots beyond a few MiB; a hostile header may claim TiB.
+MAX_REGION = 64 << 20
+
+KEYSLOT_LAYOUT = Layout(
+    "LUKS1 keyslot",
+    48,
+    fields(
+        ("active", 4, Kind.UINT_BE),
+        ("iterations", 4, Kind.UINT_BE),
+        ("salt", SALT_SIZE, Kind.RAW),
+        ("key_material_offset", 4, Kind.UINT_BE),
+        ("stripes", 4, Kind.UINT_BE),
+    ),
+)
+
+HEADER_LAYOUT = Layout(
+    "LUKS1 header",
+    208,
+    fields(
+        ("magic", 6, Kind.RAW),
+        ("version", 2, Kind.UINT_BE),
+        ("cipher_name", 32, Kind.TEXT),
+        ("cipher_mode", 32, Kind.TEXT),
+        ("hash_spec", 32, Kind.TEXT),
+        ("payload_offset", 4, Kind.UINT_BE),
+        ("key_bytes", 4, Kind.UINT_BE),
+        ("mk_digest", DIGEST_SIZE, Kind.RAW),
+        ("mk_digest_salt", SALT_SIZE, Kind.RAW),
+        ("mk_digest_iter", 4, Kind.UINT_BE),
+        ("uuid", 40, Kind.TEXT),
+    ),
+)
+HEADER_SIZE = HEADER_LAYOUT.size + NUM_KEYSLOTS * KEYSLOT_LAYOUT.size  # 592
+
+
+@dataclass(frozen=True)
+class Keyslot:
+    active: bool
+    iterations: int
+    salt: bytes = field(repr=False)
+    key_material_offset: int  # sectors
+    stripes: int
+
+    def material_size(self, key_bytes: int) -> int:
+        """Bytes of AF material, rounded up to whole sectors as it is stored."""
+        return -(-key_bytes * self.stripes // SECTOR) * SECTOR
+
+
+@dataclass(frozen=True)
+class Luks1Header:
+    cipher_name: str
+    cipher_mode: str
+    hash_spec: str
+    payload_offset_sectors: int
+    key_bytes: int
+    mk_digest: bytes = field(repr=False)
+    mk_digest_salt: bytes = field(repr=False)
+    mk_digest_iter: int
+    uuid: str
+    keyslots: tuple[Keyslot, ...]
+
+    version = 1
+    sector_size = SECTOR
+    iv_tweak = 0
+    payload_size: int | None = None  # LUKS1 payloads always run to the end of the image
+
+    # -- bytes <-> object --------------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, data: bytes) -> Luks1Header:
+        """Parse and validate the 592-byte header at the start of ``data``."""
+        if len(data) < 6 or data[:6] != MAGIC:
+            raise BadMagicError("not a LUKS image (bad magic)")
+        if len(data) < HEADER_SIZE:
+            raise TruncatedError(f"LUKS1 header truncated: {len(data)} of {HEADER_SIZE} bytes")
+        values = HEADER_LAYOUT.unpack(data)
+        if values["version"] != 1:
+            raise UnsupportedError(f"LUKS version {values['version']} is not LUKS1")
+        slots = []
+        for i in range(NUM_KEYSLOTS):
+            raw = KEYSLOT_LAYOUT.unpack(data, HEADER_LAYOUT.size + i * KEYSLOT_LAYOUT.size)
+            if raw["active"] not in (KEYSLOT_ACTIVE, KEYSLOT_INACTIVE):
+                raise FormatError(f"keyslot {i} has an invalid state 0x{raw['active']:08x}")
+            slots.append(
+                Keyslot(raw["active"] == KEYSLOT_ACTIVE, raw["iterations"], raw["salt"],
+                        raw["key_material_offset"], raw["stripes"])
+            )
+        del values["magic"], values["version"]
+        header = cls(
+            cipher_name=values.pop("cipher_name"),
+            cipher_mode=values.pop("cipher_mode"),
+            hash_spec=values.pop("hash_spec"),
+            payload_offset_sectors=values.pop("payload_offset"),
+            keyslots=tuple(slots),
+            **values,
+        )
+        header.validate()
+        return header
+
+    def pack(self) -> bytes:
+        out = bytearray(HEADER_LAYOUT.pack({
+            "magic": MAGIC, "version": 1, "cipher_name": self.cipher_name,
+            "cipher_mode": self.cipher_mode, "hash_spec": self.hash_spec,
+            "payload_offset": self.payload_offset_sectors, "key_bytes": self.key_bytes,
+            "mk_digest": self.mk_digest, "mk_digest_salt": self.mk_digest_salt,
+            "mk_digest_iter": self.mk_digest_iter, "uuid": self.uuid,
+        }))
+        for slot in self.keyslots:
+            out += KEYSLOT_LAYOUT.pack({
+                "active": KEYSLOT_ACTIVE if slot.active else KEYSLOT_INACTIVE,
+                "iterations": slot.iterations, "salt": slot.salt,
+                "key_material_offset": slot.key_material_offset, "stripes": slot.stripes,
+            })
+        return bytes(out)
+
+    def validate(self) -> None:
+        """Refuse headers that would make later steps read out of bounds or do unbounded work."""
+        self.cipher.check_key_size(self.key_bytes)
+        af.check_hash(self.hash_spec)
+        if self.payload_offset_sectors * SECTOR < HEADER_SIZE:
+            raise FormatError("payload offset lies inside the LUKS1 header")
+        for i, slot in enumerate(self.keyslots):
+            if not slot.active:
+                continue
+            if not 1 <= slot.stripes <= STRIPES:
+                raise FormatError(f"keyslot {i}: {slot.stripes} stripes (1..{STRIPES} allowed)")
+            start = slot.key_material_offset * SECTOR
+            end = start + slot.material_size(self.key_bytes)
+            if start < HEADER_SIZE:
+                raise FormatError(f"keyslot {i} material overlaps the header")
+            if end > MAX_REGION:
+                raise LimitExceededError(f"keyslot {i} material lies beyond {MAX_REGION} bytes")
+            if end > self.payload_offset:
+                raise FormatError(f"keyslot {i} material overlaps the payload")
+
+    # -- derived facts -----------------------------------------------------------------------
+
+    @property
+    def cipher(self) -> CipherSpec:
+        return CipherSpec.of(self.cipher_name, self.cipher_mode)
+
+    @property
+    def payload_offset(self) -> int:
+        return self.payload_offset_sectors * SECTOR
+
+    @property
+    def region_size(self) -> int:
+        """Bytes from the start of the image that hold the header and all active keyslots."""
+        ends = [HEADER_SIZE] + [
+            s.key_material_offset * SECTOR + s.material_size(self.key_bytes)
+            for s in self.keyslots if s.active
+        ]
+        return max(ends)
+
+    def active_keyslots(self) -> tuple[int, ...]:
+        return tuple(i for i, s in enumerate(self.keyslots) if s.active)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": "luks1",
+            "version": 1,
+            "cipher": str(self.cipher),
+            "key_size": self.key_bytes * 8,
+            "hash": self.hash_spec,
+            "sector_size": SECTOR,
+            "payload_offset": self.payload_offset,
+            "uuid": self.uuid,
+            "mk_digest_iterations": self.mk_digest_iter,
+            "keyslots": [
+                {"slot": i, "kdf": "pbkdf2", "hash": self.hash_spec,
+                 "iterations": s.iterations, "stripes": s.stripes,
+                 "key_material_offset": s.key_material_offset * SECTOR}
+                for i, s in enumerate(self.keyslots) if s.active
+            ],
+        }
+
+    # -- keyslot cryptography ----------------------------------------------------------------
+
+    def _slot_kdf(self, slot: Keyslot) -> Pbkdf2:
+        return Pbkdf2(self.hash_spec, slot.iterations, slot.salt)
+
+    def verify_master_key(self, master_key: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> bool:
+        digest = derive(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
+                        master_key, DIGEST_SIZE, limits)
+        return hmac.compare_digest(digest, self.mk_digest)
+
+    def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
+               slot: int | None = None) -> tuple[int, bytes]:
+        """Try each active keyslot (or only ``slot``); return (slot, master key)."""
+        if len(region) < self.region_size:
+            raise TruncatedError("image ends inside the LUKS1 keyslot area")
+        candidates = self.active_keyslots() if slot is None else (slot,)
+        # Check every candidate's parameters before spending time on any of them.
+        for i in candidates:
+            check_limits(self._slot_kdf(self.keyslots[i]), self.key_bytes, limits)
+        check_limits(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
+                     DIGEST_SIZE, limits)
+        for i in candidates:
+            if not 0 <= i < NUM_KEYSLOTS or not self.keyslots[i].active:
+                raise UsageError(f"keyslot {i} is not active")
+            ks = self.keyslots[i]
+            derived = derive(self._slot_kdf(ks), passphrase, self.key_bytes, limits)
+            start = ks.key_material_offset * SECTOR
+            encrypted = region[start : start + ks.material_size(self.key_bytes)]
+            material = SectorCipher(self.cipher, derived).decrypt(encrypted, 0)
+            candidate = af.merge(material, self.key_bytes, ks.stripes, self.hash_spec)
+            if self.verify_master_key(candidate, limits):
+                return i, candidate
+        raise WrongPassphraseError("no keyslot opens with this passphrase")
+
+    def add_keyslot(self, region: bytes, master_key: bytes, passphrase: bytes, kdf: Kdf,
+                    slot: int | None = None) -> RegionUpdate:
+        """``passphrase`` in a free keyslot (or ``slot``), with the iterations of ``kdf``.
+
+        LUKS1 keyslots are PBKDF2 with the header's hash; the new material is written before
+        the header that points at it.
+        """
+        if not isinstance(kdf, Pbkdf2):
+            raise UsageError("LUKS1 keyslots use pbkdf2")
+        if not self.verify_master_key(master_key):
+            raise WrongPassphraseError("master key does not match this header")
+        if slot is None:
+            free = [i for i, s in enumerate(self.keyslots) if not s.active]
+            if not free:
+                raise UsageError("all 8 LUKS1 keyslots are in use")
+            slot = free[0]
+        if not 0 <= slot < NUM_KEYSLOTS or self.keyslots[slot].active:
+            raise UsageError(f"keyslot {slot} is not free")
+        old = self.keyslots[slot]
+        salt = kdf.salt if len(kdf.salt) == SALT_SIZE else os.urandom(SALT_SIZE)
+        new = Keyslot(True, kdf.iterations, salt, old.key_material_offset, STRIPES)
+        start = new.key_material_offset * SECTOR
+        end = start + new.material_size(self.key_bytes)
+        others = [(s.key_material_offset * SECTOR,
+                   s.key_material_offset * SECTOR + s.material_size(self.key_bytes))
+                  for s in self.keyslots if s.active]
+        if start < HEADER_SIZE or end > self.payload_offset or any(
+            start < b and a < end for a, b in others
+        ):
+            raise FormatError(f"keyslot {slot} has no room of its own in this header")
+        material = encrypt_keyslot(self.cipher, master_key, passphrase, self._slot_kdf(new),
+                                   self.hash_spec, STRIPES)
+        header = replace(self, keyslots=_set(self.keyslots, slot, new))
+        return RegionUpdate(_rewrite(region, header, [(start, material)]),
+                            ((start, start + len(material)), (0, HEADER_SIZE)), slot)
+
+    def remove_keyslot(self, region: bytes, slot: int) -> RegionUpdate:
+        """``slot`` disabled in the header first, then its key material overwritten."""
+        if not 0 <= slot < NUM_KEYSLOTS or not self.keyslots[slot].active:
+            raise UsageError(f"keyslot {slot} is not active")
+        old = self.keyslots[slot]
+        dead = Keyslot(False, 0, bytes(SALT_SIZE), old.key_material_offset, old.stripes)
+        header = replace(self, keyslots=_set(self.keyslots, slot, dead))
+        start = old.key_material_offset * SECTOR
+        wipe = os.urandom(old.material_size(self.key_bytes))
+        return RegionUpdate(_rewrite(region, header, [(start, wipe)]),
+                            ((0, HEADER_SIZE), (start, start + len(wipe))), slot)
+
+
+def _set(slots: tuple[Keyslot, ...], index: int, slot: Keyslot) -> tuple[Keyslot, ...]:
+    return slots[:index] + (slot,) + slots[index + 1 :]
+
+
+def _rewrite(region: bytes, header: Luks1Header, patches: list[tuple[int, bytes]]) -> bytes:
+    out = bytearray(region)
+    for start, data in patches:
+        if len(out) < start + len(data):
+            out.extend(bytes(start + len(data) - len(out)))
+        out[start : start + len(data)] = data
+    out[:HEADER_SIZE] = header.pack()
+    return bytes(out)
+
+
+def encrypt_keyslot(cipher: CipherSpec, master_key: bytes, passphrase: bytes, kdf: Pbkdf2,
+                    hash_spec: str, stripes: int) -> bytes:
+    """AF-split ``master_key`` and encrypt it under a key derived from ``passphrase``."""
+    derived = derive(kdf, passphrase, len(master_key))
+    material = af.split(master_key, stripes, hash_spec)
+    padded = material + bytes(-len(material) % SECTOR)
+    return SectorCipher(cipher, derived).encrypt(padded, 0)
+
+
+def keyslot_area_sectors(key_bytes: int, stripes: int = STRIPES) -> int:
+    size = -(-key_bytes * stripes // KEYSLOT_ALIGN) * KEYSLOT_ALIGN
+    return size // SECTOR
+
+
+def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, hash_spec: str,
+                  iterations: int, digest_iterations: int,
+                  payload_align: int = PAYLOAD_ALIGN, uuid: str | None = None) -> bytes:
+    """A complete new LUKS1 region (header + keyslot areas, zero-padded to the payload)."""
+    cipher.check_key_size(len(master_key))
+    af.check_hash(hash_spec)
+    if payload_align % SECTOR or payload_align <= 0:
+        raise UsageError("payload alignment must be a positive multiple of 512")
+    key_bytes = len(master_key)
+    area = keyslot_area_sectors(key_bytes)
+    first = KEYSLOT_ALIGN // SECTOR
+    slots = tuple(
+        Keyslot(False, 0, bytes(SALT_SIZE), first + i * area, STRIPES) for i in range(NUM_KEYSLOTS)
+    )
+    end = (first + NUM_KEYSLOTS * area) * SECTOR
+    payload_offset = -(-end // payload_align) * payload_align
+    digest_salt = os.urandom(SALT_SIZE)
+    digest = derive(Pbkdf2(hash_spec, digest_iterations, digest_salt), master_key, DIGEST_SIZE)
+    header = Luks1Header(
+        cipher_name=cipher.name, cipher_mode=cipher.mode, hash_spec=hash_spec,
+        payload_offset_sectors=payload_offset // SECTOR, key_bytes=key_bytes,
+        mk_digest=digest, mk_digest_salt=digest_salt, mk_digest_iter=digest_iterations,
+        uuid=uuid or str(uuidlib.uuid4()), keyslots=slots,
+    )
+    kdf = Pbkdf2(hash_spec, iterations, os.urandom(SALT_SIZE))
+    return header.add_keyslot(bytes(payload_offset), master_key, passphrase, kdf, 0).region

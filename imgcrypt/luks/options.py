@@ -1,0 +1,100 @@
+"""Parameters for a new container, and building its header region from them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from imgcrypt.errors import UsageError
+from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2, argon2_time_for, pbkdf2_iterations_for
+from imgcrypt.luks.sectors import CipherSpec
+
+DEFAULT_ITER_TIME_MS = 2000
+DEFAULT_ARGON2_MEMORY_KIB = 1024 * 1024
+DEFAULT_ARGON2_PARALLEL = 4
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """What ``imgcrypt encrypt`` asks for; defaults follow cryptsetup.
+
+    ``key_size`` is in bits and, as in cryptsetup, is the whole key: for XTS, 512 means
+    AES-256-XTS and 256 means AES-128-XTS.
+    """
+
+    version: int = 1
+    cipher: str = "aes-xts-plain64"
+    key_size: int = 512
+    hash: str = "sha256"
+    iter_time_ms: int = DEFAULT_ITER_TIME_MS
+    iterations: int | None = None  # exact PBKDF2 iterations / argon2 time cost; skips the benchmark
+    sector_size: int = 512
+    pbkdf: str | None = None  # LUKS2: argon2id (default), argon2i, pbkdf2. LUKS1: pbkdf2 only.
+    pbkdf_memory_kib: int = DEFAULT_ARGON2_MEMORY_KIB
+    pbkdf_parallel: int = DEFAULT_ARGON2_PARALLEL
+
+    def validate(self) -> CipherSpec:
+        if self.version not in (1, 2):
+            raise UsageError(f"unknown LUKS version {self.version}")
+        if self.key_size % 8:
+            raise UsageError("key size must be a multiple of 8 bits")
+        spec = CipherSpec.parse(self.cipher)
+        spec.check_key_size(self.key_size // 8)
+        if self.version == 1 and self.sector_size != 512:
+            raise UsageError("LUKS1 supports 512-byte sectors only")
+        if self.sector_size not in (512, 1024, 2048, 4096):
+            raise UsageError("sector size must be 512, 1024, 2048 or 4096")
+        if self.version == 1 and self.pbkdf not in (None, "pbkdf2"):
+            raise UsageError("LUKS1 keyslots use pbkdf2")
+        if self.pbkdf not in (None, "pbkdf2", "argon2i", "argon2id"):
+            raise UsageError(f"unknown pbkdf {self.pbkdf!r}")
+        if self.iterations is not None and self.iterations < 1:
+            raise UsageError("iterations must be positive")
+        if self.iter_time_ms < 1:
+            raise UsageError("iter-time must be positive")
+        return spec
+
+    @property
+    def kdf_name(self) -> str:
+        return self.pbkdf or ("pbkdf2" if self.version == 1 else "argon2id")
+
+    def keyslot_kdf(self) -> Kdf:
+        """KDF parameters for a new keyslot, benchmarked here unless given exactly."""
+        salt = os.urandom(32)
+        if self.kdf_name == "pbkdf2":
+            iterations = self.iterations or pbkdf2_iterations_for(
+                self.hash, self.key_size // 8, self.iter_time_ms
+            )
+            return Pbkdf2(self.hash, iterations, salt)
+        time_cost = self.iterations or argon2_time_for(
+            self.kdf_name, self.pbkdf_memory_kib, self.pbkdf_parallel, self.iter_time_ms
+        )
+        return Argon2(self.kdf_name, time_cost, self.pbkdf_memory_kib, self.pbkdf_parallel, salt)
+
+    def digest_iterations(self) -> int:
+        # cryptsetup spends 1/8 of the keyslot budget on the volume-key digest, at least 1000.
+        if self.iterations is not None:
+            return max(1000, self.iterations // 8) if self.kdf_name == "pbkdf2" else 1000
+        return max(1000, pbkdf2_iterations_for(self.hash, 20, max(1, self.iter_time_ms // 8)))
+
+
+def new_region(options: FormatOptions, master_key: bytes, passphrase: bytes) -> bytes:
+    """The header region of a new container holding ``master_key`` behind ``passphrase``."""
+    spec = options.validate()
+    if len(master_key) * 8 != options.key_size:
+        raise UsageError("master key length does not match the key size")
+    kdf = options.keyslot_kdf()
+    if options.version == 1:
+        from imgcrypt.luks import luks1
+
+        assert isinstance(kdf, Pbkdf2)
+        return luks1.format_region(
+            master_key, passphrase, cipher=spec, hash_spec=options.hash,
+            iterations=kdf.iterations, digest_iterations=options.digest_iterations(),
+        )
+    from imgcrypt.luks import luks2
+
+    return luks2.format_region(
+        master_key, passphrase, cipher=spec, kdf=kdf, sector_size=options.sector_size,
+        digest_iterations=options.digest_iterations(),
+    )

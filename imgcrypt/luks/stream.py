@@ -1,0 +1,329 @@
+"""Streaming encryption and decryption, random access to a payload, and header-only re-keying.
+
+This is the I/O edge of the LUKS engine: it reads and writes files and streams, and hands bytes
+to the format modules. Memory stays bounded by the chunk size times the chunks in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import io
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from imgcrypt.errors import FormatError, LimitExceededError, TruncatedError, UsageError
+from imgcrypt.fileio import read_full
+from imgcrypt.luks.container import (
+    PROBE_SIZE,
+    LuksHeader,
+    RegionUpdate,
+    bytes_to_parse,
+    parse_header,
+)
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
+from imgcrypt.luks.options import FormatOptions, new_region
+from imgcrypt.luks.pipeline import ordered_map
+from imgcrypt.luks.sectors import SectorCipher
+
+CHUNK_SIZE = 4 << 20
+# Headers with keyslot areas beyond this are refused before being read into memory.
+MAX_REGION_SIZE = 128 << 20
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """An opened container: its header, the keyslot that opened it and the master key."""
+
+    header: LuksHeader
+    region: bytes = field(repr=False)
+    slot: int
+    master_key: bytes = field(repr=False)
+
+    def cipher(self) -> SectorCipher:
+        return SectorCipher(self.header.cipher, self.master_key, self.header.sector_size)
+
+
+@dataclass(frozen=True)
+class EncryptResult:
+    header: LuksHeader
+    payload_size: int  # bytes of input, before padding to the sector
+    padded_size: int  # bytes of ciphertext written after the header region
+    image_size: int
+
+
+def read_header(source: BinaryIO, limits: KdfLimits = DEFAULT_LIMITS) -> tuple[LuksHeader, bytes]:
+    """Read and parse a header from the current position (0) of ``source``.
+
+    Returns the header and the region read so far (at least ``header.region_size`` bytes). Works
+    on pipes: it never seeks.
+    """
+    data = read_full(source, PROBE_SIZE)
+    needed = bytes_to_parse(data)
+    if needed > MAX_REGION_SIZE:
+        raise LimitExceededError(f"LUKS header claims {needed} bytes of metadata")
+    if needed > len(data):
+        data += read_full(source, needed - len(data))
+    header = parse_header(data, limits)
+    if header.region_size > MAX_REGION_SIZE:
+        raise LimitExceededError(f"LUKS keyslot area of {header.region_size} bytes is too large")
+    if header.region_size > len(data):
+        data += read_full(source, header.region_size - len(data))
+    if len(data) < header.region_size:
+        raise TruncatedError("image ends inside the LUKS header region")
+    return header, data
+
+
+def unlock_stream(source: BinaryIO, passphrase: bytes,
+                  limits: KdfLimits = DEFAULT_LIMITS) -> Unlocked:
+    header, region = read_header(source, limits)
+    slot, master_key = header.unlock(region, passphrase, limits)
+    return Unlocked(header, region, slot, master_key)
+
+
+def _chunks(source: BinaryIO, sector_size: int, limit: int | None,
+            first: bytes = b"") -> Iterator[tuple[int, bytes, int]]:
+    """(offset, sector-padded data, true length) pieces of ``source``."""
+    offset = 0
+    pending = first
+    while limit is None or offset < limit:
+        want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - offset)
+        if len(pending) < want:
+            pending += read_full(source, want - len(pending))
+        data, pending = pending[:want], pending[want:]
+        if not data:
+            return
+        true_length = len(data)
+        if true_length % sector_size:
+            data += bytes(sector_size - true_length % sector_size)
+        yield offset, data, true_length
+        offset += len(data)
+        if true_length < want:
+            return
+
+
+def encrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes,
+                   options: FormatOptions = FormatOptions(), *, master_key: bytes | None = None,
+                   progress: Progress | None = None) -> EncryptResult:
+    """Write a new container to ``target`` holding everything ``source`` yields.
+
+    The input length need not be known in advance nor a multiple of the sector size: the last
+    sector is zero-padded and the true length returned.
+    """
+    options.validate()
+    master_key = master_key or os.urandom(options.key_size // 8)
+    region = new_region(options, master_key, passphrase)
+    header = parse_header(region)
+    target.write(region)
+    written = len(region)
+    if header.payload_offset > written:
+        target.write(bytes(header.payload_offset - written))
+    cipher = SectorCipher(header.cipher, master_key, header.sector_size)
+    iv_base = header.iv_tweak
+    total = 0
+    padded = 0
+
+    def work(piece: tuple[int, bytes, int]) -> tuple[bytes, int]:
+        offset, data, true_length = piece
+        return cipher.encrypt(data, iv_base + offset // 512), true_length
+
+    for encrypted, true_length in ordered_map(work, _chunks(source, header.sector_size, None)):
+        target.write(encrypted)
+        total += true_length
+        padded += len(encrypted)
+        if progress:
+            progress(true_length)
+    return EncryptResult(header, total, padded, header.payload_offset + padded)
+
+
+def decrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes, *,
+                   size: int | None = None, limits: KdfLimits = DEFAULT_LIMITS,
+                   progress: Progress | None = None) -> int:
+    """Write the decrypted payload of the container read from ``source`` to ``target``.
+
+    ``size`` (e.g. ``os_decrypt_size``) trims the output to the true length; otherwise the whole
+    payload is written. Returns the number of bytes written.
+    """
+    opened = unlock_stream(source, passphrase, limits)
+    return decrypt_payload(opened, source, target, size=size, progress=progress)
+
+
+def decrypt_payload(opened: Unlocked, source: BinaryIO, target: BinaryIO, *,
+                    size: int | None = None, progress: Progress | None = None) -> int:
+    header = opened.header
+    already = opened.region[header.payload_offset :]
+    skip = header.payload_offset - len(opened.region)
+    while skip > 0:
+        got = read_full(source, min(skip, CHUNK_SIZE))
+        if not got:
+            raise TruncatedError("image ends before its payload starts")
+        skip -= len(got)
+    limit = header.payload_size
+    if size is not None:
+        if size < 0 or (limit is not None and size > limit):
+            raise FormatError(f"decrypted size {size} does not fit the payload")
+        limit = size if limit is None else min(limit, size)
+    cipher = opened.cipher()
+    iv_base = header.iv_tweak
+    sector = header.sector_size
+
+    def work(piece: tuple[int, bytes, int]) -> tuple[bytes, int]:
+        offset, data, true_length = piece
+        if true_length % sector and (size is None or offset + true_length < size):
+            raise TruncatedError("encrypted payload ends inside a sector")
+        return cipher.decrypt(data, iv_base + offset // 512)[:true_length], true_length
+
+    padded_limit = None if limit is None else -(-limit // sector) * sector
+    written = 0
+    for plain, _ in ordered_map(work, _chunks(source, sector, padded_limit, already)):
+        if limit is not None:
+            plain = plain[: max(0, limit - written)]
+        target.write(plain)
+        written += len(plain)
+        if progress:
+            progress(len(plain))
+    if limit is not None and written < limit:
+        raise TruncatedError(f"image holds {written} payload bytes, {limit} expected")
+    return written
+
+
+class PayloadReader(io.RawIOBase):
+    """Random access to the decrypted payload of a container in a seekable file."""
+
+    def __init__(self, raw: BinaryIO, opened: Unlocked, size: int | None = None) -> None:
+        super().__init__()
+        self._raw = raw
+        self._opened = opened
+        self._cipher = opened.cipher()
+        header = opened.header
+        available = raw.seek(0, io.SEEK_END) - header.payload_offset
+        if header.payload_size is not None:
+            if header.payload_size > available:
+                raise TruncatedError("image is shorter than its payload segment")
+            available = header.payload_size
+        if available < 0:
+            raise TruncatedError("image ends before its payload starts")
+        self._size = available if size is None else min(size, available)
+        self._pos = 0
+
+    def __repr__(self) -> str:
+        return f"PayloadReader(size={self._size})"
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence}")
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), max(0, self._size - self._pos), CHUNK_SIZE)
+        if want <= 0:
+            return 0
+        header = self._opened.header
+        sector = header.sector_size
+        first = self._pos // sector
+        last = -(-(self._pos + want) // sector)
+        self._raw.seek(header.payload_offset + first * sector)
+        data = read_full(self._raw, (last - first) * sector)
+        if len(data) < (last - first) * sector:
+            raise TruncatedError("image ends inside its payload")
+        plain = self._cipher.decrypt(data, header.iv_tweak + first * sector // 512)
+        start = self._pos - first * sector
+        view[:want] = plain[start : start + want]
+        self._pos += want
+        return want
+
+
+def open_payload(raw: BinaryIO, passphrase: bytes, *, size: int | None = None,
+                 limits: KdfLimits = DEFAULT_LIMITS) -> io.BufferedReader:
+    """A buffered, seekable file object over the decrypted payload of ``raw``."""
+    raw.seek(0)
+    opened = unlock_stream(raw, passphrase, limits)
+    return io.BufferedReader(PayloadReader(raw, opened, size), buffer_size=1 << 20)
+
+
+# -- header-only changes -----------------------------------------------------------------------
+
+
+def _apply(fd: int, update: RegionUpdate) -> None:
+    for start, end in update.steps:
+        os.pwrite(fd, update.region[start:end], start)
+        os.fsync(fd)
+
+
+@dataclass(frozen=True)
+class RekeyResult:
+    opened_slot: int
+    added_slot: int | None
+    removed_slot: int | None
+
+
+def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
+               remove_old: bool = False, remove_slot: int | None = None,
+               kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS) -> RekeyResult:
+    """Change which passphrases open the image at ``path`` by rewriting its header only.
+
+    With ``new_passphrase``, a keyslot for it is added (``kdf`` gives its parameters); with
+    ``remove_old`` the keyslot ``passphrase`` opened is then removed, so a crash between the two
+    steps leaves both passphrases valid, never neither. ``remove_slot`` removes that slot.
+    The file is locked for the whole change so two re-keys cannot interleave.
+    """
+    if remove_old and new_passphrase is None:
+        raise UsageError("changing a passphrase needs the new one")
+    with open(path, "r+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        header, region = read_header(f, limits)
+        slot, master_key = header.unlock(region, passphrase, limits)
+        added = removed = None
+        if new_passphrase is not None:
+            if kdf is None:
+                raise UsageError("adding a keyslot needs KDF parameters")
+            update = header.add_keyslot(region, master_key, new_passphrase, kdf)
+            _apply(f.fileno(), update)
+            added = update.slot
+            region = update.region
+            header = parse_header(region, limits)
+        target = slot if remove_old else remove_slot
+        if target is not None:
+            if target == added:
+                raise UsageError("refusing to remove the keyslot just added")
+            if remaining_after(header, target) == 0:
+                raise UsageError("refusing to remove the last keyslot")
+            update = header.remove_keyslot(region, target)
+            _apply(f.fileno(), update)
+            removed = target
+        return RekeyResult(slot, added, removed)
+
+
+def remaining_after(header: LuksHeader, slot: int) -> int:
+    return len([s for s in header.active_keyslots() if s != slot])
+
+
+def kdf_for(header: LuksHeader, options: FormatOptions) -> Kdf:
+    """KDF parameters for a new keyslot in ``header``: its version decides the default KDF."""
+    hash_name = header.describe().get("hash", options.hash) if header.version == 1 else options.hash
+    return dataclasses.replace(
+        options, version=header.version, hash=hash_name, key_size=header.key_bytes * 8,
+        cipher=str(header.cipher),
+    ).keyslot_kdf()

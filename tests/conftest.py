@@ -1,0 +1,41 @@
+"""Shared test fixtures: real external tools, and the CI rule that a missing tool fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; under CI=true a missing tool fails the test instead of skipping."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    if path is None:
+        message = f"{name} is not installed (make test installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qemu_img() -> str:
+    return require_tool("qemu-img")
+
+
+@pytest.fixture(scope="session")
+def cryptsetup() -> str:
+    return require_tool("cryptsetup")
+
+
+@pytest.fixture(scope="session")
+def grub_fstest() -> str:
+    return require_tool("grub-fstest")
+
+
+@pytest.fixture(scope="session")
+def openssl() -> str:
+    return require_tool("openssl")
