@@ -1,0 +1,42 @@
+# imgcrypt — the two commands of the README, and the ones behind them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv tools barbican lint bench fuzz clean
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+test: $(STAMP) tools barbican lint
+	$(BIN)/pytest
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[cloud,devices,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# qemu-img, cryptsetup and grub-fstest from Debian, installed only when missing.
+tools:
+	scripts/install-tools.sh
+
+# A real Barbican from PyPI in its own virtualenv (.venv-barbican), for the key-manager tests.
+barbican:
+	scripts/install-barbican.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check imgcrypt tests scripts
+	$(BIN)/mypy
+
+bench: $(STAMP) tools
+	$(BIN)/python scripts/bench.py
+
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py
+
+clean:
+	rm -rf $(VENV) .venv-barbican demo-out bench-out .pytest_cache .mypy_cache .hypothesis

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the real tools the tests compare against (Debian packages), only when missing.
+set -euo pipefail
+need=()
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+command -v cryptsetup >/dev/null 2>&1 || [ -x /sbin/cryptsetup ] || need+=(cryptsetup-bin)
+command -v grub-fstest >/dev/null 2>&1 || need+=(grub-common)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing ${need[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,75 @@
+"""Helpers for tests that drive real tools and the imgcrypt console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+IMGCRYPT = [sys.executable, "-m", "imgcrypt"]
+
+
+def imgcrypt(*args: str | os.PathLike[str], input: bytes | None = None,
+             check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run([*IMGCRYPT, *map(str, args)], input=input, capture_output=True,
+                          env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"imgcrypt {args} failed ({proc.returncode}): {proc.stderr.decode()}")
+    return proc
+
+
+def secret_file(directory: Path, name: str, data: bytes) -> Path:
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def qemu_secret_args(path: Path, ident: str = "s0") -> list[str]:
+    return ["--object", f"secret,id={ident},file={path}"]
+
+
+def run_qemu_img(args: list[str], *, attempts: int = 5) -> subprocess.CompletedProcess[str]:
+    """qemu-img with a retry of its known spurious 'Unable to get accurate CPU usage' failure."""
+    proc: subprocess.CompletedProcess[str] | None = None
+    for _ in range(attempts):
+        proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or "accurate CPU usage" not in proc.stderr:
+            break
+        time.sleep(0.1)
+    assert proc is not None
+    if proc.returncode != 0:
+        raise AssertionError(f"qemu-img {args} failed: {proc.stderr}")
+    return proc
+
+
+def dump_volume_key(cryptsetup: str, image: Path, keyfile: Path) -> bytes:
+    out = subprocess.run(
+        [cryptsetup, "luksDump", "--dump-volume-key", "--batch-mode", "--key-file", str(keyfile),
+         str(image)], capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    lines = out.splitlines()
+    hexdigits = ""
+    collecting = False
+    for line in lines:
+        if line.startswith(("MK dump:", "Volume key:")) or line.strip().startswith("MK dump"):
+            collecting = True
+            line = line.split(":", 1)[1]
+        elif collecting and not line.startswith(("\t", " ")):
+            break
+        if collecting:
+            hexdigits += "".join(line.split())
+    return bytes.fromhex(hexdigits)
+
+
+def test_passphrase(cryptsetup: str, image: Path, keyfile: Path) -> int:
+    return subprocess.run(
+        [cryptsetup, "open", "--test-passphrase", "--key-file", str(keyfile), str(image)],
+        capture_output=True, timeout=120,
+    ).returncode
+
+
+test_passphrase.__test__ = False  # type: ignore[attr-defined]
