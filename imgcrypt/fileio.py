@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from imgcrypt.errors import TargetExistsError, UsageError
@@ -83,3 +84,27 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+class ChunkReader(io.RawIOBase):
+    """A forward-only binary stream over an iterator of byte chunks (an upload, a download)."""
+
+    def __init__(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        super().__init__()
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        while not self._pending:
+            try:
+                self._pending = memoryview(bytes(next(self._chunks)))
+            except StopIteration:
+                return 0
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n

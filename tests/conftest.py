@@ -39,3 +39,5 @@ def grub_fstest() -> str:
 @pytest.fixture(scope="session")
 def openssl() -> str:
     return require_tool("openssl")
+
+from tests.barbican_server import barbican  # noqa: F401, E402

@@ -154,6 +154,21 @@ def decrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes, *,
 
 def decrypt_payload(opened: Unlocked, source: BinaryIO, target: BinaryIO, *,
                     size: int | None = None, progress: Progress | None = None) -> int:
+    """Write the payload of an unlocked container, read on from ``source``, to ``target``."""
+    written = 0
+    for plain in iter_payload(opened, source, size=size):
+        target.write(plain)
+        written += len(plain)
+        if progress:
+            progress(len(plain))
+    return written
+
+
+def iter_payload(opened: Unlocked, source: BinaryIO, *, size: int | None = None) -> Iterator[bytes]:
+    """Decrypted payload chunks of an unlocked container whose header region was already read.
+
+    ``source`` is positioned just after ``opened.region``; it is read forward only.
+    """
     header = opened.header
     already = opened.region[header.payload_offset :]
     skip = header.payload_offset - len(opened.region)
@@ -171,24 +186,22 @@ def decrypt_payload(opened: Unlocked, source: BinaryIO, target: BinaryIO, *,
     iv_base = header.iv_tweak
     sector = header.sector_size
 
-    def work(piece: tuple[int, bytes, int]) -> tuple[bytes, int]:
+    def work(piece: tuple[int, bytes, int]) -> bytes:
         offset, data, true_length = piece
         if true_length % sector and (size is None or offset + true_length < size):
             raise TruncatedError("encrypted payload ends inside a sector")
-        return cipher.decrypt(data, iv_base + offset // 512)[:true_length], true_length
+        return cipher.decrypt(data, iv_base + offset // 512)[:true_length]
 
     padded_limit = None if limit is None else -(-limit // sector) * sector
-    written = 0
-    for plain, _ in ordered_map(work, _chunks(source, sector, padded_limit, already)):
+    produced = 0
+    for plain in ordered_map(work, _chunks(source, sector, padded_limit, already)):
         if limit is not None:
-            plain = plain[: max(0, limit - written)]
-        target.write(plain)
-        written += len(plain)
-        if progress:
-            progress(len(plain))
-    if limit is not None and written < limit:
-        raise TruncatedError(f"image holds {written} payload bytes, {limit} expected")
-    return written
+            plain = plain[: max(0, limit - produced)]
+        produced += len(plain)
+        if plain:
+            yield plain
+    if limit is not None and produced < limit:
+        raise TruncatedError(f"image holds {produced} payload bytes, {limit} expected")
 
 
 class PayloadReader(io.RawIOBase):

@@ -1,0 +1,192 @@
+"""``imgcrypt keys create|show|list|delete``: manage secrets in any supported key manager."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from pathlib import Path
+from typing import Any
+
+from imgcrypt.cli.keyopts import add_key_manager_arguments, key_manager_from_args
+from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.errors import UsageError
+from imgcrypt.keys.manager import KeyOrder, SecretInfo
+from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, Secret
+
+MAX_PAYLOAD_FILE = 64 * 1024
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "keys",
+        help="create, show, list and delete secrets in a key manager",
+        description="Manage the secrets that open encrypted images, in the local keystore, "
+        "Barbican or any castellan backend.",
+        epilog="example: imgcrypt keys create --key-manager local --name vm1",
+    )
+    add_json_argument(parser)
+    actions = parser.add_subparsers(dest="keys_command", metavar="ACTION")
+    actions.required = True
+
+    create = actions.add_parser(
+        "create",
+        help="create a secret (generated, or read from a file)",
+        description="Create a secret. By default a symmetric AES key of 512 bits for XTS is "
+        "generated; --type passphrase generates a passphrase; --payload-file stores given bytes.",
+        epilog="example: imgcrypt keys create --type passphrase --name laptop-images",
+    )
+    create.add_argument("--type", dest="secret_type", choices=(SYMMETRIC, PASSPHRASE),
+                        default=SYMMETRIC, help="secret type (default: symmetric)")
+    create.add_argument("--algorithm", default="AES", help="key algorithm (default: AES)")
+    create.add_argument("--bit-length", type=int, default=512,
+                        help="key length in bits, the whole XTS key (default: 512)")
+    create.add_argument("--mode", default="XTS", help="cipher mode (default: XTS)")
+    create.add_argument("--name", default=None, help="a name for the secret")
+    create.add_argument("--payload-file", metavar="FILE", default=None,
+                        help="store the bytes of FILE instead of generating a secret")
+    _common(create, _run_create)
+
+    show = actions.add_parser(
+        "show",
+        help="show a secret's metadata (the secret itself only with --reveal)",
+        description="Show a secret's metadata. The key material and the LUKS passphrase are "
+        "printed only when --reveal is given.",
+        epilog="example: imgcrypt keys show 0b6c1c6e-5a3a-4c1e-9d3f-2f5b1a7c9e11",
+    )
+    show.add_argument("key_id", metavar="KEY_ID")
+    show.add_argument("--reveal", action="store_true",
+                      help="also print the payload (base64) and the LUKS passphrase")
+    _common(show, _run_show)
+
+    listing = actions.add_parser(
+        "list", help="list secrets (metadata only)", description="List the secrets you can see.",
+        epilog="example: imgcrypt keys list --key-manager barbican --os-cloud mycloud",
+    )
+    _common(listing, _run_list)
+
+    delete = actions.add_parser(
+        "delete",
+        help="delete a secret (refused while it has consumers unless --force)",
+        description="Delete a secret. The key manager refuses while consumers are registered.",
+        epilog="example: imgcrypt keys delete 0b6c1c6e-5a3a-4c1e-9d3f-2f5b1a7c9e11",
+    )
+    delete.add_argument("key_id", metavar="KEY_ID")
+    delete.add_argument("--force", action="store_true",
+                        help="delete even when consumers are registered")
+    _common(delete, _run_delete)
+
+
+def _common(parser: argparse.ArgumentParser, func: Any) -> None:
+    # ``keys --json list`` and ``keys list --json`` both work: SUPPRESS keeps the action's
+    # own default from overwriting a --json given before it.
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS,
+        help="print one machine-readable JSON object on stdout",
+    )
+    add_key_manager_arguments(parser)
+    parser.set_defaults(func=func)
+
+
+def _describe(info: SecretInfo) -> str:
+    parts = [f"id: {info.secret_id}", f"type: {info.secret_type}"]
+    for label, value in (
+        ("name", info.name),
+        ("algorithm", info.algorithm),
+        ("bit length", info.bit_length),
+        ("mode", info.mode),
+        ("created", info.created),
+    ):
+        if value is not None:
+            parts.append(f"{label}: {value}")
+    return "\n".join(parts)
+
+
+def _read_payload(path: str) -> bytes:
+    file = Path(path)
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(MAX_PAYLOAD_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_PAYLOAD_FILE:
+        raise UsageError(f"{path} is larger than {MAX_PAYLOAD_FILE} bytes: not a secret")
+    if not data:
+        raise UsageError(f"{path} is empty")
+    return data
+
+
+def _run_create(args: argparse.Namespace) -> int:
+    manager = key_manager_from_args(args)
+    if args.payload_file:
+        data = _read_payload(args.payload_file)
+        if args.secret_type == PASSPHRASE:
+            secret = Secret(payload=data, secret_type=PASSPHRASE, name=args.name)
+        else:
+            secret = Secret(payload=data, secret_type=SYMMETRIC, algorithm=args.algorithm,
+                            bit_length=len(data) * 8, mode=args.mode or None, name=args.name)
+        key_id = manager.store(secret)
+    else:
+        order = KeyOrder(
+            secret_type=args.secret_type,
+            algorithm=args.algorithm,
+            bit_length=args.bit_length,
+            mode=(args.mode or None) if args.secret_type == SYMMETRIC else None,
+            name=args.name,
+        )
+        key_id = manager.create_key(order)
+    info = manager.describe(key_id)
+    data_out = {"key_manager": manager.name, "key_id": key_id, "secret": info.as_dict()}
+    emit(args, data_out, f"created {info.secret_type} secret {key_id} in {manager.name}")
+    return 0
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    manager = key_manager_from_args(args)
+    data: dict[str, Any]
+    if not args.reveal:
+        info = manager.describe(args.key_id)
+        data = {"key_manager": manager.name, "secret": info.as_dict()}
+        emit(args, data, _describe(info))
+        return 0
+    secret = manager.get(args.key_id)
+    info = SecretInfo.of(secret)
+    passphrase = passphrase_for(secret)
+    try:
+        passphrase_text: str | None = passphrase.decode("utf-8")
+    except UnicodeDecodeError:
+        passphrase_text = None
+    data = {
+        "key_manager": manager.name,
+        "secret": info.as_dict(),
+        "payload_base64": base64.b64encode(secret.payload_bytes).decode("ascii"),
+        "luks_passphrase": passphrase_text,
+    }
+    human = _describe(info) + "\npayload (base64): " + data["payload_base64"]
+    human += (
+        f"\nLUKS passphrase: {passphrase_text}" if passphrase_text is not None
+        else "\nLUKS passphrase: (not UTF-8 text; see the base64 payload)"
+    )
+    emit(args, data, human)
+    return 0
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    manager = key_manager_from_args(args)
+    infos = manager.list()
+    data = {"key_manager": manager.name, "secrets": [i.as_dict() for i in infos]}
+    lines = [
+        f"{i.secret_id}  {i.secret_type:<10}  {i.algorithm or '-':<6}  "
+        f"{i.bit_length or '-':>5}  {i.mode or '-':<5}  {i.name or ''}".rstrip()
+        for i in infos
+    ]
+    emit(args, data, "\n".join(lines) if lines else "no secrets")
+    return 0
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    manager = key_manager_from_args(args)
+    manager.delete(args.key_id, force=args.force)
+    emit(args, {"key_manager": manager.name, "key_id": args.key_id.lower(), "deleted": True},
+         f"deleted secret {args.key_id} from {manager.name}")
+    return 0

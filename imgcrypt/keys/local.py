@@ -1,0 +1,293 @@
+"""LocalKeyStore: the embedded key manager, a private directory with one JSON file a secret.
+
+For people at a terminal and for demos: no server. The directory is 0700, each secret file
+0600 and written atomically (temporary file, fsync, rename, fsync of the directory), so a
+crash leaves either the old file or the new one. Files that are not ours, corrupted, or
+readable by others are refused with typed errors rather than trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import stat
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from imgcrypt.errors import FormatError, KeyManagerError, SecretNotFoundError, UsageError
+from imgcrypt.keys.manager import (
+    Consumer,
+    KeyOrder,
+    SecretInfo,
+    SecretInUseError,
+    require_uuid,
+)
+from imgcrypt.keys.rules import generate_secret
+from imgcrypt.keys.secret import SECRET_TYPES, Secret
+
+FILE_FORMAT = "imgcrypt-local-secret"
+FILE_VERSION = 1
+MAX_FILE_BYTES = 1 << 20
+_LOCK_NAME = ".lock"
+
+
+class KeyFileError(FormatError):
+    """A keystore file is corrupted, foreign, or not private."""
+
+
+def default_keystore_dir() -> Path:
+    return Path(platformdirs.user_data_dir("imgcrypt")) / "keys"
+
+
+class LocalKeyStore:
+    """The key manager for a directory; ``directory`` defaults to the user's data directory."""
+
+    name = "local"
+    supports_consumers = True
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_keystore_dir()
+
+    def __repr__(self) -> str:
+        return f"LocalKeyStore({str(self.directory)!r})"
+
+    # -- the KeyManager interface -------------------------------------------------------------
+
+    def get(self, key_id: str) -> Secret:
+        secret, _created, _consumers = self._read(require_uuid(key_id))
+        return secret
+
+    def describe(self, key_id: str) -> SecretInfo:
+        secret, created, _consumers = self._read(require_uuid(key_id))
+        return SecretInfo.of(secret, created)
+
+    def store(self, secret: Secret) -> str:
+        key_id = str(uuid.uuid4())
+        created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        with self._locked():
+            self._write(secret.with_id(key_id), created, [])
+        return key_id
+
+    def create_key(self, order: KeyOrder) -> str:
+        return self.store(generate_secret(order))
+
+    def delete(self, key_id: str, *, force: bool = False) -> None:
+        key_id = require_uuid(key_id)
+        with self._locked():
+            _secret, _created, consumers = self._read(key_id)
+            if consumers and not force:
+                raise SecretInUseError(
+                    f"secret {key_id} still has {len(consumers)} consumer(s); not deleted"
+                )
+            os.unlink(self._path(key_id))
+            self._fsync_dir()
+
+    def list(self) -> builtins.list[SecretInfo]:
+        if not self.directory.exists():
+            return []
+        self._check_directory()
+        infos = []
+        for entry in sorted(os.listdir(self.directory)):
+            stem, dot, ext = entry.partition(".")
+            if ext != "json" or not dot:
+                continue  # lock file, temporary files, anything else that is not a secret
+            try:
+                key_id = require_uuid(stem)
+            except UsageError:  # a foreign *.json whose stem is no UUID is simply not ours
+                continue
+            secret, created, _consumers = self._read(key_id)
+            infos.append(SecretInfo.of(secret, created))
+        return infos
+
+    def add_consumer(self, key_id: str, consumer: Consumer) -> None:
+        key_id = require_uuid(key_id)
+        with self._locked():
+            secret, created, consumers = self._read(key_id)
+            if consumer not in consumers:
+                self._write(secret, created, [*consumers, consumer])
+
+    def remove_consumer(self, key_id: str, consumer: Consumer) -> None:
+        key_id = require_uuid(key_id)
+        with self._locked():
+            secret, created, consumers = self._read(key_id)
+            if consumer in consumers:
+                self._write(secret, created, [c for c in consumers if c != consumer])
+
+    def list_consumers(self, key_id: str) -> builtins.list[Consumer]:
+        _secret, _created, consumers = self._read(require_uuid(key_id))
+        return consumers
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _path(self, key_id: str) -> Path:
+        return self.directory / f"{key_id}.json"
+
+    def _ensure_directory(self) -> None:
+        if not self.directory.exists():
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.directory, 0o700)  # mkdir's mode is filtered by the umask
+        self._check_directory()
+
+    def _check_directory(self) -> None:
+        info = os.stat(self.directory, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            raise KeyManagerError(f"keystore {self.directory} is not a directory")
+        if info.st_mode & 0o077:
+            raise KeyManagerError(
+                f"keystore {self.directory} is accessible by other users "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 700 {self.directory}"
+            )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise read-modify-write cycles between processes sharing the keystore."""
+        self._ensure_directory()
+        fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write(
+        self, secret: Secret, created: str | None, consumers: builtins.list[Consumer]
+    ) -> None:
+        assert secret.secret_id is not None
+        document = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "secret_id": secret.secret_id,
+            "name": secret.name,
+            "secret_type": secret.secret_type,
+            "algorithm": secret.algorithm,
+            "bit_length": secret.bit_length,
+            "mode": secret.mode,
+            "created": created,
+            "payload_is_text": isinstance(secret.payload, str),
+            "payload": base64.b64encode(secret.payload_bytes).decode("ascii"),
+            "consumers": [c.as_dict() for c in consumers],
+        }
+        data = json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
+        # mkstemp creates the file 0600 whatever the umask: never a moment readable by others.
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, self._path(secret.secret_id))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        self._fsync_dir()
+
+    def _read(self, key_id: str) -> tuple[Secret, str | None, builtins.list[Consumer]]:
+        path = self._path(key_id)
+        if not self.directory.exists():
+            raise SecretNotFoundError(f"no secret {key_id} in keystore {self.directory}")
+        self._check_directory()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise SecretNotFoundError(f"no secret {key_id} in keystore {self.directory}") from None
+        except OSError as exc:
+            raise KeyFileError(
+                f"{path}: cannot be opened as a secret file ({exc.strerror})"
+            ) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise KeyFileError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb") as handle:
+            if info.st_mode & 0o077:
+                raise KeyFileError(
+                    f"{path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o})"
+                )
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise KeyFileError(f"{path} is larger than {MAX_FILE_BYTES} bytes: not a secret file")
+        return _parse(raw, key_id, path)
+
+
+def _parse(raw: bytes, key_id: str, path: Path) -> tuple[Secret, str | None, list[Consumer]]:
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise KeyFileError(f"{path} is not valid JSON (corrupted?)") from None
+    if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
+        raise KeyFileError(f"{path} is not an imgcrypt keystore file")
+    if document.get("version") != FILE_VERSION:
+        raise KeyFileError(
+            f"{path} has unsupported keystore file version {document.get('version')!r}"
+        )
+    if document.get("secret_id") != key_id:
+        raise KeyFileError(f"{path} holds a different secret id than its name says")
+
+    def text(name: str, required: bool = False) -> str | None:
+        value = document.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise KeyFileError(f"{path}: field {name!r} must be a string")
+        return value
+
+    secret_type = text("secret_type", required=True)
+    if secret_type not in SECRET_TYPES:
+        raise KeyFileError(f"{path}: unknown secret type")
+    bit_length = document.get("bit_length")
+    if bit_length is not None and (
+        isinstance(bit_length, bool) or not isinstance(bit_length, int) or bit_length <= 0
+    ):
+        raise KeyFileError(f"{path}: field 'bit_length' must be a positive integer")
+    encoded = text("payload", required=True)
+    assert encoded is not None
+    try:
+        payload_bytes = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFileError(f"{path}: payload is not base64") from None
+    payload: bytes | str = payload_bytes
+    if document.get("payload_is_text") is True:
+        try:
+            payload = payload_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyFileError(f"{path}: text payload is not UTF-8") from None
+    consumers_raw: Any = document.get("consumers", [])
+    if not isinstance(consumers_raw, list):
+        raise KeyFileError(f"{path}: field 'consumers' must be a list")
+    consumers = []
+    for item in consumers_raw:
+        if not isinstance(item, dict) or set(item) != {"service", "resource_type", "resource_id"}:
+            raise KeyFileError(f"{path}: malformed consumer entry")
+        try:
+            consumers.append(Consumer(**{k: item[k] for k in item}))
+        except UsageError:
+            raise KeyFileError(f"{path}: malformed consumer entry") from None
+    secret = Secret(
+        payload=payload,
+        secret_type=secret_type,
+        algorithm=text("algorithm"),
+        bit_length=bit_length,
+        mode=text("mode"),
+        secret_id=key_id,
+        name=text("name"),
+    )
+    return secret, text("created"), consumers

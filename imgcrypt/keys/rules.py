@@ -1,0 +1,206 @@
+"""The rules around secrets: the LUKS passphrase, the spec check, and the deletion policy.
+
+``passphrase_for`` is the compatibility rule today's clouds follow (Cinder, Nova, Glance):
+a ``passphrase`` secret is used as is, every other secret type as the lowercase hex of its
+bytes. Getting it wrong makes an image unopenable, so there is no guessing by length or
+content.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from imgcrypt.errors import (
+    KeyManagerError,
+    KeyManagerUnavailableError,
+    SecretNotFoundError,
+    UsageError,
+)
+from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
+from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, EncryptionSpec, Secret
+
+DELETION_POLICIES = ("on_image_deletion", "do_not_delete")
+
+
+def passphrase_for(secret: Secret) -> bytes:
+    """The LUKS keyslot passphrase a secret stands for."""
+    if secret.secret_type == PASSPHRASE:
+        return secret.payload_bytes
+    return binascii.hexlify(secret.payload_bytes)
+
+
+class SpecMismatchError(UsageError):
+    """A secret does not fit a volume type's encryption spec; ``mismatches`` lists how."""
+
+    def __init__(self, mismatches: tuple[str, ...]) -> None:
+        self.mismatches = mismatches
+        super().__init__("secret does not fit the encryption spec: " + "; ".join(mismatches))
+
+
+def check_secret(secret: Secret, spec: EncryptionSpec, *, allow_unknown: bool = False) -> None:
+    """Raise :class:`SpecMismatchError` naming each of algorithm, bit length, mode that differs.
+
+    The secret's ``bit_length`` is compared with ``spec.key_size`` exactly as the volume type
+    stores it, because that is the length Cinder orders for a volume's secret; what strength
+    that number gives is ``spec.whole_key_bits`` and depends on ``spec.key_size_meaning``.
+    A ``passphrase`` secret is not a key, so it has no algorithm, length or mode to check.
+    Metadata the key manager did not keep (``None``) counts as a mismatch unless
+    ``allow_unknown`` is set, since castellan-created keys, for one, carry no mode.
+    """
+    if secret.secret_type == PASSPHRASE:
+        return
+    mismatches: list[str] = []
+    if secret.secret_type != SYMMETRIC:
+        mismatches.append(f"secret type is {secret.secret_type}, the spec needs a symmetric key")
+
+    def compare(what: str, have: str | int | None, want: str | int) -> None:
+        if have is None:
+            if not allow_unknown:
+                mismatches.append(f"{what} is not recorded on the secret (spec needs {want})")
+            return
+        same = have.lower() == str(want).lower() if isinstance(have, str) else have == want
+        if not same:
+            mismatches.append(f"{what} is {have}, the spec needs {want}")
+
+    compare("algorithm", secret.algorithm, spec.algorithm)
+    compare("bit length", secret.bit_length, spec.key_size)
+    compare("mode", secret.mode, spec.mode)
+    if mismatches:
+        raise SpecMismatchError(tuple(mismatches))
+
+
+def generate_secret(order: KeyOrder) -> Secret:
+    """Fresh secret material for managers that do not generate keys themselves.
+
+    A generated passphrase is text (URL-safe base64 of ``bit_length`` random bits), so a
+    person can type it and ``passphrase_for`` hands it to LUKS unchanged.
+    """
+    raw = os.urandom(order.bit_length // 8)
+    if order.secret_type == PASSPHRASE:
+        text = base64.urlsafe_b64encode(raw).rstrip(b"=")
+        return Secret(
+            payload=text,
+            secret_type=PASSPHRASE,
+            name=order.name,
+        )
+    if order.mode is not None and order.mode.lower() == "xts":
+        half = len(raw) // 2
+        while raw[:half] == raw[half:]:  # XTS rejects equal halves; astronomically unlikely
+            raw = os.urandom(len(raw))
+    return Secret(
+        payload=raw,
+        secret_type=SYMMETRIC,
+        algorithm=order.algorithm,
+        bit_length=order.bit_length,
+        mode=order.mode,
+        name=order.name,
+    )
+
+
+def parse_deletion_policy(value: str) -> str:
+    policy = value.strip().lower()
+    if policy not in DELETION_POLICIES:
+        raise UsageError(
+            f"deletion policy {value!r} is not one of {', '.join(DELETION_POLICIES)}"
+        )
+    return policy
+
+
+class DeletionOutcome(enum.Enum):
+    DELETED = "deleted"
+    KEPT_BY_POLICY = "kept-by-policy"
+    KEPT_REFERENCED = "kept-referenced"
+    KEPT_CONSUMED = "kept-consumed"
+    REFUSED = "refused"
+    ALREADY_GONE = "already-gone"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class DeletionReport:
+    """What happened to a key when its image was deleted, and why."""
+
+    key_id: str
+    policy: str
+    outcome: DeletionOutcome
+    reason: str
+    consumer_removed: bool = False
+
+    @property
+    def deleted(self) -> bool:
+        return self.outcome is DeletionOutcome.DELETED
+
+    def as_dict(self) -> dict[str, str | bool]:
+        return {
+            "key_id": self.key_id,
+            "policy": self.policy,
+            "outcome": self.outcome.value,
+            "deleted": self.deleted,
+            "reason": self.reason,
+            "consumer_removed": self.consumer_removed,
+        }
+
+
+def apply_deletion_policy(
+    manager: KeyManager,
+    key_id: str,
+    policy: str,
+    *,
+    consumer: Consumer | None = None,
+    other_references: Iterable[str] = (),
+) -> DeletionReport:
+    """Apply an image's key-deletion policy when that image is deleted.
+
+    ``consumer`` is the image's own consumer registration, removed first where the manager
+    supports consumers. ``other_references`` names anything else the caller knows still uses
+    the key (other images, snapshots, volumes): any one of them keeps the key. A key that still
+    has consumers is kept too. When the key manager refuses or cannot be reached, the report
+    says so instead of raising: deleting the image must not fail because its key could not be.
+    """
+    policy = parse_deletion_policy(policy)
+
+    def report(outcome: DeletionOutcome, reason: str, removed: bool = False) -> DeletionReport:
+        return DeletionReport(key_id, policy, outcome, reason, removed)
+
+    removed = False
+    try:
+        if consumer is not None and manager.supports_consumers:
+            try:
+                manager.remove_consumer(key_id, consumer)
+                removed = True
+            except SecretNotFoundError:
+                # Barbican answers 404 both for a missing secret and for a consumer that was
+                # never registered; only the first means the key is gone.
+                manager.describe(key_id)
+        if policy == "do_not_delete":
+            return report(DeletionOutcome.KEPT_BY_POLICY, "policy is do_not_delete", removed)
+        references = sorted({str(ref) for ref in other_references})
+        if references:
+            return report(
+                DeletionOutcome.KEPT_REFERENCED,
+                "still referenced by " + ", ".join(references),
+                removed,
+            )
+        if manager.supports_consumers:
+            remaining = manager.list_consumers(key_id)
+            if remaining:
+                names = ", ".join(
+                    f"{c.service}/{c.resource_type}/{c.resource_id}" for c in remaining
+                )
+                return report(
+                    DeletionOutcome.KEPT_CONSUMED, f"still has consumers: {names}", removed
+                )
+        manager.delete(key_id)
+    except SecretNotFoundError:
+        return report(DeletionOutcome.ALREADY_GONE, "the key manager has no such key", removed)
+    except KeyManagerUnavailableError as exc:
+        return report(DeletionOutcome.UNAVAILABLE, str(exc), removed)
+    except KeyManagerError as exc:
+        return report(DeletionOutcome.REFUSED, str(exc), removed)
+    return report(DeletionOutcome.DELETED, f"policy is {policy} and nothing else uses the key",
+                  removed)

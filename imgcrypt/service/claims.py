@@ -1,0 +1,60 @@
+"""What an image's properties claim about its encryption, parsed once and validated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from imgcrypt.keys.manager import require_uuid
+from imgcrypt.keys.properties import parse_encrypt_format
+from imgcrypt.keys.rules import parse_deletion_policy
+from imgcrypt.service.errors import EncryptionClaimError
+
+KEY_ID_PROPERTIES = ("os_encrypt_key_id", "cinder_encryption_key_id")
+POLICY_PROPERTIES = ("os_encrypt_key_deletion_policy", "cinder_encryption_key_deletion_policy")
+MAX_DECRYPT_SIZE = 1 << 60
+
+
+@dataclass(frozen=True)
+class EncryptionClaim:
+    """``version`` is None when the properties name a key but no format (Cinder's style)."""
+
+    key_id: str
+    version: int | None
+    deletion_policy: str
+    decrypt_size: int | None
+
+
+def claims_encryption(properties: Mapping[str, str]) -> bool:
+    return (
+        any(properties.get(name) for name in (*KEY_ID_PROPERTIES, "os_encrypt_format"))
+        or str(properties.get("disk_format", "")).lower() == "luks"
+    )
+
+
+def encryption_claim(properties: Mapping[str, str]) -> EncryptionClaim | None:
+    """The encryption the properties declare, or None if they declare none."""
+    if not claims_encryption(properties):
+        return None
+    ids = {require_uuid(str(properties[name])) for name in KEY_ID_PROPERTIES
+           if properties.get(name)}
+    if not ids:
+        raise EncryptionClaimError("the image claims encryption but names no key id")
+    if len(ids) > 1:
+        raise EncryptionClaimError("os_encrypt_key_id and cinder_encryption_key_id disagree")
+    version = None
+    if properties.get("os_encrypt_format"):
+        version = parse_encrypt_format(str(properties["os_encrypt_format"]))
+    policies = {parse_deletion_policy(str(properties[name])) for name in POLICY_PROPERTIES
+                if properties.get(name)}
+    if len(policies) > 1:
+        raise EncryptionClaimError("the two key deletion policy properties disagree")
+    size = None
+    raw_size = properties.get("os_decrypt_size")
+    if raw_size not in (None, ""):
+        text = str(raw_size)
+        if not text.isdigit() or len(text) > 19 or int(text) > MAX_DECRYPT_SIZE:
+            raise EncryptionClaimError("os_decrypt_size is not a byte count")
+        size = int(text)
+    return EncryptionClaim(ids.pop(), version, policies.pop() if policies else
+                           "on_image_deletion", size)
