@@ -12,7 +12,7 @@ from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UsageError
 from imgcrypt.keys.manager import KeyOrder, SecretInfo
 from imgcrypt.keys.rules import passphrase_for
-from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, Secret
+from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
 
 MAX_PAYLOAD_FILE = 64 * 1024
 
@@ -36,8 +36,10 @@ def register(sub: Any) -> None:
         "generated; --type passphrase generates a passphrase; --payload-file stores given bytes.",
         epilog="example: imgcrypt keys create --type passphrase --name laptop-images",
     )
-    create.add_argument("--type", dest="secret_type", choices=(SYMMETRIC, PASSPHRASE),
-                        default=SYMMETRIC, help="secret type (default: symmetric)")
+    create.add_argument("--type", dest="secret_type", choices=SECRET_TYPES,
+                        default=SYMMETRIC,
+                        help="secret type (default: symmetric); types other than symmetric and "
+                        "passphrase (certificate, private, public, opaque) need --payload-file")
     create.add_argument("--algorithm", default="AES", help="key algorithm (default: AES)")
     create.add_argument("--bit-length", type=int, default=512,
                         help="key length in bits, the whole XTS key (default: 512)")
@@ -122,11 +124,15 @@ def _run_create(args: argparse.Namespace) -> int:
         data = _read_payload(args.payload_file)
         if args.secret_type == PASSPHRASE:
             secret = Secret(payload=data, secret_type=PASSPHRASE, name=args.name)
+        elif args.secret_type != SYMMETRIC:
+            secret = Secret(payload=data, secret_type=args.secret_type, name=args.name)
         else:
             secret = Secret(payload=data, secret_type=SYMMETRIC, algorithm=args.algorithm,
                             bit_length=len(data) * 8, mode=args.mode or None, name=args.name)
         key_id = manager.store(secret)
     else:
+        if args.secret_type not in (SYMMETRIC, PASSPHRASE):
+            raise UsageError(f"a {args.secret_type} secret cannot be generated: give --payload-file")
         order = KeyOrder(
             secret_type=args.secret_type,
             algorithm=args.algorithm,
