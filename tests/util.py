@@ -11,8 +11,8 @@ from pathlib import Path
 IMGCRYPT = [sys.executable, "-m", "imgcrypt"]
 
 
-def imgcrypt(*args: str | os.PathLike[str], input: bytes | None = None,
-             check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def imgcrypt(*args: str | os.PathLike[str], input: bytes | None = None, check: bool = False,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     proc = subprocess.run([*IMGCRYPT, *map(str, args)], input=input, capture_output=True,
                           env=env, timeout=300)
     if check and proc.returncode != 0:

@@ -34,7 +34,7 @@ def read_passphrase_file(path: str) -> bytes:
 def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:
     """Ask on the terminal without echo; twice when creating. Never from argv or environment."""
     try:
-        tty = open("/dev/tty", "r+")  # noqa: SIM115 - getpass needs the stream open
+        tty = open("/dev/tty", "r+")  # getpass needs the stream open
     except OSError:
         raise UsageError(
             "no passphrase: give --passphrase-file (or --key-id) when not on a terminal"
@@ -60,7 +60,8 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(args: argparse.Namespace, total: int | None, label: str) -> Iterator[Progress | None]:
+def progress_bar(args: argparse.Namespace, total: int | None,
+                 label: str) -> Iterator[Progress | None]:
     """A byte counter on stderr when it is a terminal; ``None`` otherwise."""
     if getattr(args, "no_progress", False) or getattr(args, "json", False) \
             or not sys.stderr.isatty():

@@ -132,7 +132,9 @@ def _run_create(args: argparse.Namespace) -> int:
         key_id = manager.store(secret)
     else:
         if args.secret_type not in (SYMMETRIC, PASSPHRASE):
-            raise UsageError(f"a {args.secret_type} secret cannot be generated: give --payload-file")
+            raise UsageError(
+                f"a {args.secret_type} secret cannot be generated: give --payload-file"
+            )
         order = KeyOrder(
             secret_type=args.secret_type,
             algorithm=args.algorithm,

@@ -15,7 +15,8 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def emit(args: argparse.Namespace, data: Mapping[str, Any], human: str, *, to_stderr: bool = False) -> None:
+def emit(args: argparse.Namespace, data: Mapping[str, Any], human: str, *,
+         to_stderr: bool = False) -> None:
     """Print ``data`` as JSON when ``--json`` was given, else ``human``.
 
     ``to_stderr`` sends the human text to stderr, for commands whose stdout carries image data.

@@ -9,6 +9,7 @@ from typing import Any
 from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UsageError
+from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import kdf_for, read_header, rekey_file
 
 EXAMPLE = """examples:
@@ -59,7 +60,8 @@ def _secret(args: argparse.Namespace, key_id: str | None, path: str | None, *, l
         from imgcrypt.keys.rules import passphrase_for
 
         return passphrase_for(keyopts.key_manager_from_args(args).get(key_id))
-    return common.passphrase_from(path, confirm=confirm, prompt=f"{label.capitalize()} passphrase: ")
+    prompt = f"{label.capitalize()} passphrase: "
+    return common.passphrase_from(path, confirm=confirm, prompt=prompt)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         with open(args.image, "rb") as f:
             header, _ = read_header(f)
         options = dataclasses.replace(
-            common.FormatOptions(), version=header.version, iter_time_ms=args.iter_time,
+            FormatOptions(), version=header.version, iter_time_ms=args.iter_time,
             iterations=args.iterations, pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
             pbkdf_parallel=args.pbkdf_parallel,
         )

@@ -299,7 +299,7 @@ class Luks1Header:
 
 
 def _set(slots: tuple[Keyslot, ...], index: int, slot: Keyslot) -> tuple[Keyslot, ...]:
-    return slots[:index] + (slot,) + slots[index + 1 :]
+    return (*slots[:index], slot, *slots[index + 1 :])
 
 
 def _rewrite(region: bytes, header: Luks1Header, patches: list[tuple[int, bytes]]) -> bytes:

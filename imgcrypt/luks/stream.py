@@ -33,6 +33,7 @@ CHUNK_SIZE = 4 << 20
 MAX_REGION_SIZE = 128 << 20
 
 Progress = Callable[[int], None]
+DEFAULT_OPTIONS = FormatOptions()
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _chunks(source: BinaryIO, sector_size: int, limit: int | None,
 
 
 def encrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes,
-                   options: FormatOptions = FormatOptions(), *, master_key: bytes | None = None,
+                   options: FormatOptions = DEFAULT_OPTIONS, *, master_key: bytes | None = None,
                    progress: Progress | None = None) -> EncryptResult:
     """Write a new container to ``target`` holding everything ``source`` yields.
 

@@ -171,8 +171,8 @@ def create_volume_from_image(
                 options = FormatOptions(cipher=spec.cipher, key_size=spec.whole_key_bits,
                                         iterations=kdf.iterations if isinstance(kdf, Pbkdf2)
                                         else None)
-                result = encrypt_stream(ChunkReader(stream), out, passphrase_for(volume_secret),
-                                        options)
+                source = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
+                result = encrypt_stream(source, out, passphrase_for(volume_secret), options)
                 written = result.image_size
             else:
                 mode = "copy"

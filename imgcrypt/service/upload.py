@@ -16,7 +16,13 @@ from cryptography import x509
 
 from imgcrypt.errors import FormatError, ImgcryptError
 from imgcrypt.keys.manager import Consumer, KeyManager
-from imgcrypt.luks.container import PROBE_SIZE, bytes_to_parse, detect_version, is_luks, parse_header
+from imgcrypt.luks.container import (
+    PROBE_SIZE,
+    bytes_to_parse,
+    detect_version,
+    is_luks,
+    parse_header,
+)
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
 from imgcrypt.service.errors import (
     EncryptionClaimError,
@@ -31,7 +37,7 @@ from imgcrypt.signing import (
     check_certificate,
     schemes_present,
 )
-from imgcrypt.signing.certs import CertificatePolicy, Clock, utc_now
+from imgcrypt.signing.certs import CertificatePolicy, CheckedCertificate, Clock, utc_now
 
 # A LUKS2 header with the largest metadata cryptsetup allows is 2 x 4 MiB.
 MAX_HEADER_CAPTURE = 8 << 20
@@ -100,7 +106,7 @@ class UploadInspector:
         elif self._policy.require_signature:
             raise SignatureRequiredError("this deployment requires signed images")
 
-    def _certificate(self, clock: Clock) -> object:
+    def _certificate(self, clock: Clock) -> CheckedCertificate:
         cert_id = certificate_uuid(self._properties)
         if cert_id is None or self._manager is None:
             raise SignatureRequiredError("the signature names no certificate in the key manager")
