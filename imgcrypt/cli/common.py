@@ -69,8 +69,14 @@ def progress_bar(args: argparse.Namespace, total: int | None,
         return
     from tqdm import tqdm
 
+    try:
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        columns, lines = 0, 0
+    # A terminal that reports no width (a fresh pty) still gets a bar of a usual size.
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+              file=sys.stderr, leave=False, ncols=columns or 80, nrows=lines or 24,
+              mininterval=0.2) as bar:
         yield bar.update
 
 

@@ -82,7 +82,15 @@ def is_luks(prefix: bytes) -> bool:
 
 
 def bytes_to_parse(prefix: bytes) -> int:
-    """How many leading bytes :func:`parse_header` needs, judged from the first 4096."""
+    """How many leading bytes :func:`parse_header` needs, judged from the first 4096.
+
+    Without the primary magic the image may still be LUKS2 with a destroyed primary header, so
+    enough is asked for to find the secondary copy at any offset LUKS2 allows.
+    """
+    if len(prefix) >= 6 and prefix[:6] != MAGIC_V1:
+        from imgcrypt.luks.luks2_binary import MAX_HDR_SIZE
+
+        return 2 * MAX_HDR_SIZE
     if detect_version(prefix) == 1:
         from imgcrypt.luks.luks1 import HEADER_SIZE
 
@@ -92,12 +100,23 @@ def bytes_to_parse(prefix: bytes) -> int:
     return luks2_bytes(prefix)
 
 
+def _secondary_luks2(data: bytes) -> bool:
+    from imgcrypt.luks.luks2_binary import HDR_SIZES, MAGIC_SECONDARY
+
+    return any(data[offset : offset + 6] == MAGIC_SECONDARY for offset in HDR_SIZES)
+
+
 def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> LuksHeader:
-    """Parse and validate the header at the start of ``data`` (LUKS1 or LUKS2)."""
+    """Parse and validate the header at the start of ``data`` (LUKS1 or LUKS2).
+
+    A LUKS2 image whose primary header lost its magic opens from the secondary copy.
+    """
+    from imgcrypt.luks.luks2 import Luks2Header
+
+    if len(data) >= 6 and data[:6] != MAGIC_V1 and _secondary_luks2(data):
+        return Luks2Header.parse(data, limits)
     if detect_version(data) == 1:
         from imgcrypt.luks.luks1 import Luks1Header
 
         return Luks1Header.parse(data)
-    from imgcrypt.luks.luks2 import Luks2Header
-
     return Luks2Header.parse(data, limits)

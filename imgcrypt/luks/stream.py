@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from imgcrypt.errors import FormatError, LimitExceededError, TruncatedError, UsageError
+from imgcrypt.errors import (
+    FormatError,
+    LimitExceededError,
+    TruncatedError,
+    UnsupportedError,
+    UsageError,
+)
 from imgcrypt.fileio import read_full
 from imgcrypt.luks.container import (
     PROBE_SIZE,
@@ -29,8 +35,9 @@ from imgcrypt.luks.pipeline import ordered_map
 from imgcrypt.luks.sectors import SectorCipher
 
 CHUNK_SIZE = 4 << 20
-# Headers with keyslot areas beyond this are refused before being read into memory.
-MAX_REGION_SIZE = 128 << 20
+# Headers with keyslot areas beyond this are refused before being read into memory: the
+# largest LUKS2 layout cryptsetup allows, two 4 MiB metadata copies and 128 MiB of keyslots.
+MAX_REGION_SIZE = (2 * 4 << 20) + (128 << 20)
 
 Progress = Callable[[int], None]
 DEFAULT_OPTIONS = FormatOptions()
@@ -46,6 +53,14 @@ class Unlocked:
     master_key: bytes = field(repr=False)
 
     def cipher(self) -> SectorCipher:
+        """The payload cipher; refused for an image in the middle of a LUKS2 re-encryption,
+        whose data is under two keys at once."""
+        requirements = self.header.describe().get("requirements") or []
+        if requirements:
+            raise UnsupportedError(
+                "the image has mandatory LUKS2 requirements imgcrypt does not implement: "
+                + ", ".join(map(str, requirements))
+            )
         return SectorCipher(self.header.cipher, self.master_key, self.header.sector_size)
 
 

@@ -1,0 +1,286 @@
+"""``imgcrypt sign``: sign an image and print (or write) the properties to attach to it."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.errors import TargetExistsError, UsageError
+from imgcrypt.signing import glance, imgcrypt_mode, storage
+from imgcrypt.signing.algorithms import (
+    GLANCE_HASHES,
+    IMGCRYPT_ALGORITHMS,
+    IMGCRYPT_HASHES,
+    PrivateKey,
+    public_key_of,
+)
+from imgcrypt.signing.certs import (
+    certificates_from_key_manager,
+    load_certificate_file,
+)
+from imgcrypt.signing.keyfile import PassphraseRequiredError, load_private_key
+from imgcrypt.signing.propfile import dump_properties
+from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
+
+MAX_PASSPHRASE_BYTES = 4096
+
+
+def add_key_manager_options(parser: argparse.ArgumentParser) -> None:
+    """The key manager's options, when the keys module that defines them is installed."""
+    try:
+        from imgcrypt.cli import keyopts
+    except ImportError:
+        return
+    keyopts.add_key_manager_arguments(parser)
+
+
+def key_manager(args: argparse.Namespace) -> Any:
+    try:
+        from imgcrypt.cli import keyopts
+    except ImportError:
+        raise UsageError("no key manager support is installed; use --cert FILE") from None
+    return keyopts.key_manager_from_args(args)
+
+
+def normalize_hash(name: str, mode: str) -> str:
+    """Accept ``SHA-256``, ``sha256`` or ``sha-256`` for either mode's vocabulary."""
+    flat = name.strip().lower().replace("_", "-")
+    if flat.startswith("sha-"):
+        flat = "sha" + flat[4:]
+    if mode == "glance":
+        for glance_name in GLANCE_HASHES:
+            if glance_name.lower().replace("-", "") == flat:
+                return glance_name
+        raise UsageError(f"Glance mode hashes are {', '.join(GLANCE_HASHES)}, not {name!r}")
+    if flat in IMGCRYPT_HASHES:
+        return flat
+    raise UsageError(f"imgcrypt mode hashes are {', '.join(IMGCRYPT_HASHES)}, not {name!r}")
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--property wants NAME=VALUE, not {item!r}")
+        if name in result:
+            raise UsageError(f"--property {name} given twice")
+        result[name] = value
+    return result
+
+
+def read_passphrase_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_PASSPHRASE_BYTES + 1)
+    if len(data) > MAX_PASSPHRASE_BYTES:
+        raise UsageError("the passphrase file is too large")
+    # Files written with echo or an editor end in one newline that is not part of the passphrase.
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def load_signing_key(args: argparse.Namespace) -> PrivateKey:
+    with open(args.key, "rb") as handle:
+        data = handle.read()
+    passphrase = (
+        read_passphrase_file(args.key_passphrase_file) if args.key_passphrase_file else None
+    )
+    try:
+        return load_private_key(data, passphrase)
+    except PassphraseRequiredError:
+        return load_private_key(data, _prompt(f"passphrase for {args.key}: "))
+
+
+def _prompt(prompt: str) -> bytes:
+    """Ask on the controlling terminal (stdin may be the image); refuse when there is none."""
+    try:
+        tty = open("/dev/tty", "r+")
+    except OSError:
+        raise PassphraseRequiredError(
+            "the private key is encrypted; give --key-passphrase-file"
+        ) from None
+    with tty:
+        return getpass.getpass(prompt, stream=tty).encode("utf-8")
+
+
+def write_atomically(target: str, data: bytes, *, force: bool) -> None:
+    """Write beside ``target`` and rename into place; refuse to replace unless ``force``."""
+    path = Path(target)
+    if path.exists() and not force:
+        raise TargetExistsError(f"{target} exists; use --force to replace it")
+    handle = tempfile.NamedTemporaryFile(
+        dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)
+        if path.exists() and not force:
+            raise TargetExistsError(f"{target} exists; use --force to replace it")
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def feed_image(consumer: Consumer[Any], image: str) -> Any:
+    if image == "-":
+        stdin = sys.stdin.buffer
+        while chunk := stdin.read(CHUNK_SIZE):
+            consumer.update(chunk)
+        return consumer.finalize()
+    return feed_file(consumer, image)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "sign",
+        help="sign an image and print the properties to attach",
+        description=(
+            "Sign IMAGE and print the image properties that carry the signature, as one flat "
+            "JSON object of strings. --mode glance (default) writes the img_signature* "
+            "properties that Glance, Nova and Cinder verify with cursive (RSA-PSS, ECDSA "
+            "P-384/P-521; img_signature is written whole, 344+ characters for RSA). --mode "
+            "imgcrypt signs a manifest of the image digest, its size and the security-relevant "
+            "properties given with --property, with Ed25519, ECDSA, RSA-PSS or ML-DSA, and "
+            "keeps every value within --max-value-length."
+        ),
+        epilog=(
+            "example: imgcrypt sign disk.raw --key signer.pem --cert signer.crt --cert-uuid "
+            "$CERT_ID --properties-out props.json"
+        ),
+    )
+    parser.add_argument("image", metavar="IMAGE", help="image file, or - for stdin")
+    parser.add_argument("--key", required=True, metavar="KEY", help="private key (PEM or DER)")
+    parser.add_argument(
+        "--key-passphrase-file",
+        metavar="FILE",
+        help="file holding the key's passphrase (prompted for when the key is encrypted and "
+        "this is absent)",
+    )
+    certs = parser.add_mutually_exclusive_group()
+    certs.add_argument("--cert", metavar="CERT", help="certificate of the key, to check they match")
+    certs.add_argument(
+        "--cert-id", metavar="ID", help="key-manager id of the certificate (also names it)"
+    )
+    parser.add_argument(
+        "--cert-uuid", metavar="UUID", help="key-manager id of the certificate given with --cert"
+    )
+    parser.add_argument("--mode", choices=("glance", "imgcrypt"), default="glance")
+    parser.add_argument(
+        "--algorithm",
+        choices=IMGCRYPT_ALGORITHMS,
+        help="imgcrypt mode: refuse to sign unless the key is of this algorithm",
+    )
+    parser.add_argument(
+        "--hash",
+        metavar="HASH",
+        help="Glance: SHA-224/256/384/512 (default SHA-256); imgcrypt: sha256/384/512, "
+        "sha3-256/384/512 (default sha256)",
+    )
+    parser.add_argument(
+        "--max-value-length",
+        type=int,
+        metavar="N",
+        help=f"longest property value to write (default {storage.DEFAULT_MAX_LENGTH}; "
+        "imgcrypt mode splits longer values, Glance mode refuses when given and exceeded)",
+    )
+    parser.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="imgcrypt mode: an image property to bind into the signature (repeatable)",
+    )
+    parser.add_argument("--properties-out", metavar="FILE", help="write the properties here")
+    parser.add_argument("--force", action="store_true", help="replace --properties-out")
+    add_key_manager_options(parser)
+    add_json_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def _certificate_uuid(args: argparse.Namespace) -> str | None:
+    if args.cert_id and args.cert_uuid and args.cert_id != args.cert_uuid:
+        raise UsageError("--cert-uuid differs from --cert-id")
+    return args.cert_id or args.cert_uuid or None
+
+
+def _check_certificate_matches(args: argparse.Namespace, private_key: PrivateKey) -> None:
+    if args.cert:
+        certificates = load_certificate_file(args.cert)
+    elif args.cert_id:
+        certificates = certificates_from_key_manager(key_manager(args), args.cert_id)
+    else:
+        return
+    if certificates[0].public_key() != public_key_of(private_key):
+        raise UsageError("the private key does not belong to the certificate")
+
+
+def build_signer(args: argparse.Namespace, private_key: PrivateKey) -> Consumer[dict[str, str]]:
+    uuid = _certificate_uuid(args)
+    bound = parse_assignments(args.property)
+    if args.mode == "glance":
+        if bound:
+            raise UsageError("Glance mode signs the image bytes only; use --mode imgcrypt to bind")
+        if args.algorithm:
+            raise UsageError("--algorithm is for imgcrypt mode; Glance mode follows the key")
+        if uuid is None:
+            raise UsageError("Glance mode needs --cert-uuid or --cert-id")
+        return glance.GlanceSigner(
+            private_key,
+            certificate_uuid=uuid,
+            hash_method=normalize_hash(args.hash or glance.DEFAULT_HASH, "glance"),
+        )
+    return imgcrypt_mode.ImgcryptSigner(
+        private_key,
+        hash_name=normalize_hash(args.hash or imgcrypt_mode.DEFAULT_HASH, "imgcrypt"),
+        properties=bound,
+        certificate_uuid=uuid,
+        max_value_length=args.max_value_length or storage.DEFAULT_MAX_LENGTH,
+        algorithm=args.algorithm,
+    )
+
+
+def _check_limit(args: argparse.Namespace, properties: Mapping[str, str]) -> None:
+    if args.max_value_length is None:
+        return
+    for name, value in properties.items():
+        if len(value) > args.max_value_length:
+            raise UsageError(
+                f"{name} is {len(value)} characters, over --max-value-length "
+                f"{args.max_value_length}; cursive needs it whole, so use --mode imgcrypt or "
+                "an ECDSA key"
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_value_length is not None:
+        storage.check_max_length(args.max_value_length)
+    if args.properties_out and Path(args.properties_out).exists() and not args.force:
+        raise TargetExistsError(f"{args.properties_out} exists; use --force to replace it")
+    private_key = load_signing_key(args)
+    _check_certificate_matches(args, private_key)
+    signer = build_signer(args, private_key)
+    properties: dict[str, str] = feed_image(signer, args.image)
+    _check_limit(args, properties)
+    document = dump_properties(properties)
+    if args.properties_out:
+        write_atomically(args.properties_out, document, force=args.force)
+        emit(
+            args,
+            {"properties_out": args.properties_out, "properties": properties},
+            f"wrote {len(properties)} properties to {args.properties_out}",
+        )
+    else:
+        emit(args, properties, document.decode("utf-8"))
+    return 0

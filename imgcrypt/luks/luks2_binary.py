@@ -1,0 +1,216 @@
+"""LUKS2 binary headers: the 4096-byte block before each JSON area, its checksum, both copies.
+
+A LUKS2 image starts with two metadata copies, primary at 0 and secondary at ``hdr_size``.
+Each copy is a binary header followed by a JSON area; together they are ``hdr_size`` bytes, and
+the checksum is a hash of those bytes with the checksum field zeroed. This module turns bytes
+into :class:`MetadataCopy` objects and back; it knows nothing about what the JSON says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+from imgcrypt.errors import (
+    BadMagicError,
+    ChecksumError,
+    FormatError,
+    TruncatedError,
+    UnsupportedError,
+)
+from imgcrypt.luks.layout import Kind, Layout, fields
+
+MAGIC_PRIMARY = b"LUKS\xba\xbe"
+MAGIC_SECONDARY = b"SKUL\xba\xbe"
+BINARY_SIZE = 4096
+# Every metadata size cryptsetup accepts; the secondary copy sits at one of these offsets.
+HDR_SIZES = tuple(16384 << i for i in range(9))  # 16 KiB .. 4 MiB
+MAX_HDR_SIZE = HDR_SIZES[-1]
+CSUM_SIZE = 64
+SALT_SIZE = 64
+# Checksum algorithms whose output fits the 64-byte field; cryptsetup writes sha256.
+_CSUM_HASHES = ("sha1", "sha256", "sha512")
+
+LAYOUT = Layout(
+    "LUKS2 binary header",
+    BINARY_SIZE,
+    fields(
+        ("magic", 6, Kind.RAW),
+        ("version", 2, Kind.UINT_BE),
+        ("hdr_size", 8, Kind.UINT_BE),
+        ("seqid", 8, Kind.UINT_BE),
+        ("label", 48, Kind.RAW),
+        ("checksum_alg", 32, Kind.RAW),
+        ("salt", SALT_SIZE, Kind.RAW),
+        ("uuid", 40, Kind.RAW),
+        ("subsystem", 48, Kind.RAW),
+        ("hdr_offset", 8, Kind.UINT_BE),
+        ("padding", 184, Kind.RAW),
+        ("csum", CSUM_SIZE, Kind.RAW),
+        ("padding4096", 7 * 512, Kind.RAW),
+    ),
+)
+_CSUM_FIELD = next(f for f in LAYOUT.fields if f.name == "csum")
+
+
+@dataclass(frozen=True)
+class BinaryHeader:
+    """One binary header exactly as stored; text fields stay raw so a rewrite is exact."""
+
+    magic: bytes
+    version: int
+    hdr_size: int
+    seqid: int
+    label: bytes
+    checksum_alg: bytes
+    salt: bytes = field(repr=False)
+    uuid: bytes
+    subsystem: bytes
+    hdr_offset: int
+    csum: bytes = field(repr=False)
+    padding: bytes = field(default=bytes(184), repr=False)
+    padding4096: bytes = field(default=bytes(7 * 512), repr=False)
+
+    @classmethod
+    def unpack(cls, data: bytes, offset: int = 0) -> BinaryHeader:
+        return cls(**LAYOUT.unpack(data, offset))
+
+    def pack(self) -> bytes:
+        return LAYOUT.pack(self.__dict__)
+
+    @property
+    def checksum_name(self) -> str:
+        return text(self.checksum_alg).lower()
+
+
+def text(raw: bytes) -> str:
+    """A NUL-terminated text field as str; bytes that are not UTF-8 are shown, not refused."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def text_field(value: str, size: int, what: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) >= size or b"\0" in raw:
+        raise FormatError(f"{what} must be under {size} bytes of text without NUL")
+    return raw.ljust(size, b"\0")
+
+
+def checksum(binary: bytes, json_area: bytes, algorithm: str) -> bytes:
+    """The value of the csum field: hash of the header (csum zeroed) and JSON area, NUL-padded."""
+    if algorithm not in _CSUM_HASHES:
+        raise UnsupportedError(f"unsupported LUKS2 checksum algorithm {algorithm!r}")
+    h = hashlib.new(algorithm)
+    h.update(binary[: _CSUM_FIELD.offset])
+    h.update(bytes(CSUM_SIZE))
+    h.update(binary[_CSUM_FIELD.offset + CSUM_SIZE : BINARY_SIZE])
+    h.update(json_area)
+    return h.digest().ljust(CSUM_SIZE, b"\0")
+
+
+@dataclass(frozen=True)
+class MetadataCopy:
+    """A copy whose magic, offsets and checksum are right, with its JSON text extracted."""
+
+    offset: int
+    binary: BinaryHeader
+    json_text: str = field(repr=False)
+
+
+def read_copy(data: bytes, offset: int) -> MetadataCopy:
+    """Validate the metadata copy at ``offset`` (0 = primary); typed error for every defect."""
+    magic = MAGIC_PRIMARY if offset == 0 else MAGIC_SECONDARY
+    if len(data) < offset + BINARY_SIZE:
+        raise TruncatedError(f"LUKS2 header copy at {offset} is cut short")
+    hdr = BinaryHeader.unpack(data, offset)
+    if hdr.magic != magic:
+        raise BadMagicError(f"LUKS2 header copy at {offset} has a bad magic")
+    if hdr.version != 2:
+        raise UnsupportedError(f"LUKS2 header copy at {offset} has version {hdr.version}")
+    if hdr.hdr_size not in HDR_SIZES:
+        raise FormatError(f"LUKS2 header copy at {offset} has invalid hdr_size {hdr.hdr_size}")
+    if hdr.hdr_offset != offset or (offset and hdr.hdr_size != offset):
+        raise FormatError(f"LUKS2 header copy at {offset} claims offset {hdr.hdr_offset}")
+    if len(data) < offset + hdr.hdr_size:
+        raise TruncatedError(f"LUKS2 metadata at {offset} is cut short")
+    json_area = data[offset + BINARY_SIZE : offset + hdr.hdr_size]
+    expected = checksum(data[offset : offset + BINARY_SIZE], json_area, hdr.checksum_name)
+    if not hmac.compare_digest(expected, hdr.csum):
+        raise ChecksumError(f"LUKS2 header copy at {offset} fails its checksum")
+    end = json_area.find(b"\0")
+    if end < 0:
+        raise FormatError(f"LUKS2 JSON area at {offset} is not NUL-terminated")
+    try:
+        json_text = json_area[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"LUKS2 JSON area at {offset} is not UTF-8") from None
+    return MetadataCopy(offset, hdr, json_text)
+
+
+def pack_copy(hdr: BinaryHeader, json_text: str) -> bytes:
+    """``hdr_size`` bytes of one copy: binary header with a fresh checksum, then the JSON area."""
+    raw = json_text.encode("utf-8")
+    json_size = hdr.hdr_size - BINARY_SIZE
+    if len(raw) >= json_size:
+        raise FormatError(f"LUKS2 metadata needs {len(raw) + 1} bytes, the area holds {json_size}")
+    json_area = raw + bytes(json_size - len(raw))
+    unsummed = BinaryHeader(**{**hdr.__dict__, "csum": bytes(CSUM_SIZE)}).pack()
+    csum = checksum(unsummed, json_area, hdr.checksum_name)
+    return BinaryHeader(**{**hdr.__dict__, "csum": csum}).pack() + json_area
+
+
+@dataclass(frozen=True)
+class Copies:
+    """Both copies as found: each either a valid copy or the error that disqualified it."""
+
+    primary: MetadataCopy | FormatError
+    secondary: MetadataCopy | FormatError
+
+    def winner(self) -> MetadataCopy:
+        """The valid copy with the higher seqid (primary on a tie); error if neither is valid."""
+        valid = [c for c in (self.primary, self.secondary) if isinstance(c, MetadataCopy)]
+        if not valid:
+            errors = [self.primary, self.secondary]
+            assert isinstance(errors[0], FormatError) and isinstance(errors[1], FormatError)
+            for err in errors:
+                if isinstance(err, ChecksumError):
+                    raise ChecksumError("both LUKS2 header copies fail their checksums")
+            raise type(errors[0])(f"no valid LUKS2 header copy: {errors[0]}; {errors[1]}")
+        return max(valid, key=lambda c: c.binary.seqid)  # max keeps the first on a tie
+
+
+def find_copies(data: bytes) -> Copies:
+    """The primary at 0 and the secondary at the primary's hdr_size, or probed if need be."""
+    primary: MetadataCopy | FormatError
+    try:
+        primary = read_copy(data, 0)
+    except FormatError as err:
+        primary = err
+    if isinstance(primary, MetadataCopy):
+        offsets: tuple[int, ...] = (primary.binary.hdr_size,)
+    else:
+        offsets = HDR_SIZES
+    secondary: MetadataCopy | FormatError = BadMagicError("no LUKS2 secondary header found")
+    for offset in offsets:
+        if len(data) < offset + BINARY_SIZE:
+            if len(offsets) == 1:
+                secondary = TruncatedError(f"image ends before the secondary header at {offset}")
+            break
+        if len(offsets) > 1 and data[offset : offset + 6] != MAGIC_SECONDARY:
+            continue
+        try:
+            secondary = read_copy(data, offset)
+            break
+        except FormatError as err:
+            secondary = err
+    return Copies(primary, secondary)
+
+
+def needed_bytes(prefix: bytes) -> int:
+    """How many leading bytes :func:`find_copies` needs, judged from the primary binary header."""
+    if len(prefix) >= 16 and prefix[:6] == MAGIC_PRIMARY:
+        hdr_size = int.from_bytes(prefix[8:16], "big")
+        if hdr_size in HDR_SIZES:
+            return 2 * hdr_size
+    # The primary cannot say where the secondary is: enough for the farthest one allowed.
+    return 2 * MAX_HDR_SIZE

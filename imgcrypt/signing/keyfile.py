@@ -1,0 +1,56 @@
+"""Loading the private signing key (PEM or DER, optionally passphrase-protected)."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import serialization
+
+from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
+from imgcrypt.signing.algorithms import PrivateKey
+
+MAX_KEY_BYTES = 1 << 20
+
+
+class PassphraseRequiredError(UsageError):
+    """The private key is encrypted and no passphrase was given."""
+
+
+def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey:
+    """The private key in ``data``; the passphrase never appears in any message."""
+    if len(data) > MAX_KEY_BYTES:
+        raise FormatError("private key file is too large")
+    loader = (
+        serialization.load_pem_private_key
+        if b"-----BEGIN" in data
+        else serialization.load_der_private_key
+    )
+    try:
+        return loader(data, password=passphrase)
+    except TypeError:
+        # cryptography says TypeError both for "encrypted, no password" and the reverse.
+        if passphrase is None:
+            raise PassphraseRequiredError(
+                "the private key is encrypted; give its passphrase"
+            ) from None
+        return load_private_key(data, None)
+    except ValueError:
+        if passphrase is not None:
+            raise WrongPassphraseError(
+                "cannot decrypt the private key: wrong passphrase or damaged key"
+            ) from None
+        raise FormatError("not a PEM or DER private key") from None
+    except Exception as exc:  # UnsupportedAlgorithm and friends
+        raise FormatError(f"unsupported private key: {type(exc).__name__}") from None
+
+
+def is_encrypted(data: bytes) -> bool:
+    """Whether loading ``data`` needs a passphrase (so a prompt is worth showing)."""
+    try:
+        load_private_key(data, None)
+    except PassphraseRequiredError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+__all__ = ["PassphraseRequiredError", "is_encrypted", "load_private_key"]

@@ -1,0 +1,46 @@
+"""Property documents: a flat JSON object of strings, read strictly, written canonically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from imgcrypt.signing.errors import DuplicatePropertyError, MalformedPropertiesError
+
+MAX_DOCUMENT_BYTES = 4 << 20
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicatePropertyError(f"property {key!r} appears more than once")
+        result[key] = value
+    return result
+
+
+def parse_properties(data: bytes) -> dict[str, str]:
+    """A property document, refusing duplicates, nesting and non-string values."""
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise MalformedPropertiesError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        document = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedPropertiesError(
+            f"not a JSON property document: {type(exc).__name__}"
+        ) from None
+    if not isinstance(document, dict):
+        raise MalformedPropertiesError("a property document must be a JSON object")
+    result: dict[str, str] = {}
+    for key, value in document.items():
+        if not isinstance(value, str):
+            raise MalformedPropertiesError(f"property {key!r} is not a string")
+        result[key] = value
+    return result
+
+
+def dump_properties(properties: Mapping[str, str]) -> bytes:
+    return (json.dumps(dict(properties), sort_keys=True, indent=2) + "\n").encode("utf-8")
+
+
+__all__ = ["dump_properties", "parse_properties"]

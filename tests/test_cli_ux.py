@@ -1,0 +1,105 @@
+"""The command line as a person meets it: help, progress on a terminal, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .util import IMGCRYPT, imgcrypt, secret_file
+
+COMMANDS = ["encrypt", "decrypt", "inspect", "rekey", "sign", "verify", "keys", "properties"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    proc = imgcrypt(command, "--help")
+    assert proc.returncode == 0
+    text = proc.stdout.decode()
+    assert f"usage: imgcrypt {command}" in text and "example" in text
+
+
+def test_top_level_help_lists_commands_and_exit_codes() -> None:
+    text = imgcrypt("--help", check=True).stdout.decode()
+    for command in COMMANDS:
+        assert command in text
+    assert "130 interrupted" in text
+    assert imgcrypt("--version", check=True).stdout.decode().startswith("imgcrypt ")
+
+
+def run_with_tty_stderr(args: list[str], timeout: float = 120) -> tuple[int, bytes]:
+    """Run with stderr on a pseudo-terminal (stdout captured apart) and collect what it shows."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            shown += data
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.stdout is not None
+    proc.stdout.read()
+    return proc.wait(timeout=10), shown
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    src = tmp_path / "big.raw"
+    with open(src, "wb") as f:
+        f.truncate(256 << 20)
+    pw = secret_file(tmp_path, "pw", b"progress")
+    code, shown = run_with_tty_stderr([*IMGCRYPT, "encrypt", str(src), str(tmp_path / "a.luks"),
+                                       "--passphrase-file", str(pw), "--iterations", "1000"])
+    assert code == 0
+    assert b"encrypt" in shown and b"B/s" in shown and b"256M" in shown
+    code, shown = run_with_tty_stderr([*IMGCRYPT, "encrypt", str(src), str(tmp_path / "b.luks"),
+                                       "--passphrase-file", str(pw), "--iterations", "1000",
+                                       "--no-progress"])
+    assert code == 0 and b"B/s" not in shown
+    # Not a terminal: nothing on stderr at all.
+    proc = imgcrypt("decrypt", tmp_path / "a.luks", tmp_path / "a.raw", "--passphrase-file", pw)
+    assert proc.returncode == 0 and b"B/s" not in proc.stderr
+
+
+def test_ctrl_c_during_encrypt_leaves_nothing(tmp_path: Path) -> None:
+    src = Path("/dev/shm") / f"imgcrypt-sigint-{os.getpid()}.raw"
+    try:
+        with open(src, "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(16 << 20))
+        pw = secret_file(tmp_path, "pw", b"interrupt me")
+        target = tmp_path / "out.luks"
+        proc = subprocess.Popen([*IMGCRYPT, "encrypt", str(src), str(target),
+                                 "--passphrase-file", str(pw), "--iterations", "1000"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Wait until the temporary output exists and is growing, then interrupt.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            temps = [p for p in tmp_path.iterdir() if p.name.endswith(".imgcrypt-tmp")]
+            if temps and temps[0].stat().st_size > (8 << 20):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("encrypt never started writing")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert err == b"imgcrypt: error: interrupted\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pw"]
+    finally:
+        src.unlink(missing_ok=True)
