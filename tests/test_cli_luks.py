@@ -168,3 +168,44 @@ def test_rekey_cli_and_cryptsetup_agree(files: dict[str, Path], cryptsetup: str)
     assert cs_test_passphrase(cryptsetup, out, files["pw2"]) != 0
     proc = imgcrypt("rekey", out, "--passphrase-file", files["pw"], "--remove-slot", "0")
     assert proc.returncode == 2 and b"last keyslot" in proc.stderr
+
+
+def test_properties_command(files: dict[str, Path]) -> None:
+    out = files["dir"] / "disk.luks"
+    keystore = files["dir"] / "keys"
+    result = json.loads(imgcrypt("encrypt", files["src"], out, "--new-key", "--keystore",
+                                 keystore, *FAST, "--json", check=True).stdout)
+    key_id = result["key_id"]
+    assert result["properties"]["os_decrypt_size"] == "1000001"
+    signature = files["dir"] / "sig.json"
+    signature.write_text(json.dumps({"img_signature": "abc", "img_signature_key_type": "RSA-PSS"}))
+    props = json.loads(imgcrypt("properties", out, "--key-id", key_id, "--signature", signature,
+                                "--size", "1000001", "--json", check=True).stdout)
+    assert props == {**result["properties"], "disk_format": "raw", "container_format": "bare",
+                     "img_signature": "abc", "img_signature_key_type": "RSA-PSS"}
+    text = imgcrypt("properties", out, "--key-id", key_id, check=True).stdout.decode()
+    assert f"--property os_encrypt_key_id={key_id}" in text
+    # Without --size the whole (sector-padded) payload is the decrypted size.
+    assert "--property os_decrypt_size=1000448" in text
+    assert "disk_format" not in text
+    # An encrypted image needs its key id; a raw one must not be given one.
+    assert imgcrypt("properties", out).returncode == 2
+    assert imgcrypt("properties", files["src"], "--key-id", key_id).returncode == 3
+    bad = files["dir"] / "bad.json"
+    bad.write_text('{"os_encrypt_key_id": "00000000-0000-4000-8000-000000000000"}')
+    proc = imgcrypt("properties", out, "--key-id", key_id, "--signature", bad)
+    assert proc.returncode == 3 and b"differently" in proc.stderr
+
+
+def test_decrypt_with_key_id_from_keystore(files: dict[str, Path]) -> None:
+    out = files["dir"] / "disk.luks"
+    keystore = files["dir"] / "keys"
+    key_id = json.loads(imgcrypt("encrypt", files["src"], out, "--new-key", "--keystore",
+                                 keystore, *FAST, "--json", check=True).stdout)["key_id"]
+    plain = files["dir"] / "plain"
+    imgcrypt("decrypt", out, plain, "--key-id", key_id, "--keystore", keystore, "--size",
+             "1000001", check=True)
+    assert plain.read_bytes() == files["src"].read_bytes()
+    proc = imgcrypt("decrypt", out, files["dir"] / "p2", "--key-id",
+                    "00000000-0000-4000-8000-000000000000", "--keystore", keystore)
+    assert proc.returncode == 5 and not (files["dir"] / "p2").exists()

@@ -43,7 +43,7 @@ from imgcrypt.signing import ImgcryptSigner
 from imgcrypt.signing.manifest import BOUND_PROPERTIES
 
 from .barbican_server import BarbicanServer
-from .util import secret_file
+from .util import imgcrypt, secret_file
 from .util import test_passphrase as cs_test_passphrase
 
 SPEC = EncryptionSpec("luks", "aes-xts-plain64", 512, KeySizeMeaning.WHOLE_XTS_KEY)
@@ -113,6 +113,10 @@ def test_upload_accepts_a_prepared_image_and_passes_bytes_through(keystore: Loca
 
 
 def test_upload_rejections(keystore: LocalKeyStore) -> None:
+    run_upload_rejections(keystore)
+
+
+def run_upload_rejections(keystore: KeyManager) -> None:
     payload = os.urandom(100_000)
     image, properties = prepare_image(keystore, payload)
     tampered = bytearray(image)
@@ -141,7 +145,7 @@ def test_upload_rejections(keystore: LocalKeyStore) -> None:
     assert "declare no encryption" in verdict.warnings[0]
 
 
-def test_luks2_refused_under_luks1_only_policy(keystore: LocalKeyStore) -> None:
+def test_luks2_refused_under_luks1_only_policy(keystore: KeyManager) -> None:
     image, properties = prepare_image(keystore, os.urandom(50_000), version=2, sign=False)
     with pytest.raises(LuksVersionRefusedError):
         inspect_upload(chunked(image), properties, key_manager=keystore)
@@ -154,7 +158,8 @@ def test_volume_lifecycle_local(keystore: LocalKeyStore, tmp_path: Path, cryptse
     run_volume_lifecycle(keystore, tmp_path, cryptsetup)
 
 
-def run_volume_lifecycle(manager: KeyManager, tmp_path: Path, cryptsetup: str) -> None:
+def run_volume_lifecycle(manager: KeyManager, tmp_path: Path,
+                         cryptsetup: str) -> tuple[Path, str, bytes]:
     payload = os.urandom(2_000_000)
     image, properties = prepare_image(manager, payload)
     image_key = properties["os_encrypt_key_id"]
@@ -201,6 +206,7 @@ def run_volume_lifecycle(manager: KeyManager, tmp_path: Path, cryptsetup: str) -
     with pytest.raises(SecretNotFoundError):
         manager.get(upload.properties["os_encrypt_key_id"])
     manager.get(result.key_id)  # the volume's key is untouched
+    return volume, result.key_id, payload
 
 
 def _fast_kdf() -> object:
@@ -280,4 +286,12 @@ def test_eight_concurrent_uploads(keystore: LocalKeyStore) -> None:
 def test_volume_lifecycle_against_real_barbican(barbican: BarbicanServer, tmp_path: Path,
                                                 cryptsetup: str) -> None:
     manager = BarbicanKeyManager.standalone(barbican.endpoint, barbican.project_id)
-    run_volume_lifecycle(manager, tmp_path, cryptsetup)
+    run_upload_rejections(manager)
+    test_luks2_refused_under_luks1_only_policy(manager)
+    volume, key_id, payload = run_volume_lifecycle(manager, tmp_path, cryptsetup)
+    # The volume decrypts through the command line with its own key from Barbican.
+    out = tmp_path / "volume.raw"
+    imgcrypt("decrypt", volume, out, "--key-id", key_id, "--key-manager", "barbican",
+             "--barbican-endpoint", barbican.endpoint, "--project-id", barbican.project_id,
+             "--size", str(len(payload)), check=True)
+    assert out.read_bytes() == payload
