@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UsageError
-from imgcrypt.fileio import atomic_output, open_input
+from imgcrypt.fileio import atomic_output
 from imgcrypt.luks.stream import encrypt_stream
 
 EXAMPLE = """example:
@@ -29,6 +33,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--passphrase-file", metavar="PATH",
                         help="read the passphrase from this file, its bytes exactly (- = stdin)")
     parser.add_argument("--force", action="store_true", help="replace an existing TARGET")
+    parser.add_argument("--source-format", metavar="FORMAT",
+                        help="format of SOURCE (raw, qcow2, vmdk, vhdx, vpc, vdi); by "
+                        "default recognised from its magic bytes, raw otherwise. Non-raw "
+                        "sources are converted to raw by qemu-img on the way")
     common.add_format_arguments(parser)
     if common.key_arguments_available():
         from imgcrypt.cli import keyopts
@@ -53,18 +61,55 @@ def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[byt
     return common.passphrase_from(args.passphrase_file, confirm=creating), None
 
 
+# Magic bytes of the image formats qemu-img converts; anything else is taken as raw. Going by
+# magic (rather than letting qemu probe) means a raw guest disk is never reinterpreted.
+_MAGIC = ((0, b"QFI\xfb", "qcow2"), (0, b"KDMV", "vmdk"), (0, b"# Disk DescriptorFile", "vmdk"),
+          (0, b"vhdxfile", "vhdx"), (0, b"conectix", "vpc"), (0x40, b"\x7f\x10\xda\xbe", "vdi"),
+          (0, b"QED\x00", "qed"))
+
+
+def guess_format(head: bytes) -> str:
+    for offset, magic, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return "raw"
+
+
+@contextlib.contextmanager
+def source_stream(source: str, source_format: str | None
+                  ) -> Iterator[tuple[BinaryIO, str, int | None]]:
+    """(raw guest bytes, the source's format, its size when known) for SOURCE."""
+    if source == "-":
+        if source_format not in (None, "raw"):
+            raise UsageError("a source on stdin must be raw")
+        yield sys.stdin.buffer, "raw", None
+        return
+    if source_format is None:
+        with open(source, "rb") as f:
+            source_format = guess_format(f.read(512))
+    if source_format == "raw":
+        with open(source, "rb") as f:
+            yield f, "raw", os.fstat(f.fileno()).st_size
+        return
+    from imgcrypt.qemu import raw_view
+
+    with raw_view(source, source_format=source_format) as (stream, info):
+        yield stream, info.format, info.virtual_size
+
+
 def run(args: argparse.Namespace) -> int:
     options = common.format_options(args)
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
     passphrase, resolved = resolve_passphrase(args, creating=True)
-    with open_input(args.source) as src, \
+    with source_stream(args.source, args.source_format) as (src, source_format, size), \
             atomic_output(args.target, force=args.force, source=args.source) as dst, \
-            common.progress_bar(args, common.input_size(args.source), "encrypt") as progress:
+            common.progress_bar(args, size, "encrypt") as progress:
         result = encrypt_stream(src, dst, passphrase, options, progress=progress)
     header = result.header
     data: dict[str, Any] = {
         "source": args.source,
+        "source_format": source_format,
         "target": args.target,
         "format": f"luks{header.version}",
         "cipher": str(header.cipher),
@@ -77,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
     }
     lines = [
         f"encrypted {args.source} -> {args.target}",
+        f"  source      {source_format}"
+        + (f", virtual size {size} bytes (converted to raw by qemu-img)"
+           if source_format != "raw" else ""),
         f"  format      LUKS{header.version}, {header.cipher}, {header.key_bytes * 8}-bit key, "
         f"{header.sector_size}-byte sectors",
         f"  payload     {result.payload_size} bytes at offset {header.payload_offset}",
