@@ -6,6 +6,10 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v cryptsetup >/dev/null 2>&1 || [ -x /sbin/cryptsetup ] || need+=(cryptsetup-bin)
 command -v grub-fstest >/dev/null 2>&1 || need+=(grub-common)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The block-device tests make loop devices, partitions and file systems.
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v partx >/dev/null 2>&1 || need+=(util-linux)
+command -v mke2fs >/dev/null 2>&1 || [ -x /sbin/mke2fs ] || need+=(e2fsprogs)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcrypt.cli.encrypt import guess_format
+from imgcrypt.qemu import sniff_format
 
 from .util import imgcrypt, run_qemu_img, secret_file
 
@@ -21,7 +21,7 @@ def test_non_raw_sources_encrypt_their_guest_content(tmp_path: Path, qemu_img: s
     raw.write_bytes(guest)
     image = tmp_path / f"disk.{fmt}"
     run_qemu_img(["convert", "-f", "raw", "-O", fmt, str(raw), str(image)])
-    assert guess_format(image.read_bytes()[:512]) == fmt
+    assert sniff_format(image.read_bytes()[:512]) == fmt
     # What qemu-img itself says the guest sees (vpc rounds the size up to its geometry).
     expected = tmp_path / "expected.raw"
     run_qemu_img(["convert", "-f", fmt, "-O", "raw", str(image), str(expected)])
@@ -63,3 +63,15 @@ def test_qcow2_with_a_backing_file_is_refused(tmp_path: Path, qemu_img: str) -> 
     proc = imgcrypt("encrypt", overlay, tmp_path / "o.luks", "--passphrase-file", pw)
     assert proc.returncode == 3 and b"backing file" in proc.stderr
     assert not (tmp_path / "o.luks").exists()
+
+
+def test_luks_source_needs_explicit_raw(tmp_path: Path) -> None:
+    raw = tmp_path / "guest.raw"
+    raw.write_bytes(os.urandom(70_000))
+    pw = secret_file(tmp_path, "pw", b"sources")
+    once = tmp_path / "once.luks"
+    imgcrypt("encrypt", raw, once, "--passphrase-file", pw, "--iterations", "1000", check=True)
+    proc = imgcrypt("encrypt", once, tmp_path / "twice", "--passphrase-file", pw)
+    assert proc.returncode == 3 and b"--source-format raw" in proc.stderr
+    imgcrypt("encrypt", once, tmp_path / "twice", "--passphrase-file", pw, "--iterations", "1000",
+             "--source-format", "raw", check=True)

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_output
 from imgcrypt.luks.stream import encrypt_stream
 
@@ -61,20 +61,6 @@ def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[byt
     return common.passphrase_from(args.passphrase_file, confirm=creating), None
 
 
-# Magic bytes of the image formats qemu-img converts; anything else is taken as raw. Going by
-# magic (rather than letting qemu probe) means a raw guest disk is never reinterpreted.
-_MAGIC = ((0, b"QFI\xfb", "qcow2"), (0, b"KDMV", "vmdk"), (0, b"# Disk DescriptorFile", "vmdk"),
-          (0, b"vhdxfile", "vhdx"), (0, b"conectix", "vpc"), (0x40, b"\x7f\x10\xda\xbe", "vdi"),
-          (0, b"QED\x00", "qed"))
-
-
-def guess_format(head: bytes) -> str:
-    for offset, magic, name in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return name
-    return "raw"
-
-
 @contextlib.contextmanager
 def source_stream(source: str, source_format: str | None
                   ) -> Iterator[tuple[BinaryIO, str, int | None]]:
@@ -84,15 +70,21 @@ def source_stream(source: str, source_format: str | None
             raise UsageError("a source on stdin must be raw")
         yield sys.stdin.buffer, "raw", None
         return
+    from imgcrypt.qemu import SNIFF_SIZE, raw_view, sniff_format
+
     if source_format is None:
+        # Going by magic (rather than letting qemu probe) means a raw guest disk is never
+        # reinterpreted, and raw sources need no qemu-img at all.
         with open(source, "rb") as f:
-            source_format = guess_format(f.read(512))
+            source_format = sniff_format(f.read(SNIFF_SIZE)) or "raw"
+        if source_format == "luks":
+            raise UnsupportedError(
+                f"{source} is already a LUKS image; give --source-format raw to encrypt it again"
+            )
     if source_format == "raw":
         with open(source, "rb") as f:
             yield f, "raw", os.fstat(f.fileno()).st_size
         return
-    from imgcrypt.qemu import raw_view
-
     with raw_view(source, source_format=source_format) as (stream, info):
         yield stream, info.format, info.virtual_size
 
