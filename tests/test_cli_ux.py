@@ -103,3 +103,10 @@ def test_ctrl_c_during_encrypt_leaves_nothing(tmp_path: Path) -> None:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["pw"]
     finally:
         src.unlink(missing_ok=True)
+
+
+def test_public_api_names_resolve() -> None:
+    import imgcrypt
+
+    for name in imgcrypt.__all__:
+        assert getattr(imgcrypt, name) is not None
