@@ -45,19 +45,17 @@ def _same_file(a: str, b: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output(target: str, *, force: bool = False, source: str | None = None,
-                  mode: int = 0o644) -> Iterator[BinaryIO]:
-    """A file object whose contents appear at ``target`` only if the block completes.
+def atomic_path(target: str | os.PathLike[str], *, force: bool = False,
+                source: str | os.PathLike[str] | None = None,
+                mode: int = 0o644) -> Iterator[str]:
+    """A temporary path beside ``target`` that becomes ``target`` if the block completes.
 
-    The data goes to a temporary file in the target's directory, is flushed to disk and then
-    renamed over the target; any exception (Ctrl-C included) removes the temporary file and
-    leaves an existing target untouched. ``-`` means standard output.
+    Whatever is written there (by imgcrypt or by a tool such as qemu-img) replaces the target
+    by a rename; any exception, Ctrl-C included, removes the temporary file and leaves an
+    existing target untouched.
     """
-    if target == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    if source is not None and source != "-" and _same_file(source, target):
+    target = os.fspath(target)
+    if source is not None and os.fspath(source) != "-" and _same_file(os.fspath(source), target):
         raise UsageError("source and target are the same file")
     if os.path.lexists(target) and not force:
         raise TargetExistsError(f"{target} exists (use --force to replace it)")
@@ -67,17 +65,34 @@ def atomic_output(target: str, *, force: bool = False, source: str | None = None
     fd, temp = tempfile.mkstemp(
         dir=directory, prefix=f".{os.path.basename(target)}.", suffix=TEMP_SUFFIX
     )
+    os.close(fd)
     try:
-        os.fchmod(fd, mode & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield temp
+        os.chmod(temp, mode & ~_umask())
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(target: str, *, force: bool = False, source: str | None = None,
+                  mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file object whose contents appear at ``target`` only if the block completes.
+
+    The data is flushed to disk before the rename (see :func:`atomic_path`). ``-`` means
+    standard output.
+    """
+    if target == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with atomic_path(target, force=force, source=source, mode=mode) as temp, \
+            open(temp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _umask() -> int:

@@ -35,13 +35,12 @@ from typing import Any, BinaryIO
 from imgcrypt.errors import (
     FormatError,
     LimitExceededError,
-    TargetExistsError,
     ToolError,
     UnsupportedError,
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.fileio import TEMP_SUFFIX
+from imgcrypt.fileio import atomic_path
 
 QEMU_IMG = "qemu-img"
 # qemu-img info of a sane image is a few hundred bytes; a vmdk with many extents a few KiB.
@@ -370,33 +369,6 @@ def _require_convertible(info: ImageInfo, path: str | os.PathLike[str]) -> None:
                                  f"limit of {MAX_VIRTUAL_SIZE} bytes")
 
 
-@contextlib.contextmanager
-def _atomic_target(target: str | os.PathLike[str], *, force: bool,
-                   source: str | os.PathLike[str] | None) -> Iterator[str]:
-    """A temporary path beside ``target`` that becomes ``target`` if the block completes."""
-    target = os.fspath(target)
-    if source is not None and os.path.exists(target) and _same_path(os.fspath(source), target):
-        raise UsageError("source and target are the same file")
-    if os.path.lexists(target) and not force:
-        raise TargetExistsError(f"{target} exists (use --force to replace it)")
-    if os.path.isdir(target):
-        raise UsageError(f"{target} is a directory")
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.",
-                                suffix=TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        yield temp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o644 & ~umask)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 # Where secret files go; None means /dev/shm where usable, else the temp dir.
 SECRET_DIR: str | None = None
 
@@ -443,7 +415,7 @@ def convert_to_raw(source: str | os.PathLike[str], target: str | os.PathLike[str
     """
     info = image_info(source, source_format=source_format, allow_backing=allow_backing)
     _require_convertible(info, source)
-    with _atomic_target(target, force=force, source=source) as temp:
+    with atomic_path(target, force=force, source=source) as temp:
         run_qemu_img(["convert", "-O", "raw",
                       source_spec(source, info.format, allow_backing=allow_backing), temp],
                      what="convert")
@@ -505,7 +477,7 @@ def create_encrypted_qcow2(path: str | os.PathLike[str],
         source_info = image_info(source, source_format=source_format)
         _require_convertible(source_info, source)
     with secret_file(passphrase) as secret, \
-            _atomic_target(path, force=force, source=source) as temp:
+            atomic_path(path, force=force, source=source) as temp:
         if source is None or source_info is None:
             run_qemu_img(["create", "-q", *secret_object(secret), "-f", "qcow2", "-o", options,
                           temp, str(size_or_source)], what="create")
@@ -529,7 +501,7 @@ def decrypt_qcow2(path: str | os.PathLike[str], passphrase: bytes,
         raise UnsupportedError(f"{os.fspath(path)} uses qcow2 encryption "
                                f"{info.encryption_format!r}; only LUKS is supported")
     with secret_file(passphrase) as secret, \
-            _atomic_target(target, force=force, source=path) as temp:
+            atomic_path(target, force=force, source=path) as temp:
         spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": "s0"}})
         run_qemu_img(["convert", *secret_object(secret), "-O", "raw", spec, temp],
                      what="convert")
