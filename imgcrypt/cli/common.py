@@ -67,7 +67,12 @@ def progress_bar(args: argparse.Namespace, total: int | None,
             or not sys.stderr.isatty():
         yield None
         return
+    import tqdm as tqdm_module
     from tqdm import tqdm
+
+    # tqdm's monitor thread would make the process multi-threaded, and the file-to-file data
+    # path forks its workers only when no other thread runs.
+    tqdm_module.tqdm.monitor_interval = 0
 
     try:
         columns, lines = os.get_terminal_size(sys.stderr.fileno())

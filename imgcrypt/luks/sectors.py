@@ -204,8 +204,7 @@ class SectorCipher:
         source = memoryview(data).cast("B")
         if len(source) % self.sector_size:
             raise FormatError(f"data is not a whole number of {self.sector_size}-byte sectors")
-        if not 0 <= iv_start <= _MASK64:
-            raise UsageError("sector IV must be an unsigned 64-bit number")
+        iv_start &= _MASK64  # IVs are 64-bit counters that wrap, as in dm-crypt
         target = _writable_words(out, len(source))
         count = len(source) // self.sector_size
         if count == 0:
@@ -288,9 +287,9 @@ class SectorCipher:
             cipher_words = words[span]
             ctx.update_into(_bytes_of(cipher_words), _bytes_of(scratch.b))
             plain = scratch.b[: 2 * n].reshape(sectors, blocks, 2)
+            # Chains stay inside a sector, so this span is read in full before it is written:
+            # decrypting in place is safe.
             chained = cipher_words.reshape(sectors, blocks, 2)
-            if target.base is not None and np.shares_memory(target[span], cipher_words):
-                chained = chained.copy()
             plain[:, 1:, :] ^= chained[:, :-1, :]
             plain[:, 0, :] ^= ivs[first : first + sectors]
             target[span] = scratch.b[: 2 * n]
