@@ -12,7 +12,7 @@ demo: $(STAMP)
 test: $(STAMP) tools barbican lint
 	$(BIN)/pytest
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml imgcrypt/luks/_xtsmul.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[cloud,devices,dev]'
