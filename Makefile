@@ -29,13 +29,14 @@ barbican:
 	scripts/install-barbican.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check imgcrypt tests scripts
+	$(BIN)/ruff check imgcrypt tests scripts fuzz
 	$(BIN)/mypy
 
 bench: $(STAMP) tools
 	$(BIN)/python scripts/bench.py
 
 fuzz: $(STAMP)
+	$(BIN)/pip install -q -e '.[fuzz]'
 	$(BIN)/python scripts/fuzz.py
 
 clean:

@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -38,6 +39,30 @@ from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, Secret
 # barbicanclient logs every HTTP error at ERROR level; with no handler configured Python
 # prints those to stderr, which would duplicate (and garble) the one-line CLI error.
 logging.getLogger("barbicanclient").addHandler(logging.NullHandler())
+
+_CURL_DATA = re.compile(r"-d '.*'$", re.DOTALL)
+
+
+class _RedactBodies(logging.Filter):
+    """keystoneauth logs HTTP request and response bodies at DEBUG, and a secret's payload
+    is a body: when a service runs with DEBUG logging, the bodies are replaced, not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.name.endswith(".body") or "RESP BODY:" in message:
+            head = message.split("RESP BODY:", 1)[0]
+            record.msg, record.args = f"{head}RESP BODY: <redacted by imgcrypt>", None
+        elif "-d '" in message:
+            record.msg = _CURL_DATA.sub("-d '<redacted by imgcrypt>'", message)
+            record.args = None
+        return True
+
+
+# Filters apply to records logged on the logger itself, so each logger keystoneauth's session
+# uses (one, or four with split_loggers) gets one.
+for _name in ("keystoneauth.session", "keystoneauth.session.request",
+              "keystoneauth.session.response", "keystoneauth.session.body"):
+    logging.getLogger(_name).addFilter(_RedactBodies())
 
 ORDER_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 30.0

@@ -231,7 +231,7 @@ class LocalKeyStore:
 def _parse(raw: bytes, key_id: str, path: Path) -> tuple[Secret, str | None, list[Consumer]]:
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or an oversized integer
         raise KeyFileError(f"{path} is not valid JSON (corrupted?)") from None
     if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
         raise KeyFileError(f"{path} is not an imgcrypt keystore file")

@@ -230,6 +230,8 @@ class Luks1Header:
         """Try each active keyslot (or only ``slot``); return (slot, master key)."""
         if len(region) < self.region_size:
             raise TruncatedError("image ends inside the LUKS1 keyslot area")
+        if slot is not None and (not 0 <= slot < NUM_KEYSLOTS or not self.keyslots[slot].active):
+            raise UsageError(f"keyslot {slot} is not active")
         candidates = self.active_keyslots() if slot is None else (slot,)
         # Check every candidate's parameters before spending time on any of them.
         for i in candidates:
@@ -237,8 +239,6 @@ class Luks1Header:
         check_limits(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
                      DIGEST_SIZE, limits)
         for i in candidates:
-            if not 0 <= i < NUM_KEYSLOTS or not self.keyslots[i].active:
-                raise UsageError(f"keyslot {i} is not active")
             ks = self.keyslots[i]
             derived = derive(self._slot_kdf(ks), passphrase, self.key_bytes, limits)
             start = ks.key_material_offset * SECTOR

@@ -235,6 +235,7 @@ def _keyslot(ident: int, obj: dict[str, Any]) -> Keyslot:
     if kind != "luks2":
         return Keyslot(ident, kind, priority, offset, size)
     area = _obj(obj, "area", where)
+    offset, size = _u64(area, "offset", where), _u64(area, "size", where)
     if _str(area, "type", where) != "raw":
         raise UnsupportedError(f"LUKS2 {where}: area type {area['type'][:32]!r}")
     af = _obj(obj, "af", where)

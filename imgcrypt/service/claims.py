@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ def encryption_claim(properties: Mapping[str, str]) -> EncryptionClaim | None:
     raw_size = properties.get("os_decrypt_size")
     if raw_size not in (None, ""):
         text = str(raw_size)
-        if not text.isdigit() or len(text) > 19 or int(text) > MAX_DECRYPT_SIZE:
+        if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_DECRYPT_SIZE:
             raise EncryptionClaimError("os_decrypt_size is not a byte count")
         size = int(text)
     return EncryptionClaim(ids.pop(), version, policies.pop() if policies else

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def create_volume_from_image(
             "into an unencrypted volume (ask for an explicit decrypt)"
         )
     size_text = str(properties.get("size", ""))
-    required = int(size_text) if size_text.isdigit() else None
+    required = int(size_text) if re.fullmatch(r"[0-9]{1,19}", size_text) else None
     kdf = kdf or Pbkdf2("sha256", 100_000, os.urandom(32))
 
     image_pass = None

@@ -87,10 +87,19 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             certificates = x509.load_pem_x509_certificates(data)
         else:
             certificates = [x509.load_der_x509_certificate(data)]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise CertificateLoadError("not a PEM or DER X.509 certificate") from None
     if not certificates:
         raise CertificateLoadError("no certificate found")
+    for certificate in certificates:
+        # cryptography parses names and dates lazily: a malformed one would otherwise fail
+        # later, deep inside the checks, as a bare ValueError or TypeError.
+        try:
+            certificate.subject.rfc4514_string()
+            certificate.issuer.rfc4514_string()
+            _ = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+        except (ValueError, TypeError):
+            raise CertificateLoadError("a certificate has a malformed name or date") from None
     return certificates
 
 

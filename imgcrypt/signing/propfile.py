@@ -25,7 +25,8 @@ def parse_properties(data: bytes) -> dict[str, str]:
         raise MalformedPropertiesError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
         document = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, and
+        # the ValueError of an integer literal longer than Python converts
         raise MalformedPropertiesError(
             f"not a JSON property document: {type(exc).__name__}"
         ) from None
