@@ -215,6 +215,27 @@ def _fast_kdf() -> object:
     return Pbkdf2("sha256", FAST, os.urandom(32))
 
 
+def test_signed_volume_upload_binds_the_new_key(keystore: LocalKeyStore, tmp_path: Path) -> None:
+    payload = os.urandom(200_000)
+    image, properties = prepare_image(keystore, payload, sign=False)
+    volume = tmp_path / "volume.img"
+    result = create_volume_from_image(chunked(image), properties, str(volume), spec=SPEC,
+                                      key_manager=keystore, kdf=_fast_kdf())
+    assert result.key_id is not None
+    key, cert_id = signing_identity(keystore)
+    upload = upload_volume_as_image(str(volume), result.key_id, keystore, signing_key=key,
+                                    certificate_uuid=cert_id)
+    data = b"".join(upload.chunks())
+    assert upload.properties["imgcrypt_sign_algorithm"] == "ed25519"
+    verdict = inspect_upload(chunked(data), upload.properties, key_manager=keystore)
+    assert verdict.signature is not None and verdict.luks_version == 1
+    # Pointing the signed image at another key is caught: the key id is bound.
+    other = keystore.create_key(KeyOrder())
+    swapped = {**upload.properties, "os_encrypt_key_id": other, "cinder_encryption_key_id": other}
+    with pytest.raises(VerificationError):
+        inspect_upload(chunked(data), swapped, key_manager=keystore)
+
+
 def test_encrypted_image_into_unencrypted_type(keystore: LocalKeyStore, tmp_path: Path) -> None:
     payload = os.urandom(70_000)
     image, properties = prepare_image(keystore, payload, sign=False)
