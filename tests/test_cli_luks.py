@@ -209,3 +209,26 @@ def test_decrypt_with_key_id_from_keystore(files: dict[str, Path]) -> None:
     proc = imgcrypt("decrypt", out, files["dir"] / "p2", "--key-id",
                     "00000000-0000-4000-8000-000000000000", "--keystore", keystore)
     assert proc.returncode == 5 and not (files["dir"] / "p2").exists()
+
+
+def test_rekey_with_key_manager_ids(files: dict[str, Path], cryptsetup: str) -> None:
+    out = files["dir"] / "disk.luks"
+    keystore = files["dir"] / "keys"
+    old_id = json.loads(imgcrypt("encrypt", files["src"], out, "--new-key", "--keystore",
+                                 keystore, *FAST, "--json", check=True).stdout)["key_id"]
+    new_id = json.loads(imgcrypt("keys", "--json", "create", "--keystore", keystore,
+                                 check=True).stdout)["key_id"]
+    imgcrypt("rekey", out, "--key-id", old_id, "--change", "--new-key-id", new_id, "--keystore",
+             keystore, *FAST, check=True)
+    for key_id, opens in ((new_id, 0), (old_id, 2)):
+        shown = json.loads(imgcrypt("keys", "--json", "show", key_id, "--reveal", "--keystore",
+                                    keystore, check=True).stdout)
+        keyfile = secret_file(files["dir"], key_id, shown["luks_passphrase"].encode())
+        assert cs_test_passphrase(cryptsetup, out, keyfile) == opens
+    plain = files["dir"] / "plain"
+    imgcrypt("decrypt", out, plain, "--key-id", new_id, "--keystore", keystore, "--size",
+             "1000001", check=True)
+    assert plain.read_bytes() == files["src"].read_bytes()
+    proc = imgcrypt("decrypt", out, files["dir"] / "p2", "--key-id", old_id, "--keystore",
+                    keystore)
+    assert proc.returncode == 4
