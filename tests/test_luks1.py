@@ -294,3 +294,30 @@ def test_read_header_refuses_huge_metadata_claims() -> None:
     data[208 + 40 : 208 + 44] = (300_000).to_bytes(4, "big")
     with pytest.raises(FormatError):
         read_header(io.BytesIO(bytes(data)))
+
+
+def test_keyslots_adding_up_beyond_the_total_budget_are_refused_before_work() -> None:
+    import time
+
+    key = os.urandom(32)
+    data = region(b"p0", key=key)
+    for slot in range(1, 8):
+        header = luks1.Luks1Header.parse(data)
+        data = header.add_keyslot(data, key, b"x", Pbkdf2("sha256", 1000, os.urandom(32)),
+                                  slot).region
+    hostile = bytearray(data)
+    for slot in range(8):  # each just under the per-keyslot cap, 8 x 90M in all
+        hostile[208 + 48 * slot + 4 : 208 + 48 * slot + 8] = (90_000_000).to_bytes(4, "big")
+    header = luks1.Luks1Header.parse(bytes(hostile))
+    start = time.perf_counter()
+    with pytest.raises(LimitExceededError, match="in all"):
+        header.unlock(bytes(hostile), b"wrong")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_argon2_work_cap() -> None:
+    from imgcrypt.luks.kdf import Argon2, check_limits
+
+    with pytest.raises(LimitExceededError, match="argon2 work"):
+        check_limits(Argon2("argon2id", 100, 4 * 1024 * 1024, 4, bytes(16)), 32)
+    check_limits(Argon2("argon2id", 4, 1024 * 1024, 4, bytes(16)), 32)  # cryptsetup-like

@@ -8,6 +8,7 @@ hostile header costs microseconds to reject instead of hours or terabytes.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
@@ -46,6 +47,12 @@ class KdfLimits:
     max_argon2_parallel: int = 4
     max_salt_size: int = 4096
     max_key_size: int = 512
+    # Work caps (argon2 memory x passes, in KiB) for one keyslot, and for everything one unlock
+    # may compute, so eight or thirty-two keyslots each just under the caps cannot add up to
+    # hours for a wrong passphrase.
+    max_argon2_work: int = 64 * 1024 * 1024
+    max_total_pbkdf2_iterations: int = 200_000_000
+    max_total_argon2_work: int = 256 * 1024 * 1024
 
 
 DEFAULT_LIMITS = KdfLimits()
@@ -104,8 +111,29 @@ def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> N
             f"argon2 memory {kdf.memory_kib} KiB outside {8 * kdf.parallel}.."
             f"{limits.max_argon2_memory_kib} KiB"
         )
+    if kdf.memory_kib * kdf.time > limits.max_argon2_work:
+        raise LimitExceededError(
+            f"argon2 work of {kdf.memory_kib} KiB x {kdf.time} passes exceeds the cap"
+        )
     if len(kdf.salt) < 8:
         raise UnsupportedError("argon2 salt shorter than 8 bytes")
+
+
+def check_total(kdfs: Iterable[Kdf], limits: KdfLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a set of KDFs (all one unlock may try) whose work adds up beyond the caps."""
+    pbkdf2 = argon2 = 0
+    for kdf in kdfs:
+        if isinstance(kdf, Pbkdf2):
+            pbkdf2 += kdf.iterations
+        else:
+            argon2 += kdf.memory_kib * kdf.time
+    if pbkdf2 > limits.max_total_pbkdf2_iterations:
+        raise LimitExceededError(
+            f"the keyslots ask for {pbkdf2} pbkdf2 iterations in all, above the cap of "
+            f"{limits.max_total_pbkdf2_iterations}"
+        )
+    if argon2 > limits.max_total_argon2_work:
+        raise LimitExceededError("the keyslots' argon2 work adds up beyond the cap")
 
 
 def derive(kdf: Kdf, secret: bytes, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> bytes:

@@ -24,7 +24,15 @@ from imgcrypt.errors import (
 )
 from imgcrypt.luks import af
 from imgcrypt.luks.container import RegionUpdate
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2, check_limits, derive
+from imgcrypt.luks.kdf import (
+    DEFAULT_LIMITS,
+    Kdf,
+    KdfLimits,
+    Pbkdf2,
+    check_limits,
+    check_total,
+    derive,
+)
 from imgcrypt.luks.layout import Kind, Layout, fields
 from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
@@ -236,8 +244,11 @@ class Luks1Header:
         # Check every candidate's parameters before spending time on any of them.
         for i in candidates:
             check_limits(self._slot_kdf(self.keyslots[i]), self.key_bytes, limits)
-        check_limits(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
-                     DIGEST_SIZE, limits)
+        digest_kdf = Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt)
+        check_limits(digest_kdf, DIGEST_SIZE, limits)
+        # Each candidate that fails costs its KDF and one digest check.
+        check_total([kdf for i in candidates for kdf in (self._slot_kdf(self.keyslots[i]),
+                                                         digest_kdf)], limits)
         for i in candidates:
             ks = self.keyslots[i]
             derived = derive(self._slot_kdf(ks), passphrase, self.key_bytes, limits)

@@ -37,6 +37,7 @@ from imgcrypt.luks.kdf import (
     KdfLimits,
     Pbkdf2,
     check_limits,
+    check_total,
     derive,
     pbkdf2_iterations_for,
 )
@@ -266,6 +267,10 @@ class Luks2Header:
             candidates = sorted((ks for ks in usable if ks.priority != 0),
                                 key=lambda ks: (ks.priority != 2, ks.id))
         self.check_kdfs(limits)
+        digest = self._segment_digest()
+        digest_kdf = Pbkdf2(digest.hash, digest.iterations, digest.salt)
+        check_total([kdf for ks in candidates if ks.kdf is not None
+                     for kdf in (ks.kdf, digest_kdf)], limits)
         for ks in candidates:
             CipherSpec.parse(ks.area_cipher).check_key_size(ks.area_key_size)
             af.check_hash(ks.af_hash)
