@@ -28,6 +28,7 @@ from imgcrypt.luks.stream import (
     CHUNK_SIZE,
     encrypt_stream,
     iter_payload,
+    kdf_for,
     read_header,
     rekey_file,
     unlock_stream,
@@ -114,7 +115,8 @@ def create_volume_from_image(
     re-keying the header only; ``volume_key="clone"`` stores a copy of the image's secret
     under a new id instead. An encrypted image into an unencrypted type is refused unless
     ``decrypt`` is set. An unencrypted image into an encrypted type is encrypted on the way.
-    Every secret is checked against ``spec`` before anything is written.
+    Every secret is checked against ``spec`` before anything is written. ``kdf`` sets the new
+    keyslot's KDF; by default it is benchmarked like cryptsetup's (2 seconds).
     """
     if volume_key not in ("new", "clone"):
         raise UsageError("volume_key is 'new' or 'clone'")
@@ -128,7 +130,6 @@ def create_volume_from_image(
         )
     size_text = str(properties.get("size", ""))
     required = int(size_text) if re.fullmatch(r"[0-9]{1,19}", size_text) else None
-    kdf = kdf or Pbkdf2("sha256", 100_000, os.urandom(32))
 
     image_pass = None
     created_id: str | None = None
@@ -171,7 +172,7 @@ def create_volume_from_image(
                 assert volume_secret is not None
                 options = FormatOptions(cipher=spec.cipher, key_size=spec.whole_key_bits,
                                         iterations=kdf.iterations if isinstance(kdf, Pbkdf2)
-                                        else None)
+                                        else None)  # None: cryptsetup's 2-second budget
                 source = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
                 result = encrypt_stream(source, out, passphrase_for(volume_secret), options)
                 written = result.image_size
@@ -189,6 +190,11 @@ def create_volume_from_image(
         raise
     if mode == "copy" and spec is not None and volume_key == "new":
         assert image_pass is not None and volume_secret is not None
+        if kdf is None:
+            # As cryptsetup would for the new keyslot: its version's KDF, a 2-second budget.
+            with open(target, "rb") as f:
+                header, _ = read_header(f, limits)
+            kdf = kdf_for(header, FormatOptions())
         rekey_file(target, image_pass, new_passphrase=passphrase_for(volume_secret),
                    remove_old=True, kdf=kdf, limits=limits)
     key_id = created_id if spec is not None else None
