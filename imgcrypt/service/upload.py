@@ -93,6 +93,7 @@ class UploadInspector:
         self._multihash = hashlib.new(self._policy.hash_algo)
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._head = bytearray()
+        self._head_limit: int | None = None  # known once the first 4096 bytes are in
         self._size = 0
         self._claim = encryption_claim(self._properties)
         if self._claim is not None:
@@ -119,9 +120,25 @@ class UploadInspector:
         self._md5.update(chunk)
         if self._verifier is not None:
             self._verifier.update(chunk)
-        if len(self._head) < MAX_HEADER_CAPTURE:
-            self._head += bytes(chunk[: MAX_HEADER_CAPTURE - len(self._head)])
+        self._capture(chunk)
         self._size += len(chunk)
+
+    def _capture(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Keep the stream's first bytes: 4096, then as many as its LUKS header needs."""
+        start = self._size  # stream offset of this chunk; the head is a prefix of the stream
+        while True:
+            limit = PROBE_SIZE if self._head_limit is None else self._head_limit
+            have = len(self._head)
+            if have < limit and start + len(chunk) > have:
+                self._head += bytes(chunk[have - start : limit - start])
+            if self._head_limit is not None or len(self._head) < PROBE_SIZE:
+                return
+            probe = bytes(self._head[:PROBE_SIZE])
+            try:
+                needed = bytes_to_parse(probe) if is_luks(probe) else PROBE_SIZE
+            except ImgcryptError:
+                needed = PROBE_SIZE  # judged at the end, from what was kept
+            self._head_limit = min(MAX_HEADER_CAPTURE, max(needed, PROBE_SIZE))
 
     def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """Yield ``chunks`` unchanged, inspecting each on the way."""
