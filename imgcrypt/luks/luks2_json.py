@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgcrypt.errors import FormatError, LimitExceededError, UnsupportedError
+from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 
 MAX_JSON_SIZE = 4 << 20
@@ -98,13 +99,7 @@ class Metadata:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FormatError(f"LUKS2 JSON repeats the key {key!r}")
-        out[key] = value
-    return out
+_no_duplicates = unique_keys(lambda key: FormatError(f"LUKS2 JSON repeats the key {key!r}"))
 
 
 def _no_constants(name: str) -> Any:

@@ -29,7 +29,7 @@ from typing import Protocol, TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 
 from imgcrypt.signing.algorithms import PublicKey, check_hash_policy, check_key_policy
@@ -265,8 +265,6 @@ def _webpki_expressible(certificates: Sequence[x509.Certificate]) -> bool:
         except (ValueError, UnsupportedAlgorithm):
             return False
         if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-            return False
-        if isinstance(key, dsa.DSAPublicKey):
             return False
     return True
 

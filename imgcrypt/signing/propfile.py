@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing.errors import DuplicatePropertyError, MalformedPropertiesError
 
 MAX_DOCUMENT_BYTES = 4 << 20
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise DuplicatePropertyError(f"property {key!r} appears more than once")
-        result[key] = value
-    return result
+_no_duplicates = unique_keys(
+    lambda key: DuplicatePropertyError(f"property {key!r} appears more than once")
+)
 
 
 def parse_properties(data: bytes) -> dict[str, str]:
