@@ -234,7 +234,7 @@ def test_encrypted_key_with_passphrase_file(capsys: Any, files: dict[str, Path])
     locked = files["dir"] / "locked.key"
     locked.write_bytes(key_pem(key("p384"), secret))
     good = files["dir"] / "good.pass"
-    good.write_bytes(secret + b"\n")
+    good.write_bytes(secret)  # the bytes exactly, as cryptsetup's --key-file reads them
     good.chmod(0o600)
     bad = files["dir"] / "bad.pass"
     bad.write_bytes(b"wrong\n")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import os
 import sys
+import termios
 from collections.abc import Iterator
 
 from imgcrypt.errors import UsageError
@@ -15,15 +15,24 @@ from imgcrypt.luks.stream import Progress
 
 # A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
 MAX_PASSPHRASE_FILE = 8 << 20
+# A terminal line is at most 4096 bytes in canonical mode; cryptsetup stops at 512 when asking.
+MAX_TYPED_PASSPHRASE = 4096
 
 
 def read_passphrase_file(path: str) -> bytes:
-    """The file's bytes exactly, as cryptsetup's --key-file and qemu's secret,file= use them."""
-    if path == "-":
-        data = sys.stdin.buffer.read(MAX_PASSPHRASE_FILE + 1)
-    else:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PASSPHRASE_FILE + 1)
+    """The file's bytes exactly, as cryptsetup's --key-file and qemu's secret,file= use them.
+
+    The one rule for every passphrase file imgcrypt reads (LUKS passphrases and private-key
+    passphrases alike): a trailing newline is part of the passphrase, as it is for cryptsetup.
+    """
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_PASSPHRASE_FILE + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PASSPHRASE_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read passphrase file {path}: {exc.strerror}") from None
     if len(data) > MAX_PASSPHRASE_FILE:
         raise UsageError(f"passphrase file {path} is larger than {MAX_PASSPHRASE_FILE} bytes")
     if not data:
@@ -31,27 +40,76 @@ def read_passphrase_file(path: str) -> bytes:
     return data
 
 
+class NoTerminalError(UsageError):
+    """A passphrase was needed, none was given, and there is no terminal to ask on."""
+
+
 def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:
-    """Ask on the terminal without echo; twice when creating. Never from argv or environment."""
+    """Ask on the controlling terminal without echo; twice when creating.
+
+    Never from argv, the environment or stdin (stdin may carry the image). The terminal is
+    opened as a raw descriptor: a buffered ``open("/dev/tty", "r+")`` needs a seekable file
+    and fails on every terminal.
+    """
     try:
-        tty = open("/dev/tty", "r+")  # getpass needs the stream open
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
-        raise UsageError(
+        raise NoTerminalError(
             "no passphrase: give --passphrase-file (or --key-id) when not on a terminal"
         ) from None
-    with tty:
-        first = getpass.getpass(prompt, stream=tty)
-        if confirm and getpass.getpass("Verify passphrase: ", stream=tty) != first:
+    try:
+        first = _read_hidden(fd, prompt)
+        if not first:
+            raise UsageError("empty passphrase")
+        if confirm and _read_hidden(fd, "Verify passphrase: ") != first:
             raise UsageError("passphrases do not match")
-    if not first:
-        raise UsageError("empty passphrase")
-    return first.encode("utf-8")
+    finally:
+        os.close(fd)
+    return first
+
+
+def _read_hidden(fd: int, prompt: str) -> bytes:
+    """One line typed on terminal ``fd`` with echo off, without its newline; echo restored
+    whatever happens (Ctrl-C raises KeyboardInterrupt out of the read)."""
+    os.write(fd, prompt.encode("utf-8", "replace"))
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        raise NoTerminalError(
+            "no passphrase: give --passphrase-file (or --key-id) when not on a terminal"
+        ) from None
+    quiet = list(saved)
+    quiet[3] = saved[3] & ~(termios.ECHO | termios.ECHONL)
+    line = bytearray()
+    try:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        while not line.endswith(b"\n"):
+            chunk = os.read(fd, 1024)
+            if not chunk:  # end of input (Ctrl-D on an empty line)
+                break
+            line += chunk
+            if len(line) > MAX_TYPED_PASSPHRASE:
+                raise UsageError(f"a typed passphrase is limited to {MAX_TYPED_PASSPHRASE} bytes")
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        os.write(fd, b"\n")
+    typed = bytes(line)
+    return typed[:-1] if typed.endswith(b"\n") else typed
 
 
 def passphrase_from(path: str | None, *, confirm: bool, prompt: str = "Passphrase: ") -> bytes:
     if path is not None:
         return read_passphrase_file(path)
     return prompt_passphrase(prompt, confirm=confirm)
+
+
+def add_passphrase_file_argument(
+        parser: argparse.ArgumentParser, *,
+        help_text: str = "read the passphrase from this file, its bytes exactly (- = stdin)",
+) -> None:
+    """--passphrase-file, also under cryptsetup's name --key-file."""
+    parser.add_argument("--passphrase-file", "--key-file", dest="passphrase_file",
+                        metavar="PATH", help=help_text + "; --key-file is cryptsetup's name")
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:

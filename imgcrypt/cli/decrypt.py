@@ -25,8 +25,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("source", metavar="SOURCE")
     parser.add_argument("target", metavar="TARGET")
-    parser.add_argument("--passphrase-file", metavar="PATH",
-                        help="read the passphrase from this file, its bytes exactly (- = stdin)")
+    common.add_passphrase_file_argument(parser)
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (os_decrypt_size): trim the padding")
     parser.add_argument("--force", action="store_true", help="replace an existing TARGET")
@@ -39,6 +38,18 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _payload_total(header: Any, size: int | None, image_size: int | None) -> int | None:
+    """Bytes decrypt will write, for the progress bar: --size, the header's payload size, or
+    what follows the payload offset in a file; unknown on a stream without either."""
+    if size is not None:
+        return size
+    if header.payload_size is not None:
+        return int(header.payload_size)
+    if image_size is not None:
+        return max(image_size - int(header.payload_offset), 0)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
@@ -46,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     with open_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase)
+        total = _payload_total(opened.header, args.size, common.input_size(args.source))
         with atomic_output(args.target, force=args.force, source=args.source) as dst, \
-                common.progress_bar(args, args.size, "decrypt") as progress:
+                common.progress_bar(args, total, "decrypt") as progress:
             written = decrypt_payload(opened, src, dst, size=args.size, progress=progress)
     header = opened.header
     data = {

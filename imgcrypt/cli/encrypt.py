@@ -30,8 +30,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("source", metavar="SOURCE")
     parser.add_argument("target", metavar="TARGET")
-    parser.add_argument("--passphrase-file", metavar="PATH",
-                        help="read the passphrase from this file, its bytes exactly (- = stdin)")
+    common.add_passphrase_file_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing TARGET")
     parser.add_argument("--source-format", metavar="FORMAT",
                         help="format of SOURCE (raw, qcow2, vmdk, vhdx, vpc, vdi); by "

@@ -26,13 +26,16 @@ def register(sub: Any) -> None:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("--passphrase-file", metavar="PATH", help="a passphrase that opens IMAGE")
+    common.add_passphrase_file_argument(parser, help_text="a passphrase that opens IMAGE, its "
+                                        "bytes exactly (- = stdin)")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--add", action="store_true", help="add a keyslot for a new passphrase")
     action.add_argument("--change", action="store_true",
                         help="add the new passphrase, then remove the keyslot the old one opened")
     action.add_argument("--remove-slot", type=int, metavar="N", help="remove keyslot N")
-    parser.add_argument("--new-passphrase-file", metavar="PATH", help="the new passphrase")
+    parser.add_argument("--new-passphrase-file", "--new-key-file", dest="new_passphrase_file",
+                        metavar="PATH", help="the new passphrase, its bytes exactly "
+                        "(--new-key-file is cryptsetup's luksAddKey name)")
     timing = parser.add_mutually_exclusive_group()
     timing.add_argument("--iter-time", type=int, metavar="MS", default=2000,
                         help="KDF time budget for the new keyslot (default 2000)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 import tempfile
@@ -11,8 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import TargetExistsError, UsageError
+from imgcrypt.errors import TargetExistsError, UsageError, WrongPassphraseError
 from imgcrypt.signing import glance, imgcrypt_mode, storage
 from imgcrypt.signing.algorithms import (
     GLANCE_HASHES,
@@ -28,8 +28,6 @@ from imgcrypt.signing.certs import (
 from imgcrypt.signing.keyfile import PassphraseRequiredError, load_private_key
 from imgcrypt.signing.propfile import dump_properties
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
-
-MAX_PASSPHRASE_BYTES = 4096
 
 
 def add_key_manager_options(parser: argparse.ArgumentParser) -> None:
@@ -76,39 +74,33 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     return result
 
 
-def read_passphrase_file(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_PASSPHRASE_BYTES + 1)
-    if len(data) > MAX_PASSPHRASE_BYTES:
-        raise UsageError("the passphrase file is too large")
-    # Files written with echo or an editor end in one newline that is not part of the passphrase.
-    if data.endswith(b"\r\n"):
-        return data[:-2]
-    return data[:-1] if data.endswith(b"\n") else data
-
-
 def load_signing_key(args: argparse.Namespace) -> PrivateKey:
     with open(args.key, "rb") as handle:
         data = handle.read()
-    passphrase = (
-        read_passphrase_file(args.key_passphrase_file) if args.key_passphrase_file else None
-    )
+    if args.key_passphrase_file:
+        # The one passphrase-file rule (the bytes exactly, as cryptsetup's --key-file).
+        passphrase = common.read_passphrase_file(args.key_passphrase_file)
+        try:
+            return load_private_key(data, passphrase)
+        except WrongPassphraseError:
+            if passphrase.endswith(b"\n"):
+                raise WrongPassphraseError(
+                    f"the passphrase does not decrypt {args.key}; {args.key_passphrase_file} "
+                    "ends in a newline, which is part of the passphrase (write it with "
+                    "printf '%s', not echo)"
+                ) from None
+            raise
     try:
-        return load_private_key(data, passphrase)
+        return load_private_key(data, None)
     except PassphraseRequiredError:
-        return load_private_key(data, _prompt(f"passphrase for {args.key}: "))
-
-
-def _prompt(prompt: str) -> bytes:
-    """Ask on the controlling terminal (stdin may be the image); refuse when there is none."""
+        pass
     try:
-        tty = open("/dev/tty", "r+")
-    except OSError:
+        typed = common.prompt_passphrase(f"passphrase for {args.key}: ", confirm=False)
+    except common.NoTerminalError:
         raise PassphraseRequiredError(
             "the private key is encrypted; give --key-passphrase-file"
         ) from None
-    with tty:
-        return getpass.getpass(prompt, stream=tty).encode("utf-8")
+    return load_private_key(data, typed)
 
 
 def write_atomically(target: str, data: bytes, *, force: bool) -> None:
