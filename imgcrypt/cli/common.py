@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import termios
 from collections.abc import Iterator
 
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import TargetExistsError, UsageError
 from imgcrypt.luks.options import DEFAULT_ITER_TIME_MS, FormatOptions
 from imgcrypt.luks.stream import Progress
 
@@ -141,6 +142,18 @@ def progress_bar(args: argparse.Namespace, total: int | None,
               file=sys.stderr, leave=False, ncols=columns or 80, nrows=lines or 24,
               mininterval=0.2) as bar:
         yield bar.update
+
+
+def check_target(target: str, *, force: bool) -> None:
+    """Refuse an output before any work (or any new key): it exists, or its directory does
+    not. The error names the target, not the temporary file that would sit beside it."""
+    if target == "-":
+        return
+    if os.path.lexists(target) and not force:
+        raise TargetExistsError(f"{target} exists (use --force to replace it)")
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such directory for the target", target)
 
 
 def input_size(path: str) -> int | None:

@@ -53,6 +53,7 @@ def _payload_total(header: Any, size: int | None, image_size: int | None) -> int
 def run(args: argparse.Namespace) -> int:
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
+    common.check_target(args.target, force=args.force)
     passphrase, resolved = resolve_passphrase(args, creating=False)
     with open_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -88,15 +89,35 @@ def source_stream(source: str, source_format: str | None
         yield stream, info.format, info.virtual_size
 
 
+def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
+    if resolved is None:
+        return contextlib.nullcontext()
+    from imgcrypt.cli import keyopts
+
+    return keyopts.deleted_if_failed(resolved)
+
+
+def _register_consumer(resolved: Any, target: str) -> None:
+    from imgcrypt.cli import keyopts
+
+    keyopts.register_file_consumer(resolved.manager, resolved.key_id, target)
+
+
 def run(args: argparse.Namespace) -> int:
     options = common.format_options(args)
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
+    common.check_target(args.target, force=args.force)
+    if args.source != "-" and not os.path.exists(args.source):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", args.source)
     passphrase, resolved = resolve_passphrase(args, creating=True)
-    with source_stream(args.source, args.source_format) as (src, source_format, size), \
-            atomic_output(args.target, force=args.force, source=args.source) as dst, \
-            common.progress_bar(args, size, "encrypt") as progress:
-        result = encrypt_stream(src, dst, passphrase, options, progress=progress)
+    with _key_cleanup(resolved):
+        with source_stream(args.source, args.source_format) as (src, source_format, size), \
+                atomic_output(args.target, force=args.force, source=args.source) as dst, \
+                common.progress_bar(args, size, "encrypt") as progress:
+            result = encrypt_stream(src, dst, passphrase, options, progress=progress)
+        if resolved is not None:
+            _register_consumer(resolved, args.target)
     header = result.header
     data: dict[str, Any] = {
         "source": args.source,

@@ -9,7 +9,10 @@ in the user's configuration directory, then to the built-in defaults (``local``)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import platformdirs
 
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.manager import KeyManager, KeyOrder
+from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, Secret
 
@@ -42,6 +45,7 @@ class ResolvedKey:
     passphrase: bytes = field(repr=False)
     manager_name: str
     created: bool
+    manager: KeyManager = field(repr=False, compare=False)
 
 
 def config_path() -> Path:
@@ -186,4 +190,46 @@ def resolve_key(args: argparse.Namespace, *, creating: bool) -> ResolvedKey | No
         passphrase=passphrase_for(secret),
         manager_name=manager.name,
         created=created,
+        manager=manager,
     )
+
+
+# How the local keystore names an image file that a key opens (Barbican's consumer triple).
+LOCAL_CONSUMER_SERVICE = "imgcrypt"
+LOCAL_CONSUMER_TYPE = "file"
+
+
+def file_consumer(path: str) -> Consumer:
+    """The consumer entry for an image file: its absolute path."""
+    return Consumer(LOCAL_CONSUMER_SERVICE, LOCAL_CONSUMER_TYPE, os.path.abspath(path))
+
+
+def register_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
+    """Record in the local keystore that ``key_id`` opens the image at ``path``.
+
+    Only the local keystore gets these entries: in a cloud the image service registers its own
+    consumers (image ids, not paths on one person's disk). Standard output has no path to
+    record. True when an entry was written.
+    """
+    if manager.name != "local" or path == "-":
+        return False
+    manager.add_consumer(key_id, file_consumer(path))
+    return True
+
+
+def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
+    if manager.name == "local" and path != "-":
+        manager.remove_consumer(key_id, file_consumer(path))
+
+
+@contextlib.contextmanager
+def deleted_if_failed(resolved: ResolvedKey | None) -> Iterator[None]:
+    """Delete the key a command created when the command fails (any exception, Ctrl-C too),
+    so failed runs leave no orphan keys behind."""
+    try:
+        yield
+    except BaseException:
+        if resolved is not None and resolved.created:
+            with contextlib.suppress(Exception):
+                resolved.manager.delete(resolved.key_id, force=True)
+        raise

@@ -67,6 +67,21 @@ def _secret(args: argparse.Namespace, key_id: str | None, path: str | None, *, l
     return common.passphrase_from(path, confirm=confirm, prompt=prompt)
 
 
+def _move_consumers(args: argparse.Namespace) -> None:
+    """The local keystore learns that the new key opens IMAGE and, after --change, that the
+    old one no longer does."""
+    old_id, new_id = getattr(args, "key_id", None), getattr(args, "new_key_id", None)
+    if old_id is None and new_id is None:
+        return
+    from imgcrypt.cli import keyopts
+
+    manager = keyopts.key_manager_from_args(args)
+    if new_id is not None:
+        keyopts.register_file_consumer(manager, new_id, args.image)
+    if old_id is not None and args.change and old_id != new_id:
+        keyopts.unregister_file_consumer(manager, old_id, args.image)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.passphrase_file == "-" and args.new_passphrase_file == "-":
         raise UsageError("stdin cannot carry both passphrases")
@@ -90,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         kdf = kdf_for(header, options)
     result = rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
                         remove_slot=args.remove_slot, kdf=kdf)
+    _move_consumers(args)
     data = {"image": args.image, "opened_slot": result.opened_slot,
             "added_slot": result.added_slot, "removed_slot": result.removed_slot}
     parts = []
