@@ -130,9 +130,9 @@ def main() -> None:
         "--cert", str(modern_cert))
 
     say("6. The properties to attach, and the command a person would run")
-    args = run("properties", str(OUT / "disk.luks"), "--key-id", key_id, "--signature",
-               str(OUT / "glance-signature.json"), "--size", str(result["payload_size"]),
-               show=False).strip()
+    args = run("properties", str(OUT / "disk.luks"), "--key-id", key_id, *keystore,
+               "--signature", str(OUT / "glance-signature.json"), "--size",
+               str(result["payload_size"]), show=False).strip()
     print("$ openstack image create --file disk.luks --disk-format raw "
           "--container-format bare \\")
     for part in shlex.split(args)[1::2]:
@@ -148,7 +148,8 @@ def main() -> None:
         raise SystemExit("demo failed: the decrypted image differs from the original")
     print(f"  disk.out  sha256 {decrypted[:16]}...  identical to disk.raw")
 
-    say("Done. Everything is in demo-out/; the README shows the same steps against Barbican.")
+    say("Done. Everything is in demo-out/ (its own local keystore in demo-out/keystore); the "
+        "README walks through the same steps.")
 
 
 if __name__ == "__main__":

@@ -179,11 +179,12 @@ def test_properties_command(files: dict[str, Path]) -> None:
     assert result["properties"]["os_decrypt_size"] == "1000001"
     signature = files["dir"] / "sig.json"
     signature.write_text(json.dumps({"img_signature": "abc", "img_signature_key_type": "RSA-PSS"}))
+    ks = ["--keystore", str(keystore)]  # properties checks that the key opens the image
     props = json.loads(imgcrypt("properties", out, "--key-id", key_id, "--signature", signature,
-                                "--size", "1000001", "--json", check=True).stdout)
+                                "--size", "1000001", "--json", *ks, check=True).stdout)
     assert props == {**result["properties"], "disk_format": "raw", "container_format": "bare",
                      "img_signature": "abc", "img_signature_key_type": "RSA-PSS"}
-    text = imgcrypt("properties", out, "--key-id", key_id, check=True).stdout.decode()
+    text = imgcrypt("properties", out, "--key-id", key_id, *ks, check=True).stdout.decode()
     assert f"--property os_encrypt_key_id={key_id}" in text
     # Without --size the whole (sector-padded) payload is the decrypted size.
     assert "--property os_decrypt_size=1000448" in text
@@ -193,7 +194,7 @@ def test_properties_command(files: dict[str, Path]) -> None:
     assert imgcrypt("properties", files["src"], "--key-id", key_id).returncode == 3
     bad = files["dir"] / "bad.json"
     bad.write_text('{"os_encrypt_key_id": "00000000-0000-4000-8000-000000000000"}')
-    proc = imgcrypt("properties", out, "--key-id", key_id, "--signature", bad)
+    proc = imgcrypt("properties", out, "--key-id", key_id, "--signature", bad, *ks)
     assert proc.returncode == 3 and b"differently" in proc.stderr
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
-import shlex
+import re
+import sys
 from typing import Any
 
+from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import FormatError, UsageError
+from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
 from imgcrypt.luks.container import is_luks
-from imgcrypt.luks.stream import read_header
+from imgcrypt.luks.stream import read_header, unlock_stream
+from imgcrypt.signing import glance, imgcrypt_mode
+from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
 
 EXAMPLE = """example:
   imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json
@@ -21,18 +26,39 @@ EXAMPLE = """example:
 
 MAX_SIGNATURE_FILE = 1 << 20
 
+# The output is pasted unquoted into a shell command line ($(...)), where quotes are not
+# interpreted: a value must be one word that no shell splits or globs, or it is refused.
+SAFE_VALUE = re.compile(r"[A-Za-z0-9._:+/=-]*")
+ENCRYPTION_NAMES = frozenset({
+    "cinder_encryption_key_id", "cinder_encryption_key_deletion_policy", "os_encrypt_format",
+    "os_encrypt_key_id", "os_encrypt_key_deletion_policy", "os_decrypt_size",
+    "os_decrypt_container_format",
+})
+FORMAT_NAMES = frozenset({"disk_format", "container_format"})
+_IMGCRYPT_SIGN_NAME = re.compile(
+    r"imgcrypt_sign_(version|algorithm|hash|size|bound_sha256|certificate_uuid"
+    r"|signature_count|signature_sha256|signature_[1-9][0-9]{0,3})"
+)
+
+
+def known_property(name: str) -> bool:
+    """A property name imgcrypt writes (encryption, format, Glance or imgcrypt signature)."""
+    return (name in ENCRYPTION_NAMES or name in FORMAT_NAMES or name in glance.KEYS
+            or _IMGCRYPT_SIGN_NAME.fullmatch(name) is not None)
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "properties", help="print the image properties to attach",
         description="Work out the properties an image service needs for IMAGE: the encryption "
-        "properties from its LUKS header and key id, plus any signature properties written by "
-        "'imgcrypt sign'. Prints '--property k=v' arguments for 'openstack image create/set' "
-        "(or one JSON object with --json).",
+        "properties from its LUKS header and key id (the key is fetched and must open IMAGE), "
+        "plus any signature properties written by 'imgcrypt sign'. Prints '--property k=v' "
+        "arguments for 'openstack image create/set' (or one JSON object with --json). Only "
+        "property names imgcrypt knows are printed, and only values made of letters, digits "
+        "and ._:+/=- (safe unquoted in $(...)); anything else is refused.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("--key-id", help="key-manager id of the secret that opens IMAGE")
     parser.add_argument("--deletion-policy", default="on_image_deletion",
                         choices=("on_image_deletion", "do_not_delete"),
                         help="what to do with the key when the image is deleted")
@@ -40,8 +66,30 @@ def register(sub: Any) -> None:
                         help="properties JSON from 'imgcrypt sign' (repeatable)")
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (default: the whole payload)")
+    if common.key_arguments_available():
+        from imgcrypt.cli import keyopts
+
+        keyopts.add_key_arguments(parser, creating=False)
+    else:
+        parser.add_argument("--key-id", help="key-manager id of the secret that opens IMAGE")
     add_json_argument(parser)
     parser.set_defaults(func=run)
+
+
+def _check_key(args: argparse.Namespace, region: bytes) -> None:
+    """The key exists in the key manager and opens a keyslot of IMAGE's header."""
+    if not common.key_arguments_available():
+        raise UsageError("no key manager support is installed: cannot check --key-id")
+    from imgcrypt.cli import keyopts
+
+    resolved = keyopts.resolve_key(args, creating=False)
+    assert resolved is not None
+    try:
+        unlock_stream(io.BytesIO(region), resolved.passphrase)
+    except WrongPassphraseError:
+        raise WrongPassphraseError(
+            f"key {resolved.key_id} does not open {args.image}"
+        ) from None
 
 
 def image_properties(args: argparse.Namespace) -> dict[str, str]:
@@ -57,7 +105,8 @@ def image_properties(args: argparse.Namespace) -> dict[str, str]:
             from imgcrypt.keys.properties import encryption_properties
 
             rest = io.BytesIO(prefix + f.read(128 << 20))
-            header, _ = read_header(rest)
+            header, region = read_header(rest)
+            _check_key(args, region)
             payload = header.payload_size
             if payload is None:
                 payload = len(rest.getvalue()) - header.payload_offset + _remaining(f)
@@ -67,23 +116,76 @@ def image_properties(args: argparse.Namespace) -> dict[str, str]:
             properties.update(encryption_properties(args.key_id, header.version, size,
                                                     args.deletion_policy))
     for path in args.signature:
-        with open(path, "rb") as s:
-            raw = s.read(MAX_SIGNATURE_FILE + 1)
-        if len(raw) > MAX_SIGNATURE_FILE:
-            raise FormatError(f"{path} is too large for a properties file")
-        try:
-            extra = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise FormatError(f"{path} is not a JSON object of properties") from None
-        if not isinstance(extra, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
-        ):
-            raise FormatError(f"{path} is not a flat JSON object of strings")
-        for key, value in extra.items():
-            if key in properties and properties[key] != value:
-                raise FormatError(f"{path} sets {key} differently from the image")
-            properties[key] = value
+        _merge_signature(properties, _read_signature(path), path)
+    for name, value in properties.items():
+        _check_safe(name, value, "the image")
     return properties
+
+
+def _read_signature(path: str) -> dict[str, str]:
+    with open(path, "rb") as s:
+        raw = s.read(MAX_SIGNATURE_FILE + 1)
+    if len(raw) > MAX_SIGNATURE_FILE:
+        raise FormatError(f"{path} is too large for a properties file")
+    try:
+        extra = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise FormatError(f"{path} is not a JSON object of properties") from None
+    if not isinstance(extra, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+    ):
+        raise FormatError(f"{path} is not a flat JSON object of strings")
+    for name, value in extra.items():
+        _check_safe(name, value, path)
+    return extra
+
+
+def _check_safe(name: str, value: str, where: str) -> None:
+    """Refuse, never escape: a name imgcrypt does not write, or a value a shell would split."""
+    if not known_property(name):
+        raise FormatError(f"{where} sets {name[:64]!r}, not a property imgcrypt knows")
+    if SAFE_VALUE.fullmatch(value) is None:
+        raise FormatError(
+            f"{where}: the value of {name} has characters outside letters, digits and ._:+/=-"
+        )
+
+
+def _merge_signature(properties: dict[str, str], extra: dict[str, str], path: str) -> None:
+    if imgcrypt_mode.present(extra):
+        _drop_bound_as_absent(properties, extra, path)
+    for key, value in extra.items():
+        if key in properties and properties[key] != value:
+            raise FormatError(f"{path} sets {key} differently from the image")
+        properties[key] = value
+
+
+def _drop_bound_as_absent(properties: dict[str, str], signature: dict[str, str],
+                          path: str) -> None:
+    """An imgcrypt-mode signature binds each of BOUND_PROPERTIES to a value or to "absent".
+    Find which of this image's values it binds (the bound-digest hint tells), and leave out
+    the ones it binds as absent: attaching them would make verification fail."""
+    stated = signature.get(BOUND_DIGEST_KEY)
+    if stated is None:
+        raise FormatError(f"{path} has no {BOUND_DIGEST_KEY}")
+    choices = [(name, (properties.get(name), None) if name in properties else (None,))
+               for name in BOUND_PROPERTIES]
+    for values in itertools.product(*(options for _name, options in choices)):
+        bound = tuple((name, value) for (name, _o), value in zip(choices, values, strict=True))
+        if bound_digest(bound) == stated:
+            break
+    else:
+        raise FormatError(
+            f"the signature in {path} binds other values than this image and key give to "
+            f"its signed properties ({', '.join(BOUND_PROPERTIES)}); sign the image again"
+        )
+    absent = [name for name, value in bound if value is None and name in properties]
+    for name in absent:
+        del properties[name]
+    if absent:
+        sys.stderr.write(
+            f"imgcrypt: note: not attaching {', '.join(absent)}: the signature in {path} binds "
+            "them as absent (sign with --bind FILE to bind them)\n"
+        )
 
 
 def _remaining(f: Any) -> int:
@@ -97,9 +199,11 @@ def _remaining(f: Any) -> int:
 
 def run(args: argparse.Namespace) -> int:
     properties = image_properties(args)
+    # Every value passed _check_safe, so no quoting is needed (and quotes would not survive
+    # an unquoted $(...) anyway).
     arguments = " ".join(
-        f"--property {shlex.quote(f'{k}={v}')}" for k, v in sorted(properties.items())
-        if k not in ("disk_format", "container_format")
+        f"--property {k}={v}" for k, v in sorted(properties.items())
+        if k not in FORMAT_NAMES
     )
     emit(args, properties, arguments)
     return 0

@@ -26,7 +26,8 @@ from imgcrypt.signing.certs import (
     load_certificate_file,
 )
 from imgcrypt.signing.keyfile import PassphraseRequiredError, load_private_key
-from imgcrypt.signing.propfile import dump_properties
+from imgcrypt.signing.manifest import BOUND_PROPERTIES
+from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties, parse_properties
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
 
 
@@ -194,6 +195,13 @@ def register(sub: Any) -> None:
         metavar="NAME=VALUE",
         help="imgcrypt mode: an image property to bind into the signature (repeatable)",
     )
+    parser.add_argument(
+        "--bind",
+        metavar="FILE",
+        help="imgcrypt mode: bind the signed properties found in this JSON object (e.g. the "
+        "output of 'imgcrypt properties IMAGE --key-id ID --json'); the others are bound as "
+        "absent",
+    )
     parser.add_argument("--properties-out", metavar="FILE", help="write the properties here")
     parser.add_argument("--force", action="store_true", help="replace --properties-out")
     add_key_manager_options(parser)
@@ -221,6 +229,10 @@ def _check_certificate_matches(args: argparse.Namespace, private_key: PrivateKey
 def build_signer(args: argparse.Namespace, private_key: PrivateKey) -> Consumer[dict[str, str]]:
     uuid = _certificate_uuid(args)
     bound = parse_assignments(args.property)
+    if args.bind:
+        for name, value in _bound_from_file(args.bind).items():
+            if bound.setdefault(name, value) != value:
+                raise UsageError(f"--property {name} differs from {args.bind}")
     if args.mode == "glance":
         if bound:
             raise UsageError("Glance mode signs the image bytes only; use --mode imgcrypt to bind")
@@ -241,6 +253,14 @@ def build_signer(args: argparse.Namespace, private_key: PrivateKey) -> Consumer[
         max_value_length=args.max_value_length or storage.DEFAULT_MAX_LENGTH,
         algorithm=args.algorithm,
     )
+
+
+def _bound_from_file(path: str) -> dict[str, str]:
+    """The properties a signature binds, taken from a property document (other names in it,
+    such as signature properties, are not bound and are left out)."""
+    with open(path, "rb") as handle:
+        document = parse_properties(handle.read(MAX_DOCUMENT_BYTES + 1))
+    return {k: v for k, v in document.items() if k in BOUND_PROPERTIES}
 
 
 def _check_limit(args: argparse.Namespace, properties: Mapping[str, str]) -> None:
