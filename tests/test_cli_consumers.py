@@ -21,7 +21,7 @@ def store(tmp_path: Path) -> list[str]:
 
 def keys_in(store: list[str]) -> list[str]:
     proc = imgcrypt("keys", "list", "--json", *store, check=True)
-    return [s["secret_id"] for s in json.loads(proc.stdout)["secrets"]]
+    return [s["key_id"] for s in json.loads(proc.stdout)["secrets"]]
 
 
 def new_image(tmp_path: Path, store: list[str], name: str = "t.luks") -> str:

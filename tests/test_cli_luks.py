@@ -153,7 +153,7 @@ def test_rekey_cli_and_cryptsetup_agree(files: dict[str, Path], cryptsetup: str)
     payload_before = out.read_bytes()[2 << 20 :]
     proc = imgcrypt("rekey", out, "--passphrase-file", files["pw"], "--change",
                     "--new-passphrase-file", files["pw2"], *FAST, "--json", check=True)
-    assert json.loads(proc.stdout) == {"image": str(out), "opened_slot": 0, "added_slot": 1,
+    assert json.loads(proc.stdout) == {"target": str(out), "opened_slot": 0, "added_slot": 1,
                                        "removed_slot": 0}
     assert out.read_bytes()[2 << 20 :] == payload_before
     assert cs_test_passphrase(cryptsetup, out, files["pw2"]) == 0

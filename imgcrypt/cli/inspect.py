@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     with open_input(args.image) as f:
         header, _ = read_header(f)
     info = header.describe()
-    emit(args, info, human(info))
+    emit(args, {"source": args.image, **info}, human(info))
     return 0

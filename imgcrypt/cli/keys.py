@@ -94,6 +94,12 @@ def _common(parser: argparse.ArgumentParser, func: Any) -> None:
     parser.set_defaults(func=func)
 
 
+def _info_json(info: SecretInfo) -> dict[str, str | int | None]:
+    """A secret's metadata in the CLI's one vocabulary: ``key_id``, as every command says."""
+    document = info.as_dict()
+    return {"key_id": document.pop("secret_id"), **document}
+
+
 def _describe(info: SecretInfo) -> str:
     parts = [f"id: {info.secret_id}", f"type: {info.secret_type}"]
     for label, value in (
@@ -154,7 +160,7 @@ def _run_create(args: argparse.Namespace) -> int:
         )
         key_id = manager.create_key(order)
     info = manager.describe(key_id)
-    data_out = {"key_manager": manager.name, "key_id": key_id, "secret": info.as_dict()}
+    data_out = {"key_manager": manager.name, "key_id": key_id, "secret": _info_json(info)}
     emit(args, data_out, f"created {info.secret_type} secret {key_id} in {manager.name}")
     return 0
 
@@ -165,7 +171,7 @@ def _run_show(args: argparse.Namespace) -> int:
     if not args.reveal:
         info = manager.describe(args.key_id)
         consumers = _consumers(manager, args.key_id)
-        data = {"key_manager": manager.name, "secret": info.as_dict(), "consumers": consumers}
+        data = {"key_manager": manager.name, "secret": _info_json(info), "consumers": consumers}
         emit(args, data, _describe(info) + _consumer_lines(consumers))
         return 0
     secret = manager.get(args.key_id)
@@ -177,7 +183,7 @@ def _run_show(args: argparse.Namespace) -> int:
         passphrase_text = None
     data = {
         "key_manager": manager.name,
-        "secret": info.as_dict(),
+        "secret": _info_json(info),
         "payload_base64": base64.b64encode(secret.payload_bytes).decode("ascii"),
         "luks_passphrase": passphrase_text,
     }
@@ -193,7 +199,7 @@ def _run_show(args: argparse.Namespace) -> int:
 def _run_list(args: argparse.Namespace) -> int:
     manager = key_manager_from_args(args)
     infos = manager.list()
-    data = {"key_manager": manager.name, "secrets": [i.as_dict() for i in infos]}
+    data = {"key_manager": manager.name, "secrets": [_info_json(i) for i in infos]}
     lines = [
         f"{i.secret_id}  {i.secret_type:<10}  {i.algorithm or '-':<6}  "
         f"{i.bit_length or '-':>5}  {i.mode or '-':<5}  {i.name or ''}".rstrip()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import signal
+import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from imgcrypt.errors import ImgcryptError
 
@@ -23,12 +26,15 @@ COMMAND_MODULES = (
 )
 
 
+class _ArgumentError(Exception):
+    """argparse refused the command line; main() reports it like any usage error."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors in the imgcrypt one-line style with exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"imgcrypt: error: {message}\n")
-        raise SystemExit(2)
+        raise _ArgumentError(message)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -39,7 +45,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Encrypt, sign and verify virtual-machine disk images (LUKS1/LUKS2).",
         epilog="Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 malformed or unsupported "
         "input, 4 wrong passphrase or failed verification, 5 key manager unreachable or "
-        "secret not found, 130 interrupted.",
+        "secret not found, 130 interrupted, 141 output pipe closed by its reader. With --json, "
+        'a failure also prints {"error": {"code": N, "message": ...}}.',
     )
     from imgcrypt import __version__
 
@@ -72,23 +79,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    if not argv:
+        # `imgcrypt` alone: the usage and the commands, on stderr, as a usage error.
+        parser.print_help(sys.stderr)
+        return 2
+    wants_json = "--json" in argv
+    try:
+        args = parser.parse_args(argv)
+    except _ArgumentError as exc:
+        return _fail(str(exc), 2, json_to=sys.stdout if wants_json else None)
+    json_to = None
+    if getattr(args, "json", False):
+        # Commands whose stdout carries image data put their JSON on stderr; so does the error.
+        json_to = sys.stderr if getattr(args, "target", None) == "-" else sys.stdout
     try:
         code: int = args.func(args)
         return code
     except ImgcryptError as exc:
-        _report(str(exc) or type(exc).__name__)
-        return exc.exit_code
+        return _fail(str(exc) or type(exc).__name__, exc.exit_code, json_to=json_to)
     except KeyboardInterrupt:
-        _report("interrupted")
-        return 130
+        return _fail("interrupted", 130, json_to=json_to)
     except BrokenPipeError:
         # The reader went away (``imgcrypt decrypt x - | head``): not our failure to report.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        return 1
+        return _closed_pipe()
     except OSError as exc:
-        _report(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
-        return 1
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        return _fail(message, 1, json_to=json_to)
+
+
+# Exit code when the reader of our stdout went away: what a shell reports for a process killed
+# by SIGPIPE (128 + 13), as `cat big | head` gives; nothing is printed.
+CLOSED_PIPE_EXIT = 141
+
+
+def _closed_pipe() -> int:
+    # Point stdout at /dev/null so the interpreter's final flush cannot fail again and print
+    # "Exception ignored ... BrokenPipeError" on the way out.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return CLOSED_PIPE_EXIT
+
+
+def _fail(message: str, code: int, *, json_to: TextIO | None) -> int:
+    _report(message)
+    if json_to is not None:
+        line = " ".join(message.split())
+        with contextlib.suppress(OSError):
+            json_to.write(json.dumps({"error": {"code": code, "message": line}}) + "\n")
+            json_to.flush()
+    return code
 
 
 def _report(message: str) -> None:

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     result = rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
                         remove_slot=args.remove_slot, kdf=kdf)
     _move_consumers(args)
-    data = {"image": args.image, "opened_slot": result.opened_slot,
+    data = {"target": args.image, "opened_slot": result.opened_slot,
             "added_slot": result.added_slot, "removed_slot": result.removed_slot}
     parts = []
     if result.added_slot is not None:

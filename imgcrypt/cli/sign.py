@@ -286,13 +286,12 @@ def run(args: argparse.Namespace) -> int:
     properties: dict[str, str] = feed_image(signer, args.image)
     _check_limit(args, properties)
     document = dump_properties(properties)
+    # One JSON shape whether or not the properties also went to a file.
+    data = {"source": args.image, "properties": properties,
+            "properties_out": args.properties_out}
     if args.properties_out:
         write_atomically(args.properties_out, document, force=args.force)
-        emit(
-            args,
-            {"properties_out": args.properties_out, "properties": properties},
-            f"wrote {len(properties)} properties to {args.properties_out}",
-        )
+        emit(args, data, f"wrote {len(properties)} properties to {args.properties_out}")
     else:
-        emit(args, properties, document.decode("utf-8"))
+        emit(args, data, document.decode("utf-8"))
     return 0

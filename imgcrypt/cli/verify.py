@@ -203,5 +203,6 @@ def run(args: argparse.Namespace) -> int:
     if ignored and not args.json:
         sys.stderr.write("imgcrypt: note: ignored properties no signature covers: "
                          + ", ".join(n[:64] for n in ignored) + "\n")
-    emit(args, {**result.as_dict(), "ignored_properties": ignored}, _human(result))
+    emit(args, {"source": args.image, **result.as_dict(), "ignored_properties": ignored},
+         _human(result))
     return 0
