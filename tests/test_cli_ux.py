@@ -110,3 +110,44 @@ def test_public_api_names_resolve() -> None:
 
     for name in imgcrypt.__all__:
         assert getattr(imgcrypt, name) is not None
+
+
+def test_no_arguments_prints_the_usage() -> None:
+    proc = imgcrypt()
+    assert proc.returncode == 2
+    text = proc.stderr.decode()
+    assert text.startswith("usage: imgcrypt") and "encrypt" in text and "properties" in text
+
+
+def test_missing_target_directory_names_the_target(tmp_path: Path) -> None:
+    src = tmp_path / "disk.raw"
+    src.write_bytes(b"\0" * 4096)
+    pw = secret_file(tmp_path, "pw", b"pw")
+    target = tmp_path / "no-such-dir" / "t.luks"
+    proc = imgcrypt("encrypt", src, target, "--passphrase-file", pw, "--iterations", "1000")
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and str(target) in err and "imgcrypt-tmp" not in err
+
+
+def test_missing_passphrase_file_is_a_usage_error(tmp_path: Path) -> None:
+    src = tmp_path / "disk.raw"
+    src.write_bytes(b"\0" * 4096)
+    proc = imgcrypt("encrypt", src, tmp_path / "t.luks", "--passphrase-file", tmp_path / "nope")
+    assert proc.returncode == 2
+    assert str(tmp_path / "nope") in proc.stderr.decode()
+    assert not (tmp_path / "t.luks").exists()
+
+
+def test_decrypt_to_a_closed_pipe_exits_quietly_with_141(tmp_path: Path) -> None:
+    src = tmp_path / "disk.raw"
+    with open(src, "wb") as f:
+        f.truncate(64 << 20)
+    pw = secret_file(tmp_path, "pw", b"pw")
+    imgcrypt("encrypt", src, tmp_path / "t.luks", "--passphrase-file", pw, "--iterations",
+             "1000", check=True)
+    line = (f"{' '.join(IMGCRYPT)} decrypt {tmp_path / 't.luks'} - --passphrase-file {pw} "
+            "| head -c 10 > /dev/null; echo ${PIPESTATUS[0]}")
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "141"
+    assert proc.stderr == ""
