@@ -55,7 +55,8 @@ def test_encrypt_inspect_decrypt_round_trip(files: dict[str, Path]) -> None:
     assert info["payload_offset"] == 2 << 20 and info["uuid"] == result["uuid"]
     assert info["keyslots"] == [{"slot": 0, "kdf": "pbkdf2", "hash": "sha256",
                                  "iterations": 1000, "stripes": 4000,
-                                 "key_material_offset": 4096}]
+                                 "key_material_offset": 4096,
+                                 "key_material_offset_sectors": 8}]
 
     plain = files["dir"] / "plain.raw"
     imgcrypt("decrypt", out, plain, "--passphrase-file", files["pw"], "--size", "1000001",

@@ -131,7 +131,8 @@ def test_verify_names_unknown_properties_and_reads_openstack_image_show(
     signature = json.loads(modern.read_text())
     # What `openstack image show -f json` prints: integers, nulls, lists, nested properties.
     shown = {
-        "container_format": "bare", "disk_format": "raw", "checksum": None, "id": "9e1c4c0a-1111-4c4c-9c9c-0a0a0a0a0a0a",
+        "container_format": "bare", "disk_format": "raw", "checksum": None,
+        "id": "9e1c4c0a-1111-4c4c-9c9c-0a0a0a0a0a0a",
         "min_disk": 0, "min_ram": 0, "name": "my-image", "protected": False, "size": 1234,
         "tags": [], "visibility": "private",
         "properties": {**enc, **signature, "os_hidden": False, "x_unsigned_extra": "hello"},

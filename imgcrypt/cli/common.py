@@ -113,6 +113,12 @@ def add_passphrase_file_argument(
                         metavar="PATH", help=help_text + "; --key-file is cryptsetup's name")
 
 
+def add_key_slot_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """cryptsetup's -S/--key-slot."""
+    parser.add_argument("--key-slot", "-S", dest="key_slot", type=int, metavar="N",
+                        help=help_text)
+
+
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it is off anyway when stderr is not a terminal)")
@@ -167,8 +173,10 @@ def input_size(path: str) -> int | None:
 
 def add_format_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("LUKS format")
-    group.add_argument("--format", choices=("luks1", "luks2"), default="luks1",
-                       help="LUKS version (default luks1: what qemu-img and Glance accept)")
+    group.add_argument("--format", "--type", dest="format", choices=("luks1", "luks2"),
+                       default="luks1",
+                       help="LUKS version (default luks1: what qemu-img and Glance accept); "
+                       "--type is cryptsetup's name")
     group.add_argument("--cipher", default="aes-xts-plain64", help="default aes-xts-plain64")
     group.add_argument("--key-size", type=int, choices=(256, 512), default=512,
                        help="bits of the whole key as cryptsetup counts them: 512 = AES-256-XTS")

@@ -26,6 +26,7 @@ def register(sub: Any) -> None:
     parser.add_argument("source", metavar="SOURCE")
     parser.add_argument("target", metavar="TARGET")
     common.add_passphrase_file_argument(parser)
+    common.add_key_slot_argument(parser, "try only keyslot N (as cryptsetup open --key-slot)")
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (os_decrypt_size): trim the padding")
     parser.add_argument("--force", action="store_true", help="replace an existing TARGET")
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     passphrase, resolved = resolve_passphrase(args, creating=False)
     with open_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
-        opened = unlock_stream(src, passphrase)
+        opened = unlock_stream(src, passphrase, slot=args.key_slot)
         total = _payload_total(opened.header, args.size, common.input_size(args.source))
         with atomic_output(args.target, force=args.force, source=args.source) as dst, \
                 common.progress_bar(args, total, "decrypt") as progress:

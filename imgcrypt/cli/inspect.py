@@ -23,17 +23,60 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+# luksDump counts LUKS1 offsets in 512-byte sectors, whatever the encryption sector size.
+DUMP_SECTOR = 512
+
+
+def _offset(size: int) -> str:
+    """``4096 sectors (2097152 bytes, 2 MiB)``: sectors as luksDump shows them, and bytes."""
+    text = f"{size // DUMP_SECTOR} sectors ({size} bytes" if size % DUMP_SECTOR == 0 \
+        else f"{size} bytes ("
+    mib, rest = divmod(size, 1 << 20)
+    return text + (f", {mib} MiB)" if mib and not rest else ")")
+
+
+def with_sectors(info: dict[str, Any]) -> dict[str, Any]:
+    """The header description plus every byte offset counted in 512-byte sectors too."""
+    out = dict(info)
+    if isinstance(info.get("payload_offset"), int):
+        out["payload_offset_sectors"] = info["payload_offset"] // DUMP_SECTOR
+    out["keyslots"] = [
+        {**slot, "key_material_offset_sectors": slot["key_material_offset"] // DUMP_SECTOR}
+        if isinstance(slot.get("key_material_offset"), int) else slot
+        for slot in info["keyslots"]
+    ]
+    return out
+
+
+def _slot_value(name: str, value: Any) -> Any:
+    if isinstance(value, int) and name.endswith("offset"):
+        return _offset(value)
+    if isinstance(value, int) and name == "key_size":
+        return f"{value} bits"
+    if isinstance(value, int) and name.endswith("_size"):
+        return f"{value} bytes"
+    return value
+
+
 def human(info: dict[str, Any]) -> str:
     lines = [f"{info['format'].upper()} image"]
     for key in ("cipher", "key_size", "sector_size", "payload_offset", "uuid", "label"):
-        if info.get(key) not in (None, ""):
-            lines.append(f"  {key.replace('_', ' '):<15}{info[key]}")
+        value = info.get(key)
+        if value in (None, ""):
+            continue
+        if key == "payload_offset" and isinstance(value, int):
+            value = _offset(value)
+        elif key in ("key_size", "sector_size"):
+            value = f"{value} {'bits' if key == 'key_size' else 'bytes'}"
+        lines.append(f"  {key.replace('_', ' '):<15}{value}")
     copies = info.get("header_copies")
     if copies:
         lines.append("  header copies  " + ", ".join(f"{k} {v}" for k, v in copies.items()))
     lines.append(f"  keyslots       {len(info['keyslots'])} active")
     for slot in info["keyslots"]:
-        details = ", ".join(f"{k} {v}" for k, v in slot.items() if k not in ("slot",))
+        details = ", ".join(
+            f"{k.replace('_', ' ')} {_slot_value(k, v)}"
+            for k, v in slot.items() if k != "slot" and not k.endswith("_sectors"))
         lines.append(f"    {slot['slot']}: {details}")
     return "\n".join(lines)
 
@@ -41,6 +84,6 @@ def human(info: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     with open_input(args.image) as f:
         header, _ = read_header(f)
-    info = header.describe()
+    info = with_sectors(header.describe())
     emit(args, {"source": args.image, **info}, human(info))
     return 0

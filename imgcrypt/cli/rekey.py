@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--new-passphrase-file", "--new-key-file", dest="new_passphrase_file",
                         metavar="PATH", help="the new passphrase, its bytes exactly "
                         "(--new-key-file is cryptsetup's luksAddKey name)")
+    common.add_key_slot_argument(
+        parser, "with --add, the number of the new keyslot (cryptsetup luksAddKey); with "
+        "--change, the keyslot whose passphrase changes (cryptsetup luksChangeKey)")
     timing = parser.add_mutually_exclusive_group()
     timing.add_argument("--iter-time", type=int, metavar="MS", default=2000,
                         help="KDF time budget for the new keyslot (default 2000)")
@@ -86,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.passphrase_file == "-" and args.new_passphrase_file == "-":
         raise UsageError("stdin cannot carry both passphrases")
     adding = args.add or args.change
+    if args.remove_slot is not None and args.key_slot is not None:
+        raise UsageError("--remove-slot names the keyslot itself; --key-slot is for --add "
+                         "and --change")
     if not adding and (args.new_passphrase_file or getattr(args, "new_key_id", None)):
         raise UsageError("--remove-slot takes no new passphrase")
     old = _secret(args, getattr(args, "key_id", None), args.passphrase_file, label="current",
@@ -104,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         )
         kdf = kdf_for(header, options)
     result = rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
-                        remove_slot=args.remove_slot, kdf=kdf)
+                        remove_slot=args.remove_slot, kdf=kdf,
+                        opened_slot=args.key_slot if args.change else None,
+                        new_slot=args.key_slot if args.add else None)
     _move_consumers(args)
     data = {"target": args.image, "opened_slot": result.opened_slot,
             "added_slot": result.added_slot, "removed_slot": result.removed_slot}

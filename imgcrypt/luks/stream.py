@@ -96,9 +96,11 @@ def read_header(source: BinaryIO, limits: KdfLimits = DEFAULT_LIMITS) -> tuple[L
 
 
 def unlock_stream(source: BinaryIO, passphrase: bytes,
-                  limits: KdfLimits = DEFAULT_LIMITS) -> Unlocked:
+                  limits: KdfLimits = DEFAULT_LIMITS, *, slot: int | None = None) -> Unlocked:
+    """Open the container on ``source`` with ``passphrase``, trying only keyslot ``slot`` if
+    given (cryptsetup's ``--key-slot``)."""
     header, region = read_header(source, limits)
-    slot, master_key = header.unlock(region, passphrase, limits)
+    slot, master_key = header.unlock(region, passphrase, limits, slot=slot)
     return Unlocked(header, region, slot, master_key)
 
 
@@ -447,25 +449,28 @@ class RekeyResult:
 
 def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
                remove_old: bool = False, remove_slot: int | None = None,
-               kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS) -> RekeyResult:
+               kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS,
+               opened_slot: int | None = None, new_slot: int | None = None) -> RekeyResult:
     """Change which passphrases open the image at ``path`` by rewriting its header only.
 
     With ``new_passphrase``, a keyslot for it is added (``kdf`` gives its parameters); with
     ``remove_old`` the keyslot ``passphrase`` opened is then removed, so a crash between the two
     steps leaves both passphrases valid, never neither. ``remove_slot`` removes that slot.
-    The file is locked for the whole change so two re-keys cannot interleave.
+    The file is locked for the whole change so two re-keys cannot interleave. ``opened_slot``
+    restricts which keyslot ``passphrase`` may open, ``new_slot`` chooses the new keyslot's
+    number (cryptsetup's ``--key-slot`` for luksChangeKey and luksAddKey).
     """
     if remove_old and new_passphrase is None:
         raise UsageError("changing a passphrase needs the new one")
     with open(path, "r+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         header, region = read_header(f, limits)
-        slot, master_key = header.unlock(region, passphrase, limits)
+        slot, master_key = header.unlock(region, passphrase, limits, slot=opened_slot)
         added = removed = None
         if new_passphrase is not None:
             if kdf is None:
                 raise UsageError("adding a keyslot needs KDF parameters")
-            update = header.add_keyslot(region, master_key, new_passphrase, kdf)
+            update = header.add_keyslot(region, master_key, new_passphrase, kdf, slot=new_slot)
             _apply(f.fileno(), update)
             added = update.slot
             region = update.region
