@@ -15,7 +15,7 @@ from imgcrypt.cli.keyopts import (
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UsageError
 from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, SecretInUseError
-from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.keys.rules import UnusableSecretError, passphrase_for, pem_form
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
 
 MAX_PAYLOAD_FILE = 64 * 1024
@@ -137,7 +137,8 @@ def _read_payload(path: str) -> bytes:
 def _run_create(args: argparse.Namespace) -> int:
     manager = key_manager_from_args(args)
     if args.payload_file:
-        data = _read_payload(args.payload_file)
+        # Stored the way the cloud reads it: PEM for private/public/certificate (DER converted).
+        data = pem_form(args.secret_type, _read_payload(args.payload_file))
         if args.secret_type == PASSPHRASE:
             secret = Secret(payload=data, secret_type=PASSPHRASE, name=args.name)
         elif args.secret_type != SYMMETRIC:
@@ -145,6 +146,7 @@ def _run_create(args: argparse.Namespace) -> int:
         else:
             secret = Secret(payload=data, secret_type=SYMMETRIC, algorithm=args.algorithm,
                             bit_length=len(data) * 8, mode=args.mode or None, name=args.name)
+        passphrase_for(secret)  # refuses what os-brick could not use (non-UTF-8 passphrases)
         key_id = manager.store(secret)
     else:
         if args.secret_type not in (SYMMETRIC, PASSPHRASE):
@@ -176,10 +178,9 @@ def _run_show(args: argparse.Namespace) -> int:
         return 0
     secret = manager.get(args.key_id)
     info = SecretInfo.of(secret)
-    passphrase = passphrase_for(secret)
     try:
-        passphrase_text: str | None = passphrase.decode("utf-8")
-    except UnicodeDecodeError:
+        passphrase_text: str | None = passphrase_for(secret).decode("utf-8")
+    except (UnusableSecretError, UnicodeDecodeError):
         passphrase_text = None
     data = {
         "key_manager": manager.name,
@@ -190,7 +191,7 @@ def _run_show(args: argparse.Namespace) -> int:
     human = _describe(info) + "\npayload (base64): " + data["payload_base64"]
     human += (
         f"\nLUKS passphrase: {passphrase_text}" if passphrase_text is not None
-        else "\nLUKS passphrase: (not UTF-8 text; see the base64 payload)"
+        else "\nLUKS passphrase: (none: the cloud could not use this secret to open LUKS)"
     )
     emit(args, data, human)
     return 0

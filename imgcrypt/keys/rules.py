@@ -1,8 +1,9 @@
 """The rules around secrets: the LUKS passphrase, the spec check, and the deletion policy.
 
 ``passphrase_for`` is the compatibility rule today's clouds follow (Cinder, Nova, Glance):
-a ``passphrase`` secret is used as is, every other secret type as the lowercase hex of its
-bytes. Getting it wrong makes an image unopenable, so there is no guessing by length or
+a ``passphrase`` secret is used as is (it must be UTF-8), every other secret type as the
+lowercase hex of its bytes (of the DER form for private/public/certificate, as castellan hands
+them to os-brick). Getting it wrong makes an image unopenable, so there is no guessing by length or
 content.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from imgcrypt.errors import (
+    FormatError,
     KeyManagerError,
     KeyManagerUnavailableError,
     SecretNotFoundError,
@@ -27,11 +29,82 @@ from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, EncryptionSpec, Secret
 DELETION_POLICIES = ("on_image_deletion", "do_not_delete")
 
 
+class UnusableSecretError(UsageError):
+    """A secret the cloud's own code could not turn into a passphrase (os-brick would raise)."""
+
+
 def passphrase_for(secret: Secret) -> bytes:
-    """The LUKS keyslot passphrase a secret stands for."""
+    """The LUKS keyslot passphrase a secret stands for, as castellan and os-brick make it.
+
+    os-brick decodes a ``passphrase`` secret as UTF-8 (so one that is not UTF-8 can never open
+    anything in Nova or Cinder, and is refused here) and hexlifies every other type. castellan
+    hands ``private``, ``public`` and ``certificate`` secrets over as DER although Barbican
+    stores them as PEM, so it is the DER form that is hexlified.
+    """
+    payload = secret.payload_bytes
     if secret.secret_type == PASSPHRASE:
-        return secret.payload_bytes
-    return binascii.hexlify(secret.payload_bytes)
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnusableSecretError(
+                "a passphrase secret must be UTF-8 text: os-brick decodes it as UTF-8, so Nova "
+                "and Cinder could never open an image with it"
+            ) from None
+        return payload
+    if secret.secret_type in _DER_TYPES:
+        return binascii.hexlify(der_form(secret.secret_type, payload))
+    return binascii.hexlify(payload)
+
+
+_DER_TYPES = ("private", "public", "certificate")
+
+
+def der_form(kind: str, pem: bytes) -> bytes:
+    """The DER bytes castellan makes of a PEM ``private``/``public``/``certificate`` payload."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        if kind == "certificate":
+            return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        if kind == "public":
+            return serialization.load_pem_public_key(pem).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return serialization.load_pem_private_key(pem, password=None).private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+    except (ValueError, TypeError):
+        raise UnusableSecretError(
+            f"a {kind} secret must hold an unencrypted PEM {kind}, as Barbican "
+            "stores it; castellan could not hand this one over"
+        ) from None
+
+
+def pem_form(kind: str, payload: bytes) -> bytes:
+    """A ``private``/``public``/``certificate`` payload as PEM, converting DER; the image
+    service and castellan read these secrets as PEM only. Other types are returned as given."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if kind not in _DER_TYPES:
+        return payload
+    if payload.lstrip().startswith(b"-----BEGIN"):
+        der_form(kind, payload)  # refuses PEM that castellan could not read
+        return payload
+    try:
+        if kind == "certificate":
+            return x509.load_der_x509_certificate(payload).public_bytes(
+                serialization.Encoding.PEM)
+        if kind == "public":
+            return serialization.load_der_public_key(payload).public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return serialization.load_der_private_key(payload, password=None).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+    except (ValueError, TypeError):
+        raise FormatError(
+            f"not a PEM or DER {kind} (an unencrypted one for a private key)"
+        ) from None
 
 
 class SpecMismatchError(UsageError):
