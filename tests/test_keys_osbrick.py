@@ -126,3 +126,10 @@ def test_der_certificate_is_stored_as_pem(tmp_path: Path) -> None:
     shown = json.loads(imgcrypt("keys", "show", created["key_id"], "--reveal", "--json", *store,
                                 check=True).stdout)
     assert base64.b64decode(shown["payload_base64"]).startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_der_payloads_from_the_castellan_adapter_give_the_same_passphrase() -> None:
+    certificate = make_cert(key("p384"))
+    pem = cert_pem(certificate)
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    assert ours("certificate", der) == ours("certificate", pem) == der.hex().encode().hex()

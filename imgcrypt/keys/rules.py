@@ -59,23 +59,29 @@ def passphrase_for(secret: Secret) -> bytes:
 _DER_TYPES = ("private", "public", "certificate")
 
 
-def der_form(kind: str, pem: bytes) -> bytes:
-    """The DER bytes castellan makes of a PEM ``private``/``public``/``certificate`` payload."""
+def der_form(kind: str, payload: bytes) -> bytes:
+    """The DER bytes castellan hands os-brick for a ``private``/``public``/``certificate``
+    secret: Barbican's PEM converted, or the payload itself when it already is DER (as
+    imgcrypt's castellan adapter returns it)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     try:
+        if not payload.lstrip().startswith(b"-----BEGIN"):
+            pem_form(kind, payload)  # DER already: check that it parses, hand it over as is
+            return payload
         if kind == "certificate":
-            return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+            return x509.load_pem_x509_certificate(payload).public_bytes(
+                serialization.Encoding.DER)
         if kind == "public":
-            return serialization.load_pem_public_key(pem).public_bytes(
+            return serialization.load_pem_public_key(payload).public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return serialization.load_pem_private_key(pem, password=None).private_bytes(
+        return serialization.load_pem_private_key(payload, password=None).private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption())
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, FormatError):
         raise UnusableSecretError(
-            f"a {kind} secret must hold an unencrypted PEM {kind}, as Barbican "
+            f"a {kind} secret must hold an unencrypted PEM (or DER) {kind}, as Barbican "
             "stores it; castellan could not hand this one over"
         ) from None
 
