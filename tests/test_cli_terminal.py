@@ -146,3 +146,43 @@ def test_passphrase_file_is_read_exactly_for_luks_and_for_the_signing_key(
     proc = imgcrypt("decrypt", tmp_path / "t.luks", tmp_path / "t.raw", "--key-file",
                     with_newline)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_rekey_prompts_for_the_current_and_twice_for_the_new(
+        tmp_path: Path, disk: Path, cryptsetup: str) -> None:
+    pw = secret_file(tmp_path, "pw", TYPED.encode())
+    imgcrypt("encrypt", disk, tmp_path / "t.luks", "--passphrase-file", pw, "--iterations",
+             "1000", check=True)
+    child = spawn("rekey", "t.luks", "--change", "--iterations", "1000", cwd=tmp_path)
+    child.expect("Current passphrase: ")
+    child.sendline(TYPED)
+    child.expect("New passphrase: ")
+    child.sendline("a new one")
+    child.expect("Verify passphrase: ")
+    child.sendline("a new one")
+    code, shown = finish(child)
+    assert code == 0, shown
+    assert test_passphrase(cryptsetup, tmp_path / "t.luks", pw) != 0
+    new = secret_file(tmp_path, "new", b"a new one")
+    assert test_passphrase(cryptsetup, tmp_path / "t.luks", new) == 0
+
+
+def test_ctrl_c_on_the_terminal_during_encrypt_with_a_new_key(tmp_path: Path) -> None:
+    """Typed Ctrl-C while the progress bar runs: exit 130, no target, and no orphan key."""
+    src = Path("/dev/shm") / f"imgcrypt-tty-{os.getpid()}.raw"
+    try:
+        with open(src, "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(16 << 20))
+        child = spawn("encrypt", src, "t.luks", "--new-key", "--keystore", "keys",
+                      "--iterations", "1000", cwd=tmp_path)
+        child.expect("encrypt: +[0-9]+%")  # the progress bar is running
+        child.sendintr()
+        code, shown = finish(child)
+        assert code == 130 and "interrupted" in shown
+        assert not (tmp_path / "t.luks").exists()
+        assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+        listed = imgcrypt("keys", "list", "--json", "--keystore", tmp_path / "keys", check=True)
+        assert b'"secrets": []' in listed.stdout
+    finally:
+        src.unlink(missing_ok=True)
