@@ -9,6 +9,7 @@ the old or the new passphrase.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +20,8 @@ from imgcrypt.luks.sectors import CipherSpec
 MAGIC_V1 = b"LUKS\xba\xbe"
 MAGIC_V2_SECONDARY = b"SKUL\xba\xbe"
 PROBE_SIZE = 4096
+LOOP_SECTOR = 512
+_log = logging.getLogger("imgcrypt")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class LuksHeader(Protocol):
     def active_keyslots(self) -> tuple[int, ...]: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def unsupported(self) -> tuple[str, ...]: ...
+
+    def check_decryptable(self) -> None: ...
 
     def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
                slot: int | None = None) -> tuple[int, bytes]: ...
@@ -120,3 +127,13 @@ def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> LuksHeader:
 
         return Luks1Header.parse(data)
     return Luks2Header.parse(data, limits)
+
+
+def whole_sectors(available: int) -> int:
+    """Payload bytes a loop device would expose: a trailing partial 512-byte sector is ignored,
+    with a warning saying how many bytes."""
+    tail = available % LOOP_SECTOR if available > 0 else 0
+    if tail:
+        _log.warning("imgcrypt: warning: ignoring the last %d bytes of the image: they do not "
+                     "make a whole %d-byte sector", tail, LOOP_SECTOR)
+    return available - tail
