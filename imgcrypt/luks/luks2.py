@@ -105,7 +105,7 @@ class Luks2Header:
 
     @classmethod
     def parse(cls, data: bytes, limits: KdfLimits = DEFAULT_LIMITS, *,
-              repairing: bool = False) -> Luks2Header:
+              repairing: bool = False, image_size: int | None = None) -> Luks2Header:
         """Validate both copies by cryptsetup's rules and pick the winner.
 
         When one copy is damaged or stale, cryptsetup recovers it from the other unless a
@@ -118,7 +118,7 @@ class Luks2Header:
         copies = find_copies(data, check_area)
         winner = copies.winner()
         if copies.need_recovery() and not repairing:
-            found = foreign_signature(data)
+            found = foreign_signature(data, image_size)
             if found:
                 raise HeaderRuleError(luks2_rules.FOREIGN_SIGNATURE, found)
         metadata = validate(load_json(winner.json_text), winner.binary.hdr_size)

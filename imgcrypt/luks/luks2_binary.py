@@ -13,10 +13,10 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imgcrypt.errors import BadMagicError, ChecksumError, FormatError, TruncatedError
+from imgcrypt.errors import ChecksumError, FormatError, TruncatedError
 from imgcrypt.luks import backend, luks2_rules
 from imgcrypt.luks.layout import Kind, Layout, fields
-from imgcrypt.luks.rules import HeaderRuleError
+from imgcrypt.luks.rules import HeaderRuleError, MagicRuleError
 
 MAGIC_PRIMARY = b"LUKS\xba\xbe"
 MAGIC_SECONDARY = b"SKUL\xba\xbe"
@@ -105,10 +105,6 @@ def checksum(binary: bytes, json_area: bytes, algorithm: str) -> bytes:
 
 class ChecksumRuleError(HeaderRuleError, ChecksumError):
     """A copy whose checksum does not match: both a rule and a checksum failure."""
-
-
-class MagicRuleError(HeaderRuleError, BadMagicError):
-    """A copy without its magic: both a rule and "not LUKS here"."""
 
 
 @dataclass(frozen=True)

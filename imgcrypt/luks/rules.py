@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgcrypt.errors import FormatError
+from imgcrypt.errors import BadMagicError, FormatError, UnsupportedError
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,14 @@ class HeaderRuleError(FormatError):
         super().__init__(f"{text} ({detail})" if detail else text)
 
 
+class MagicRuleError(HeaderRuleError, BadMagicError):
+    """No magic where one must be: both a broken rule and "not LUKS here"."""
+
+
+class VersionRuleError(HeaderRuleError, UnsupportedError):
+    """A LUKS version cryptsetup does not know."""
+
+
 def rule(registry: dict[str, Rule], name: str, reason: str) -> Rule:
     """Declare a rule in ``registry`` (one per format) and return it."""
     assert name not in registry, name
@@ -35,6 +43,9 @@ def rule(registry: dict[str, Rule], name: str, reason: str) -> Rule:
 
 
 COMMON: dict[str, Rule] = {}
+LUKS_MAGIC = rule(COMMON, "luks-magic",
+                  "the image starts with the LUKS magic, or keeps a LUKS2 secondary copy")
+LUKS_VERSION = rule(COMMON, "luks-version", "the version after the magic is 1 or 2")
 IMAGE_HOLDS_HEADER = rule(
     COMMON, "image-holds-header",
     "the image is long enough for the header and every keyslot area it declares",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import zlib
 
 SECTOR = 512
+# blkid probes no RAID-class signature (LVM2 among them) on a device this small ("tiny").
+TINY_DEVICE = 1440 * 1024
 _LVM2_TYPE = b"LVM2 001"
 _LVM2_CRC_INIT = 0xF597A6CF
 
@@ -33,8 +35,14 @@ def lvm2_label(data: bytes) -> int | None:
     return None
 
 
-def foreign_signature(data: bytes) -> str | None:
-    """A description of a foreign signature in the image's first bytes, or None."""
+def foreign_signature(data: bytes, image_size: int | None = None) -> str | None:
+    """A description of a foreign signature in the image's first bytes, or None.
+
+    ``image_size`` (None: unknown, e.g. a pipe) matters as it does to blkid: on an image of
+    at most 1440 KiB it probes no LVM2 label.
+    """
+    if image_size is not None and image_size <= TINY_DEVICE:
+        return None
     sector = lvm2_label(data)
     if sector is not None:
         return f"LVM2 label at sector {sector}"

@@ -81,7 +81,7 @@ def read_header(source: BinaryIO, limits: KdfLimits = DEFAULT_LIMITS) -> tuple[L
         raise LimitExceededError(f"LUKS header claims {needed} bytes of metadata")
     if needed > len(data):
         data += read_full(source, needed - len(data))
-    header = parse_header(data, limits)
+    header = parse_header(data, limits, image_size=_size_of(source))
     if header.region_size > MAX_REGION_SIZE:
         raise LimitExceededError(f"LUKS keyslot area of {header.region_size} bytes is too large")
     if header.region_size > len(data):
@@ -90,6 +90,12 @@ def read_header(source: BinaryIO, limits: KdfLimits = DEFAULT_LIMITS) -> tuple[L
         raise HeaderRuleError(IMAGE_HOLDS_HEADER, f"{header.region_size} bytes needed, "
                               f"{len(data)} present")
     return header, data
+
+
+def _size_of(source: BinaryIO) -> int | None:
+    """The size of a regular file behind ``source``; None for pipes and other streams."""
+    fd = _regular_fd(source)
+    return None if fd is None else os.fstat(fd).st_size
 
 
 def unlock_stream(source: BinaryIO, passphrase: bytes,
