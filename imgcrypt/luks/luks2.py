@@ -316,7 +316,8 @@ class Luks2Header:
             "segments": [
                 {"segment": s.id, "type": s.type, "offset": s.offset,
                  "size": "dynamic" if s.size is None else s.size,
-                 "sector_size": s.sector_size, "cipher": s.cipher, "iv_tweak": s.iv_tweak}
+                 "sector_size": s.sector_size, "cipher": s.cipher, "iv_tweak": s.iv_tweak,
+                 "integrity": s.integrity, "flags": list(s.flags)}
                 for s in self.metadata.segments
             ],
             "digests": [
@@ -529,7 +530,8 @@ def _describe_keyslot(ks: Keyslot) -> dict[str, Any]:
     elif ks.kdf_type:
         out.update(kdf=ks.kdf_type)
     if ks.type == "luks2":
-        out.update(key_size=ks.key_size * 8, cipher=ks.area_cipher, af_hash=ks.af_hash,
+        out.update(key_size=ks.key_size * 8, cipher=ks.area_cipher,
+                   cipher_key_size=ks.area_key_size * 8, af_hash=ks.af_hash,
                    stripes=ks.stripes)
     if ks.area_offset is not None:
         out.update(area_offset=ks.area_offset, area_size=ks.area_size)
