@@ -22,7 +22,7 @@ from imgcrypt.errors import UnsupportedError
 class HashInfo:
     name: str  # the canonical LUKS spelling
     size: int  # output bytes
-    hashlib_name: str  # name for hashlib.new (AF diffusion), when this Python offers it
+    hashlib_name: str  # name for hashlib.new (AF diffusion); "" if imgcrypt cannot use it
     algorithm: Callable[[], hashes.HashAlgorithm] | None  # for PBKDF2 through `cryptography`
 
 
@@ -41,6 +41,12 @@ _TABLE = (
     HashInfo("sm3", 32, "sm3", hashes.SM3),
     HashInfo("ripemd160", 20, "ripemd160", None),
     HashInfo("whirlpool", 64, "whirlpool", None),
+    HashInfo("sha512-224", 28, "sha512_224", hashes.SHA512_224),
+    HashInfo("sha512-256", 32, "sha512_256", hashes.SHA512_256),
+    # Known to OpenSSL, so valid in a header; imgcrypt does not compute them.
+    HashInfo("shake128", 16, "", None),
+    HashInfo("shake256", 32, "", None),
+    HashInfo("md5-sha1", 36, "", None),
     HashInfo("md5", 16, "md5", hashes.MD5),
 )
 _BY_NAME = {info.name: info for info in _TABLE}
@@ -48,8 +54,7 @@ _BY_NAME = {info.name: info for info in _TABLE}
 _ALIASES = {
     **{f"sha-{n}": f"sha{n}" for n in ("1", "224", "256", "384", "512")},
     **{f"sha2-{n}": f"sha{n}" for n in ("224", "256", "384", "512")},
-    **{f"sha3_{n}": f"sha3-{n}" for n in ("224", "256", "384", "512")},
-    "rmd160": "ripemd160", "ripemd-160": "ripemd160",
+    "rmd160": "ripemd160", "ripemd-160": "ripemd160", "ripemd": "ripemd160",
     "blake2b512": "blake2b-512", "blake2s256": "blake2s-256",
 }
 
@@ -68,7 +73,8 @@ def hash_size(name: str) -> int | None:
 
 def _usable(name: str) -> HashInfo:
     info = lookup_hash(name)
-    if info is None or info.hashlib_name not in hashlib.algorithms_available:
+    if info is None or not info.hashlib_name or (
+            info.hashlib_name not in hashlib.algorithms_available):
         raise UnsupportedError(f"unsupported hash {name!r}")
     return info
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgcrypt.errors import FormatError, LimitExceededError
-from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.luks import luks2_rules
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.luks2_rules import check_json, decimal_u64, is_int, mandatory
@@ -100,13 +99,6 @@ class Metadata:
 # -- reading ----------------------------------------------------------------------------------
 
 
-_no_duplicates = unique_keys(lambda key: FormatError(f"LUKS2 JSON repeats the key {key!r}"))
-
-
-def _no_constants(name: str) -> Any:
-    raise FormatError(f"LUKS2 JSON contains {name}")
-
-
 def _cap(text: str) -> None:
     if len(text) > MAX_JSON_SIZE:
         raise LimitExceededError("LUKS2 JSON metadata exceeds 4 MiB")
@@ -120,7 +112,9 @@ def load_json(text: str) -> dict[str, Any]:
     """The top-level JSON object; FormatError for anything else, never a bare exception."""
     _cap(text)
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        # As json-c (cryptsetup's parser): a repeated key keeps its last value, and NaN or
+        # Infinity are numbers (never integers, so no rule takes them for one).
+        obj = json.loads(text)
     except RecursionError:
         raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, and over-long integer literals
@@ -149,8 +143,7 @@ def check_area(area: bytes, hdr_size: int) -> str:
         raise HeaderRuleError(luks2_rules.JSON_PARSE, "not UTF-8") from None
     _cap(text)
     try:
-        obj, stop = json.JSONDecoder(object_pairs_hook=_no_duplicates,
-                                     parse_constant=_no_constants).raw_decode(text)
+        obj, stop = json.JSONDecoder().raw_decode(text)  # json-c's reading, as load_json
     except RecursionError:
         raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
     except ValueError as err:

@@ -104,9 +104,8 @@ def _fail(which: Rule, detail: str = "") -> HeaderRuleError:
 
 
 def is_int(value: object) -> TypeGuard[int]:
-    """A JSON integer as json-c keeps it: beyond 64 bits json-c makes it a double."""
-    return (isinstance(value, int) and not isinstance(value, bool)
-            and -(1 << 63) <= value <= U64)
+    """A JSON integer, of any size: json-c keeps even a 70-bit literal an integer."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _string(obj: Any, key: str) -> str | None:
@@ -396,7 +395,9 @@ def _check_keyslot_types(obj: dict[str, Any]) -> None:
     for key, slot in obj["keyslots"].items():
         if slot["type"] == "luks2":
             _check_luks2_keyslot(key, slot)
-            owners = [d for d in obj["digests"].values() if key in d["keyslots"]]
+            # cryptsetup looks the keyslot up by its number printed back: "01" is not found.
+            name = str(int(key or "0"))
+            owners = [d for d in obj["digests"].values() if name in d["keyslots"]]
             if len(owners) != 1:
                 raise _fail(KEYSLOT_ONE_DIGEST, f"keyslot {key} is in {len(owners)} digests")
         elif slot["type"] == "reencrypt":
