@@ -157,6 +157,14 @@ LUKS2_CASES: list[tuple[str, Builder, bool, str | None]] = [
     ("foreign-over-primary", lambda b: _foreign_over_primary(b) + bytes(2 << 20), False,
      "luks2-foreign-signature"),
     ("foreign-on-tiny-image", _foreign_over_primary, True, None),
+    ("foreign-lvm-sector-0", lambda b: hk.put(_damaged_primary(b), 0, hk.lvm2_label(0)) +
+     bytes(2 << 20), False, "luks2-foreign-signature"),
+    ("foreign-lvm-sector-3", lambda b: hk.put(_damaged_primary(b), 1536, hk.lvm2_label(3)) +
+     bytes(2 << 20), False, "luks2-foreign-signature"),
+    ("lvm-label-bad-crc", lambda b: hk.put(_foreign_over_primary(b), 512 + 16, bytes(4)) +
+     bytes(2 << 20), True, None),
+    ("mbr-signature", lambda b: hk.put(_damaged_primary(b), 510, b"\x55\xaa") +
+     bytes(2 << 20), True, None),
     ("stale-secondary", _stale_secondary, True, None),
     ("stale-secondary-foreign", lambda b: _stale_secondary_foreign(b) + bytes(2 << 20), False,
      "luks2-foreign-signature"),
