@@ -164,3 +164,24 @@ def test_trailing_partial_sector_is_ignored_with_a_warning(work: dict[str, Path]
     assert piped.returncode == 0, piped.stderr
     assert b"ignoring the last 100 bytes" in piped.stderr
     assert (work["dir"] / "pipe.raw").read_bytes() == (work["dir"] / "whole.raw").read_bytes()
+
+
+def test_repair_is_crash_safe_at_every_point_of_its_write(work: dict[str, Path]) -> None:
+    """Repair writes only the bad copy; torn after any number of sectors, a valid copy is
+    left and a new repair completes the job."""
+    from imgcrypt.luks.luks2 import Luks2Header
+    from imgcrypt.luks.repair import plan_repair
+
+    image = encrypt(work)
+    uuid = Luks2Header.parse(image.read_bytes()).uuid
+    damaged = hk.put(hk.put(image.read_bytes(), 0, bytes(6)), 512, hk.lvm2_label(1))
+    plan = plan_repair(damaged)
+    assert plan is not None
+    offset, copy, which, _ = plan
+    assert (offset, which) == (0, "primary")
+    for done in range(0, len(copy), 512):
+        torn = hk.put(damaged, offset, copy[:done])
+        assert Luks2Header.parse(torn, repairing=True).uuid == uuid
+        again = plan_repair(torn)
+        assert again is not None and again[0] == 0
+    assert plan_repair(hk.put(damaged, offset, copy)) is None
