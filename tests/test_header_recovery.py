@@ -183,5 +183,5 @@ def test_repair_is_crash_safe_at_every_point_of_its_write(work: dict[str, Path])
         torn = hk.put(damaged, offset, copy[:done])
         assert Luks2Header.parse(torn, repairing=True).uuid == uuid
         again = plan_repair(torn)
-        assert again is not None and again[0] == 0
+        assert again is None or again[0] == 0  # done, or the primary still to write
     assert plan_repair(hk.put(damaged, offset, copy)) is None
