@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from imgcrypt.luks import luks1_rules, luks2_rules, rules
 from tests import headerkit as hk
+from tests.util import imgcrypt
 
 Builder = Callable[[bytes], bytes]
 P2 = 320 * 512  # the LUKS2 base image's payload offset
@@ -398,3 +399,21 @@ def test_luks1_field_mutations_agree_with_cryptsetup(
     theirs = hk.cryptsetup_verdict(cryptsetup, image, tmp_path)
     ours, named = hk.imgcrypt_verdict(image, tmp_path)
     assert ours == theirs, (slot, field, value, payload, named)
+
+
+CLI_SAMPLE = [c for c in LUKS1_CASES if not c[2]][:4] + [c for c in LUKS2_CASES if not c[2]][::8]
+
+
+@pytest.mark.parametrize(("case", "build", "valid", "rule"), CLI_SAMPLE,
+                         ids=[c[0] for c in CLI_SAMPLE])
+def test_inspect_exits_3_naming_the_rule(bases: dict[str, bytes], tmp_path: Path, case: str,
+                                         build: Builder, valid: bool, rule: str) -> None:
+    del valid
+    version = "luks1" if any(case == c[0] and build is c[1] for c in LUKS1_CASES) else "luks2"
+    image = tmp_path / "bad.img"
+    image.write_bytes(build(bases[version]))
+    proc = imgcrypt("inspect", image)
+    assert proc.returncode == 3
+    err = proc.stderr.decode()
+    assert err.startswith("imgcrypt: error: ") and err.count("\n") == 1
+    assert f"rule {rule}:" in err
