@@ -284,6 +284,9 @@ LUKS2_CASES: list[tuple[str, Builder, bool, str | None]] = [
     ("keyslot-id-leading-zero", _j(lambda o: (
         o["keyslots"].__setitem__("01", o["keyslots"].pop("0")),
         o["digests"]["0"].__setitem__("keyslots", ["01"]))), False, "luks2-keyslot-one-digest"),
+    ("33-tokens", _j(lambda o: o["tokens"].update(
+        {str(i): {"type": "x-t", "keyslots": []} for i in range(33)})), True, None),
+    ("token-id-40", _j(hk.set_path("tokens/40", {"type": "x-t", "keyslots": []})), True, None),
     ("json-size-with-sign", _j(hk.set_path("config/json_size", "+12288")), True, None),
     ("segment-offset-with-sign", _j(hk.set_path("segments/0/offset", f"+{P2}")), False,
      "luks2-segment-fields"),
