@@ -392,16 +392,19 @@ def test_luks2_json_mutations_agree_with_cryptsetup(cryptsetup: str, bases: dict
 @given(slot=st.integers(0, 7), field=st.sampled_from(["active", "offset", "stripes"]),
        value=st.sampled_from([0, 1, 2, 8, 1000, 3999, 4000, 4001, 4095, 4096, 0xDEAD,
                               0x00AC71F3, 0xFFFFFFFF]),
-       payload=st.sampled_from([None, 0, 8, 1000, 4096, 5000]))
+       payload=st.sampled_from([None, 0, 8, 1000, 4096, 5000]),
+       key_bytes=st.sampled_from([None, 0, 1, 16, 64, 100, 0xFFFFFFFF]))
 def test_luks1_field_mutations_agree_with_cryptsetup(
         cryptsetup: str, bases: dict[str, bytes], tmp_path: Path, slot: int, field: str,
-        value: int, payload: int | None) -> None:
+        value: int, payload: int | None, key_bytes: int | None) -> None:
     image = hk.luks1_slot(bases["luks1"], slot, field, value)
     if payload is not None:
         image = hk.luks1_field(image, 104, ">I", payload)
+    if key_bytes is not None:
+        image = hk.luks1_field(image, 108, ">I", key_bytes)
     theirs = hk.cryptsetup_verdict(cryptsetup, image, tmp_path)
     ours, named = hk.imgcrypt_verdict(image, tmp_path)
-    assert ours == theirs, (slot, field, value, payload, named)
+    assert ours == theirs, (slot, field, value, payload, key_bytes, named)
 
 
 CLI_SAMPLE = [c for c in LUKS1_CASES if not c[2]][:4] + [c for c in LUKS2_CASES if not c[2]][::8]
