@@ -47,7 +47,6 @@ from imgcrypt.luks.luks2_binary import (
     MAGIC_SECONDARY,
     SALT_SIZE,
     BinaryHeader,
-    Copies,
     MetadataCopy,
     find_copies,
     needed_bytes,
@@ -123,17 +122,12 @@ class Luks2Header:
                 raise HeaderRuleError(luks2_rules.FOREIGN_SIGNATURE, found)
         metadata = validate(load_json(winner.json_text), winner.binary.hdr_size)
         primary, secondary = copies.primary, copies.secondary
-        both = isinstance(primary, MetadataCopy) and isinstance(secondary, MetadataCopy)
         return cls(
             binary=winner.binary,
             json_text=winner.json_text,
             metadata=metadata,
-            copies_valid=(
-                isinstance(primary, MetadataCopy) and (not both or primary is winner
-                                                       or _same_seqid(copies)),
-                isinstance(secondary, MetadataCopy) and (not both or secondary is winner
-                                                         or _same_seqid(copies)),
-            ),
+            # A stale copy (lower seqid) counts as damaged: cryptsetup would rewrite it.
+            copies_valid=(_current(primary, winner), _current(secondary, winner)),
             salts=(primary.binary.salt if isinstance(primary, MetadataCopy) else b"",
                    secondary.binary.salt if isinstance(secondary, MetadataCopy) else b""),
         )
@@ -513,10 +507,8 @@ def _check_usable(ks: Keyslot) -> None:
     af.check_hash(ks.af_hash)
 
 
-def _same_seqid(copies: Copies) -> bool:
-    p, s = copies.primary, copies.secondary
-    return (isinstance(p, MetadataCopy) and isinstance(s, MetadataCopy)
-            and p.binary.seqid == s.binary.seqid)
+def _current(copy: MetadataCopy | FormatError, winner: MetadataCopy) -> bool:
+    return isinstance(copy, MetadataCopy) and copy.binary.seqid == winner.binary.seqid
 
 
 def _describe_keyslot(ks: Keyslot) -> dict[str, Any]:
