@@ -24,7 +24,8 @@ _P384_SCALAR = int.from_bytes(hashlib.sha384(b"imgcrypt fuzz p384 test key").dig
 
 @lru_cache(maxsize=1)
 def luks1_region() -> bytes:
-    """A LUKS1 header with one 8-stripe keyslot and 1 KiB of payload: about 9 KiB in all."""
+    """A LUKS1 header with one keyslot and 1 KiB of payload, valid to cryptsetup: every one of
+    the eight keyslot areas holds 4000 stripes, so the region is about 1 MiB."""
     from imgcrypt.luks import luks1
     from imgcrypt.luks.kdf import Pbkdf2, derive
     from imgcrypt.luks.sectors import CipherSpec, SectorCipher
@@ -32,19 +33,21 @@ def luks1_region() -> bytes:
     cipher = CipherSpec.parse("aes-xts-plain64")
     master_key = hashlib.sha256(b"luks1 master").digest()
     kdf = Pbkdf2("sha256", 1000, hashlib.sha256(b"luks1 slot salt").digest())
-    material = luks1.encrypt_keyslot(cipher, master_key, PASSPHRASE, kdf, "sha256", 8)
+    material = luks1.encrypt_keyslot(cipher, master_key, PASSPHRASE, kdf, "sha256", 4000)
     digest_salt = hashlib.sha256(b"luks1 digest salt").digest()
-    slots = [luks1.Keyslot(True, 1000, kdf.salt, 8, 8)] + [
-        luks1.Keyslot(False, 0, bytes(32), 9 + i, 8) for i in range(7)
+    area = luks1.keyslot_area_sectors(32)
+    slots = [luks1.Keyslot(True, 1000, kdf.salt, 8, 4000)] + [
+        luks1.Keyslot(False, 0, bytes(32), 8 + i * area, 4000) for i in range(1, 8)
     ]
+    payload_sectors = 8 + 8 * area
     header = luks1.Luks1Header(
         cipher_name="aes", cipher_mode="xts-plain64", hash_spec="sha256",
-        payload_offset_sectors=16, key_bytes=32,
+        payload_offset_sectors=payload_sectors, key_bytes=32,
         mk_digest=derive(Pbkdf2("sha256", 1000, digest_salt), master_key, 20),
         mk_digest_salt=digest_salt, mk_digest_iter=1000,
         uuid="6c3a2a4e-0f4c-4b8e-9d36-7f1f5f0a0001", keyslots=tuple(slots),
     )
-    region = bytearray(16 * 512)
+    region = bytearray(payload_sectors * 512)
     region[: luks1.HEADER_SIZE] = header.pack()
     region[8 * 512 : 8 * 512 + len(material)] = material
     payload = SectorCipher(cipher, master_key).encrypt(bytes(range(256)) * 4, 0)

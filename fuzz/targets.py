@@ -108,9 +108,10 @@ def _luks2_with_checksums(data: bytes) -> bytes:
 
 def luks2_binary(data: bytes) -> None:
     from imgcrypt.luks.luks2_binary import find_copies, needed_bytes
+    from imgcrypt.luks.luks2_json import check_area
 
     needed_bytes(data)
-    copies = find_copies(data)
+    copies = find_copies(data, check_area)
     copies.winner()
 
 

@@ -146,17 +146,20 @@ def test_corrupted_keyslot_material_does_not_open() -> None:
         header.unlock(bytes(data), b"pw")
 
 
-def test_corrupted_keyslot_state_is_a_format_error() -> None:
-    data = bytearray(region())
+def test_corrupted_keyslot_state_is_an_unusable_keyslot() -> None:
+    """cryptsetup loads the header and treats the keyslot as invalid, never as active."""
+    data = bytearray(region(b"pw"))
     data[208:212] = b"\x12\x34\x56\x78"
-    with pytest.raises(FormatError, match="invalid state"):
-        luks1.Luks1Header.parse(bytes(data))
+    header = luks1.Luks1Header.parse(bytes(data))
+    assert header.active_keyslots() == ()
+    with pytest.raises(WrongPassphraseError):
+        header.unlock(bytes(data), b"pw")
 
 
 def test_keyslot_pointing_past_the_payload_is_refused() -> None:
     data = bytearray(region())
     data[208 + 40 : 208 + 44] = (5000).to_bytes(4, "big")
-    with pytest.raises(FormatError, match="overlaps the payload"):
+    with pytest.raises(FormatError, match="luks1-keyslot-before-payload"):
         luks1.Luks1Header.parse(bytes(data))
 
 
@@ -189,8 +192,11 @@ def test_bad_magic_truncation_and_version() -> None:
 def test_unsupported_cipher_is_named() -> None:
     data = bytearray(region())
     data[8:40] = b"serpent".ljust(32, b"\0")
+    header = luks1.Luks1Header.parse(bytes(data))  # valid to cryptsetup; not decryptable
+    assert header.describe()["cipher"] == "serpent-xts-plain64"
+    assert not header.describe()["decryptable"]
     with pytest.raises(UnsupportedError, match="serpent-xts-plain64"):
-        luks1.Luks1Header.parse(bytes(data))
+        header.unlock(bytes(data), b"pw")
 
 
 @settings(max_examples=8, deadline=None)

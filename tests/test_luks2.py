@@ -28,6 +28,7 @@ from imgcrypt.luks.kdf import Argon2, KdfLimits, Pbkdf2
 from imgcrypt.luks.luks2 import Luks2Header
 from imgcrypt.luks.luks2_binary import LAYOUT, BinaryHeader, pack_copy
 from imgcrypt.luks.luks2_json import dump_json, load_json, validate
+from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
 from .test_luks2_support import (
@@ -369,46 +370,65 @@ def _set(path: str, value: Any) -> Any:
     return edit
 
 
-HOSTILE = [
-    (_set("config/keyslots_size", str(1 << 40)), LimitExceededError),
-    (_set("config/keyslots_size", "12x"), FormatError),
-    (_set("config/keyslots_size", 4096), FormatError),
-    (_set("config/json_size", "4096"), FormatError),
-    (_set("keyslots/0/area/offset", str(1 << 63)), FormatError),
-    (_set("keyslots/0/area/offset", "0"), FormatError),
-    (_set("keyslots/0/area/size", "4096"), FormatError),
-    (_set("keyslots/0/area/offset", "-1"), FormatError),
-    (_set("keyslots/0/area/offset", "1" * 30), FormatError),
+# Headers cryptsetup refuses: refused when parsed, naming the rule.
+INVALID = [
+    (_set("config/keyslots_size", str(1 << 40)), "luks2-keyslots-size"),
+    (_set("config/keyslots_size", "12x"), "luks2-config"),
+    (_set("config/keyslots_size", 4096), "luks2-config"),
+    (_set("config/json_size", "4096"), "luks2-metadata-size"),
+    (_set("keyslots/0/area/offset", str(1 << 63)), "luks2-areas-placed"),
+    (_set("keyslots/0/area/offset", "0"), "luks2-areas-placed"),
+    (_set("keyslots/0/area/offset", "-1"), "luks2-areas"),
+    (_set("keyslots/0/area/offset", "1" * 30), "luks2-areas"),
+    (_set("keyslots/0/kdf/iterations", True), "luks2-keyslot-luks2"),
+    (_set("segments/0/offset", "1000"), "luks2-segment-fields"),
+    (_set("segments/0/size", "4095"), "luks2-segment-fields"),
+    (_set("digests/0/keyslots", ["7"]), "luks2-digests"),
+    (_set("keyslots/99", {}), "luks2-keyslots"),
+    (_set("keyslots/01", {}), "luks2-keyslots"),
+    (_set("tokens", []), "luks2-tokens"),
+    (_set("tokens/0", {"type": "t", "keyslots": ["9"]}), "luks2-tokens"),
+    (lambda o: o.pop("tokens"), "luks2-tokens"),
+    (lambda o: o["keyslots"].update({str(i): {"type": "x"} for i in range(1, 40)}),
+     "luks2-keyslots"),
+]
+# Headers cryptsetup loads (luksDump shows them) but imgcrypt cannot open: refused on unlock.
+UNUSABLE = [
     (_set("keyslots/0/key_size", 1 << 31), LimitExceededError),
     (_set("keyslots/0/af/stripes", 10 ** 9), LimitExceededError),
     (_set("keyslots/0/kdf/iterations", 1 << 40), LimitExceededError),
-    (_set("keyslots/0/kdf/iterations", True), FormatError),
-    (_set("keyslots/0/kdf/salt", "!!"), FormatError),
+    (_set("keyslots/0/kdf/salt", "!!"), UnsupportedError),
     (_set("keyslots/0/kdf/type", "scrypt"), UnsupportedError),
-    (_set("segments/0/offset", "0"), FormatError),
-    (_set("segments/0/offset", "1000"), FormatError),
-    (_set("segments/0/sector_size", 8192), FormatError),
-    (_set("segments/0/size", "4095"), FormatError),
-    (_set("digests/0/keyslots", ["7"]), FormatError),
+    (_set("segments/0/offset", "0"), UnsupportedError),
+    (_set("segments/0/sector_size", 8192), UnsupportedError),
     (_set("digests/0/iterations", 1 << 40), LimitExceededError),
-    (_set("keyslots/99", {}), FormatError),
-    (_set("keyslots/01", {}), FormatError),
-    (_set("tokens", []), FormatError),
-    (_set("tokens/0", {"type": "t", "keyslots": ["9"]}), FormatError),
-    (lambda o: o.pop("tokens"), FormatError),
-    (lambda o: o["keyslots"].update({str(i): {"type": "x"} for i in range(1, 40)}), FormatError),
     (_set("segments/0/type", "linear"), UnsupportedError),
 ]
 
 
-@pytest.mark.parametrize(("edit", "error"), HOSTILE)
-def test_hostile_metadata_is_refused_quickly(base: tuple[bytes, bytes], edit: Any,
-                                             error: type[Exception]) -> None:
+@pytest.mark.parametrize(("edit", "rule"), INVALID)
+def test_invalid_metadata_is_refused_quickly(base: tuple[bytes, bytes], edit: Any,
+                                             rule: str) -> None:
     region, _ = base
     hostile = rewrite_json(region, edit)
     start = time.perf_counter()
-    with pytest.raises(error):
+    with pytest.raises(HeaderRuleError, match=rule) as err:
         parse(hostile)
+    assert err.value.rule.name == rule
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize(("edit", "error"), UNUSABLE)
+def test_valid_but_unusable_metadata_loads_and_is_refused_on_unlock(
+        base: tuple[bytes, bytes], edit: Any, error: type[Exception]) -> None:
+    region, _ = base
+    hostile = rewrite_json(region, edit)
+    header = parse(hostile)
+    assert header.describe()["format"] == "luks2"
+    start = time.perf_counter()
+    with pytest.raises(error):
+        header.unlock(hostile, PASS)
+        header.check_decryptable()  # what decrypt asks before any payload byte
     assert time.perf_counter() - start < 0.5
 
 
@@ -425,7 +445,7 @@ def test_hostile_kdf_parameters_are_refused_before_any_work(base: tuple[bytes, b
     hostile = rewrite_json(region, lambda o: o["keyslots"]["0"]["kdf"].update(kdf))
     start = time.perf_counter()
     with pytest.raises((LimitExceededError, UnsupportedError)) as err:
-        parse(hostile)
+        parse(hostile).unlock(hostile, PASS)
     assert err.value.exit_code == 3
     assert time.perf_counter() - start < 0.5
 
@@ -440,12 +460,12 @@ def test_unlock_checks_every_candidate_against_its_limits(base: tuple[bytes, byt
         header.unlock(two.region, PASS, tight)
     assert time.perf_counter() - start < 0.05
     with pytest.raises(LimitExceededError):
-        parse(two.region, tight)
+        parse(two.region, tight).unlock(two.region, PASS, tight)
 
 
 def test_json_value_count_is_capped_before_parsing() -> None:
     region, _ = make_region(metadata_size=4 << 20, keyslots_size=1 << 20)
-    flood = "[" + ",".join(["[]"] * 1_000_000) + "]"
+    flood = '{"a":[' + ",".join(["[]"] * 1_000_000) + "]}"
     hostile = rewrite_json(region, text=lambda _: flood)
     start = time.perf_counter()
     with pytest.raises(LimitExceededError, match="too many values"):

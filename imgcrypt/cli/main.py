@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "imgcrypt.cli.decrypt",
     "imgcrypt.cli.inspect",
     "imgcrypt.cli.rekey",
+    "imgcrypt.cli.repair",
     "imgcrypt.cli.keys",
     "imgcrypt.cli.sign",
     "imgcrypt.cli.verify",

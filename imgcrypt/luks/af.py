@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 
-from imgcrypt.errors import FormatError, UnsupportedError
+from imgcrypt.errors import FormatError
+from imgcrypt.luks import backend
 
 
 def _xor(a: bytes, b: bytes | memoryview) -> bytes:
@@ -39,12 +40,8 @@ class _Diffuser:
 
 
 def check_hash(hash_name: str) -> str:
-    """Normalise a LUKS hash spec ("sha256", "SHA-256") and refuse ones hashlib lacks."""
-    name = hash_name.lower().replace("-", "")
-    if name not in {"sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160", "sha3_256",
-                    "sha3_512", "whirlpool"} or name not in hashlib.algorithms_available:
-        raise UnsupportedError(f"unsupported hash {hash_name!r}")
-    return name
+    """The hashlib name of a LUKS hash spec ("sha256", "SHA-256"); refuse ones we cannot compute."""
+    return backend.hashlib_name(hash_name)
 
 
 def split(key: bytes, stripes: int, hash_name: str, *, randbytes: bytes | None = None) -> bytes:

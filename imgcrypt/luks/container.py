@@ -9,16 +9,20 @@ the old or the new passphrase.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from imgcrypt.errors import BadMagicError, TruncatedError, UnsupportedError
+from imgcrypt.errors import TruncatedError
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
+from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, MagicRuleError, VersionRuleError
 from imgcrypt.luks.sectors import CipherSpec
 
 MAGIC_V1 = b"LUKS\xba\xbe"
 MAGIC_V2_SECONDARY = b"SKUL\xba\xbe"
 PROBE_SIZE = 4096
+LOOP_SECTOR = 512
+_log = logging.getLogger("imgcrypt")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class LuksHeader(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def unsupported(self) -> tuple[str, ...]: ...
+
+    def check_decryptable(self) -> None: ...
+
     def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
                slot: int | None = None) -> tuple[int, bytes]: ...
 
@@ -70,10 +78,12 @@ def detect_version(prefix: bytes) -> int:
     if len(prefix) < 8:
         raise TruncatedError("image is too short to hold a LUKS header")
     if prefix[:6] != MAGIC_V1:
-        raise BadMagicError("not a LUKS image (bad magic)")
+        raise MagicRuleError(LUKS_MAGIC, "not a LUKS image (bad magic)")
     version = int.from_bytes(prefix[6:8], "big")
+    if version == 0:  # cryptsetup reads it as a LUKS2 image whose primary copy is damaged
+        return 2
     if version not in (1, 2):
-        raise UnsupportedError(f"unsupported LUKS version {version}")
+        raise VersionRuleError(LUKS_VERSION, f"unsupported LUKS version {version}")
     return version
 
 
@@ -106,17 +116,29 @@ def _secondary_luks2(data: bytes) -> bool:
     return any(data[offset : offset + 6] == MAGIC_SECONDARY for offset in HDR_SIZES)
 
 
-def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> LuksHeader:
+def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS, *,
+                 image_size: int | None = None) -> LuksHeader:
     """Parse and validate the header at the start of ``data`` (LUKS1 or LUKS2).
 
-    A LUKS2 image whose primary header lost its magic opens from the secondary copy.
+    A LUKS2 image whose primary header lost its magic opens from the secondary copy, unless
+    a foreign signature sits on it (``image_size`` decides which ones count, as for blkid).
     """
     from imgcrypt.luks.luks2 import Luks2Header
 
     if len(data) >= 6 and data[:6] != MAGIC_V1 and _secondary_luks2(data):
-        return Luks2Header.parse(data, limits)
+        return Luks2Header.parse(data, limits, image_size=image_size)
     if detect_version(data) == 1:
         from imgcrypt.luks.luks1 import Luks1Header
 
         return Luks1Header.parse(data)
-    return Luks2Header.parse(data, limits)
+    return Luks2Header.parse(data, limits, image_size=image_size)
+
+
+def whole_sectors(available: int) -> int:
+    """Payload bytes a loop device would expose: a trailing partial 512-byte sector is ignored,
+    with a warning saying how many bytes."""
+    tail = available % LOOP_SECTOR if available > 0 else 0
+    if tail:
+        _log.warning("imgcrypt: warning: ignoring the last %d bytes of the image: they do not "
+                     "make a whole %d-byte sector", tail, LOOP_SECTOR)
+    return available - tail

@@ -16,24 +16,12 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from imgcrypt.errors import LimitExceededError, UnsupportedError
-
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha224": hashes.SHA224,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-    "sha3-256": hashes.SHA3_256,
-    "sha3-512": hashes.SHA3_512,
-}
+from imgcrypt.luks import backend
 
 
 def hash_algorithm(name: str) -> hashes.HashAlgorithm:
     """The `cryptography` hash for a LUKS hash spec; UnsupportedError for anything else."""
-    try:
-        return _HASHES[name.lower()]()
-    except KeyError:
-        raise UnsupportedError(f"unsupported hash {name!r}") from None
+    return backend.hash_algorithm(name)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks import af
+from imgcrypt.luks import af, backend, luks1_rules
 from imgcrypt.luks.container import RegionUpdate
 from imgcrypt.luks.kdf import (
     DEFAULT_LIMITS,
@@ -128,8 +128,7 @@ class Luks1Header:
         slots = []
         for i in range(NUM_KEYSLOTS):
             raw = KEYSLOT_LAYOUT.unpack(data, HEADER_LAYOUT.size + i * KEYSLOT_LAYOUT.size)
-            if raw["active"] not in (KEYSLOT_ACTIVE, KEYSLOT_INACTIVE):
-                raise FormatError(f"keyslot {i} has an invalid state 0x{raw['active']:08x}")
+            # cryptsetup treats any state but "active" as a keyslot that cannot be used.
             slots.append(
                 Keyslot(raw["active"] == KEYSLOT_ACTIVE, raw["iterations"], raw["salt"],
                         raw["key_material_offset"], raw["stripes"])
@@ -163,24 +162,28 @@ class Luks1Header:
         return bytes(out)
 
     def validate(self) -> None:
-        """Refuse headers that would make later steps read out of bounds or do unbounded work."""
-        self.cipher.check_key_size(self.key_bytes)
-        af.check_hash(self.hash_spec)
-        if self.payload_offset_sectors * SECTOR < HEADER_SIZE:
-            raise FormatError("payload offset lies inside the LUKS1 header")
-        for i, slot in enumerate(self.keyslots):
-            if not slot.active:
-                continue
-            if not 1 <= slot.stripes <= STRIPES:
-                raise FormatError(f"keyslot {i}: {slot.stripes} stripes (1..{STRIPES} allowed)")
-            start = slot.key_material_offset * SECTOR
-            end = start + slot.material_size(self.key_bytes)
-            if start < HEADER_SIZE:
-                raise FormatError(f"keyslot {i} material overlaps the header")
-            if end > MAX_REGION:
-                raise LimitExceededError(f"keyslot {i} material lies beyond {MAX_REGION} bytes")
-            if end > self.payload_offset:
-                raise FormatError(f"keyslot {i} material overlaps the payload")
+        """cryptsetup's rules (:mod:`imgcrypt.luks.luks1_rules`), then imgcrypt's own bound."""
+        luks1_rules.check(self)
+        if self.region_size > MAX_REGION and self.payload_offset_sectors:
+            raise LimitExceededError(f"LUKS1 keyslots reach beyond {MAX_REGION} bytes")
+
+    def unsupported(self) -> tuple[str, ...]:
+        """Why imgcrypt cannot open or decrypt this valid header; empty if it can."""
+        reasons = []
+        try:
+            self.cipher.check_key_size(self.key_bytes)
+        except UnsupportedError as err:
+            reasons.append(str(err))
+        if not backend.supports(self.hash_spec):
+            reasons.append(f"hash {self.hash_spec[:32]!r} is not implemented")
+        if self.payload_offset_sectors == 0:
+            reasons.append("detached header: the image holds no payload")
+        return tuple(reasons)
+
+    def check_decryptable(self) -> None:
+        reasons = self.unsupported()
+        if reasons:
+            raise UnsupportedError("cannot decrypt this image: " + "; ".join(reasons))
 
     # -- derived facts -----------------------------------------------------------------------
 
@@ -194,12 +197,8 @@ class Luks1Header:
 
     @property
     def region_size(self) -> int:
-        """Bytes from the start of the image that hold the header and all active keyslots."""
-        ends = [HEADER_SIZE] + [
-            s.key_material_offset * SECTOR + s.material_size(self.key_bytes)
-            for s in self.keyslots if s.active
-        ]
-        return max(ends)
+        """Bytes from the start of the image that hold the header and every keyslot area."""
+        return max(HEADER_SIZE, luks1_rules.end_sectors(self) * SECTOR)
 
     def active_keyslots(self) -> tuple[int, ...]:
         return tuple(i for i, s in enumerate(self.keyslots) if s.active)
@@ -208,13 +207,15 @@ class Luks1Header:
         return {
             "format": "luks1",
             "version": 1,
-            "cipher": str(self.cipher),
+            "cipher": f"{self.cipher_name}-{self.cipher_mode}",
             "key_size": self.key_bytes * 8,
             "hash": self.hash_spec,
             "sector_size": SECTOR,
             "payload_offset": self.payload_offset,
             "uuid": self.uuid,
             "mk_digest_iterations": self.mk_digest_iter,
+            "decryptable": not self.unsupported(),
+            "unsupported": list(self.unsupported()),
             "keyslots": [
                 {"slot": i, "kdf": "pbkdf2", "hash": self.hash_spec,
                  "iterations": s.iterations, "stripes": s.stripes,
@@ -236,6 +237,7 @@ class Luks1Header:
     def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
                slot: int | None = None) -> tuple[int, bytes]:
         """Try each active keyslot (or only ``slot``); return (slot, master key)."""
+        self.check_decryptable()
         if len(region) < self.region_size:
             raise TruncatedError("image ends inside the LUKS1 keyslot area")
         if slot is not None and (not 0 <= slot < NUM_KEYSLOTS or not self.keyslots[slot].active):

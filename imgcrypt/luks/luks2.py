@@ -28,7 +28,7 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks import af
+from imgcrypt.luks import af, backend, luks2_rules
 from imgcrypt.luks.container import RegionUpdate
 from imgcrypt.luks.kdf import (
     DEFAULT_LIMITS,
@@ -55,17 +55,22 @@ from imgcrypt.luks.luks2_binary import (
     text_field,
 )
 from imgcrypt.luks.luks2_json import (
+    MAX_KEY_SIZE,
     MAX_OBJECTS,
+    MAX_STRIPES,
     SECTOR_SIZES,
     Digest,
     Keyslot,
     Metadata,
     Segment,
+    check_area,
     dump_json,
     load_json,
     validate,
 )
+from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+from imgcrypt.luks.signatures import foreign_signature
 
 STRIPES = 4000
 KEYSLOT_SALT_SIZE = 32
@@ -98,40 +103,113 @@ class Luks2Header:
     # -- bytes -> object ---------------------------------------------------------------------
 
     @classmethod
-    def parse(cls, data: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> Luks2Header:
-        """Validate both copies, pick the winner, validate its JSON and every KDF's bounds."""
-        copies = find_copies(data)
+    def parse(cls, data: bytes, limits: KdfLimits = DEFAULT_LIMITS, *,
+              repairing: bool = False, image_size: int | None = None) -> Luks2Header:
+        """Validate both copies by cryptsetup's rules and pick the winner.
+
+        When one copy is damaged or stale, cryptsetup recovers it from the other unless a
+        foreign signature sits on the image; so the image is refused then, except when
+        ``repairing`` (an explicit repair, as ``cryptsetup repair``). KDF parameters are
+        checked against ``limits`` only when a keyslot is opened: a header with hostile
+        parameters is still valid to cryptsetup and can be inspected.
+        """
+        del limits
+        copies = find_copies(data, check_area)
         winner = copies.winner()
+        if copies.need_recovery() and not repairing:
+            found = foreign_signature(data, image_size)
+            if found:
+                raise HeaderRuleError(luks2_rules.FOREIGN_SIGNATURE, found)
         metadata = validate(load_json(winner.json_text), winner.binary.hdr_size)
         primary, secondary = copies.primary, copies.secondary
-        header = cls(
+        return cls(
             binary=winner.binary,
             json_text=winner.json_text,
             metadata=metadata,
-            copies_valid=(isinstance(primary, MetadataCopy), isinstance(secondary, MetadataCopy)),
+            # A stale copy (lower seqid) counts as damaged: cryptsetup would rewrite it.
+            copies_valid=(_current(primary, winner), _current(secondary, winner)),
             salts=(primary.binary.salt if isinstance(primary, MetadataCopy) else b"",
                    secondary.binary.salt if isinstance(secondary, MetadataCopy) else b""),
         )
-        header.check_kdfs(limits)
-        return header
 
     def check_kdfs(self, limits: KdfLimits = DEFAULT_LIMITS) -> None:
         """Refuse any keyslot or digest KDF above ``limits``; no KDF work happens here."""
-        self._crypt_segment()  # a header without one is of no use to any caller
-        for ks in self.metadata.keyslots:
-            if ks.kdf is not None:
-                check_limits(ks.kdf, ks.area_key_size, limits)
-        for d in self.metadata.digests:
-            if d.type == "pbkdf2":
-                check_limits(Pbkdf2(d.hash, d.iterations, d.salt), len(d.digest), limits)
+        self.check_openable()
+        for ks in self._segment_keyslots():
+            if ks.kdf is None:
+                raise UnsupportedError(f"LUKS2 keyslot {ks.id}: unsupported KDF "
+                                       f"{ks.kdf_type[:32]!r}")
+            check_limits(ks.kdf, ks.area_key_size, limits)
+        d = self._segment_digest()
+        check_limits(Pbkdf2(d.hash, d.iterations, d.salt), len(d.digest), limits)
+
+    # -- what imgcrypt can decrypt -----------------------------------------------------------
+
+    def unsupported(self) -> tuple[str, ...]:
+        """Why imgcrypt cannot open or decrypt this valid header; empty if it can.
+
+        Anything but one plain crypt segment is refused: integrity sections, several
+        segments (a linear one before the crypt one, a re-encryption in progress), unknown
+        segment types; also ciphers, sector sizes, hashes and digests imgcrypt lacks.
+        """
+        reasons = [f"mandatory requirement {r[:64]!r} is not implemented"
+                   for r in self.metadata.unknown_requirements()]
+        regular = [s for s in self.metadata.segments if not any(
+            f.startswith("backup-") for f in s.flags)]
+        if len(self.metadata.segments) != 1:
+            reasons.append(f"{len(self.metadata.segments)} data segments (one is supported)")
+        first = regular[0]
+        if first.type != "crypt":
+            reasons.append(f"segment {first.id} has type {first.type[:32]!r}, not crypt")
+            return tuple(reasons)
+        if first.integrity:
+            reasons.append(f"segment {first.id} has an integrity section")
+        if first.offset == 0:
+            reasons.append("detached header: the image holds no payload")
+        try:
+            spec = CipherSpec.parse(first.cipher)
+            spec.check_key_size(self.key_bytes)
+        except UnsupportedError as err:
+            reasons.append(str(err))
+        if first.sector_size not in SECTOR_SIZES:
+            reasons.append(f"sector size {first.sector_size} is not supported")
+        reasons.extend(self._digest_problems(first))
+        return tuple(reasons)
+
+    def _digest_problems(self, seg: Segment) -> list[str]:
+        digests = [d for d in self.metadata.digests if seg.id in d.segments]
+        if len(digests) != 1 or digests[0].type != "pbkdf2":
+            return [f"segment {seg.id} needs exactly one pbkdf2 digest"]
+        d = digests[0]
+        if not backend.supports(d.hash):
+            return [f"digest hash {d.hash[:32]!r} is not implemented"]
+        # cryptsetup's digest rule: 20 bytes (as LUKS1) or the hash's output length.
+        if len(d.digest) not in (20, backend.hash_size(d.hash)):
+            return [f"digest {d.id} is {len(d.digest)} bytes, not 20 or the hash length"]
+        if len(d.salt) != KEYSLOT_SALT_SIZE or d.iterations < 1:
+            return [f"digest {d.id} has a bad salt or iteration count"]
+        return []
+
+    def check_openable(self) -> None:
+        """Refuse to open keyslots when segment 0 is not crypt or its digest is unusable."""
+        first = self.metadata.segments[0]
+        reasons = ([f"segment {first.id} has type {first.type[:32]!r}, not crypt"]
+                   if first.type != "crypt" else self._digest_problems(first))
+        if reasons:
+            raise UnsupportedError("cannot open this image: " + "; ".join(reasons))
+
+    def check_decryptable(self) -> None:
+        reasons = self.unsupported()
+        if reasons:
+            raise UnsupportedError("cannot decrypt this image: " + "; ".join(reasons))
 
     # -- derived facts -----------------------------------------------------------------------
 
     def _crypt_segment(self) -> Segment:
-        for seg in self.metadata.segments:
-            if seg.type == "crypt":
-                return seg
-        raise UnsupportedError("LUKS2 header has no crypt segment")
+        seg = self.metadata.segments[0]
+        if seg.type != "crypt":
+            raise UnsupportedError(f"LUKS2 segment {seg.id} has type {seg.type[:32]!r}")
+        return seg
 
     def _segment_digest(self) -> Digest:
         seg = self._crypt_segment()
@@ -204,13 +282,18 @@ class Luks2Header:
         return tuple(ks.id for ks in self.metadata.keyslots)
 
     def describe(self) -> dict[str, Any]:
-        seg = self._crypt_segment()
+        seg = self.metadata.segments[0]
         obj = load_json(self.json_text)
+        reasons = self.unsupported()
+        try:
+            key_bytes = self.key_bytes
+        except FormatError:
+            key_bytes = 0
         return {
             "format": "luks2",
             "version": 2,
             "cipher": seg.cipher,
-            "key_size": self.key_bytes * 8,
+            "key_size": key_bytes * 8,
             "sector_size": seg.sector_size,
             "payload_offset": seg.offset,
             "payload_size": "dynamic" if seg.size is None else seg.size,
@@ -221,11 +304,14 @@ class Luks2Header:
             "seqid": self.seqid,
             "metadata_size": self.hdr_size,
             "keyslots_size": self.metadata.keyslots_size,
+            "decryptable": not reasons,
+            "unsupported": list(reasons),
             "keyslots": [_describe_keyslot(ks) for ks in self.metadata.keyslots],
             "segments": [
                 {"segment": s.id, "type": s.type, "offset": s.offset,
                  "size": "dynamic" if s.size is None else s.size,
-                 "sector_size": s.sector_size, "cipher": s.cipher, "iv_tweak": s.iv_tweak}
+                 "sector_size": s.sector_size, "cipher": s.cipher, "iv_tweak": s.iv_tweak,
+                 "integrity": s.integrity, "flags": list(s.flags)}
                 for s in self.metadata.segments
             ],
             "digests": [
@@ -256,6 +342,7 @@ class Luks2Header:
         Priority 0 keyslots are tried only when named; every candidate's KDF parameters are
         checked against ``limits`` before any of them is computed.
         """
+        self.check_openable()
         if len(region) < self.region_size:
             raise TruncatedError("image ends inside the LUKS2 keyslots area")
         usable = self._segment_keyslots()
@@ -272,8 +359,7 @@ class Luks2Header:
         check_total([kdf for ks in candidates if ks.kdf is not None
                      for kdf in (ks.kdf, digest_kdf)], limits)
         for ks in candidates:
-            CipherSpec.parse(ks.area_cipher).check_key_size(ks.area_key_size)
-            af.check_hash(ks.af_hash)
+            _check_usable(ks)
         for ks in candidates:
             assert ks.kdf is not None and ks.area_offset is not None
             derived = derive(ks.kdf, passphrase, ks.area_key_size, limits)
@@ -410,6 +496,21 @@ class Luks2Header:
         return pack_copy(primary, self.json_text) + pack_copy(secondary, self.json_text)
 
 
+def _check_usable(ks: Keyslot) -> None:
+    """Refuse a keyslot whose parameters imgcrypt cannot or will not compute, before any KDF."""
+    if not 1 <= ks.key_size <= MAX_KEY_SIZE or not 1 <= ks.stripes <= MAX_STRIPES:
+        raise LimitExceededError(f"LUKS2 keyslot {ks.id}: key size {ks.key_size} or "
+                                 f"{ks.stripes} stripes out of range")
+    if ks.area_size is None or ks.material_size > ks.area_size:
+        raise FormatError(f"LUKS2 keyslot {ks.id} area is smaller than its key material")
+    CipherSpec.parse(ks.area_cipher).check_key_size(ks.area_key_size)
+    af.check_hash(ks.af_hash)
+
+
+def _current(copy: MetadataCopy | FormatError, winner: MetadataCopy) -> bool:
+    return isinstance(copy, MetadataCopy) and copy.binary.seqid == winner.binary.seqid
+
+
 def _describe_keyslot(ks: Keyslot) -> dict[str, Any]:
     out: dict[str, Any] = {"slot": ks.id, "type": ks.type,
                            "priority": _PRIORITY_NAMES[ks.priority]}
@@ -418,8 +519,11 @@ def _describe_keyslot(ks: Keyslot) -> dict[str, Any]:
     elif isinstance(ks.kdf, Argon2):
         out.update(kdf=ks.kdf.variant, time=ks.kdf.time, memory=ks.kdf.memory_kib,
                    parallel=ks.kdf.parallel)
+    elif ks.kdf_type:
+        out.update(kdf=ks.kdf_type)
     if ks.type == "luks2":
-        out.update(key_size=ks.key_size * 8, cipher=ks.area_cipher, af_hash=ks.af_hash,
+        out.update(key_size=ks.key_size * 8, cipher=ks.area_cipher,
+                   cipher_key_size=ks.area_key_size * 8, af_hash=ks.af_hash,
                    stripes=ks.stripes)
     if ks.area_offset is not None:
         out.update(area_offset=ks.area_offset, area_size=ks.area_size)

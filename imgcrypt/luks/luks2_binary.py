@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imgcrypt.errors import (
-    BadMagicError,
-    ChecksumError,
-    FormatError,
-    TruncatedError,
-    UnsupportedError,
-)
+from imgcrypt.errors import ChecksumError, FormatError, TruncatedError
+from imgcrypt.luks import backend, luks2_rules
 from imgcrypt.luks.layout import Kind, Layout, fields
+from imgcrypt.luks.rules import HeaderRuleError, MagicRuleError
 
 MAGIC_PRIMARY = b"LUKS\xba\xbe"
 MAGIC_SECONDARY = b"SKUL\xba\xbe"
@@ -29,8 +26,6 @@ HDR_SIZES = tuple(16384 << i for i in range(9))  # 16 KiB .. 4 MiB
 MAX_HDR_SIZE = HDR_SIZES[-1]
 CSUM_SIZE = 64
 SALT_SIZE = 64
-# Checksum algorithms whose output fits the 64-byte field; cryptsetup writes sha256.
-_CSUM_HASHES = ("sha1", "sha256", "sha512")
 
 LAYOUT = Layout(
     "LUKS2 binary header",
@@ -98,9 +93,9 @@ def text_field(value: str, size: int, what: str) -> bytes:
 
 def checksum(binary: bytes, json_area: bytes, algorithm: str) -> bytes:
     """The value of the csum field: hash of the header (csum zeroed) and JSON area, NUL-padded."""
-    if algorithm not in _CSUM_HASHES:
-        raise UnsupportedError(f"unsupported LUKS2 checksum algorithm {algorithm!r}")
-    h = hashlib.new(algorithm)
+    if backend.hash_size(algorithm) is None:
+        raise HeaderRuleError(luks2_rules.CHECKSUM_ALG, repr(algorithm[:32]))
+    h = hashlib.new(backend.hashlib_name(algorithm))
     h.update(binary[: _CSUM_FIELD.offset])
     h.update(bytes(CSUM_SIZE))
     h.update(binary[_CSUM_FIELD.offset + CSUM_SIZE : BINARY_SIZE])
@@ -108,43 +103,58 @@ def checksum(binary: bytes, json_area: bytes, algorithm: str) -> bytes:
     return h.digest().ljust(CSUM_SIZE, b"\0")
 
 
+class ChecksumRuleError(HeaderRuleError, ChecksumError):
+    """A copy whose checksum does not match: both a rule and a checksum failure."""
+
+
 @dataclass(frozen=True)
 class MetadataCopy:
-    """A copy whose magic, offsets and checksum are right, with its JSON text extracted."""
+    """A copy that passes every rule, with its JSON text extracted."""
 
     offset: int
     binary: BinaryHeader
     json_text: str = field(repr=False)
 
 
-def read_copy(data: bytes, offset: int) -> MetadataCopy:
-    """Validate the metadata copy at ``offset`` (0 = primary); typed error for every defect."""
+# Turns a JSON area into its JSON text, raising for any framing or JSON rule it breaks.
+JsonCheck = Callable[[bytes, int], str]
+
+
+def _sane(data: bytes, offset: int) -> BinaryHeader:
+    """The binary header at ``offset`` if cryptsetup's pre-checksum sanity checks pass."""
     magic = MAGIC_PRIMARY if offset == 0 else MAGIC_SECONDARY
     if len(data) < offset + BINARY_SIZE:
         raise TruncatedError(f"LUKS2 header copy at {offset} is cut short")
     hdr = BinaryHeader.unpack(data, offset)
     if hdr.magic != magic:
-        raise BadMagicError(f"LUKS2 header copy at {offset} has a bad magic")
+        raise MagicRuleError(luks2_rules.MAGIC, f"copy at {offset}")
     if hdr.version != 2:
-        raise UnsupportedError(f"LUKS2 header copy at {offset} has version {hdr.version}")
-    if hdr.hdr_size not in HDR_SIZES:
-        raise FormatError(f"LUKS2 header copy at {offset} has invalid hdr_size {hdr.hdr_size}")
-    if hdr.hdr_offset != offset or (offset and hdr.hdr_size != offset):
-        raise FormatError(f"LUKS2 header copy at {offset} claims offset {hdr.hdr_offset}")
+        raise HeaderRuleError(luks2_rules.VERSION, f"copy at {offset} has {hdr.version}")
+    if hdr.hdr_offset != offset:
+        raise HeaderRuleError(luks2_rules.HDR_OFFSET,
+                              f"copy at {offset} claims {hdr.hdr_offset}")
+    if not HDR_SIZES[0] <= hdr.hdr_size <= MAX_HDR_SIZE or (offset and hdr.hdr_size != offset):
+        raise HeaderRuleError(luks2_rules.HDR_SIZE, f"copy at {offset}: {hdr.hdr_size}")
     if len(data) < offset + hdr.hdr_size:
         raise TruncatedError(f"LUKS2 metadata at {offset} is cut short")
+    return hdr
+
+
+def _summed(data: bytes, offset: int, hdr: BinaryHeader) -> bytes:
+    """The JSON area of a sane copy whose checksum matches."""
     json_area = data[offset + BINARY_SIZE : offset + hdr.hdr_size]
     expected = checksum(data[offset : offset + BINARY_SIZE], json_area, hdr.checksum_name)
-    if not hmac.compare_digest(expected, hdr.csum):
-        raise ChecksumError(f"LUKS2 header copy at {offset} fails its checksum")
-    end = json_area.find(b"\0")
-    if end < 0:
-        raise FormatError(f"LUKS2 JSON area at {offset} is not NUL-terminated")
-    try:
-        json_text = json_area[:end].decode("utf-8")
-    except UnicodeDecodeError:
-        raise FormatError(f"LUKS2 JSON area at {offset} is not UTF-8") from None
-    return MetadataCopy(offset, hdr, json_text)
+    size = backend.hash_size(hdr.checksum_name) or CSUM_SIZE
+    if not hmac.compare_digest(expected[:size], hdr.csum[:size]):
+        raise ChecksumRuleError(luks2_rules.CHECKSUM, f"copy at {offset}")
+    return json_area
+
+
+def read_copy(data: bytes, offset: int, check_json: JsonCheck) -> MetadataCopy:
+    """Validate the metadata copy at ``offset`` (0 = primary); typed error for every defect."""
+    hdr = _sane(data, offset)
+    json_area = _summed(data, offset, hdr)
+    return MetadataCopy(offset, hdr, check_json(json_area, hdr.hdr_size))
 
 
 def pack_copy(hdr: BinaryHeader, json_text: str) -> bytes:
@@ -173,36 +183,54 @@ class Copies:
             errors = [self.primary, self.secondary]
             assert isinstance(errors[0], FormatError) and isinstance(errors[1], FormatError)
             for err in errors:
-                if isinstance(err, ChecksumError):
+                if isinstance(err, ChecksumError) and not isinstance(errors[0], HeaderRuleError):
                     raise ChecksumError("both LUKS2 header copies fail their checksums")
-            raise type(errors[0])(f"no valid LUKS2 header copy: {errors[0]}; {errors[1]}")
+            raise errors[0]
         return max(valid, key=lambda c: c.binary.seqid)  # max keeps the first on a tie
 
+    def need_recovery(self) -> bool:
+        """Would cryptsetup rewrite one copy from the other (damaged, or an older seqid)?"""
+        p, s = self.primary, self.secondary
+        if isinstance(p, MetadataCopy) and isinstance(s, MetadataCopy):
+            return p.binary.seqid != s.binary.seqid
+        return isinstance(p, MetadataCopy) or isinstance(s, MetadataCopy)
 
-def find_copies(data: bytes) -> Copies:
-    """The primary at 0 and the secondary at the primary's hdr_size, or probed if need be."""
+
+def find_copies(data: bytes, check_json: JsonCheck) -> Copies:
+    """The primary at 0 and the secondary at the primary's hdr_size, or probed if need be.
+
+    As cryptsetup does, the secondary is looked for at the primary's hdr_size whenever the
+    primary's binary header is sane and its checksum matches, even if its JSON is refused.
+    """
     primary: MetadataCopy | FormatError
+    offsets: tuple[int, ...] = HDR_SIZES
     try:
-        primary = read_copy(data, 0)
+        hdr = _sane(data, 0)
+        json_area = _summed(data, 0, hdr)
+        offsets = (hdr.hdr_size,)
+        primary = MetadataCopy(0, hdr, check_json(json_area, hdr.hdr_size))
     except FormatError as err:
         primary = err
-    if isinstance(primary, MetadataCopy):
-        offsets: tuple[int, ...] = (primary.binary.hdr_size,)
-    else:
-        offsets = HDR_SIZES
-    secondary: MetadataCopy | FormatError = BadMagicError("no LUKS2 secondary header found")
+    secondary: MetadataCopy | FormatError = MagicRuleError(luks2_rules.MAGIC,
+                                                           "no secondary copy found")
     for offset in offsets:
         if len(data) < offset + BINARY_SIZE:
             if len(offsets) == 1:
                 secondary = TruncatedError(f"image ends before the secondary header at {offset}")
             break
-        if len(offsets) > 1 and data[offset : offset + 6] != MAGIC_SECONDARY:
-            continue
         try:
-            secondary = read_copy(data, offset)
-            break
+            hdr = _sane(data, offset)
+            json_area = _summed(data, offset, hdr)
+        except FormatError as err:
+            if len(offsets) == 1 or data[offset : offset + 6] == MAGIC_SECONDARY:
+                secondary = err
+            continue
+        # The first copy whose checksum matches is the secondary, whatever its JSON says.
+        try:
+            secondary = MetadataCopy(offset, hdr, check_json(json_area, hdr.hdr_size))
         except FormatError as err:
             secondary = err
+        break
     return Copies(primary, secondary)
 
 

@@ -19,7 +19,6 @@ from imgcrypt.errors import (
     FormatError,
     LimitExceededError,
     TruncatedError,
-    UnsupportedError,
     UsageError,
 )
 from imgcrypt.fileio import read_full
@@ -29,10 +28,12 @@ from imgcrypt.luks.container import (
     RegionUpdate,
     bytes_to_parse,
     parse_header,
+    whole_sectors,
 )
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.options import FormatOptions, new_region
 from imgcrypt.luks.pipeline import ordered_map, transform_file_range
+from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError
 from imgcrypt.luks.sectors import SectorCipher
 
 CHUNK_SIZE = 4 << 20
@@ -56,12 +57,7 @@ class Unlocked:
     def cipher(self) -> SectorCipher:
         """The payload cipher; refused for an image in the middle of a LUKS2 re-encryption,
         whose data is under two keys at once."""
-        requirements = self.header.describe().get("requirements") or []
-        if requirements:
-            raise UnsupportedError(
-                "the image has mandatory LUKS2 requirements imgcrypt does not implement: "
-                + ", ".join(map(str, requirements))
-            )
+        self.header.check_decryptable()
         return SectorCipher(self.header.cipher, self.master_key, self.header.sector_size)
 
 
@@ -85,14 +81,21 @@ def read_header(source: BinaryIO, limits: KdfLimits = DEFAULT_LIMITS) -> tuple[L
         raise LimitExceededError(f"LUKS header claims {needed} bytes of metadata")
     if needed > len(data):
         data += read_full(source, needed - len(data))
-    header = parse_header(data, limits)
+    header = parse_header(data, limits, image_size=_size_of(source))
     if header.region_size > MAX_REGION_SIZE:
         raise LimitExceededError(f"LUKS keyslot area of {header.region_size} bytes is too large")
     if header.region_size > len(data):
         data += read_full(source, header.region_size - len(data))
     if len(data) < header.region_size:
-        raise TruncatedError("image ends inside the LUKS header region")
+        raise HeaderRuleError(IMAGE_HOLDS_HEADER, f"{header.region_size} bytes needed, "
+                              f"{len(data)} present")
     return header, data
+
+
+def _size_of(source: BinaryIO) -> int | None:
+    """The size of a regular file behind ``source``; None for pipes and other streams."""
+    fd = _regular_fd(source)
+    return None if fd is None else os.fstat(fd).st_size
 
 
 def unlock_stream(source: BinaryIO, passphrase: bytes,
@@ -285,6 +288,8 @@ def _decrypt_file_to_file(opened: Unlocked, source: BinaryIO, target: BinaryIO, 
     if available < 0:
         raise TruncatedError("image ends before its payload starts")
     limit = _payload_limit(opened, size)
+    if limit is None:
+        available = whole_sectors(available)
     length = available if limit is None else min(available, -(-limit // sector) * sector)
     if length % sector and (size is None or length < size):
         raise TruncatedError("encrypted payload ends inside a sector")
@@ -346,7 +351,10 @@ def _payload_views(opened: Unlocked, source: BinaryIO, size: int | None,
 
     padded_limit = None if limit is None else -(-limit // sector) * sector
     produced = 0
-    for chunk in ordered_map(work, _chunks(source, sector, padded_limit, pool, already)):
+    chunks = _chunks(source, sector, padded_limit, pool, already)
+    if limit is None:
+        chunks = _whole_chunks(chunks, sector)
+    for chunk in ordered_map(work, chunks):
         plain = chunk.data[: chunk.true_length]
         if limit is not None:
             plain = plain[: max(0, limit - produced)]
@@ -357,6 +365,16 @@ def _payload_views(opened: Unlocked, source: BinaryIO, size: int | None,
             pool.give(chunk.buffer)
     if limit is not None and produced < limit:
         raise TruncatedError(f"image holds {produced} payload bytes, {limit} expected")
+
+
+def _whole_chunks(chunks: Iterator[_Chunk], sector: int) -> Iterator[_Chunk]:
+    """The chunks with a trailing partial 512-byte sector of the image left out."""
+    for chunk in chunks:
+        kept = whole_sectors(chunk.true_length)
+        if kept != chunk.true_length:
+            padded = -(-kept // sector) * sector
+            chunk = _Chunk(chunk.offset, chunk.data[:padded], kept, chunk.buffer)
+        yield chunk
 
 
 class PayloadReader(io.RawIOBase):
@@ -373,6 +391,8 @@ class PayloadReader(io.RawIOBase):
             if header.payload_size > available:
                 raise TruncatedError("image is shorter than its payload segment")
             available = header.payload_size
+        else:
+            available = whole_sectors(available)
         if available < 0:
             raise TruncatedError("image ends before its payload starts")
         self._size = available if size is None else min(size, available)

@@ -1,0 +1,82 @@
+"""cryptsetup 2.6's validity rules for LUKS1 headers, checked on every parse.
+
+cryptsetup checks every keyslot, active or not: a damaged disabled keyslot makes the whole
+header invalid (its area could later be handed to a new passphrase). Ciphers are not checked
+when loading; whether imgcrypt can decrypt is a separate question
+(:meth:`imgcrypt.luks.luks1.Luks1Header.unsupported`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+from imgcrypt.luks import backend
+from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError, Rule, rule
+
+if TYPE_CHECKING:
+    from imgcrypt.luks.luks1 import Luks1Header
+
+SECTOR = 512
+HEADER_BYTES = 592
+STRIPES = 4000
+MIN_DIGEST = 20
+
+RULES: dict[str, Rule] = {}
+HASH_KNOWN = rule(RULES, "luks1-hash",
+                  "the header hash is one cryptsetup's backend knows, of at least 20 bytes")
+STRIPES_4000 = rule(RULES, "luks1-stripes", "every keyslot, active or not, has 4000 stripes")
+AFTER_HEADER = rule(RULES, "luks1-keyslot-after-header",
+                    "every keyslot's material starts after the 592-byte header")
+BEFORE_PAYLOAD = rule(RULES, "luks1-keyslot-before-payload",
+                      "every keyslot's material starts before the payload")
+FITS_PAYLOAD = rule(RULES, "luks1-keyslot-fits",
+                    "every keyslot's 4000 stripes end before the payload")
+DISJOINT = rule(RULES, "luks1-keyslots-disjoint", "no two keyslot areas overlap")
+KEY_SIZE = rule(RULES, "luks1-key-size", "the volume key size is not 0")
+
+
+def area_sectors(key_bytes: int) -> int:
+    """Sectors of one keyslot's AF material: key_bytes * 4000, rounded up."""
+    return -(-key_bytes * STRIPES // SECTOR)
+
+
+def check(header: Luks1Header) -> None:
+    """Raise HeaderRuleError for the first rule ``header`` breaks, in cryptsetup's order."""
+    size = backend.hash_size(header.hash_spec)
+    if size is None or size < MIN_DIGEST:
+        raise HeaderRuleError(HASH_KNOWN, repr(header.hash_spec[:32]))
+    span = area_sectors(header.key_bytes)
+    payload = header.payload_offset_sectors
+    for i, slot in enumerate(header.keyslots):
+        if slot.stripes != STRIPES:
+            raise HeaderRuleError(STRIPES_4000, f"keyslot {i} has {slot.stripes}")
+        if slot.key_material_offset * SECTOR < HEADER_BYTES:
+            raise HeaderRuleError(AFTER_HEADER, f"keyslot {i}")
+        if payload == 0:  # a detached header: no payload to collide with
+            continue
+        if payload <= slot.key_material_offset:
+            raise HeaderRuleError(BEFORE_PAYLOAD, f"keyslot {i}")
+        if payload < slot.key_material_offset + span:
+            raise HeaderRuleError(FITS_PAYLOAD, f"keyslot {i}")
+    ordered = sorted(range(len(header.keyslots)),
+                     key=lambda i: header.keyslots[i].key_material_offset)
+    for prev, nxt in itertools.pairwise(ordered):
+        end = header.keyslots[prev].key_material_offset + span
+        if header.keyslots[nxt].key_material_offset < end:
+            raise HeaderRuleError(DISJOINT, f"keyslots {prev} and {nxt}")
+    if header.key_bytes == 0:
+        raise HeaderRuleError(KEY_SIZE)
+
+
+def check_image_size(header: Luks1Header, image_size: int) -> None:
+    """The image must hold the farthest keyslot area (whole 512-byte sectors count)."""
+    if image_size // SECTOR < end_sectors(header):
+        raise HeaderRuleError(IMAGE_HOLDS_HEADER,
+                              f"{end_sectors(header) * SECTOR} bytes needed, {image_size} present")
+
+
+def end_sectors(header: Luks1Header) -> int:
+    """Where the farthest keyslot area ends, in sectors (cryptsetup's LUKS_device_sectors)."""
+    last = max(s.key_material_offset for s in header.keyslots)
+    return last + area_sectors(header.key_bytes)
