@@ -39,8 +39,11 @@ def register(sub: Any) -> None:
     timing.add_argument("--iterations", type=int, metavar="N", help="exact KDF iterations")
     parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
                         help="LUKS2: KDF of the new keyslot (default argon2id)")
-    parser.add_argument("--pbkdf-memory", type=int, metavar="KIB", default=1024 * 1024)
-    parser.add_argument("--pbkdf-parallel", type=int, metavar="N", default=4)
+    parser.add_argument("--pbkdf-memory", type=int, metavar="KIB",
+                        help="LUKS2: argon2 memory limit for the benchmark (exact with "
+                        "--iterations; default 1048576)")
+    parser.add_argument("--pbkdf-parallel", type=int, metavar="N",
+                        help="LUKS2: argon2 lanes (default min(4, CPUs))")
     if common.key_arguments_available():
         from imgcrypt.cli import keyopts
 
