@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
+import stat
 import sys
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
@@ -61,6 +63,67 @@ def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[byt
     return common.passphrase_from(args.passphrase_file, confirm=creating), None
 
 
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``rest``: stdin after its magic bytes were read."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def stdin_source(*, explicit_raw: bool) -> BinaryIO:
+    """stdin as a raw guest disk. qemu-img cannot read an image format from a pipe, so a
+    qcow2/vmdk/vhdx/vdi/vpc (or LUKS) recognised by its magic bytes is refused rather than
+    encrypted as if it were the guest's disk, unless ``--source-format raw`` says it is."""
+    stdin = sys.stdin.buffer
+    if explicit_raw:
+        return stdin
+    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
+
+    regular = _regular_file(stdin)
+    if regular:
+        # a redirected file: look without moving, so the file-to-file fast path stays
+        head = os.pread(stdin.fileno(), SNIFF_SIZE, stdin.tell())
+    else:
+        head = b""
+        while len(head) < SNIFF_SIZE:
+            chunk = stdin.read(SNIFF_SIZE - len(head))
+            if not chunk:
+                break
+            head += chunk
+    found = sniff_format(head)
+    if found is not None:
+        what = "a LUKS image" if found == "luks" else f"a {found} image"
+        raise UnsupportedError(
+            f"stdin holds {what} (by its magic bytes), not a raw disk: give it as a file "
+            "(qemu-img cannot read it from a pipe), or --source-format raw to encrypt its bytes "
+            "as they are")
+    if regular:
+        return stdin
+    return cast(BinaryIO, io.BufferedReader(_Prefixed(head, stdin)))
+
+
+def _regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and stream.seekable()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
 @contextlib.contextmanager
 def source_stream(source: str, source_format: str | None
                   ) -> Iterator[tuple[BinaryIO, str, int | None]]:
@@ -68,7 +131,7 @@ def source_stream(source: str, source_format: str | None
     if source == "-":
         if source_format not in (None, "raw"):
             raise UsageError("a source on stdin must be raw")
-        yield sys.stdin.buffer, "raw", None
+        yield stdin_source(explicit_raw=source_format == "raw"), "raw", None
         return
     from imgcrypt.qemu import SNIFF_SIZE, raw_view, sniff_format
 
