@@ -360,7 +360,7 @@ def _require_convertible(info: ImageInfo, path: str | os.PathLike[str]) -> None:
             "treat its bytes as the guest disk")
     if info.encrypted:
         raise UnsupportedError(f"{name} is an encrypted {info.format} image; decrypt it first "
-                               "(imgcrypt.qemu.decrypt_qcow2)")
+                               "(imgcrypt decrypt)")
     if info.format not in CONVERTIBLE_FORMATS:
         raise UnsupportedError(f"{name}: format {info.format} is not supported (supported: "
                                f"{', '.join(sorted(CONVERTIBLE_FORMATS))})")

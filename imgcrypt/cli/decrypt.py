@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
+import tempfile
 from typing import Any
 
 from imgcrypt.cli import common
@@ -20,7 +24,8 @@ EXAMPLE = """example:
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "decrypt", help="decrypt a LUKS image to its raw payload",
-        description="Decrypt the LUKS1/LUKS2 image SOURCE (- for stdin) to TARGET (- for stdout).",
+        description="Decrypt the LUKS1/LUKS2 image SOURCE (- for stdin) to TARGET (- for stdout). "
+        "A qcow2 with qemu's built-in LUKS becomes the guest's raw disk (through qemu-img).",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", metavar="SOURCE")
@@ -43,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
     passphrase, resolved = resolve_passphrase(args, creating=False)
+    from imgcrypt.qemu_luks import is_qcow2_file
+
+    if is_qcow2_file(args.source):
+        return _decrypt_qcow2(args, passphrase, resolved)
     with open_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase)
@@ -58,4 +67,30 @@ def run(args: argparse.Namespace) -> int:
         data["key_id"] = resolved.key_id
     emit(args, data, f"decrypted {args.source} -> {args.target}: {written} bytes "
          f"(LUKS{header.version}, keyslot {opened.slot})", to_stderr=args.target == "-")
+    return 0
+
+
+def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -> int:
+    """A qcow2 with qemu's built-in LUKS: qemu-img writes the guest's raw disk."""
+    from imgcrypt import qemu_luks
+
+    if args.size is not None:
+        raise UsageError("--size applies to LUKS containers; a qcow2 knows its virtual size")
+    found = qemu_luks.read_qcow2_luks(args.source)
+    if args.target != "-":
+        written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force)
+    else:
+        # qemu-img cannot write to a pipe: convert into a private directory, then copy out
+        with tempfile.TemporaryDirectory(prefix="imgcrypt-raw-") as directory:
+            raw = os.path.join(directory, "guest.raw")
+            written = qemu_luks.decrypt(args.source, passphrase, raw)
+            with open(raw, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+    data = {"source": args.source, "target": args.target, "format": "qcow2",
+            "encryption": f"luks{found.luks.version}", "bytes_written": written}
+    if resolved is not None:
+        data["key_id"] = resolved.key_id
+    emit(args, data, f"decrypted {args.source} -> {args.target}: {written} bytes (qcow2 with "
+         f"LUKS{found.luks.version}, through qemu-img)", to_stderr=args.target == "-")
     return 0
