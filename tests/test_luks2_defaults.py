@@ -17,9 +17,11 @@ from imgcrypt.luks.benchmark import (
     Argon2Cost,
     benchmark_argon2,
     default_parallel,
+    max_time_for,
     physical_memory_cap_kib,
     search_argon2,
 )
+from imgcrypt.luks.kdf import Argon2, check_limits
 from imgcrypt.luks.options import FormatOptions
 
 from .util import imgcrypt, secret_file
@@ -51,7 +53,7 @@ def test_search_meets_the_target_memory_first(ns: float, target: int, max_memory
     assert calls[-1] == (cost.time, cost.memory_kib, parallel)
     assert len(calls) <= 13
     floor_ms = ns * 4 * MIN_BENCH_MEMORY_KIB / 1e6
-    ceiling_ms = ns * 1000 * max_memory / 1e6
+    ceiling_ms = ns * max_time_for(max_memory) * max_memory / 1e6
     if floor_ms < 0.9 * target and ceiling_ms > 1.2 * target:
         # reachable: within cryptsetup's acceptance window, give or take integer rounding
         # (a whole pass is 1/t of the time once memory is at its cap)
@@ -61,6 +63,19 @@ def test_search_meets_the_target_memory_first(ns: float, target: int, max_memory
             assert cost.memory_kib == max_memory  # passes grow only once memory is at its cap
     elif floor_ms >= target:
         assert (cost.time, cost.memory_kib) == (4, MIN_BENCH_MEMORY_KIB)
+    check_limits(Argon2("argon2id", cost.time, cost.memory_kib, parallel, bytes(16)), 32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ns=st.floats(min_value=0.001, max_value=5.0), target=st.integers(1000, 600_000),
+       max_memory=st.integers(MIN_BENCH_MEMORY_KIB, 4 << 20))
+def test_a_fast_machine_and_a_long_target_stay_within_the_reading_caps(
+        ns: float, target: int, max_memory: int) -> None:
+    # imgcrypt must be able to open what it made: no more passes x memory than its caps allow
+    _, measure = linear_model(ns)
+    cost = search_argon2(measure, target, max_memory, 4)  # type: ignore[arg-type]
+    check_limits(Argon2("argon2id", cost.time, cost.memory_kib, 4, bytes(16)), 32)
+    assert cost.memory_kib == max_memory
 
 
 def test_search_on_a_slow_machine_lowers_memory_then_stops() -> None:

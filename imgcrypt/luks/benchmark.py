@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError
-from imgcrypt.luks.kdf import Argon2, derive
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, derive
 
 MIN_TIME = 4
 MIN_MEMORY_KIB = 32
@@ -32,7 +32,9 @@ MIN_BENCH_MEMORY_KIB = 64 * 1024
 DEFAULT_MAX_MEMORY_KIB = 1024 * 1024
 MAX_MEMORY_KIB = 4 * 1024 * 1024
 MAX_PARALLEL = 4
-MAX_TIME = 1000  # imgcrypt's own reading cap (kdf.KdfLimits.max_argon2_time)
+# imgcrypt's own caps for reading headers (kdf.KdfLimits): a keyslot made here must open here.
+MAX_TIME = DEFAULT_LIMITS.max_argon2_time
+MAX_WORK_KIB = DEFAULT_LIMITS.max_argon2_work  # memory x passes
 PROBE_MS = 250
 PROBE_FAST_MS = 10
 ACCEPT_LOW = 0.95
@@ -90,6 +92,11 @@ def physical_memory_cap_kib() -> int:
     return cap
 
 
+def max_time_for(memory_kib: int) -> int:
+    """Most passes with ``memory_kib`` that imgcrypt's own reading caps still accept."""
+    return max(MIN_TIME, min(MAX_TIME, MAX_WORK_KIB // memory_kib))
+
+
 def _next_cost(t: int, m: int, ms: float, target_ms: int, min_m: int,
                max_m: int) -> tuple[int, int, bool]:
     """The next estimate after a run of ``ms``; the flag says the search is over."""
@@ -108,8 +115,8 @@ def _next_cost(t: int, m: int, ms: float, target_ms: int, min_m: int,
         new_t = int(t * m * target_ms / (max_m * max(ms, 1e-3)))
         if new_t <= MIN_TIME:
             return MIN_TIME, max_m, True
-        new_t = min(new_t, MAX_TIME)
-        return new_t, max_m, (new_t, max_m) == (t, m) or new_t == MAX_TIME
+        new_t = min(new_t, max_time_for(max_m))
+        return new_t, max_m, (new_t, max_m) == (t, m) or new_t == max_time_for(max_m)
     if new_m < min_m:
         return t, min_m, True
     return t, new_m, (t, new_m) == (t, m)
@@ -138,7 +145,7 @@ def search_argon2(measure: Measure, target_ms: int, max_memory_kib: int,
             break
         grow = 16.0 if ms < PROBE_FAST_MS else PROBE_MS / ms
         if m == max_memory_kib:
-            new_t = min(MAX_TIME, int(t * grow))
+            new_t = min(max_time_for(m), int(t * grow))
             if new_t == t:
                 break
             t = new_t
