@@ -40,6 +40,9 @@ from imgcrypt.qemu import (
     source_spec,
 )
 
+# Hashes both qemu's LUKS and imgcrypt's KDF code know.
+QEMU_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+
 
 @dataclass(frozen=True)
 class Qcow2Luks:
@@ -122,8 +125,11 @@ def qemu_encrypt_options(options: FormatOptions) -> str:
         raise UsageError("qemu-img takes a time budget, not iterations: use --iter-time")
     if not 1 <= options.iter_time_ms <= 600_000:
         raise UsageError(f"iter-time {options.iter_time_ms} out of range 1..600000")
+    if options.hash.lower() not in QEMU_HASHES:
+        # also keeps anything but a plain name out of qemu's comma-separated option string
+        raise UsageError(f"qemu's LUKS takes --hash {', '.join(QEMU_HASHES)}")
     return ",".join(["encrypt.format=luks", "encrypt.key-secret=s0", *_cipher_options(spec,
-                     options.key_size), f"encrypt.hash-alg={options.hash}",
+                     options.key_size), f"encrypt.hash-alg={options.hash.lower()}",
                      f"encrypt.iter-time={options.iter_time_ms}"])
 
 
