@@ -335,3 +335,18 @@ def test_secret_files_are_private_and_removed(tmp_path: Path, qemu_img: str,
     assert (tmp_path / "back.raw").read_bytes() == src.read_bytes()
     assert len(seen) >= 5 and set(seen) == {(0o600, 0o700)}
     assert list(directory.iterdir()) == []
+
+
+def test_rekey_qcow2_from_one_key_manager_secret_to_another(tmp_path: Path,
+                                                            qemu_img: str) -> None:
+    from imgcrypt.keys.manager import KeyOrder
+
+    store = LocalKeyStore(tmp_path / "ks")
+    old_id, new_id = store.create_key(KeyOrder()), store.create_key(KeyOrder())
+    old_hex = secret_file(tmp_path, "old", store.get(old_id).payload_bytes.hex().encode())
+    new_hex = secret_file(tmp_path, "new", store.get(new_id).payload_bytes.hex().encode())
+    guest = os.urandom(1 << 20)
+    image = qemu_luks_qcow2(tmp_path, guest, old_hex)
+    imgcrypt("rekey", image, "--key-id", old_id, "--change", "--new-key-id", new_id,
+             "--keystore", store.directory, *ITER, check=True)
+    assert not qemu_opens(image, old_hex) and qemu_guest(tmp_path, image, new_hex) == guest
