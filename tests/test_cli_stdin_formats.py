@@ -92,3 +92,27 @@ def test_redirected_raw_round_trips(tmp_path: Path) -> None:
     proc = imgcrypt("decrypt", out, "-", "--passphrase-file", pw, "--size", "300001",
                     check=True)
     assert proc.stdout == raw.read_bytes()
+
+
+@pytest.mark.parametrize("command", ["decrypt", "inspect"])
+def test_qcow2_piped_to_decrypt_or_inspect_is_named(tmp_path: Path, qemu_img: str,
+                                                    command: str) -> None:
+    image = _image(tmp_path, "qcow2")
+    pw = secret_file(tmp_path, "pw", b"stdin")
+    args = ["-", str(tmp_path / "out.raw"), "--passphrase-file", str(pw)] \
+        if command == "decrypt" else ["-"]
+    proc = imgcrypt(command, *args, input=image.read_bytes())
+    assert proc.returncode == 3 and b"stdin holds a qcow2 image" in proc.stderr
+    assert b"give it as a file" in proc.stderr and not (tmp_path / "out.raw").exists()
+
+
+def test_luks_piped_to_decrypt_and_inspect_still_works(tmp_path: Path) -> None:
+    data = os.urandom(123_457)
+    pw = secret_file(tmp_path, "pw", b"stdin")
+    out = tmp_path / "out.luks"
+    imgcrypt("encrypt", "-", out, "--passphrase-file", pw, *FAST, input=data, check=True)
+    plain = imgcrypt("decrypt", "-", "-", "--passphrase-file", pw, "--size", "123457",
+                     input=out.read_bytes(), check=True)
+    assert plain.stdout == data
+    info = imgcrypt("inspect", "-", "--json", input=out.read_bytes(), check=True)
+    assert b'"luks1"' in info.stdout

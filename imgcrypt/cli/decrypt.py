@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from imgcrypt.cli import common
 from imgcrypt.cli.encrypt import resolve_passphrase
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     if is_qcow2_file(args.source):
         return _decrypt_qcow2(args, passphrase, resolved)
-    with open_input(args.source) as src:
+    with luks_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase)
         with atomic_output(args.target, force=args.force, source=args.source) as dst, \
@@ -94,3 +96,19 @@ def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -
     emit(args, data, f"decrypted {args.source} -> {args.target}: {written} bytes (qcow2 with "
          f"LUKS{found.luks.version}, through qemu-img)", to_stderr=args.target == "-")
     return 0
+
+
+@contextlib.contextmanager
+def luks_input(source: str) -> Iterator[BinaryIO]:
+    """SOURCE opened; on stdin, a qcow2 (which qemu-img cannot read from a pipe) is named."""
+    if source != "-":
+        with open_input(source) as f:
+            yield f
+        return
+    from imgcrypt.cli.encrypt import refuse_image_on_stdin, sniff_stdin
+
+    stream, found = sniff_stdin()
+    if found not in (None, "luks"):
+        raise refuse_image_on_stdin(found, "give it as a file (qemu-img cannot read it from a "
+                                    "pipe)")
+    yield stream

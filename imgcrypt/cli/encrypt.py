@@ -75,7 +75,7 @@ class _Prefixed(io.RawIOBase):
     def __init__(self, head: bytes, rest: BinaryIO) -> None:
         super().__init__()
         self._head = memoryview(head)
-        self._rest = rest
+        self._rest = cast(io.BufferedIOBase, rest)  # sys.stdin.buffer: it has readinto
 
     def readable(self) -> bool:
         return True
@@ -86,41 +86,43 @@ class _Prefixed(io.RawIOBase):
             buffer[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        data = self._rest.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
+        return self._rest.readinto(buffer)
+
+
+def sniff_stdin() -> tuple[BinaryIO, str | None]:
+    """stdin, with nothing consumed, and the image format its magic bytes name (or None)."""
+    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
+
+    stdin = sys.stdin.buffer
+    if _regular_file(stdin):
+        # a redirected file: look without moving, so the file-to-file fast path stays
+        return stdin, sniff_format(os.pread(stdin.fileno(), SNIFF_SIZE, stdin.tell()))
+    head = b""
+    while len(head) < SNIFF_SIZE:
+        chunk = stdin.read(SNIFF_SIZE - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return cast(BinaryIO, io.BufferedReader(_Prefixed(head, stdin))), sniff_format(head)
+
+
+def refuse_image_on_stdin(found: str, use: str) -> UnsupportedError:
+    what = "a LUKS image" if found == "luks" else f"a {found} image"
+    return UnsupportedError(f"stdin holds {what} (by its magic bytes): {use}")
 
 
 def stdin_source(*, explicit_raw: bool) -> BinaryIO:
     """stdin as a raw guest disk. qemu-img cannot read an image format from a pipe, so a
     qcow2/vmdk/vhdx/vdi/vpc (or LUKS) recognised by its magic bytes is refused rather than
     encrypted as if it were the guest's disk, unless ``--source-format raw`` says it is."""
-    stdin = sys.stdin.buffer
     if explicit_raw:
-        return stdin
-    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
-
-    regular = _regular_file(stdin)
-    if regular:
-        # a redirected file: look without moving, so the file-to-file fast path stays
-        head = os.pread(stdin.fileno(), SNIFF_SIZE, stdin.tell())
-    else:
-        head = b""
-        while len(head) < SNIFF_SIZE:
-            chunk = stdin.read(SNIFF_SIZE - len(head))
-            if not chunk:
-                break
-            head += chunk
-    found = sniff_format(head)
+        return sys.stdin.buffer
+    stream, found = sniff_stdin()
     if found is not None:
-        what = "a LUKS image" if found == "luks" else f"a {found} image"
-        raise UnsupportedError(
-            f"stdin holds {what} (by its magic bytes), not a raw disk: give it as a file "
-            "(qemu-img cannot read it from a pipe), or --source-format raw to encrypt its bytes "
-            "as they are")
-    if regular:
-        return stdin
-    return cast(BinaryIO, io.BufferedReader(_Prefixed(head, stdin)))
+        raise refuse_image_on_stdin(
+            found, "not a raw disk: give it as a file (qemu-img cannot read it from a pipe), "
+            "or --source-format raw to encrypt its bytes as they are")
+    return stream
 
 
 def _regular_file(stream: BinaryIO) -> bool:

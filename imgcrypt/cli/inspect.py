@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.fileio import open_input
 from imgcrypt.luks.stream import read_header
 
 
@@ -52,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         info = read_qcow2_luks(args.image).describe()
         emit(args, info, human(info))
         return 0
-    with open_input(args.image) as f:
+    from imgcrypt.cli.decrypt import luks_input
+
+    with luks_input(args.image) as f:
         header, _ = read_header(f)
     info = header.describe()
     emit(args, info, human(info))
