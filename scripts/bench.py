@@ -42,7 +42,7 @@ KERNEL_FRACTION_TARGET = 0.25
 REKEY_SLACK_S = 0.050
 CONFIGS = [  # (label, encrypt arguments)
     ("LUKS1 512", ["--format", "luks1"]),
-    ("LUKS2 512", ["--format", "luks2", "--pbkdf", "pbkdf2"]),
+    ("LUKS2 512", ["--format", "luks2", "--pbkdf", "pbkdf2", "--sector-size", "512"]),
     ("LUKS2 4096", ["--format", "luks2", "--pbkdf", "pbkdf2", "--sector-size", "4096"]),
 ]
 

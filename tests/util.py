@@ -32,7 +32,7 @@ def qemu_secret_args(path: Path, ident: str = "s0") -> list[str]:
     return ["--object", f"secret,id={ident},file={path}"]
 
 
-def run_qemu_img(args: list[str], *, attempts: int = 5) -> subprocess.CompletedProcess[str]:
+def run_qemu_img(args: list[str], *, attempts: int = 20) -> subprocess.CompletedProcess[str]:
     """qemu-img with a retry of its known spurious 'Unable to get accurate CPU usage' failure."""
     proc: subprocess.CompletedProcess[str] | None = None
     for _ in range(attempts):

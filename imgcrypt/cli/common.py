@@ -186,14 +186,16 @@ def add_format_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KDF time budget in milliseconds (default 2000)")
     timing.add_argument("--iterations", type=int, metavar="N",
                         help="exact PBKDF2 iterations (or argon2 time cost)")
-    group.add_argument("--sector-size", type=int, choices=(512, 4096), default=512,
-                       help="LUKS2 only: encryption sector size")
+    group.add_argument("--sector-size", type=int, choices=(512, 1024, 2048, 4096),
+                       help="LUKS2 only: encryption sector size (default 4096, as cryptsetup "
+                       "on a file)")
     group.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
                        help="LUKS2 keyslot KDF (default argon2id; LUKS1 is always pbkdf2)")
-    group.add_argument("--pbkdf-memory", type=int, metavar="KIB", default=1024 * 1024,
-                       help="argon2 memory in KiB (default 1048576)")
-    group.add_argument("--pbkdf-parallel", type=int, metavar="N", default=4,
-                       help="argon2 lanes (default 4)")
+    group.add_argument("--pbkdf-memory", type=int, metavar="KIB",
+                       help="argon2 memory limit in KiB for the --iter-time benchmark (default "
+                       "1048576, capped at half the RAM); exact with --iterations")
+    group.add_argument("--pbkdf-parallel", type=int, metavar="N",
+                       help="argon2 lanes (default min(4, CPUs))")
 
 
 def format_options(args: argparse.Namespace) -> FormatOptions:

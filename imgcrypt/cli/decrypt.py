@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from imgcrypt.cli import common
 from imgcrypt.cli.encrypt import resolve_passphrase
@@ -20,7 +26,8 @@ EXAMPLE = """example:
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "decrypt", help="decrypt a LUKS image to its raw payload",
-        description="Decrypt the LUKS1/LUKS2 image SOURCE (- for stdin) to TARGET (- for stdout).",
+        description="Decrypt the LUKS1/LUKS2 image SOURCE (- for stdin) to TARGET (- for stdout). "
+        "A qcow2 with qemu's built-in LUKS becomes the guest's raw disk (through qemu-img).",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", metavar="SOURCE")
@@ -56,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("stdin cannot carry both the image and the passphrase")
     common.check_target(args.target, force=args.force)
     passphrase, resolved = resolve_passphrase(args, creating=False)
-    with open_input(args.source) as src:
+    from imgcrypt.qemu_luks import is_qcow2_file
+
+    if is_qcow2_file(args.source):
+        return _decrypt_qcow2(args, passphrase, resolved)
+    with luks_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase, slot=args.key_slot)
         total = _payload_total(opened.header, args.size, common.input_size(args.source))
@@ -73,3 +84,45 @@ def run(args: argparse.Namespace) -> int:
     emit(args, data, f"decrypted {args.source} -> {args.target}: {written} bytes "
          f"(LUKS{header.version}, keyslot {opened.slot})", to_stderr=args.target == "-")
     return 0
+
+
+def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -> int:
+    """A qcow2 with qemu's built-in LUKS: qemu-img writes the guest's raw disk."""
+    from imgcrypt import qemu_luks
+
+    if args.size is not None:
+        raise UsageError("--size applies to LUKS containers; a qcow2 knows its virtual size")
+    found = qemu_luks.read_qcow2_luks(args.source)
+    if args.target != "-":
+        written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force)
+    else:
+        # qemu-img cannot write to a pipe: convert into a private directory, then copy out
+        with tempfile.TemporaryDirectory(prefix="imgcrypt-raw-") as directory:
+            raw = os.path.join(directory, "guest.raw")
+            written = qemu_luks.decrypt(args.source, passphrase, raw)
+            with open(raw, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+    data = {"source": args.source, "target": args.target, "format": "qcow2",
+            "encryption": f"luks{found.luks.version}", "bytes_written": written}
+    if resolved is not None:
+        data["key_id"] = resolved.key_id
+    emit(args, data, f"decrypted {args.source} -> {args.target}: {written} bytes (qcow2 with "
+         f"LUKS{found.luks.version}, through qemu-img)", to_stderr=args.target == "-")
+    return 0
+
+
+@contextlib.contextmanager
+def luks_input(source: str) -> Iterator[BinaryIO]:
+    """SOURCE opened; on stdin, a qcow2 (which qemu-img cannot read from a pipe) is named."""
+    if source != "-":
+        with open_input(source) as f:
+            yield f
+        return
+    from imgcrypt.cli.encrypt import refuse_image_on_stdin, sniff_stdin
+
+    stream, found = sniff_stdin()
+    if found not in (None, "luks"):
+        raise refuse_image_on_stdin(found, "give it as a file (qemu-img cannot read it from a "
+                                    "pipe)")
+    yield stream

@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import os
+import stat
 import sys
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_output
+from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream
 
 EXAMPLE = """example:
   imgcrypt encrypt disk.raw disk.luks --passphrase-file pass.txt
   imgcrypt encrypt disk.raw disk.luks --new-key            # key from the local keystore
-  cat disk.raw | imgcrypt encrypt - - --passphrase-file pass.txt > disk.luks"""
+  cat disk.raw | imgcrypt encrypt - - --passphrase-file pass.txt > disk.luks
+  imgcrypt encrypt disk.raw disk.qcow2 --target-format qcow2 --passphrase-file pass.txt"""
 
 
 def register(sub: Any) -> None:
@@ -37,6 +41,10 @@ def register(sub: Any) -> None:
                         help="format of SOURCE (raw, qcow2, vmdk, vhdx, vpc, vdi); by "
                         "default recognised from its magic bytes, raw otherwise. Non-raw "
                         "sources are converted to raw by qemu-img on the way")
+    parser.add_argument("--target-format", choices=("luks", "qcow2"),
+                        help="luks (default): a LUKS container; qcow2: a qcow2 with qemu's "
+                        "built-in LUKS1 encryption, written by qemu-img. A TARGET named *.qcow2 "
+                        "needs this option said explicitly, as qemu-img's -O")
     common.add_format_arguments(parser)
     if common.key_arguments_available():
         from imgcrypt.cli import keyopts
@@ -61,6 +69,69 @@ def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[byt
     return common.passphrase_from(args.passphrase_file, confirm=creating), None
 
 
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``rest``: stdin after its magic bytes were read."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._rest = cast(io.BufferedIOBase, rest)  # sys.stdin.buffer: it has readinto
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._rest.readinto(buffer)
+
+
+def sniff_stdin() -> tuple[BinaryIO, str | None]:
+    """stdin, with nothing consumed, and the image format its magic bytes name (or None)."""
+    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
+
+    stdin = sys.stdin.buffer
+    if _regular_file(stdin):
+        # a redirected file: look without moving, so the file-to-file fast path stays
+        return stdin, sniff_format(os.pread(stdin.fileno(), SNIFF_SIZE, stdin.tell()))
+    head = b""
+    while len(head) < SNIFF_SIZE:
+        chunk = stdin.read(SNIFF_SIZE - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return cast(BinaryIO, io.BufferedReader(_Prefixed(head, stdin))), sniff_format(head)
+
+
+def refuse_image_on_stdin(found: str, use: str) -> UnsupportedError:
+    what = "a LUKS image" if found == "luks" else f"a {found} image"
+    return UnsupportedError(f"stdin holds {what} (by its magic bytes): {use}")
+
+
+def stdin_source(*, explicit_raw: bool) -> BinaryIO:
+    """stdin as a raw guest disk. qemu-img cannot read an image format from a pipe, so a
+    qcow2/vmdk/vhdx/vdi/vpc (or LUKS) recognised by its magic bytes is refused rather than
+    encrypted as if it were the guest's disk, unless ``--source-format raw`` says it is."""
+    if explicit_raw:
+        return sys.stdin.buffer
+    stream, found = sniff_stdin()
+    if found is not None:
+        raise refuse_image_on_stdin(
+            found, "not a raw disk: give it as a file (qemu-img cannot read it from a pipe), "
+            "or --source-format raw to encrypt its bytes as they are")
+    return stream
+
+
+def _regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and stream.seekable()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
 @contextlib.contextmanager
 def source_stream(source: str, source_format: str | None
                   ) -> Iterator[tuple[BinaryIO, str, int | None]]:
@@ -68,7 +139,7 @@ def source_stream(source: str, source_format: str | None
     if source == "-":
         if source_format not in (None, "raw"):
             raise UsageError("a source on stdin must be raw")
-        yield sys.stdin.buffer, "raw", None
+        yield stdin_source(explicit_raw=source_format == "raw"), "raw", None
         return
     from imgcrypt.qemu import SNIFF_SIZE, raw_view, sniff_format
 
@@ -103,6 +174,20 @@ def _register_consumer(resolved: Any, target: str) -> None:
     keyopts.register_file_consumer(resolved.manager, resolved.key_id, target)
 
 
+def target_format(args: argparse.Namespace) -> str:
+    """luks or qcow2. Like qemu-img, imgcrypt does not pick a format from a file name, and a
+    raw LUKS file named .qcow2 would mislead every tool after it: such a TARGET needs
+    --target-format said."""
+    chosen: str | None = getattr(args, "target_format", None)
+    if chosen is not None:
+        return chosen
+    if args.target.lower().endswith(".qcow2"):
+        raise UsageError(
+            f"{args.target} is named like a qcow2: give --target-format qcow2 for a qcow2 with "
+            "qemu's built-in LUKS, or --target-format luks for a raw LUKS container")
+    return "luks"
+
+
 def run(args: argparse.Namespace) -> int:
     options = common.format_options(args)
     if args.source == "-" and args.passphrase_file == "-":
@@ -110,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     common.check_target(args.target, force=args.force)
     if args.source != "-" and not os.path.exists(args.source):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", args.source)
+    if target_format(args) == "qcow2":
+        return _encrypt_qcow2(args, options)
     passphrase, resolved = resolve_passphrase(args, creating=True)
     with _key_cleanup(resolved):
         with source_stream(args.source, args.source_format) as (src, source_format, size), \
@@ -155,4 +242,50 @@ def run(args: argparse.Namespace) -> int:
         lines.append("  properties to attach:")
         lines += [f"    {k}={v}" for k, v in sorted(properties.items())]
     emit(args, data, "\n".join(lines), to_stderr=args.target == "-")
+    return 0
+
+
+def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
+    """SOURCE's guest content into a qcow2 with qemu's built-in LUKS, written by qemu-img."""
+    from imgcrypt import qemu_luks
+    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
+
+    if "-" in (args.source, args.target):
+        raise UsageError("qemu-img writes a qcow2 from a file to a file: no - for SOURCE or "
+                         "TARGET with --target-format qcow2")
+    qemu_luks.qemu_encrypt_options(options)  # refuse what qemu cannot make before any key
+    source_format = args.source_format
+    if source_format is None:
+        with open(args.source, "rb") as f:
+            source_format = sniff_format(f.read(SNIFF_SIZE)) or "raw"
+        if source_format == "luks":
+            raise UnsupportedError(f"{args.source} is already a LUKS image; give "
+                                   "--source-format raw to encrypt it again")
+    passphrase, resolved = resolve_passphrase(args, creating=True)
+    with _key_cleanup(resolved):
+        info = qemu_luks.encrypt(args.source, args.target, passphrase, options,
+                                 source_format=source_format, force=args.force)
+        if resolved is not None:
+            _register_consumer(resolved, args.target)
+    header = qemu_luks.read_qcow2_luks(args.target).luks
+    data: dict[str, Any] = {
+        "source": args.source, "source_format": source_format, "target": args.target,
+        "format": "qcow2", "encryption": f"luks{header.version}", "cipher": str(header.cipher),
+        "key_size": header.key_bytes * 8, "virtual_size": info.virtual_size, "uuid": header.uuid,
+    }
+    lines = [f"encrypted {args.source} -> {args.target}",
+             f"  format      qcow2 with qemu's built-in LUKS{header.version}, {header.cipher}, "
+             f"{header.key_bytes * 8}-bit key (written by qemu-img)",
+             f"  virtual size {info.virtual_size} bytes (disk_format=qcow2)"]
+    if resolved is not None:
+        from imgcrypt.keys.properties import encryption_properties
+
+        properties = encryption_properties(resolved.key_id, header.version, info.virtual_size)
+        data.update(key_id=resolved.key_id, key_manager=resolved.manager_name,
+                    key_created=resolved.created, properties=properties)
+        lines.append(f"  key         {resolved.key_id} ({resolved.manager_name}"
+                     f"{', new' if resolved.created else ''})")
+        lines.append("  properties to attach:")
+        lines += [f"    {k}={v}" for k, v in sorted(properties.items())]
+    emit(args, data, "\n".join(lines))
     return 0

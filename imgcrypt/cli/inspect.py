@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.fileio import open_input
 from imgcrypt.luks.stream import read_header
 
 
@@ -17,7 +16,8 @@ def register(sub: Any) -> None:
         "sector size, payload offset, UUID and active keyslots. Needs no passphrase. Every "
         "header cryptsetup loads is shown, marked NOT DECRYPTABLE where imgcrypt cannot decrypt "
         "it (other ciphers, integrity, several segments); a header cryptsetup refuses exits 3 "
-        "naming the rule it breaks.",
+        "naming the rule it breaks. A qcow2 "
+        "with qemu's built-in LUKS shows the LUKS header inside it.",
         epilog="example:\n  imgcrypt inspect disk.luks --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -63,6 +63,11 @@ def _slot_value(name: str, value: Any) -> Any:
 
 def human(info: dict[str, Any]) -> str:
     lines = [f"{info['format'].upper()} image"]
+    if info.get("container") == "qcow2":
+        lines = [f"qcow2 image with qemu's built-in {info['format'].upper()} encryption",
+                 f"  virtual size   {info['virtual_size']}",
+                 f"  LUKS header    {info['luks_header_length']} bytes at offset "
+                 f"{info['luks_header_offset']} of the qcow2 file"]
     for key in ("cipher", "key_size", "sector_size", "payload_offset", "uuid", "label"):
         value = info.get(key)
         if value in (None, ""):
@@ -87,7 +92,16 @@ def human(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_input(args.image) as f:
+    from imgcrypt.qemu_luks import is_qcow2_file, read_qcow2_luks
+
+    if is_qcow2_file(args.image):
+        # qemu's built-in LUKS: the header is inside the qcow2
+        info = read_qcow2_luks(args.image).describe()
+        emit(args, {"source": args.image, **info}, human(info))
+        return 0
+    from imgcrypt.cli.decrypt import luks_input
+
+    with luks_input(args.image) as f:
         header, _ = read_header(f)
     info = with_sectors(header.describe())
     emit(args, {"source": args.image, **info}, human(info))

@@ -10,7 +10,7 @@ from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UsageError
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import kdf_for, read_header, rekey_file
+from imgcrypt.luks.stream import RekeyResult, kdf_for, read_header, rekey_file
 
 EXAMPLE = """examples:
   imgcrypt rekey disk.luks --passphrase-file old.txt --add --new-passphrase-file new.txt
@@ -45,8 +45,11 @@ def register(sub: Any) -> None:
     timing.add_argument("--iterations", type=int, metavar="N", help="exact KDF iterations")
     parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
                         help="LUKS2: KDF of the new keyslot (default argon2id)")
-    parser.add_argument("--pbkdf-memory", type=int, metavar="KIB", default=1024 * 1024)
-    parser.add_argument("--pbkdf-parallel", type=int, metavar="N", default=4)
+    parser.add_argument("--pbkdf-memory", type=int, metavar="KIB",
+                        help="LUKS2: argon2 memory limit for the benchmark (exact with "
+                        "--iterations; default 1048576)")
+    parser.add_argument("--pbkdf-parallel", type=int, metavar="N",
+                        help="LUKS2: argon2 lanes (default min(4, CPUs))")
     if common.key_arguments_available():
         from imgcrypt.cli import keyopts
 
@@ -97,22 +100,18 @@ def run(args: argparse.Namespace) -> int:
     old = _secret(args, getattr(args, "key_id", None), args.passphrase_file, label="current",
                   confirm=False)
     new = None
-    kdf = None
     if adding:
         new = _secret(args, getattr(args, "new_key_id", None), args.new_passphrase_file,
                       label="new", confirm=True)
-        with open(args.image, "rb") as f:
-            header, _ = read_header(f)
-        options = dataclasses.replace(
-            FormatOptions(), version=header.version, iter_time_ms=args.iter_time,
-            iterations=args.iterations, pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
-            pbkdf_parallel=args.pbkdf_parallel,
-        )
-        kdf = kdf_for(header, options)
-    result = rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
-                        remove_slot=args.remove_slot, kdf=kdf,
-                        opened_slot=args.key_slot if args.change else None,
-                        new_slot=args.key_slot if args.add else None)
+    from imgcrypt.qemu_luks import is_qcow2_file
+
+    if is_qcow2_file(args.image):
+        if args.key_slot is not None:
+            raise UsageError("--key-slot is for LUKS images; qemu-img amend picks the keyslot "
+                             "of a qcow2")
+        result = _rekey_qcow2(args, old, new)
+    else:
+        result = _rekey_luks(args, old, new)
     _move_consumers(args)
     data = {"target": args.image, "opened_slot": result.opened_slot,
             "added_slot": result.added_slot, "removed_slot": result.removed_slot}
@@ -123,3 +122,31 @@ def run(args: argparse.Namespace) -> int:
         parts.append(f"removed keyslot {result.removed_slot}")
     emit(args, data, f"{args.image}: " + ", ".join(parts) + " (header only)")
     return 0
+
+
+def _rekey_qcow2(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
+    """qemu's built-in LUKS lives inside the qcow2: qemu-img amend rewrites its keyslots."""
+    from imgcrypt import qemu_luks
+
+    if args.iterations is not None or args.pbkdf not in (None, "pbkdf2") \
+            or args.pbkdf_memory is not None or args.pbkdf_parallel is not None:
+        raise UsageError("qemu's qcow2 encryption takes --iter-time only (pbkdf2, LUKS1)")
+    return qemu_luks.rekey(args.image, old, new_passphrase=new, remove_old=args.change,
+                           remove_slot=args.remove_slot, iter_time_ms=args.iter_time)
+
+
+def _rekey_luks(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
+    kdf = None
+    if new is not None:
+        with open(args.image, "rb") as f:
+            header, _ = read_header(f)
+        options = dataclasses.replace(
+            FormatOptions(), version=header.version, iter_time_ms=args.iter_time,
+            iterations=args.iterations, pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
+            pbkdf_parallel=args.pbkdf_parallel,
+        )
+        kdf = kdf_for(header, options)
+    return rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
+                      remove_slot=args.remove_slot, kdf=kdf,
+                      opened_slot=args.key_slot if args.change else None,
+                      new_slot=args.key_slot if args.add else None)

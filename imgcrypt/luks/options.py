@@ -6,12 +6,15 @@ import os
 from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError
-from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2, argon2_time_for, pbkdf2_iterations_for
+from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2, pbkdf2_iterations_for
 from imgcrypt.luks.sectors import CipherSpec
 
 DEFAULT_ITER_TIME_MS = 2000
 DEFAULT_ARGON2_MEMORY_KIB = 1024 * 1024
 DEFAULT_ARGON2_PARALLEL = 4
+# cryptsetup 2.4+ formats LUKS2 on a file with 4096-byte sectors (the file system's block
+# size); imgcrypt pads the payload to whole sectors, so the data area is always aligned.
+DEFAULT_LUKS2_SECTOR_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -28,10 +31,18 @@ class FormatOptions:
     hash: str = "sha256"
     iter_time_ms: int = DEFAULT_ITER_TIME_MS
     iterations: int | None = None  # exact PBKDF2 iterations / argon2 time cost; skips the benchmark
-    sector_size: int = 512
+    sector_size: int | None = None  # None: 512 for LUKS1, 4096 for LUKS2 (as cryptsetup)
     pbkdf: str | None = None  # LUKS2: argon2id (default), argon2i, pbkdf2. LUKS1: pbkdf2 only.
-    pbkdf_memory_kib: int = DEFAULT_ARGON2_MEMORY_KIB
-    pbkdf_parallel: int = DEFAULT_ARGON2_PARALLEL
+    # argon2 memory: the benchmark's maximum (cryptsetup's --pbkdf-memory), or exact with
+    # ``iterations``; None means cryptsetup's default of 1 GiB.
+    pbkdf_memory_kib: int | None = None
+    pbkdf_parallel: int | None = None  # None: min(4, CPUs) when benchmarking, else 4
+
+    @property
+    def data_sector_size(self) -> int:
+        if self.sector_size is not None:
+            return self.sector_size
+        return 512 if self.version == 1 else DEFAULT_LUKS2_SECTOR_SIZE
 
     def validate(self) -> CipherSpec:
         if self.version not in (1, 2):
@@ -40,9 +51,9 @@ class FormatOptions:
             raise UsageError("key size must be a multiple of 8 bits")
         spec = CipherSpec.parse(self.cipher)
         spec.check_key_size(self.key_size // 8)
-        if self.version == 1 and self.sector_size != 512:
+        if self.version == 1 and self.data_sector_size != 512:
             raise UsageError("LUKS1 supports 512-byte sectors only")
-        if self.sector_size not in (512, 1024, 2048, 4096):
+        if self.data_sector_size not in (512, 1024, 2048, 4096):
             raise UsageError("sector size must be 512, 1024, 2048 or 4096")
         if self.version == 1 and self.pbkdf not in (None, "pbkdf2"):
             raise UsageError("LUKS1 keyslots use pbkdf2")
@@ -52,6 +63,10 @@ class FormatOptions:
             raise UsageError("iterations must be positive")
         if self.iter_time_ms < 1:
             raise UsageError("iter-time must be positive")
+        if self.pbkdf_memory_kib is not None and not 32 <= self.pbkdf_memory_kib <= 4 << 20:
+            raise UsageError("pbkdf memory must be 32..4194304 KiB (cryptsetup's limits)")
+        if self.pbkdf_parallel is not None and not 1 <= self.pbkdf_parallel <= 4:
+            raise UsageError("pbkdf parallel must be 1..4")
         return spec
 
     @property
@@ -66,10 +81,16 @@ class FormatOptions:
                 self.hash, self.key_size // 8, self.iter_time_ms
             )
             return Pbkdf2(self.hash, iterations, salt)
-        time_cost = self.iterations or argon2_time_for(
-            self.kdf_name, self.pbkdf_memory_kib, self.pbkdf_parallel, self.iter_time_ms
-        )
-        return Argon2(self.kdf_name, time_cost, self.pbkdf_memory_kib, self.pbkdf_parallel, salt)
+        if self.iterations is not None:
+            # forced: exactly what was asked, neither benchmarked nor capped (as cryptsetup)
+            return Argon2(self.kdf_name, self.iterations,
+                          self.pbkdf_memory_kib or DEFAULT_ARGON2_MEMORY_KIB,
+                          self.pbkdf_parallel or DEFAULT_ARGON2_PARALLEL, salt)
+        from imgcrypt.luks.benchmark import benchmark_argon2
+
+        cost = benchmark_argon2(self.kdf_name, self.iter_time_ms,
+                                max_memory_kib=self.pbkdf_memory_kib, parallel=self.pbkdf_parallel)
+        return Argon2(self.kdf_name, cost.time, cost.memory_kib, cost.parallel, salt)
 
     def digest_iterations(self) -> int:
         # cryptsetup spends 1/8 of the keyslot budget on the volume-key digest, at least 1000.
@@ -95,6 +116,6 @@ def new_region(options: FormatOptions, master_key: bytes, passphrase: bytes) -> 
     from imgcrypt.luks import luks2
 
     return luks2.format_region(
-        master_key, passphrase, cipher=spec, kdf=kdf, sector_size=options.sector_size,
+        master_key, passphrase, cipher=spec, kdf=kdf, sector_size=options.data_sector_size,
         digest_iterations=options.digest_iterations(),
     )

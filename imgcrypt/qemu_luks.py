@@ -1,0 +1,217 @@
+"""qcow2 images with qemu's built-in LUKS encryption: inspect, decrypt, re-key and write them.
+
+The LUKS header lives inside the qcow2 file (found through the qcow2 crypto header extension,
+:mod:`imgcrypt.qcow2`), and the encrypted guest data in qcow2 clusters. imgcrypt reads the
+header itself (``inspect`` needs no qemu-img and no passphrase); everything that touches guest
+data or rewrites keyslots goes through qemu-img, which owns the qcow2 metadata:
+
+* decrypt: ``qemu-img convert`` of a ``json:`` spec with ``encrypt.key-secret`` to raw;
+* write: ``qemu-img convert -O qcow2 -o encrypt.format=luks,...``;
+* re-key: ``qemu-img amend -o encrypt.state=active,encrypt.new-secret=...`` to add a keyslot,
+  ``encrypt.state=inactive`` with ``encrypt.old-secret`` or ``encrypt.keyslot`` to remove one.
+
+Passphrases reach qemu-img only as ``--object secret,id=...,file=PATH`` (0600 files in a
+private directory, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgcrypt import qcow2
+from imgcrypt.errors import ToolError, UnsupportedError, UsageError
+from imgcrypt.fileio import atomic_path
+from imgcrypt.luks.container import LuksHeader
+from imgcrypt.luks.options import FormatOptions
+from imgcrypt.luks.sectors import CipherSpec
+from imgcrypt.luks.stream import RekeyResult, read_header
+from imgcrypt.qemu import (
+    ImageInfo,
+    _require_convertible,
+    image_info,
+    run_qemu_img,
+    secret_file,
+    secret_object,
+    source_spec,
+)
+
+# Hashes both qemu's LUKS and imgcrypt's KDF code know.
+QEMU_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+
+
+@dataclass(frozen=True)
+class Qcow2Luks:
+    """A qcow2 image's header and the LUKS header stored inside it."""
+
+    qcow2: qcow2.Qcow2Header
+    luks: LuksHeader
+    region: bytes = field(repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.luks.describe()
+        # The LUKS payload offset means nothing here: the data lives in qcow2 clusters.
+        info.pop("payload_offset", None)
+        assert self.qcow2.crypt_header is not None
+        return {
+            "container": "qcow2", "virtual_size": self.qcow2.virtual_size,
+            "cluster_size": self.qcow2.cluster_size,
+            "luks_header_offset": self.qcow2.crypt_header.offset,
+            "luks_header_length": self.qcow2.crypt_header.length, **info,
+        }
+
+
+def is_qcow2_file(path: str) -> bool:
+    """True if ``path`` is a regular file starting with the qcow2 magic."""
+    if path == "-" or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return qcow2.is_qcow2(f.read(4))
+
+
+def read_qcow2_luks(path: str) -> Qcow2Luks:
+    """The qcow2 header of ``path`` and its LUKS header, validated; no passphrase needed.
+
+    A qcow2 without encryption, or with qemu's legacy AES scheme, raises
+    :class:`UnsupportedError`.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = qcow2.parse_header(f.read(qcow2.MAX_HEADER_READ), size)
+        where = head.crypt_header
+        if where is None:
+            state = "not encrypted" if head.encryption is None \
+                else f"encrypted with qemu's legacy {head.encryption!r} scheme, not LUKS"
+            raise UnsupportedError(f"{path} is a qcow2 image {state}")
+        f.seek(where.offset)
+        region = f.read(where.length)
+    luks, parsed = read_header(io.BytesIO(region))
+    return Qcow2Luks(head, luks, parsed)
+
+
+def decrypt(path: str, passphrase: bytes, target: str, *, force: bool = False) -> int:
+    """Write the guest content of the LUKS-encrypted qcow2 ``path`` as raw at ``target``;
+    returns the bytes written (the virtual size)."""
+    read_qcow2_luks(path)  # a clear refusal before qemu-img for anything but qcow2 + LUKS
+    info = _checked_info(path)
+    with secret_file(passphrase) as secret, \
+            atomic_path(target, force=force, source=path) as temp:
+        spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": "s0"}})
+        run_qemu_img(["convert", *secret_object(secret), "-O", "raw", spec, temp],
+                     what="convert")
+    return info.virtual_size
+
+
+def _checked_info(path: str) -> ImageInfo:
+    info = image_info(path, source_format="qcow2")
+    if info.encryption_format != "luks":
+        raise UnsupportedError(f"{path}: qemu-img does not see LUKS encryption in it")
+    return info
+
+
+def qemu_encrypt_options(options: FormatOptions) -> str:
+    """``-o`` options for qemu's LUKS encryption matching ``options``; what qemu cannot make
+    (LUKS2, other sector sizes, argon2, exact iteration counts) is a :class:`UsageError`."""
+    spec = options.validate()
+    if options.version != 1:
+        raise UsageError("qemu's qcow2 encryption writes LUKS1 only: drop --format luks2")
+    if options.sector_size not in (None, 512) or options.pbkdf not in (None, "pbkdf2"):
+        raise UsageError("qemu's qcow2 encryption uses 512-byte sectors and pbkdf2")
+    if options.iterations is not None:
+        raise UsageError("qemu-img takes a time budget, not iterations: use --iter-time")
+    if not 1 <= options.iter_time_ms <= 600_000:
+        raise UsageError(f"iter-time {options.iter_time_ms} out of range 1..600000")
+    if options.hash.lower() not in QEMU_HASHES:
+        # also keeps anything but a plain name out of qemu's comma-separated option string
+        raise UsageError(f"qemu's LUKS takes --hash {', '.join(QEMU_HASHES)}")
+    return ",".join(["encrypt.format=luks", "encrypt.key-secret=s0", *_cipher_options(spec,
+                     options.key_size), f"encrypt.hash-alg={options.hash.lower()}",
+                     f"encrypt.iter-time={options.iter_time_ms}"])
+
+
+def _cipher_options(spec: CipherSpec, key_bits: int) -> list[str]:
+    # qemu names the AES key length, which for XTS is half the whole key.
+    aes_bits = key_bits // 2 if spec.chaining == "xts" else key_bits
+    ivgen, _, ivhash = spec.iv_scheme.partition(":")
+    out = [f"encrypt.cipher-alg=aes-{aes_bits}", f"encrypt.cipher-mode={spec.chaining}",
+           f"encrypt.ivgen-alg={ivgen}"]
+    if ivhash:
+        out.append(f"encrypt.ivgen-hash-alg={ivhash}")
+    return out
+
+
+def encrypt(source: str, target: str, passphrase: bytes, options: FormatOptions, *,
+            source_format: str, force: bool = False) -> ImageInfo:
+    """Write ``source``'s guest content (format ``source_format``) as a qcow2 with qemu's
+    built-in LUKS at ``target``; returns qemu-img's view of the new image."""
+    qemu_options = qemu_encrypt_options(options)
+    info = image_info(source, source_format=source_format)
+    _require_convertible(info, source)
+    with secret_file(passphrase) as secret, \
+            atomic_path(target, force=force, source=source) as temp:
+        run_qemu_img(["convert", *secret_object(secret), "-O", "qcow2", "-o", qemu_options,
+                      source_spec(source, info.format), temp], what="convert")
+    return image_info(target, source_format="qcow2")
+
+
+@contextmanager
+def _secrets(*passphrases: bytes) -> Iterator[list[str]]:
+    with ExitStack() as stack:
+        args: list[str] = []
+        for i, passphrase in enumerate(passphrases):
+            args += secret_object(stack.enter_context(secret_file(passphrase)), f"s{i}")
+        yield args
+
+
+def _amend(path: str, opener: str, secrets: list[str], options: str) -> None:
+    spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": opener}})
+    run_qemu_img(["amend", *secrets, spec, "-o", options], what="amend")
+
+
+def _active(found: Qcow2Luks) -> set[int]:
+    return {int(slot["slot"]) for slot in found.luks.describe()["keyslots"]}
+
+
+def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
+          remove_old: bool = False, remove_slot: int | None = None,
+          iter_time_ms: int = 2000) -> RekeyResult:
+    """Add, change or remove a passphrase of the LUKS-encrypted qcow2 ``path`` in place,
+    through ``qemu-img amend`` (qemu rewrites the header inside the qcow2)."""
+    if (new_passphrase is None) == (remove_slot is None):
+        raise UsageError("give a new passphrase or a keyslot to remove")
+    if new_passphrase is not None and new_passphrase == passphrase:
+        raise UsageError("the new passphrase is the current one")
+    if not 1 <= iter_time_ms <= 600_000:
+        raise UsageError(f"iter-time {iter_time_ms} out of range 1..600000")
+    found = read_qcow2_luks(path)
+    before = _active(found)
+    _checked_info(path)
+    # imgcrypt's own unlock names the keyslot the passphrase opens (and a wrong passphrase
+    # fails here, before qemu-img is asked to change anything)
+    opened, _ = found.luks.unlock(found.region, passphrase)
+    if remove_slot is not None:
+        if remove_slot not in before:
+            raise UsageError(f"keyslot {remove_slot} is not active")
+        with _secrets(passphrase) as secrets:
+            _amend(path, "s0", secrets,
+                   f"encrypt.state=inactive,encrypt.keyslot={remove_slot}")
+        return RekeyResult(opened_slot=opened, added_slot=None, removed_slot=remove_slot)
+    assert new_passphrase is not None
+    with _secrets(passphrase, new_passphrase) as secrets:
+        _amend(path, "s0", secrets, "encrypt.state=active,encrypt.new-secret=s1,"
+               f"encrypt.iter-time={iter_time_ms}")
+        added = _active(read_qcow2_luks(path)) - before
+        if len(added) != 1:
+            raise ToolError(f"qemu-img amend added {len(added)} keyslots, expected one")
+        if remove_old:
+            # opened with the new passphrase: the old one's keyslot is not needed to open it
+            _amend(path, "s1", secrets, f"encrypt.state=inactive,encrypt.keyslot={opened}")
+    return RekeyResult(opened_slot=opened, added_slot=added.pop(),
+                       removed_slot=opened if remove_old else None)
+
+__all__ = ["Qcow2Luks", "decrypt", "encrypt", "is_qcow2_file", "qemu_encrypt_options",
+           "read_qcow2_luks", "rekey"]
