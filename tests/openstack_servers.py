@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -205,6 +204,12 @@ auth_endpoint = {auth_url}
 image_import_plugins = [{plugins}]
 
 {extra}
+"""
+
+# imgcrypt's paste filter that releases an image's key consumer on deletion.
+CONSUMERS_FILTER = """
+[filter:imgcrypt_consumers]
+paste.filter_factory = imgcrypt.glance.middleware:filter_factory
 """
 
 
@@ -415,7 +420,11 @@ def glance_config(workdir: Path, keystone: Keystone, barbican: KeystoneBarbican,
     for name in ("images", "staging", "tasks", "home"):
         (workdir / name).mkdir(exist_ok=True)
     paste_source = GLANCE_VENV / "etc" / "glance" / "glance-api-paste.ini"
-    shutil.copyfile(paste_source, workdir / "glance-api-paste.ini")
+    paste = paste_source.read_text()
+    paste = paste.replace("authtoken context rootapp",
+                          "authtoken context imgcrypt_consumers rootapp")
+    paste += CONSUMERS_FILTER
+    (workdir / "glance-api-paste.ini").write_text(paste)
     authtoken = _AUTHTOKEN.format(auth_url=keystone.auth_url, password=keystone.admin_password)
     (workdir / "glance-api.conf").write_text(_GLANCE_CONF.format(
         dir=workdir, barbican=barbican.endpoint, auth_url=keystone.auth_url,

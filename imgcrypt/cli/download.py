@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     signature = verdict.signature
     data = {"image_id": args.image_id, "target": args.target, "bytes_written": written,
             "decrypted": decrypt, "hash_checked": bool(expected),
-            "signature": [s.scheme for s in signature.schemes] if signature else None}
+            "signature": sorted(s.scheme for s in signature.schemes) if signature else None}
     emit(args, data, f"downloaded {args.image_id} -> {args.target}: {written} bytes"
          + (", decrypted" if decrypt else "") + (", signature verified" if signature else ""),
          to_stderr=args.target == "-")

@@ -43,7 +43,7 @@ class VerifyOutcome:
         signature = self.verdict.signature
         properties = {
             VERDICT_PROPERTY: "accepted",
-            "imgcrypt_signature": ",".join(s.scheme for s in signature.schemes)
+            "imgcrypt_signature": ",".join(sorted(s.scheme for s in signature.schemes))
             if signature is not None else "none",
         }
         if signature is not None:

@@ -1,0 +1,294 @@
+"""imgcrypt against a real Glance 33, a real Barbican and a real Keystone.
+
+A person encrypts, signs and ``imgcrypt upload``s; Glance runs ``imgcrypt_verify`` in its
+import flow; ``imgcrypt download`` brings the plaintext back. Every service is the real one
+(see tests/openstack_servers.py); nothing stands in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.openstack_servers import (
+    Glance,
+    Keystone,
+    KeystoneBarbican,
+    start_glance,
+    stop,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.barbican, pytest.mark.tools, pytest.mark.glance]
+
+VERIFY_PLUGINS = ("imgcrypt_verify",)
+VERIFY_CONF = """\
+[imgcrypt]
+require_signature = true
+allowed_luks_versions = 1
+"""
+ENCRYPT_PLUGINS = ("image_conversion", "imgcrypt_encrypt", "imgcrypt_verify")
+ENCRYPT_CONF = """\
+[imgcrypt]
+encrypt_pbkdf2_iterations = 1000
+
+[image_conversion]
+output_format = raw
+"""
+
+
+@pytest.fixture(scope="session")
+def glance_verify(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone,
+                  keystone_barbican: KeystoneBarbican) -> Iterator[Glance]:
+    """Glance with imgcrypt_verify; signatures required, LUKS1 only. In the catalog."""
+    glance = start_glance(tmp_path_factory.mktemp("glance-verify"), keystone,
+                          keystone_barbican, VERIFY_PLUGINS, VERIFY_CONF, register=True)
+    try:
+        yield glance
+    finally:
+        for process in glance.processes:
+            stop(process)
+
+
+@pytest.fixture(scope="session")
+def glance_encrypt(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone,
+                   keystone_barbican: KeystoneBarbican,
+                   glance_verify: Glance) -> Iterator[Glance]:
+    """Glance with image_conversion, then imgcrypt_encrypt, then imgcrypt_verify."""
+    glance = start_glance(tmp_path_factory.mktemp("glance-encrypt"), keystone,
+                          keystone_barbican, ENCRYPT_PLUGINS, ENCRYPT_CONF)
+    try:
+        yield glance
+    finally:
+        for process in glance.processes:
+            stop(process)
+
+
+@dataclass
+class Person:
+    """Someone at a terminal with OS_* credentials for the demo project."""
+
+    env: dict[str, str]
+    workdir: Path
+
+    def run(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "imgcrypt", *args], capture_output=True,
+                                text=True, cwd=self.workdir, env={**self.env, **env},
+                                timeout=600, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"imgcrypt {args[0]} exited {result.returncode}: "
+                                 f"{result.stderr}")
+        return result
+
+    def json(self, *args: str, **env: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.run(*args, "--json", **env).stdout)
+        return data
+
+
+@pytest.fixture
+def person(tmp_path: Path, keystone: Keystone, glance_verify: Glance) -> Person:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env.update(keystone.credentials("demo"))
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["HOME"] = str(tmp_path)  # no clouds.yaml of the machine's user
+    return Person(env, tmp_path)
+
+
+def connection(keystone: Keystone, glance: Glance | None = None) -> Any:
+    import openstack
+
+    creds = keystone.credentials("demo")
+    kwargs: dict[str, Any] = {}
+    if glance is not None:
+        kwargs["image_endpoint_override"] = glance.endpoint
+    return openstack.connect(
+        auth_url=creds["OS_AUTH_URL"], username="demo", password=creds["OS_PASSWORD"],
+        project_name="demo", user_domain_id="default", project_domain_id="default",
+        region_name="RegionOne", load_yaml_config=False, load_envvars=False, **kwargs)
+
+
+def barbican_of(keystone: Keystone) -> Any:
+    from imgcrypt.keys.barbican import BarbicanKeyManager
+
+    return BarbicanKeyManager.from_session(connection(keystone).session,
+                                           region_name="RegionOne")
+
+
+def images_of(keystone: Keystone, glance: Glance | None = None) -> Any:
+    from imgcrypt.imageservice import ImageService
+
+    return ImageService(connection(keystone, glance))
+
+
+def make_plain(path: Path, size: int = 3 << 20) -> bytes:
+    data = os.urandom(size - 1000) + b"imgcrypt plaintext" + bytes(982)
+    path.write_bytes(data)
+    return data
+
+
+def make_signer(workdir: Path, person: Person, openssl: str) -> str:
+    """An ECDSA P-384 key and self-signed certificate; the certificate (PEM) in Barbican."""
+    key, cert = workdir / "signer.key", workdir / "signer.crt"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:secp384r1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "30", "-subj", "/CN=imgcrypt test signer", "-addext",
+                    "keyUsage=critical,digitalSignature"], check=True, capture_output=True)
+    created = person.json("keys", "create", "--type", "certificate", "--payload-file",
+                          str(cert), "--key-manager", "barbican")
+    return str(created.get("key_id") or created.get("secret_id") or created["id"])
+
+
+def encrypt_and_sign(person: Person, plain: Path, image: Path, cert_id: str, *,
+                     fmt: str = "luks1", sign: bool = True) -> tuple[str, list[str]]:
+    """``imgcrypt encrypt`` with a new Barbican key, then the properties and signatures;
+    returns the key id and the property files to upload with."""
+    encrypted = person.json("encrypt", str(plain), str(image), "--new-key", "--key-manager",
+                            "barbican", "--format", fmt, "--iterations", "1000")
+    key = str(encrypted["key_id"])
+    return key, describe_and_sign(person, image, key, cert_id, sign=sign)
+
+
+def describe_and_sign(person: Person, image: Path, key: str, cert_id: str, *,
+                      sign: bool = True) -> list[str]:
+    """The properties naming ``key``, and Glance-mode and imgcrypt-mode signatures over them."""
+    enc = image.with_suffix(".enc.json")
+    enc.write_text(person.run("properties", str(image), "--key-id", key, "--json").stdout)
+    files = [str(enc)]
+    if sign:
+        described = json.loads(enc.read_text())
+        bound = {**described.get("properties", described), "disk_format": "raw",
+                 "container_format": "bare"}
+        glance_sig = image.with_suffix(".glance.json")
+        modern_sig = image.with_suffix(".imgcrypt.json")
+        signer = ["--key", str(person.workdir / "signer.key"), "--cert-id", cert_id,
+                  "--key-manager", "barbican", "--force"]
+        person.run("sign", str(image), *signer, "--mode", "glance", "--hash", "SHA-384",
+                   "--properties-out", str(glance_sig))
+        bound_args = [a for k, v in sorted(bound.items()) for a in ("--property", f"{k}={v}")]
+        person.run("sign", str(image), *signer, "--mode", "imgcrypt", *bound_args,
+                   "--properties-out", str(modern_sig))
+        files += [str(glance_sig), str(modern_sig)]
+    return files
+
+
+def upload_args(image: Path, name: str, files: list[str]) -> list[str]:
+    args = ["upload", str(image), "--name", name]
+    for f in files:
+        args += ["--properties", f]
+    return args
+
+
+def test_encrypt_sign_upload_share_delete_download(person: Person, keystone: Keystone,
+                                                   glance_verify: Glance, openssl: str) -> None:
+    plain = person.workdir / "plain.raw"
+    data = make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk.luks"
+    key_id, files = encrypt_and_sign(person, plain, image, cert_id)
+
+    first = person.json(*upload_args(image, "first", files))
+    assert first["status"] == "active"
+    assert first["method"] == "glance-direct"
+    assert first["verdict"] == "accepted"
+    images = images_of(keystone)
+    shown = images.get(first["image_id"]).properties
+    assert shown["imgcrypt_signature"] == "glance,imgcrypt"
+    assert shown["imgcrypt_luks_version"] == "1"
+    assert shown["imgcrypt_key_check"] == "opens"
+    assert shown["imgcrypt_consumer"] == "registered"
+    assert glance_verify.staging_files() == []
+
+    second = person.json(*upload_args(image, "second", files))
+    assert second["status"] == "active"
+    barbican = barbican_of(keystone)
+    consumers = {c.resource_id for c in barbican.list_consumers(key_id)}
+    assert consumers == {first["image_id"], second["image_id"]}
+
+    # Glance deletes cinder_encryption_key_id's key with the image (on_image_deletion);
+    # while the second image is a consumer, Barbican refuses and the key survives.
+    images.delete(first["image_id"])
+    assert barbican.describe(key_id).secret_id == key_id
+    assert {c.resource_id for c in barbican.list_consumers(key_id)} == {second["image_id"]}
+
+    out = person.workdir / "downloaded.raw"
+    got = person.json("download", second["image_id"], str(out))
+    assert got["decrypted"] is True and got["hash_checked"] is True
+    assert got["signature"] == ["glance", "imgcrypt"]
+    assert out.read_bytes() == data
+
+    images.delete(second["image_id"])
+    from imgcrypt.errors import SecretNotFoundError
+
+    with pytest.raises(SecretNotFoundError):
+        barbican.describe(key_id)
+
+
+def refused(person: Person, image: Path, files: list[str], glance: Glance) -> str:
+    result = person.run(*upload_args(image, "refused", files), check=False)
+    assert result.returncode == 4, result.stderr
+    assert glance.staging_files() == []
+    return result.stderr
+
+
+def test_tampered_image_is_refused(person: Person, keystone: Keystone, glance_verify: Glance,
+                                   openssl: str) -> None:
+    plain = person.workdir / "plain.raw"
+    make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk.luks"
+    key_id, files = encrypt_and_sign(person, plain, image, cert_id)
+    with image.open("r+b") as f:
+        f.seek(-5000, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-5000, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 1]))
+    message = refused(person, image, files, glance_verify)
+    assert "imgcrypt_verify refused the image" in message
+    assert "signature" in message
+    assert barbican_of(keystone).list_consumers(key_id) == []
+
+
+def test_luks2_under_a_luks1_policy_is_refused(person: Person, keystone: Keystone,
+                                               glance_verify: Glance, openssl: str) -> None:
+    plain = person.workdir / "plain.raw"
+    make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk2.luks"
+    _, files = encrypt_and_sign(person, plain, image, cert_id, fmt="luks2")
+    message = refused(person, image, files, glance_verify)
+    assert "LUKSv2 images are not accepted here (allowed: LUKSv1)" in message
+
+
+def test_a_key_that_does_not_open_the_header_is_refused(person: Person, keystone: Keystone,
+                                                        glance_verify: Glance,
+                                                        openssl: str) -> None:
+    plain = person.workdir / "plain.raw"
+    make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk.luks"
+    encrypt_and_sign(person, plain, image, cert_id)
+    other = person.json("keys", "create", "--key-manager", "barbican")
+    other_id = str(other.get("key_id") or other.get("secret_id") or other["id"])
+    # Properties and both signatures name the other key: all consistent, but the key.
+    files = describe_and_sign(person, image, other_id, cert_id)
+    message = refused(person, image, files, glance_verify)
+    assert f"key {other_id} does not open the image's LUKS header" in message
+
+
+def test_unsigned_image_under_a_signature_policy_is_refused(person: Person, keystone: Keystone,
+                                                            glance_verify: Glance,
+                                                            openssl: str) -> None:
+    plain = person.workdir / "plain.raw"
+    make_plain(plain)
+    image = person.workdir / "disk.luks"
+    _, files = encrypt_and_sign(person, plain, image, "", sign=False)
+    message = refused(person, image, files, glance_verify)
+    assert "this deployment requires signed images" in message
