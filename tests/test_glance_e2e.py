@@ -151,7 +151,8 @@ def encrypt_and_sign(person: Person, plain: Path, image: Path, cert_id: str, *,
     """``imgcrypt encrypt`` with a new Barbican key, then the properties and signatures;
     returns the key id and the property files to upload with."""
     encrypted = person.json("encrypt", str(plain), str(image), "--new-key", "--key-manager",
-                            "barbican", "--format", fmt, "--iterations", "1000")
+                            "barbican", "--format", fmt, "--iterations", "1000",
+                            *(["--pbkdf", "pbkdf2"] if fmt == "luks2" else []))
     key = str(encrypted["key_id"])
     return key, describe_and_sign(person, image, key, cert_id, sign=sign)
 
@@ -292,3 +293,69 @@ def test_unsigned_image_under_a_signature_policy_is_refused(person: Person, keys
     _, files = encrypt_and_sign(person, plain, image, "", sign=False)
     message = refused(person, image, files, glance_verify)
     assert "this deployment requires signed images" in message
+
+
+def test_plaintext_import_is_converted_then_encrypted(person: Person, keystone: Keystone,
+                                                      glance_encrypt: Glance, qemu_img: str,
+                                                      cryptsetup: str) -> None:
+    raw = person.workdir / "plain.raw"
+    data = make_plain(raw, 4 << 20)
+    qcow2 = person.workdir / "plain.qcow2"
+    subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
+                   check=True, capture_output=True)
+    override = {"OS_IMAGE_ENDPOINT_OVERRIDE": glance_encrypt.endpoint}
+    uploaded = person.json("upload", str(qcow2), "--name", "plain", "--disk-format", "qcow2",
+                           **override)
+    assert uploaded["status"] == "active"
+    assert uploaded["verdict"] == "accepted"
+    image = images_of(keystone, glance_encrypt).get(uploaded["image_id"]).properties
+    assert image["disk_format"] == "raw"  # image_conversion ran first
+    assert image["os_encrypt_format"] == "LUKSv1"
+    assert image["os_decrypt_size"] == str(len(data))
+    key_id = image["os_encrypt_key_id"]
+    assert image["cinder_encryption_key_id"] == key_id
+    assert image["imgcrypt_key_check"] == "opens"
+    barbican = barbican_of(keystone)
+    assert [c.resource_id for c in barbican.list_consumers(key_id)] == [uploaded["image_id"]]
+    assert glance_encrypt.staging_files() == []
+
+    luks = person.workdir / "stored.luks"
+    person.json("download", uploaded["image_id"], str(luks), "--encrypted", **override)
+    dump = subprocess.run([cryptsetup, "luksDump", str(luks)], capture_output=True,
+                          text=True, check=True).stdout
+    version_line = next(line for line in dump.splitlines() if line.startswith("Version:"))
+    assert version_line.split() == ["Version:", "1"]
+    # The passphrase Nova and Cinder derive: the Barbican key's lowercase hex.
+    key_hex = barbican.get(key_id).payload_bytes.hex().encode()
+    key_file = person.workdir / "key.hex"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_hex)
+    subprocess.run([cryptsetup, "open", "--test-passphrase", "--key-file", str(key_file),
+                    str(luks)], check=True, capture_output=True)
+    out = person.workdir / "qemu.raw"
+    subprocess.run([qemu_img, "convert", "--object", f"secret,id=s0,file={key_file}",
+                    "--image-opts", f"driver=luks,key-secret=s0,file.filename={luks}",
+                    "-O", "raw", str(out)], check=True, capture_output=True)
+    assert out.read_bytes()[:len(data)] == data
+    assert out.stat().st_size >= len(data)
+
+    decrypted = person.workdir / "decrypted.raw"
+    person.json("download", uploaded["image_id"], str(decrypted), **override)
+    assert decrypted.read_bytes() == data
+
+
+def test_a_luks_image_is_never_converted(person: Person, keystone: Keystone,
+                                         glance_encrypt: Glance, openssl: str) -> None:
+    """With image_conversion enabled, Glance refuses a LUKS image labelled raw ("Image format
+    mismatch") instead of converting it; imgcrypt_encrypt never sees it."""
+    plain = person.workdir / "plain.raw"
+    make_plain(plain)
+    image = person.workdir / "disk.luks"
+    _, files = encrypt_and_sign(person, plain, image, "", sign=False)
+    result = person.run(*upload_args(image, "luks", files), check=False,
+                        OS_IMAGE_ENDPOINT_OVERRIDE=glance_encrypt.endpoint)
+    assert result.returncode == 4, result.stderr
+    assert "Image format mismatch" in glance_encrypt.log_path.read_text()
+    assert glance_encrypt.store_files() == [] or all(
+        not name.startswith(image.name) for name in glance_encrypt.store_files())
