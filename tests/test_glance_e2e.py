@@ -34,6 +34,9 @@ VERIFY_CONF = """\
 [imgcrypt]
 require_signature = true
 allowed_luks_versions = 1
+
+[image_format]
+disk_formats = ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop,luks
 """
 ENCRYPT_PLUGINS = ("image_conversion", "imgcrypt_encrypt", "imgcrypt_verify")
 ENCRYPT_CONF = """\
@@ -158,14 +161,14 @@ def encrypt_and_sign(person: Person, plain: Path, image: Path, cert_id: str, *,
 
 
 def describe_and_sign(person: Person, image: Path, key: str, cert_id: str, *,
-                      sign: bool = True) -> list[str]:
+                      sign: bool = True, disk_format: str = "raw") -> list[str]:
     """The properties naming ``key``, and Glance-mode and imgcrypt-mode signatures over them."""
     enc = image.with_suffix(".enc.json")
     enc.write_text(person.run("properties", str(image), "--key-id", key, "--json").stdout)
     files = [str(enc)]
     if sign:
         described = json.loads(enc.read_text())
-        bound = {**described.get("properties", described), "disk_format": "raw",
+        bound = {**described.get("properties", described), "disk_format": disk_format,
                  "container_format": "bare"}
         glance_sig = image.with_suffix(".glance.json")
         modern_sig = image.with_suffix(".imgcrypt.json")
@@ -359,3 +362,31 @@ def test_a_luks_image_is_never_converted(person: Person, keystone: Keystone,
     assert "Image format mismatch" in glance_encrypt.log_path.read_text()
     assert glance_encrypt.store_files() == [] or all(
         not name.startswith(image.name) for name in glance_encrypt.store_files())
+
+
+@pytest.mark.parametrize("disk_format", ["raw", "luks"])
+def test_disk_format_and_virtual_size(person: Person, keystone: Keystone, glance_verify: Glance,
+                                      openssl: str, disk_format: str) -> None:
+    """The disk_format question, with evidence from Glance itself: a LUKS1 image is accepted
+    as ``raw`` (virtual size = the whole container, header included) and, where the
+    deployment lists ``luks`` in ``[image_format] disk_formats``, as ``luks`` (virtual size =
+    the payload, which is what a volume created from it needs)."""
+    plain = person.workdir / "plain.raw"
+    data = make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk.luks"
+    encrypted = person.json("encrypt", str(plain), str(image), "--new-key", "--key-manager",
+                            "barbican", "--iterations", "1000")
+    files = describe_and_sign(person, image, str(encrypted["key_id"]), cert_id,
+                              disk_format=disk_format)
+    uploaded = person.json(*upload_args(image, disk_format, files), "--disk-format",
+                           disk_format)
+    assert uploaded["status"] == "active"
+    shown = images_of(keystone).get(uploaded["image_id"]).properties
+    assert shown["disk_format"] == disk_format
+    assert shown["size"] == image.stat().st_size
+    header = person.json("inspect", str(image))
+    payload = image.stat().st_size - int(header["payload_offset"])
+    assert payload == len(data)
+    expected = image.stat().st_size if disk_format == "raw" else payload
+    assert shown["virtual_size"] == expected
