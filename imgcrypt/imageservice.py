@@ -8,6 +8,7 @@ connection's authenticated image adapter; every failure becomes a typed imgcrypt
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +17,11 @@ from typing import Any, BinaryIO
 
 from imgcrypt.errors import ImgcryptError, UsageError, VerificationError
 from imgcrypt.keys.manager import KeyManager
+
+# keystoneauth and openstacksdk log discovery failures as warnings; with no handler configured
+# Python would print them beside the one-line CLI error.
+for _name in ("keystoneauth", "openstack"):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
 
 CHUNK = 1 << 20
 IMPORT_POLL_SECONDS = 0.5
@@ -38,8 +44,9 @@ def connect(cloud: str | None = None) -> Any:
         raise UsageError("the image commands need openstacksdk (pip install 'imgcrypt[cloud]')"
                          ) from None
     try:
-        return openstack.connect(cloud=cloud or os.environ.get("OS_CLOUD") or None,
-                                 load_yaml_config=True, load_envvars=True)
+        with _translate("connecting to the cloud"):
+            return openstack.connect(cloud=cloud or os.environ.get("OS_CLOUD") or None,
+                                     load_yaml_config=True, load_envvars=True)
     except oexc.ConfigException as exc:
         raise UsageError(f"OpenStack configuration: {exc}") from None
 
@@ -61,16 +68,21 @@ def _translate(what: str) -> Iterator[None]:
     try:
         yield
     except (kexc.ConnectionError, kexc.EndpointNotFound, kexc.DiscoveryFailure) as exc:
-        raise ImageServiceError(f"cannot reach the image service: {exc}") from None
+        raise ImageServiceError(f"cannot reach the cloud: {exc}") from None
     except kexc.Unauthorized as exc:
         raise ImageServiceError(f"the cloud refused the credentials: {exc}") from None
-    except kexc.MissingRequiredOptions as exc:
-        raise UsageError(f"incomplete OpenStack credentials: {exc}") from None
+    except (kexc.MissingRequiredOptions, kexc.NoMatchingPlugin) as exc:
+        raise UsageError(f"incomplete OpenStack credentials (--os-cloud, OS_CLOUD or OS_*): "
+                         f"{exc}") from None
     except kexc.HttpError as exc:
         detail = (exc.response.text if exc.response is not None else str(exc)) or str(exc)
         raise ImageServiceError(f"{what}: HTTP {exc.http_status}: {' '.join(detail.split())[:300]}"
                                 ) from None
+    except oexc.ConfigException:
+        raise
     except oexc.SDKException as exc:
+        raise ImageServiceError(f"{what}: {exc}") from None
+    except kexc.ClientException as exc:
         raise ImageServiceError(f"{what}: {exc}") from None
 
 
@@ -102,7 +114,9 @@ class ImageService:
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
-        self._api = conn.image  # a keystoneauth adapter on the catalog's image endpoint
+        with _translate("finding the image service"):
+            # a keystoneauth adapter on the catalog's image endpoint (authenticates first)
+            self._api = conn.image
 
     def _call(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
         headers = kwargs.pop("headers", {})

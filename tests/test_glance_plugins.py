@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,36 @@ def test_collect_properties(tmp_path: Path) -> None:
         collect_properties([str(bad)], [])
     with pytest.raises(UsageError):
         collect_properties([], ["novalue"])
+
+
+def _imgcrypt(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", **env}
+    return subprocess.run([sys.executable, "-m", "imgcrypt", *args], capture_output=True,
+                          text=True, env=clean, timeout=120, check=False,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_upload_without_credentials_is_a_usage_error(tmp_path: Path) -> None:
+    image = tmp_path / "x.raw"
+    image.write_bytes(bytes(1024))
+    result = _imgcrypt("upload", str(image), "--name", "x")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "incomplete OpenStack credentials" in result.stderr
+
+
+def test_download_from_an_unreachable_cloud(tmp_path: Path) -> None:
+    result = _imgcrypt("download", "0" * 8, str(tmp_path / "out"),
+                       OS_AUTH_URL="http://127.0.0.1:9/v3", OS_USERNAME="u", OS_PASSWORD="p",
+                       OS_PROJECT_NAME="p", OS_USER_DOMAIN_ID="default",
+                       OS_PROJECT_DOMAIN_ID="default")
+    assert result.returncode == 1
+    assert result.stderr.startswith("imgcrypt: error: cannot reach the cloud")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_cloud_name(tmp_path: Path) -> None:
+    result = _imgcrypt("download", "x", str(tmp_path / "out"), OS_CLOUD="nope")
+    assert result.returncode == 2
+    assert "Cloud nope was not found" in result.stderr
