@@ -390,3 +390,24 @@ def test_disk_format_and_virtual_size(person: Person, keystone: Keystone, glance
     assert payload == len(data)
     expected = image.stat().st_size if disk_format == "raw" else payload
     assert shown["virtual_size"] == expected
+
+
+def test_encrypt_listed_before_conversion_fails_every_import(
+        tmp_path_factory: pytest.TempPathFactory, person: Person, keystone: Keystone,
+        keystone_barbican: KeystoneBarbican, qemu_img: str) -> None:
+    """imgcrypt_encrypt refuses to run before image_conversion: the import fails at start
+    with the reason as the task's message, and nothing is stored."""
+    glance = start_glance(tmp_path_factory.mktemp("glance-misordered"), keystone,
+                          keystone_barbican, ("imgcrypt_encrypt", "image_conversion"),
+                          ENCRYPT_CONF)
+    try:
+        raw = person.workdir / "plain.raw"
+        make_plain(raw)
+        result = person.run("upload", str(raw), "--name", "misordered", check=False,
+                            OS_IMAGE_ENDPOINT_OVERRIDE=glance.endpoint)
+        assert result.returncode == 4, result.stderr
+        assert "list image_conversion first (convert, then encrypt)" in result.stderr
+        assert glance.store_files() == []
+    finally:
+        for process in glance.processes:
+            stop(process)

@@ -39,7 +39,8 @@ class _ImgcryptEncrypt(task.Task):  # type: ignore[misc]
     default_provides = "file_path"
 
     def __init__(self, context: Any, task_id: str, task_type: str, action_wrapper: Any,
-                 stores: list[str] | None) -> None:
+                 stores: list[str] | None, misconfigured: str | None = None) -> None:
+        self.misconfigured = misconfigured
         self.context = context
         self.action_wrapper = action_wrapper
         self.image_id = str(action_wrapper.image_id)
@@ -57,6 +58,8 @@ class _ImgcryptEncrypt(task.Task):  # type: ignore[misc]
             properties = dict(action.image_extra_properties)
             disk_format = action.image_disk_format
         try:
+            if self.misconfigured is not None:
+                raise ImgcryptError(self.misconfigured)
             if is_already_encrypted(path, properties):
                 LOG.info("image %s is already encrypted: not encrypting", self.image_id)
                 return file_path
@@ -96,14 +99,20 @@ class _ImgcryptEncrypt(task.Task):  # type: ignore[misc]
 
 
 def get_flow(**kwargs: Any) -> Any:
-    conf = glance_conf()
-    try:
-        check_plugin_order(list(conf.image_import_opts.image_import_plugins))
-    except ImgcryptError as exc:
-        from glance.common import exception
+    """Glance calls this with the import task's context, ids and action wrapper.
 
-        raise exception.ImportTaskError(str(exc)) from None
+    It never raises: Glance's plugin loader (stevedore) logs a plugin that fails to load and
+    goes on without it, which would store the image unencrypted. A misconfiguration fails the
+    import from inside the flow instead.
+    """
+    misconfigured = None
+    try:
+        conf = glance_conf()
+        check_plugin_order(list(conf.image_import_opts.image_import_plugins))
+    except Exception as exc:  # any failure here must fail the import, not skip the plugin
+        misconfigured = str(exc) if isinstance(exc, ImgcryptError) else \
+            f"imgcrypt_encrypt is misconfigured ({type(exc).__name__}: {exc})"
     task_type = kwargs.get("task_type")
     return linear_flow.Flow(task_type).add(_ImgcryptEncrypt(
         kwargs.get("context"), str(kwargs.get("task_id")), str(task_type),
-        kwargs.get("action_wrapper"), kwargs.get("backend")))
+        kwargs.get("action_wrapper"), kwargs.get("backend"), misconfigured))

@@ -40,19 +40,21 @@ class _ImgcryptVerify(task.Task):  # type: ignore[misc]
         super().__init__(name=f"{task_type}-ImgcryptVerify-{task_id}")
 
     def execute(self, file_path: str) -> None:
-        conf = glance_conf()
         path = staged_path(file_path)
         with self.action_wrapper as action:
             properties = {**action.image_extra_properties,
                           "disk_format": action.image_disk_format or "",
                           "container_format": action.image_container_format or ""}
         try:
+            conf = glance_conf()
             self.manager = key_manager_for(self.context)
             outcome = verify_staged(path, properties, self.manager, image_id=self.image_id,
                                     policy=options.upload_policy(conf),
                                     check_key=conf.imgcrypt.check_key)
-        except (ImgcryptError, OSError) as exc:
-            self.refusal = f"imgcrypt_verify refused the image: {exc}"
+        except Exception as exc:  # whatever goes wrong, the image is not accepted unchecked
+            reason = str(exc) if isinstance(exc, ImgcryptError | OSError) else \
+                f"{type(exc).__name__}: {exc}"
+            self.refusal = f"imgcrypt_verify refused the image: {reason}"
             LOG.warning("image %s: %s", self.image_id, self.refusal)
             raise import_failure(self.refusal) from None
         if outcome.consumer_registered and outcome.verdict.encryption is not None:
@@ -71,8 +73,12 @@ class _ImgcryptVerify(task.Task):  # type: ignore[misc]
 
 
 def get_flow(**kwargs: Any) -> Any:
-    """Glance calls this with the import task's context, ids and action wrapper."""
-    glance_conf()
+    """Glance calls this with the import task's context, ids and action wrapper.
+
+    It does nothing that can fail: Glance's plugin loader (stevedore) logs a plugin that
+    fails to load and imports without it. Configuration is read when the task runs, where a
+    failure fails the import.
+    """
     task_type = kwargs.get("task_type")
     return linear_flow.Flow(task_type).add(_ImgcryptVerify(
         kwargs.get("context"), str(kwargs.get("task_id")), str(task_type),
