@@ -411,3 +411,37 @@ def test_encrypt_listed_before_conversion_fails_every_import(
     finally:
         for process in glance.processes:
             stop(process)
+
+
+def test_plain_upload_path_and_tampered_download(person: Person, keystone: Keystone,
+                                                 glance_verify: Glance, openssl: str) -> None:
+    """Without glance-direct (``--method upload``) the CLI uploads the data and registers the
+    consumer itself; a stored image changed behind Glance's back fails ``imgcrypt download``
+    with exit 4 and leaves no target."""
+    plain = person.workdir / "plain.raw"
+    make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk.luks"
+    key_id, files = encrypt_and_sign(person, plain, image, cert_id)
+    uploaded = person.json(*upload_args(image, "direct", files), "--method", "upload")
+    assert uploaded["status"] == "active"
+    assert uploaded["method"] == "upload"
+    assert uploaded["consumer_registered"] is True
+    assert uploaded["verdict"] is None  # no import, so no import plugin ran
+    consumers = barbican_of(keystone).list_consumers(key_id)
+    assert [c.resource_id for c in consumers] == [uploaded["image_id"]]
+
+    stored = glance_verify.workdir / "images" / uploaded["image_id"]
+    with stored.open("r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x80]))
+    target = person.workdir / "out.raw"
+    result = person.run("download", uploaded["image_id"], str(target), check=False)
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.startswith("imgcrypt: error:")
+    assert result.stderr.count("\n") == 1
+    assert "signature" in result.stderr or "os_hash_value" in result.stderr, result.stderr
+    assert not target.exists()
+    assert [p.name for p in person.workdir.iterdir() if p.name.startswith("out.raw")] == []
