@@ -445,3 +445,35 @@ def test_plain_upload_path_and_tampered_download(person: Person, keystone: Keyst
     assert "signature" in result.stderr or "os_hash_value" in result.stderr, result.stderr
     assert not target.exists()
     assert [p.name for p in person.workdir.iterdir() if p.name.startswith("out.raw")] == []
+
+
+_README_CONF_CHECK = """\
+import sys
+from oslo_config import cfg
+from glance.async_.flows import api_image_import  # registers [image_import_opts]
+from imgcrypt.glance import options
+conf = cfg.CONF
+options.register(conf)
+conf(args=[], default_config_files=[sys.argv[1]])
+print(conf.image_import_opts.image_import_plugins, conf.imgcrypt.allowed_luks_versions,
+      conf.imgcrypt.require_signature, conf.imgcrypt.encrypt_key_deletion_policy)
+"""
+
+
+def test_readme_glance_configuration_loads_in_glance(tmp_path: Path) -> None:
+    """The glance-api.conf of Walkthrough 4, read by oslo.config in Glance's environment."""
+    from tests.openstack_servers import GLANCE_VENV, require_venv
+
+    python = require_venv(GLANCE_VENV, "install-glance.sh")
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```ini\n")[1:]]
+    conf = next(b for b in blocks if "[imgcrypt]" in b)
+    (tmp_path / "glance-api.conf").write_text(conf)
+    result = subprocess.run([str(python), "-c", _README_CONF_CHECK,
+                             str(tmp_path / "glance-api.conf")], capture_output=True, text=True,
+                            timeout=120, check=False, env={"PATH": os.environ["PATH"],
+                                                           "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[0] == (
+        "['image_conversion', 'imgcrypt_encrypt', 'imgcrypt_verify'] [1] False "
+        "on_image_deletion")
