@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv tools barbican lint bench fuzz clean
+.PHONY: demo test venv tools barbican glance keystone lint bench fuzz clean
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) tools barbican lint
+test: $(STAMP) tools barbican glance keystone lint
 	$(BIN)/pytest
 
 $(STAMP): pyproject.toml imgcrypt/luks/_xtsmul.c
@@ -28,6 +28,14 @@ tools:
 barbican:
 	scripts/install-barbican.sh
 
+# A real Glance 33 (.venv-glance, with imgcrypt's import plugins installed into it) and a real
+# Keystone (.venv-keystone), each from PyPI in its own virtualenv, for the image-service tests.
+glance:
+	scripts/install-glance.sh
+
+keystone:
+	scripts/install-keystone.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check imgcrypt tests scripts fuzz
 	$(BIN)/mypy
@@ -40,4 +48,4 @@ fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz.py
 
 clean:
-	rm -rf $(VENV) .venv-barbican demo-out bench-out .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .venv-barbican .venv-glance .venv-keystone demo-out bench-out .pytest_cache .mypy_cache .hypothesis

@@ -41,3 +41,4 @@ def openssl() -> str:
     return require_tool("openssl")
 
 from tests.barbican_server import barbican  # noqa: F401, E402
+from tests.openstack_servers import keystone, keystone_barbican  # noqa: F401, E402

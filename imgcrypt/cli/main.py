@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "imgcrypt.cli.sign",
     "imgcrypt.cli.verify",
     "imgcrypt.cli.properties",
+    "imgcrypt.cli.upload",
+    "imgcrypt.cli.download",
 )
 
 

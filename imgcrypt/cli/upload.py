@@ -1,0 +1,119 @@
+"""``imgcrypt upload``: create an image in the cloud's image service, with its properties."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from typing import Any
+
+from imgcrypt.cli import common
+from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.errors import FormatError, ImgcryptError, UsageError
+
+EXAMPLE = """example:
+  imgcrypt sign disk.luks --key signer.key --cert-id CERT_ID --properties-out sig.json
+  imgcrypt properties disk.luks --key-id KEY_ID --json > enc.json
+  imgcrypt upload disk.luks --name my-image --properties enc.json --properties sig.json
+
+Credentials: --os-cloud NAME (clouds.yaml), or OS_CLOUD / the OS_* variables, as the
+openstack client reads them. With glance-direct offered, the data is staged and imported
+(so the deployment's import plugins, imgcrypt_verify among them, check it); otherwise it is
+uploaded. An encrypted image's key gets the new image as a Barbican consumer. A failed
+upload or a refused import leaves the image record (queued, without data, with the reason in
+imgcrypt_verdict when imgcrypt_verify refused it) and removes the consumer."""
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "upload", help="create an image in the image service (Glance) with its properties",
+        description="Upload IMAGE to the cloud's image service with the properties given.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", metavar="IMAGE", help="the image file")
+    parser.add_argument("--name", required=True, help="image name")
+    parser.add_argument("--properties", metavar="FILE", action="append", default=[],
+                        help="JSON object of properties (imgcrypt properties --json, "
+                             "imgcrypt sign --properties-out); repeatable")
+    parser.add_argument("--property", metavar="NAME=VALUE", action="append", default=[],
+                        help="one more property; repeatable")
+    parser.add_argument("--disk-format", default="raw", help="disk_format (default raw)")
+    parser.add_argument("--container-format", default="bare",
+                        help="container_format (default bare)")
+    parser.add_argument("--method", choices=("auto", "glance-direct", "upload"),
+                        default="auto", help="glance-direct import when offered (auto), or "
+                                             "a plain upload")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="how long to wait for the import to finish (default 600)")
+    parser.add_argument("--os-cloud", metavar="NAME", default=None,
+                        help="clouds.yaml entry (default: OS_CLOUD / the OS_* variables)")
+    common.add_progress_argument(parser)
+    add_json_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def collect_properties(files: list[str], pairs: list[str]) -> dict[str, str]:
+    properties: dict[str, str] = {}
+    for path in files:
+        with open(path, "rb") as f:
+            try:
+                loaded = json.loads(f.read(1 << 20))
+            except (ValueError, UnicodeDecodeError):
+                raise FormatError(f"{path} is not a JSON object of properties") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("properties"), dict):
+            loaded = loaded["properties"]  # the --json output of imgcrypt properties
+        if not isinstance(loaded, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()):
+            raise FormatError(f"{path} is not a flat JSON object of string properties")
+        properties.update(loaded)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--property takes NAME=VALUE, not {pair!r}")
+        properties[name] = value
+    return properties
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgcrypt import imageservice
+    from imgcrypt.service.claims import encryption_claim
+    from imgcrypt.service.upload import image_consumer
+
+    properties = collect_properties(args.properties, args.property)
+    claim = encryption_claim(properties)  # a malformed claim is refused before any request
+    size = os.stat(args.image).st_size
+    conn = imageservice.connect(args.os_cloud)
+    images = imageservice.ImageService(conn)
+    stage = args.method == "glance-direct" or (
+        args.method == "auto" and "glance-direct" in images.import_methods())
+    manager = imageservice.key_manager(conn) if claim is not None else None
+    if manager is not None and claim is not None:
+        manager.describe(claim.key_id)  # the key exists and this user may read it
+    image = images.create(args.name, args.disk_format, args.container_format, properties)
+    consumer = False
+    try:
+        if manager is not None and claim is not None and manager.supports_consumers:
+            manager.add_consumer(claim.key_id, image_consumer(image.image_id))
+            consumer = True
+        with open(args.image, "rb") as f, \
+                common.progress_bar(args, size, "stage" if stage else "upload") as progress:
+            images.upload(image.image_id, f, size, stage=stage, progress=progress)
+        if stage:
+            images.start_import(image.image_id)
+            image = images.wait_for_import(image.image_id, args.timeout)
+        else:
+            image = images.get(image.image_id)
+    except BaseException:
+        if consumer:  # the failed image must not keep the key alive
+            assert manager is not None and claim is not None
+            with contextlib.suppress(ImgcryptError):
+                manager.remove_consumer(claim.key_id, image_consumer(image.image_id))
+        raise
+    data = {"image_id": image.image_id, "name": args.name, "status": image.status,
+            "method": "glance-direct" if stage else "upload", "size": size,
+            "consumer_registered": consumer,
+            "verdict": image.properties.get("imgcrypt_verdict")}
+    emit(args, data, f"uploaded {args.image} as image {image.image_id} ({image.status}, "
+         f"{data['method']})" + (", key consumer registered" if consumer else ""))
+    return 0

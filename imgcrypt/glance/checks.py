@@ -1,0 +1,164 @@
+"""What the import plugins do to a staged image, without Glance: testable on its own.
+
+The plugins (:mod:`imgcrypt.glance.verify`, :mod:`imgcrypt.glance.encrypt`) are thin TaskFlow
+wrappers around these functions; Glance hands them a staged file and a key manager that acts
+with the importing user's token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from imgcrypt.errors import ImgcryptError, UsageError, WrongPassphraseError
+from imgcrypt.keys.manager import KeyManager, KeyOrder
+from imgcrypt.keys.properties import encryption_properties
+from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.luks.container import PROBE_SIZE, is_luks
+from imgcrypt.luks.options import FormatOptions
+from imgcrypt.luks.stream import CHUNK_SIZE, encrypt_stream, unlock_stream
+from imgcrypt.service.claims import claims_encryption
+from imgcrypt.service.errors import EncryptionClaimError
+from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict, image_consumer
+
+# Glance documents image property values as at most 255 characters.
+MAX_PROPERTY = 255
+VERDICT_PROPERTY = "imgcrypt_verdict"
+
+
+class KeyDoesNotOpenError(EncryptionClaimError):
+    """The key the properties name does not open the image's LUKS header."""
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    verdict: UploadVerdict
+    key_opens: bool
+    consumer_registered: bool
+
+    def properties(self) -> dict[str, str]:
+        """The verdict as image properties (imgcrypt's own names, each at most 255 chars)."""
+        signature = self.verdict.signature
+        properties = {
+            VERDICT_PROPERTY: "accepted",
+            "imgcrypt_signature": ",".join(sorted(s.scheme for s in signature.schemes))
+            if signature is not None else "none",
+        }
+        if signature is not None:
+            properties["imgcrypt_signer_sha256"] = signature.certificate_fingerprint
+        if self.verdict.luks_version is not None:
+            properties["imgcrypt_luks_version"] = str(self.verdict.luks_version)
+        if self.verdict.encryption is not None:
+            properties["imgcrypt_key_check"] = "opens" if self.key_opens else "not checked"
+            properties["imgcrypt_consumer"] = ("registered" if self.consumer_registered
+                                               else "not registered")
+        if self.verdict.warnings:
+            properties["imgcrypt_warnings"] = "; ".join(self.verdict.warnings)[:MAX_PROPERTY]
+        return properties
+
+
+def refusal_properties(message: str) -> dict[str, str]:
+    return {VERDICT_PROPERTY: f"refused: {message}"[:MAX_PROPERTY]}
+
+
+def staged_path(file_path: str) -> str:
+    """The local path of Glance's staged data (``file:///...`` or a plain path)."""
+    return file_path.split("file://")[-1]
+
+
+def verify_staged(path: str, properties: Mapping[str, str], key_manager: KeyManager, *,
+                  image_id: str, policy: UploadPolicy, check_key: bool = True
+                  ) -> VerifyOutcome:
+    """Verify a staged image; raises an :class:`ImgcryptError` when it must be refused.
+
+    The image is registered as a consumer of its key only once everything else has passed,
+    the key opening the header included.
+    """
+    inspector = UploadInspector(properties, key_manager=key_manager,
+                                policy=replace(policy, register_consumer=False),
+                                image_id=image_id)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            inspector.update(chunk)
+    verdict = inspector.finalize()
+    claim = verdict.encryption
+    key_opens = False
+    registered = False
+    if claim is not None:
+        if check_key:
+            passphrase = passphrase_for(key_manager.get(claim.key_id))
+            try:
+                with open(path, "rb") as f:
+                    unlock_stream(f, passphrase)
+            except WrongPassphraseError:
+                raise KeyDoesNotOpenError(
+                    f"key {claim.key_id} does not open the image's LUKS header"
+                ) from None
+            key_opens = True
+        if policy.register_consumer and key_manager.supports_consumers:
+            key_manager.add_consumer(claim.key_id, image_consumer(image_id))
+            registered = True
+    return VerifyOutcome(verdict, key_opens, registered)
+
+
+@dataclass(frozen=True)
+class EncryptOutcome:
+    path: str  # the LUKS1 container written beside the staged plaintext
+    key_id: str
+    image_size: int
+    properties: dict[str, str]
+    consumer_registered: bool
+
+
+def is_already_encrypted(path: str, properties: Mapping[str, str]) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(PROBE_SIZE)
+    return claims_encryption(properties) or is_luks(head)
+
+
+def encrypt_staged(path: str, key_manager: KeyManager, *, image_id: str,
+                   deletion_policy: str = "on_image_deletion",
+                   iterations: int | None = None, register_consumer: bool = True
+                   ) -> EncryptOutcome:
+    """Encrypt the plaintext at ``path`` as LUKS1 (aes-xts-plain64, 512-bit volume key) under
+    a new 256-bit AES key ordered from the key manager, as Cinder orders volume keys; the
+    keyslot passphrase is the key's lowercase hex, as os-brick derives it.
+
+    The container is written to ``path + ".luks"``; on any failure it is removed and the new
+    key deleted, so nothing is left behind.
+    """
+    key_id = key_manager.create_key(KeyOrder(bit_length=256, mode="XTS",
+                                             name=f"imgcrypt image {image_id}"))
+    target = path + ".luks"
+    registered = False
+    try:
+        passphrase = passphrase_for(key_manager.get(key_id))
+        options = FormatOptions(version=1, cipher="aes-xts-plain64", key_size=512,
+                                iterations=iterations)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(path, "rb") as source, os.fdopen(fd, "wb") as out:
+            result = encrypt_stream(source, out, passphrase, options)
+            out.flush()
+            os.fsync(out.fileno())
+        properties = encryption_properties(key_id, 1, result.payload_size, deletion_policy)
+        if register_consumer and key_manager.supports_consumers:
+            key_manager.add_consumer(key_id, image_consumer(image_id))
+            registered = True
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(target)
+        with contextlib.suppress(ImgcryptError):
+            key_manager.delete(key_id, force=True)
+        raise
+    return EncryptOutcome(target, key_id, result.image_size, properties, registered)
+
+
+def check_plugin_order(plugins: list[str]) -> None:
+    """``imgcrypt_encrypt`` must run after ``image_conversion``: a LUKS container cannot be
+    converted, so conversion has to happen on the plaintext."""
+    if "imgcrypt_encrypt" in plugins and "image_conversion" in plugins and (
+            plugins.index("image_conversion") > plugins.index("imgcrypt_encrypt")):
+        raise UsageError("image_import_plugins lists image_conversion after imgcrypt_encrypt: "
+                         "list image_conversion first (convert, then encrypt)")

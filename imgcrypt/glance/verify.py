@@ -1,0 +1,85 @@
+"""``imgcrypt_verify``: a Glance import plugin that checks the staged image before it is stored.
+
+A refusal fails the import with its reason as the task message and the ``imgcrypt_verdict``
+property, removes the staged data and leaves the image ``queued`` without data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from taskflow import task
+from taskflow.patterns import linear_flow
+
+from imgcrypt.errors import ImgcryptError
+from imgcrypt.glance import options
+from imgcrypt.glance.checks import staged_path, verify_staged
+from imgcrypt.glance.taskbase import (
+    LOG,
+    glance_conf,
+    import_failure,
+    key_manager_for,
+    mark_failed,
+    remove_file,
+)
+from imgcrypt.keys.manager import KeyManager
+from imgcrypt.service.upload import image_consumer
+
+
+class _ImgcryptVerify(task.Task):  # type: ignore[misc]
+    def __init__(self, context: Any, task_id: str, task_type: str, action_wrapper: Any,
+                 stores: list[str] | None) -> None:
+        self.context = context
+        self.action_wrapper = action_wrapper
+        self.image_id = str(action_wrapper.image_id)
+        self.stores = stores
+        self.refusal: str | None = None
+        self.registered_key: str | None = None
+        self.manager: KeyManager | None = None
+        super().__init__(name=f"{task_type}-ImgcryptVerify-{task_id}")
+
+    def execute(self, file_path: str) -> None:
+        path = staged_path(file_path)
+        with self.action_wrapper as action:
+            properties = {**action.image_extra_properties,
+                          "disk_format": action.image_disk_format or "",
+                          "container_format": action.image_container_format or ""}
+        try:
+            conf = glance_conf()
+            self.manager = key_manager_for(self.context)
+            outcome = verify_staged(path, properties, self.manager, image_id=self.image_id,
+                                    policy=options.upload_policy(conf),
+                                    check_key=conf.imgcrypt.check_key)
+        except Exception as exc:  # whatever goes wrong, the image is not accepted unchecked
+            reason = str(exc) if isinstance(exc, ImgcryptError | OSError) else \
+                f"{type(exc).__name__}: {exc}"
+            self.refusal = f"imgcrypt_verify refused the image: {reason}"
+            LOG.warning("image %s: %s", self.image_id, self.refusal)
+            raise import_failure(self.refusal) from None
+        if outcome.consumer_registered and outcome.verdict.encryption is not None:
+            self.registered_key = outcome.verdict.encryption.key_id
+        with self.action_wrapper as action:
+            action.set_image_extra_properties(outcome.properties())
+        LOG.info("image %s accepted by imgcrypt_verify", self.image_id)
+
+    def revert(self, result: Any, file_path: str | None = None, **kwargs: Any) -> None:
+        if self.registered_key is not None and self.manager is not None:
+            with contextlib.suppress(ImgcryptError):
+                self.manager.remove_consumer(self.registered_key, image_consumer(self.image_id))
+        if self.refusal is not None and file_path:
+            remove_file(staged_path(file_path))  # a refused image leaves no data behind
+        mark_failed(self.action_wrapper, self.stores, self.refusal)
+
+
+def get_flow(**kwargs: Any) -> Any:
+    """Glance calls this with the import task's context, ids and action wrapper.
+
+    It does nothing that can fail: Glance's plugin loader (stevedore) logs a plugin that
+    fails to load and imports without it. Configuration is read when the task runs, where a
+    failure fails the import.
+    """
+    task_type = kwargs.get("task_type")
+    return linear_flow.Flow(task_type).add(_ImgcryptVerify(
+        kwargs.get("context"), str(kwargs.get("task_id")), str(task_type),
+        kwargs.get("action_wrapper"), kwargs.get("backend")))

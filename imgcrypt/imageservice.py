@@ -1,0 +1,210 @@
+"""The image API (Glance v2) edge: openstacksdk's cloud configuration and a few REST calls.
+
+Credentials come from openstacksdk's own loader (``clouds.yaml``, ``OS_CLOUD`` and the
+``OS_*`` variables, exactly as the ``openstack`` client reads them). Requests go through the
+connection's authenticated image adapter; every failure becomes a typed imgcrypt error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from imgcrypt.errors import ImgcryptError, UsageError, VerificationError
+from imgcrypt.keys.manager import KeyManager
+
+# keystoneauth and openstacksdk log discovery failures as warnings; with no handler configured
+# Python would print them beside the one-line CLI error.
+for _name in ("keystoneauth", "openstack"):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
+
+CHUNK = 1 << 20
+IMPORT_POLL_SECONDS = 0.5
+
+
+class ImageServiceError(ImgcryptError):
+    """The image service refused a request or could not be reached (exit 1)."""
+
+
+class ImportRefusedError(VerificationError):
+    """The image service's import refused the image (an import plugin's verdict; exit 4)."""
+
+
+def connect(cloud: str | None = None) -> Any:
+    """An openstacksdk connection configured the way the openstack client configures one."""
+    try:
+        import openstack
+        from openstack import exceptions as oexc
+    except ImportError:
+        raise UsageError("the image commands need openstacksdk (pip install 'imgcrypt[cloud]')"
+                         ) from None
+    try:
+        with _translate("connecting to the cloud"):
+            return openstack.connect(cloud=cloud or os.environ.get("OS_CLOUD") or None,
+                                     load_yaml_config=True, load_envvars=True)
+    except oexc.ConfigException as exc:
+        raise UsageError(f"OpenStack configuration: {exc}") from None
+
+
+def key_manager(conn: Any) -> KeyManager:
+    """Barbican through the same authenticated session, found in the service catalog."""
+    from imgcrypt.keys.barbican import BarbicanKeyManager
+
+    config = conn.config
+    return BarbicanKeyManager.from_session(conn.session, region_name=config.get_region_name(),
+                                           interface=config.get_interface())
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Iterator[None]:
+    from keystoneauth1 import exceptions as kexc
+    from openstack import exceptions as oexc
+
+    try:
+        yield
+    except (kexc.ConnectionError, kexc.EndpointNotFound, kexc.DiscoveryFailure) as exc:
+        raise ImageServiceError(f"cannot reach the cloud: {exc}") from None
+    except kexc.Unauthorized as exc:
+        raise ImageServiceError(f"the cloud refused the credentials: {exc}") from None
+    except (kexc.MissingRequiredOptions, kexc.NoMatchingPlugin) as exc:
+        raise UsageError(f"incomplete OpenStack credentials (--os-cloud, OS_CLOUD or OS_*): "
+                         f"{exc}") from None
+    except kexc.HttpError as exc:
+        detail = (exc.response.text if exc.response is not None else str(exc)) or str(exc)
+        raise ImageServiceError(f"{what}: HTTP {exc.http_status}: {' '.join(detail.split())[:300]}"
+                                ) from None
+    except oexc.ConfigException:
+        raise
+    except oexc.SDKException as exc:
+        raise ImageServiceError(f"{what}: {exc}") from None
+    except kexc.ClientException as exc:
+        raise ImageServiceError(f"{what}: {exc}") from None
+
+
+class _Reader:
+    """A sized file object that reports progress; requests sends it with Content-Length."""
+
+    def __init__(self, f: BinaryIO, size: int, progress: Callable[[int], None] | None) -> None:
+        self._f, self._size, self._progress = f, size, progress
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(CHUNK if n is None or n < 0 else n)
+        if data and self._progress:
+            self._progress(len(data))
+        return data
+
+
+@dataclass(frozen=True)
+class Image:
+    image_id: str
+    status: str
+    properties: dict[str, Any]
+
+
+class ImageService:
+    """The handful of image API calls ``imgcrypt upload``/``download`` make."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        with _translate("finding the image service"):
+            # a keystoneauth adapter on the catalog's image endpoint (authenticates first)
+            self._api = conn.image
+
+    def _call(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+        headers = kwargs.pop("headers", {})
+        with _translate(what):
+            return self._api.request(url, method, headers=headers, raise_exc=True, **kwargs)
+
+    def import_methods(self) -> list[str]:
+        response = self._call("GET", "/info/import", "listing import methods")
+        value = response.json().get("import-methods", {}).get("value", [])
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def create(self, name: str, disk_format: str, container_format: str,
+               properties: Mapping[str, str]) -> Image:
+        body = {**properties, "name": name, "disk_format": disk_format,
+                "container_format": container_format}
+        response = self._call("POST", "/images", "creating the image", json=body)
+        return _image(response.json())
+
+    def get(self, image_id: str) -> Image:
+        return _image(self._call("GET", f"/images/{image_id}", f"image {image_id}").json())
+
+    def delete(self, image_id: str) -> None:
+        self._call("DELETE", f"/images/{image_id}", f"deleting image {image_id}")
+
+    def upload(self, image_id: str, f: BinaryIO, size: int, *, stage: bool,
+               progress: Callable[[int], None] | None = None) -> None:
+        path = f"/images/{image_id}/stage" if stage else f"/images/{image_id}/file"
+        self._call("PUT", path, "sending the image data", data=_Reader(f, size, progress),
+                   headers={"Content-Type": "application/octet-stream",
+                            "Content-Length": str(size)})
+
+    def start_import(self, image_id: str) -> None:
+        self._call("POST", f"/images/{image_id}/import", "starting the import",
+                   json={"method": {"name": "glance-direct"}})
+
+    def last_task_message(self, image_id: str) -> str | None:
+        with contextlib.suppress(ImageServiceError):
+            tasks = self._call("GET", f"/images/{image_id}/tasks", "listing tasks").json()
+            for task in tasks.get("tasks", []):
+                if task.get("status") == "failure" and task.get("message"):
+                    return str(task["message"])
+        return None
+
+    def wait_for_import(self, image_id: str, timeout: float) -> Image:
+        """Poll until the import ends: ``active``, or failed (back to ``queued``, the store
+        in ``os_glance_failed_import``, the plugin's reason in its task's message)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            image = self.get(image_id)
+            failed = image.properties.get("os_glance_failed_import")
+            if image.status == "active":
+                return image
+            if failed or image.status in ("killed", "deleted") or (
+                    image.status == "queued" and not image.properties.get(
+                        "os_glance_importing_to_stores")):
+                message = (self.last_task_message(image_id)
+                           or image.properties.get("imgcrypt_verdict")
+                           or f"the import ended with status {image.status}")
+                raise ImportRefusedError(f"image {image_id}: {message}")
+            if time.monotonic() > deadline:
+                raise ImageServiceError(f"image {image_id} is still {image.status} after "
+                                        f"{timeout:.0f} s")
+            time.sleep(IMPORT_POLL_SECONDS)
+
+    def download(self, image_id: str) -> Iterator[bytes]:
+        response = self._call("GET", f"/images/{image_id}/file", f"downloading {image_id}",
+                              stream=True)
+        with _translate(f"downloading {image_id}"):
+            yield from response.iter_content(chunk_size=CHUNK)
+
+
+# Attributes of an image that are not its properties.
+_BASE = frozenset({"id", "name", "status", "visibility", "protected", "checksum", "owner",
+                   "size", "virtual_size", "min_ram", "min_disk", "created_at", "updated_at",
+                   "tags", "self", "file", "schema", "disk_format", "container_format",
+                   "direct_url", "locations", "os_hidden", "os_hash_algo", "os_hash_value",
+                   "stores"})
+
+
+def _image(body: Mapping[str, Any]) -> Image:
+    if not isinstance(body, Mapping) or not isinstance(body.get("id"), str):
+        raise ImageServiceError("the image service answered without an image")
+    return Image(str(body["id"]), str(body.get("status")), dict(body))
+
+
+def extra_properties(image: Image) -> dict[str, str]:
+    """The image's properties, base attributes included as strings where imgcrypt reads them."""
+    return {k: str(v) for k, v in image.properties.items()
+            if v is not None and (k not in _BASE or k in ("disk_format", "container_format",
+                                                          "size", "os_hash_algo",
+                                                          "os_hash_value", "checksum"))}
