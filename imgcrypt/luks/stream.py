@@ -447,15 +447,18 @@ class RekeyResult:
 
 def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
                remove_old: bool = False, remove_slot: int | None = None,
-               kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS) -> RekeyResult:
+               kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS,
+               remove_others: bool = False) -> RekeyResult:
     """Change which passphrases open the image at ``path`` by rewriting its header only.
 
     With ``new_passphrase``, a keyslot for it is added (``kdf`` gives its parameters); with
     ``remove_old`` the keyslot ``passphrase`` opened is then removed, so a crash between the two
     steps leaves both passphrases valid, never neither. ``remove_slot`` removes that slot.
+    ``remove_others`` removes every keyslot but the new one (each disabled in the header, both
+    LUKS2 copies, before its material is overwritten), so nothing but ``new_passphrase`` opens.
     The file is locked for the whole change so two re-keys cannot interleave.
     """
-    if remove_old and new_passphrase is None:
+    if (remove_old or remove_others) and new_passphrase is None:
         raise UsageError("changing a passphrase needs the new one")
     with open(path, "r+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -478,7 +481,18 @@ def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = N
                 raise UsageError("refusing to remove the last keyslot")
             update = header.remove_keyslot(region, target)
             _apply(f.fileno(), update)
+            region = update.region
+            header = parse_header(region, limits)
             removed = target
+        if remove_others:
+            for other in header.active_keyslots():
+                if other == added:
+                    continue
+                update = header.remove_keyslot(region, other)
+                _apply(f.fileno(), update)
+                region = update.region
+                header = parse_header(region, limits)
+                removed = slot if removed is None else removed
         return RekeyResult(slot, added, removed)
 
 

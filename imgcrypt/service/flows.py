@@ -67,7 +67,7 @@ def delete_hook(properties: Mapping[str, str], key_manager: KeyManager, *,
 @dataclass(frozen=True)
 class VolumeResult:
     target: str
-    mode: str  # "copy" (LUKS block for block), "decrypt" or "encrypt"
+    mode: str  # "copy" (LUKS block for block), "decrypt", "encrypt" or "reencrypt"
     bytes_written: int
     key_id: str | None  # the secret that now opens the volume
     key_created: bool
@@ -106,7 +106,7 @@ def create_volume_from_image(
     chunks: Iterable[bytes], properties: Mapping[str, str], target: str, *,
     spec: EncryptionSpec | None, key_manager: KeyManager, volume_key: str = "new",
     decrypt: bool = False, policy: UploadPolicy | None = None,
-    kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS,
+    kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS, master_key: str = "image",
 ) -> VolumeResult:
     """Create a volume at ``target`` from an image.
 
@@ -117,9 +117,19 @@ def create_volume_from_image(
     ``decrypt`` is set. An unencrypted image into an encrypted type is encrypted on the way.
     Every secret is checked against ``spec`` before anything is written. ``kdf`` sets the new
     keyslot's KDF; by default it is benchmarked like cryptsetup's (2 seconds).
+
+    With ``volume_key="new"`` every keyslot of the image but the volume's own is removed and
+    its material overwritten, so no passphrase of the image's author opens the volume. The
+    master key stays the image's, which its author knows; ``master_key="new"`` decrypts the
+    image and encrypts it again under a fresh master key on the way in, so that nothing the
+    author holds (not even the image's master key) opens the volume.
     """
     if volume_key not in ("new", "clone"):
         raise UsageError("volume_key is 'new' or 'clone'")
+    if master_key not in ("image", "new"):
+        raise UsageError("master_key is 'image' or 'new'")
+    if master_key == "new" and volume_key != "new":
+        raise UsageError("a volume with its own master key needs a new volume key")
     claim = encryption_claim(properties)
     policy = policy or UploadPolicy(allowed_luks_versions=frozenset({1, 2}),
                                     register_consumer=False)
@@ -167,13 +177,23 @@ def create_volume_from_image(
                 for plain in iter_payload(opened, reader, size=claim.decrypt_size):
                     out.write(plain)
                     written += len(plain)
-            elif claim is None and spec is not None:
-                mode = "encrypt"
+            elif spec is not None and (claim is None or master_key == "new"):
+                mode = "encrypt" if claim is None else "reencrypt"
                 assert volume_secret is not None
-                options = FormatOptions(cipher=spec.cipher, key_size=spec.whole_key_bits,
+                clear: Iterable[bytes] = stream
+                version = 1
+                if claim is not None:
+                    assert image_pass is not None
+                    reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
+                    opened = unlock_stream(reader, image_pass, limits)
+                    version = opened.header.version
+                    clear = iter_payload(opened, reader, size=claim.decrypt_size)
+                options = FormatOptions(version=version, cipher=spec.cipher,
+                                        key_size=spec.whole_key_bits,
+                                        pbkdf="pbkdf2" if isinstance(kdf, Pbkdf2) else None,
                                         iterations=kdf.iterations if isinstance(kdf, Pbkdf2)
                                         else None)  # None: cryptsetup's 2-second budget
-                source = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
+                source = io.BufferedReader(ChunkReader(clear), buffer_size=CHUNK_SIZE)
                 result = encrypt_stream(source, out, passphrase_for(volume_secret), options)
                 written = result.image_size
             else:
@@ -196,7 +216,7 @@ def create_volume_from_image(
                 header, _ = read_header(f, limits)
             kdf = kdf_for(header, FormatOptions())
         rekey_file(target, image_pass, new_passphrase=passphrase_for(volume_secret),
-                   remove_old=True, kdf=kdf, limits=limits)
+                   remove_others=True, kdf=kdf, limits=limits)
     key_id = created_id if spec is not None else None
     return VolumeResult(target, mode, written, key_id, created_id is not None, verdict)
 

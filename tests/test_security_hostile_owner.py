@@ -1,0 +1,133 @@
+"""Issue 14: a hostile image owner in a cloud. Each attack as the owner would run it, with
+images made by cryptsetup (not by imgcrypt's writer) and cryptsetup deciding what opens."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imgcrypt.keys.local import LocalKeyStore
+from imgcrypt.keys.manager import KeyManager
+from imgcrypt.keys.properties import encryption_properties
+from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
+from imgcrypt.luks.kdf import Pbkdf2
+from imgcrypt.luks.stream import decrypt_stream
+from imgcrypt.service.flows import create_volume_from_image
+
+from .util import dump_volume_key, secret_file
+
+SPEC = EncryptionSpec("luks", "aes-xts-plain64", 512, KeySizeMeaning.WHOLE_XTS_KEY)
+MIB = 1 << 20
+
+
+def chunked(data: bytes, size: int = 65536) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def cs(cryptsetup: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([cryptsetup, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def opens(cryptsetup: str, image: Path, keyfile: Path, slot: int | None = None) -> bool:
+    extra = ["--key-slot", str(slot)] if slot is not None else []
+    return cs(cryptsetup, "open", "--test-passphrase", *extra, "--key-file", keyfile,
+              image).returncode == 0
+
+
+def author_image(cryptsetup: str, tmp_path: Path, version: int, manager: KeyManager,
+                 payload: bytes) -> tuple[Path, dict[str, str], Path]:
+    """The author's image, made by cryptsetup: keyslot 0 opens with the key the properties
+    name, and the author keeps a second keyslot (``luksAddKey``) with a passphrase of their own.
+    The payload is written in clear into the data area the way an honest container would not
+    hold it; only the header matters here."""
+    key_id = manager.store(Secret(payload=os.urandom(32), secret_type="symmetric",
+                                  algorithm="AES", bit_length=256))
+    shared = secret_file(tmp_path, f"shared{version}", passphrase_for(manager.get(key_id)))
+    private = secret_file(tmp_path, f"private{version}", b"the author keeps this one")
+    image = tmp_path / f"author{version}.img"
+    image.write_bytes(bytes(18 * MIB))
+    kdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
+    proc = cs(cryptsetup, "luksFormat", "--batch-mode", "--type", f"luks{version}", *kdf,
+              "--key-file", shared, "--key-slot", "0", image)
+    assert proc.returncode == 0, proc.stderr
+    proc = cs(cryptsetup, "luksAddKey", "--batch-mode", *kdf, "--key-file", shared,
+              "--new-key-slot", "5", image, private)
+    assert proc.returncode == 0, proc.stderr
+    with open(image, "r+b") as f:
+        f.seek(16 * MIB)
+        f.write(payload)
+    assert opens(cryptsetup, image, private, 5)
+    properties = {"disk_format": "raw", "container_format": "bare",
+                  **encryption_properties(key_id, version, 2 * MIB)}
+    return image, properties, private
+
+
+def fast_kdf() -> Pbkdf2:
+    return Pbkdf2("sha256", 1000, os.urandom(32))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_volume_keeps_none_of_the_authors_keyslots(tmp_path: Path, cryptsetup: str,
+                                                   version: int) -> None:
+    manager = LocalKeyStore(tmp_path / "keys")
+    image, properties, private = author_image(cryptsetup, tmp_path, version, manager,
+                                              os.urandom(2 * MIB))
+    volume = tmp_path / "volume.img"
+    result = create_volume_from_image(chunked(image.read_bytes()), properties, str(volume),
+                                      spec=SPEC, key_manager=manager, kdf=fast_kdf())
+    assert result.key_id is not None
+    own = secret_file(tmp_path, "own", passphrase_for(manager.get(result.key_id)))
+    assert opens(cryptsetup, volume, own)
+    # The author's second keyslot opens neither by trial nor when named.
+    assert not opens(cryptsetup, volume, private)
+    assert not opens(cryptsetup, volume, private, 5)
+    dump = cs(cryptsetup, "luksDump", volume).stdout
+    if version == 1:
+        assert dump.count("ENABLED") == 1, dump
+    else:
+        assert dump.split("Keyslots:")[1].split("Tokens:")[0].count(": luks2") == 1, dump
+    # The author's keyslot material is overwritten, not only disabled: put the author's old
+    # header back in front of the volume's keyslot area and the private passphrase still fails.
+    forged = tmp_path / "forged.img"
+    data = bytearray(volume.read_bytes())
+    original = image.read_bytes()
+    header_bytes = 4096 if version == 1 else 2 * 16384
+    data[:header_bytes] = original[:header_bytes]
+    forged.write_bytes(bytes(data))
+    assert opens(cryptsetup, image, private, 5)
+    assert not opens(cryptsetup, forged, private, 5)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_volume_with_its_own_master_key(tmp_path: Path, cryptsetup: str, version: int) -> None:
+    manager = LocalKeyStore(tmp_path / "keys")
+    payload = os.urandom(2 * MIB)
+    image, properties, _ = author_image(cryptsetup, tmp_path, version, manager, payload)
+    image_pass = secret_file(tmp_path, "image-pass",
+                             passphrase_for(manager.get(properties["os_encrypt_key_id"])))
+    image_master = dump_volume_key(cryptsetup, image, image_pass)
+    volume = tmp_path / "volume.img"
+    result = create_volume_from_image(chunked(image.read_bytes()), properties, str(volume),
+                                      spec=SPEC, key_manager=manager, kdf=fast_kdf(),
+                                      master_key="new")
+    assert result.mode == "reencrypt" and result.key_id is not None
+    own = secret_file(tmp_path, "own", passphrase_for(manager.get(result.key_id)))
+    volume_master = dump_volume_key(cryptsetup, volume, own)
+    assert len(volume_master) == 64 and volume_master != image_master
+    assert not opens(cryptsetup, volume, image_pass)
+    # The payload is the image's, decrypted and encrypted again under the new master key.
+    with open(image, "rb") as src:
+        expected = io.BytesIO()
+        decrypt_stream(src, expected, image_pass.read_bytes())
+    with open(volume, "rb") as src:
+        got = io.BytesIO()
+        decrypt_stream(src, got, own.read_bytes())
+    assert got.getvalue()[: 2 * MIB] == expected.getvalue()[: 2 * MIB]
