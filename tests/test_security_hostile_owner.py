@@ -6,20 +6,26 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from imgcrypt.errors import KeyManagerError
+from imgcrypt.keys.barbican import BarbicanKeyManager
 from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.properties import encryption_properties
-from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
 from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
 from imgcrypt.luks.kdf import Pbkdf2
 from imgcrypt.luks.stream import decrypt_stream
-from imgcrypt.service.flows import create_volume_from_image
+from imgcrypt.service.errors import EncryptionClaimError, KeyBindingError
+from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
+from imgcrypt.service.upload import inspect_upload
 
+from .barbican_server import BarbicanServer
 from .util import dump_volume_key, secret_file
 
 SPEC = EncryptionSpec("luks", "aes-xts-plain64", 512, KeySizeMeaning.WHOLE_XTS_KEY)
@@ -131,3 +137,120 @@ def test_volume_with_its_own_master_key(tmp_path: Path, cryptsetup: str, version
         got = io.BytesIO()
         decrypt_stream(src, got, own.read_bytes())
     assert got.getvalue()[: 2 * MIB] == expected.getvalue()[: 2 * MIB]
+
+
+# -- item 7: LUKS claims that cannot be true ------------------------------------------------
+
+
+def honest_upload(cryptsetup: str, tmp_path: Path,
+                  manager: KeyManager) -> tuple[bytes, dict[str, str]]:
+    image, properties, _ = author_image(cryptsetup, tmp_path, 1, manager, os.urandom(MIB))
+    properties["os_decrypt_size"] = str(MIB)
+    return image.read_bytes()[: 3 * MIB], properties  # header region + 1 MiB of payload
+
+
+def test_upload_refuses_a_header_only_image(tmp_path: Path, cryptsetup: str) -> None:
+    manager = LocalKeyStore(tmp_path / "keys")
+    data, properties = honest_upload(cryptsetup, tmp_path, manager)
+    payload_offset = 2 * MIB  # cryptsetup's LUKS1 layout
+    inspect_upload(chunked(data), properties, key_manager=manager)  # the honest one passes
+    for cut in (4096, payload_offset):
+        with pytest.raises(EncryptionClaimError):
+            inspect_upload(chunked(data[:cut]), properties, key_manager=manager)
+
+
+def test_upload_refuses_a_payload_offset_beyond_the_image(tmp_path: Path,
+                                                          cryptsetup: str) -> None:
+    manager = LocalKeyStore(tmp_path / "keys")
+    data, properties = honest_upload(cryptsetup, tmp_path, manager)
+    forged = bytearray(data[: 2 * MIB])  # header and keyslots, no payload of its own
+    forged[104:108] = (0xFFFFFFFF).to_bytes(4, "big")  # payload offset: 2 TiB, in sectors
+    unsized = {k: v for k, v in properties.items() if k != "os_decrypt_size"}
+    with pytest.raises(EncryptionClaimError, match="payload"):
+        inspect_upload(chunked(bytes(forged)), unsized, key_manager=manager)
+
+
+def test_upload_refuses_a_decrypt_size_beyond_the_payload(tmp_path: Path,
+                                                          cryptsetup: str) -> None:
+    manager = LocalKeyStore(tmp_path / "keys")
+    data, properties = honest_upload(cryptsetup, tmp_path, manager)
+    inspect_upload(chunked(data), {**properties, "os_decrypt_size": str(MIB)},
+                   key_manager=manager)
+    with pytest.raises(EncryptionClaimError, match="os_decrypt_size"):
+        inspect_upload(chunked(data), {**properties, "os_decrypt_size": str(MIB + 1)},
+                       key_manager=manager)
+
+
+# -- item 2: keys bound to what they open ---------------------------------------------------
+
+
+def run_someone_elses_key(manager: KeyManager, cryptsetup: str, tmp_path: Path) -> None:
+    victim_data, victim_props = honest_upload(cryptsetup, tmp_path / "victim", manager)
+    victim_key = victim_props["os_encrypt_key_id"]
+    inspect_upload(chunked(victim_data), victim_props, key_manager=manager, image_id="victim")
+    # The attacker uploads an image of their own whose properties name the victim's key.
+    attacker_data, attacker_props = honest_upload(cryptsetup, tmp_path / "attacker", manager)
+    hostile = {**attacker_props, "os_encrypt_key_id": victim_key,
+               "cinder_encryption_key_id": victim_key}
+    with pytest.raises(KeyBindingError):
+        inspect_upload(chunked(attacker_data), hostile, key_manager=manager, image_id="attacker")
+    assert [c.resource_id for c in manager.list_consumers(victim_key)] == ["victim"]
+    # Deleting an image that never consumed the key leaves the key alone ...
+    report = delete_hook(hostile, manager, image_id="attacker")
+    assert report is not None and not report.deleted and report.outcome is \
+        DeletionOutcome.KEPT_UNBOUND, report
+    manager.describe(victim_key)
+    # ... and so does an image whose id the hook does not know.
+    report = delete_hook(hostile, manager)
+    assert report is not None and not report.deleted
+    manager.describe(victim_key)
+    # The victim's own deletion removes it.
+    report = delete_hook(victim_props, manager, image_id="victim")
+    assert report is not None and report.deleted, report
+
+
+def test_upload_refuses_a_key_that_does_not_open_the_header(tmp_path: Path,
+                                                            cryptsetup: str) -> None:
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "attacker").mkdir()
+    run_someone_elses_key(LocalKeyStore(tmp_path / "keys"), cryptsetup, tmp_path)
+
+
+@pytest.mark.barbican
+def test_key_binding_against_real_barbican(barbican: BarbicanServer, tmp_path: Path,
+                                           cryptsetup: str) -> None:
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "attacker").mkdir()
+    manager = BarbicanKeyManager.standalone(barbican.endpoint, barbican.project_id)
+    run_someone_elses_key(manager, cryptsetup, tmp_path)
+
+
+def member_of(barbican: BarbicanServer, project_id: str) -> BarbicanKeyManager:
+    """A Barbican client acting with a user's token: role ``member`` of ``project_id``."""
+    def factory() -> object:
+        from barbicanclient import client
+        from keystoneauth1 import session
+
+        sess = session.Session(additional_headers={"X-Roles": "member"})
+        return client.Client(session=sess, endpoint=barbican.endpoint, project_id=project_id)
+
+    return BarbicanKeyManager(factory)
+
+
+@pytest.mark.barbican
+def test_key_of_another_project_refused_with_the_users_token(
+        barbican: BarbicanServer, tmp_path: Path, cryptsetup: str) -> None:
+    victim = member_of(barbican, str(uuid.uuid4()))
+    attacker = member_of(barbican, str(uuid.uuid4()))
+    data, properties = honest_upload(cryptsetup, tmp_path, victim)
+    inspect_upload(chunked(data), properties, key_manager=victim, image_id="victim")
+    # The attacker re-uploads a copy of the victim's image (its header opens with the victim's
+    # key) under the victim's key id: with the attacker's own token Barbican refuses the key.
+    with pytest.raises(KeyManagerError):
+        inspect_upload(chunked(data), properties, key_manager=attacker, image_id="copy")
+    with pytest.raises(KeyManagerError):
+        list(download_hook(chunked(data), properties, attacker))
+    report = delete_hook(properties, attacker, image_id="copy")
+    assert report is not None and not report.deleted
+    assert [c.resource_id for c in victim.list_consumers(properties["os_encrypt_key_id"])] == \
+        ["victim"]

@@ -55,13 +55,19 @@ def download_hook(chunks: Iterable[bytes], properties: Mapping[str, str],
 def delete_hook(properties: Mapping[str, str], key_manager: KeyManager, *,
                 image_id: str | None = None,
                 other_references: Iterable[str] = ()) -> DeletionReport | None:
-    """Apply the image's key-deletion policy; None when the image names no key."""
+    """Apply the image's key-deletion policy; None when the image names no key.
+
+    The key is deleted only if the image was a registered consumer of it (the upload hook
+    registers one after the key opened the image's header) and no other consumer remains:
+    the properties alone can name any key.
+    """
     claim = encryption_claim(properties)
     if claim is None:
         return None
     consumer = image_consumer(image_id) if image_id else None
     return apply_deletion_policy(key_manager, claim.key_id, claim.deletion_policy,
-                                 consumer=consumer, other_references=other_references)
+                                 consumer=consumer, other_references=other_references,
+                                 require_consumer=True)
 
 
 @dataclass(frozen=True)
