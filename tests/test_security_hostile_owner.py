@@ -3,30 +3,36 @@ images made by cryptsetup (not by imgcrypt's writer) and cryptsetup deciding wha
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from imgcrypt.errors import KeyManagerError
+from fuzz.targets import _luks2_with_checksums
+from imgcrypt.errors import KeyManagerError, LimitExceededError
 from imgcrypt.keys.barbican import BarbicanKeyManager
 from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
 from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
-from imgcrypt.luks.kdf import Pbkdf2
+from imgcrypt.luks.cost import check_unlock_cost, kdf_cost, pbkdf2_cost
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2
 from imgcrypt.luks.stream import decrypt_stream
 from imgcrypt.service.errors import EncryptionClaimError, KeyBindingError
 from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
 from imgcrypt.service.upload import inspect_upload
 
 from .barbican_server import BarbicanServer
-from .util import dump_volume_key, secret_file
+from .util import IMGCRYPT, dump_volume_key, secret_file
 
 SPEC = EncryptionSpec("luks", "aes-xts-plain64", 512, KeySizeMeaning.WHOLE_XTS_KEY)
 MIB = 1 << 20
@@ -254,3 +260,111 @@ def test_key_of_another_project_refused_with_the_users_token(
     assert report is not None and not report.deleted
     assert [c.resource_id for c in victim.list_consumers(properties["os_encrypt_key_id"])] == \
         ["victim"]
+
+
+# -- item 3: KDF caps as cost ----------------------------------------------------------------
+
+
+def cryptsetup_luks2(cryptsetup: str, tmp_path: Path, *extra: str) -> tuple[Path, Path]:
+    keyfile = secret_file(tmp_path, "pw", b"passphrase")
+    image = tmp_path / "hostile2.img"
+    image.write_bytes(bytes(18 * MIB))
+    kdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", *extra]
+    proc = cs(cryptsetup, "luksFormat", "--batch-mode", "--type", "luks2", *kdf,
+              "--key-file", keyfile, image)
+    assert proc.returncode == 0, proc.stderr
+    proc = cs(cryptsetup, "luksAddKey", "--batch-mode", *kdf, "--key-file", keyfile,
+              image, secret_file(tmp_path, "pw2", b"second"))
+    assert proc.returncode == 0, proc.stderr
+    return image, keyfile
+
+
+def rewrite_luks2_json(image: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Edit the JSON of both metadata copies of a cryptsetup-made header, checksums repaired."""
+    data = bytearray(image.read_bytes())
+    hdr_size = int.from_bytes(data[8:16], "big")
+    text = bytes(data[4096:hdr_size]).split(b"\0", 1)[0]
+    obj = json.loads(text)
+    change(obj)
+    new = json.dumps(obj).encode()
+    assert len(new) < hdr_size - 4096
+    for offset in (0, hdr_size):
+        data[offset + 4096 : offset + hdr_size] = new + bytes(hdr_size - 4096 - len(new))
+    image.write_bytes(_luks2_with_checksums(bytes(data)))
+
+
+def decrypt_refused_fast(image: Path, keyfile: Path, tmp_path: Path) -> str:
+    """``imgcrypt decrypt`` on the hostile image: exit 3, in seconds, not hours."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.run([*IMGCRYPT, "decrypt", str(image), str(tmp_path / "out.raw"),
+                               "--passphrase-file", str(keyfile)], capture_output=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("imgcrypt spent its KDF budget on a hostile header instead of refusing it")
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "out.raw").exists()
+    return proc.stderr.decode()
+
+
+def test_luks2_digest_of_512_bytes_with_sha3(tmp_path: Path, cryptsetup: str) -> None:
+    image, keyfile = cryptsetup_luks2(cryptsetup, tmp_path, "--hash", "sha3-256")
+
+    def hostile(obj: dict[str, Any]) -> None:
+        # Just under the old count caps: 2 x (1000 + 99,000,000) iterations in all.
+        digest = obj["digests"]["0"]
+        digest.update(hash="sha3-256", iterations=99_000_000,
+                      digest=base64.b64encode(os.urandom(512)).decode())
+
+    rewrite_luks2_json(image, hostile)
+    assert "budget" in decrypt_refused_fast(image, keyfile, tmp_path)
+
+
+def test_luks1_sha1_with_a_64_byte_key(tmp_path: Path, cryptsetup: str) -> None:
+    keyfile = secret_file(tmp_path, "pw", b"passphrase")
+    image = tmp_path / "hostile1.img"
+    image.write_bytes(bytes(4 * MIB))
+    kdf = ["--pbkdf-force-iterations", "1000", "--hash", "sha1", "--key-size", "512"]
+    assert cs(cryptsetup, "luksFormat", "--batch-mode", "--type", "luks1", *kdf,
+              "--key-file", keyfile, image).returncode == 0
+    assert cs(cryptsetup, "luksAddKey", "--batch-mode", *kdf, "--key-file", keyfile, image,
+              secret_file(tmp_path, "pw2", b"second")).returncode == 0
+    data = bytearray(image.read_bytes())
+    for slot in (0, 1):  # 2 x 99,000,000 + 2 x 1000 digest iterations: under the old caps
+        at = 208 + 48 * slot + 4
+        data[at : at + 4] = (99_000_000).to_bytes(4, "big")
+    image.write_bytes(bytes(data))
+    assert "budget" in decrypt_refused_fast(image, keyfile, tmp_path)
+
+
+def test_argon2_at_the_old_total_cap(tmp_path: Path, cryptsetup: str) -> None:
+    image, keyfile = cryptsetup_luks2(cryptsetup, tmp_path)
+    salt = base64.b64encode(os.urandom(32)).decode()
+
+    def hostile(obj: dict[str, Any]) -> None:
+        for slot in obj["keyslots"].values():  # 2 x 4 GiB x 16 passes: the old per-slot cap
+            slot["kdf"] = {"type": "argon2id", "time": 16, "memory": 4 * 1024 * 1024,
+                           "cpus": 4, "salt": salt}
+
+    rewrite_luks2_json(image, hostile)
+    assert "budget" in decrypt_refused_fast(image, keyfile, tmp_path)
+
+
+def test_cost_model_counts_blocks_and_hash_price() -> None:
+    # One 32-byte SHA-256 block is the unit; sha3-256 for 512 bytes is 16 blocks at 5.6 each.
+    assert pbkdf2_cost("sha256", 1000, 32) == 1000
+    assert pbkdf2_cost("sha256", 1000, 64) == 2000
+    assert pbkdf2_cost("sha1", 1000, 64) == 4000
+    assert pbkdf2_cost("sha3-256", 1000, 512) == 89_600
+    assert kdf_cost(Pbkdf2("sha512", 10, b"s"), 20) == 34
+    # A cryptsetup-like LUKS2 unlock (argon2id 1 GiB x 4 passes + digest) fits the budget ...
+    legit = [(Argon2("argon2id", 4, 1 << 20, 4, bytes(16)), 64), (Pbkdf2("sha256", 100_000,
+                                                                          b"s"), 32)]
+    check_unlock_cost(legit, DEFAULT_LIMITS.max_unlock_cost)
+    # ... and so do eight LUKS1 keyslots of 16 million SHA-256 iterations (a 64-byte key, two
+    # blocks) with their digest checks; twelve do not.
+    luks1 = [(Pbkdf2("sha256", 16_000_000, b"s"), 64), (Pbkdf2("sha256", 2_000_000, b"s"), 20)]
+    assert check_unlock_cost(luks1 * 8, DEFAULT_LIMITS.max_unlock_cost) == 272_000_000
+    with pytest.raises(LimitExceededError):
+        check_unlock_cost(luks1 * 12, DEFAULT_LIMITS.max_unlock_cost)

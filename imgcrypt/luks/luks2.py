@@ -30,6 +30,7 @@ from imgcrypt.errors import (
 )
 from imgcrypt.luks import af
 from imgcrypt.luks.container import RegionUpdate
+from imgcrypt.luks.cost import check_unlock_cost
 from imgcrypt.luks.kdf import (
     DEFAULT_LIMITS,
     Argon2,
@@ -271,6 +272,10 @@ class Luks2Header:
         digest_kdf = Pbkdf2(digest.hash, digest.iterations, digest.salt)
         check_total([kdf for ks in candidates if ks.kdf is not None
                      for kdf in (ks.kdf, digest_kdf)], limits)
+        check_unlock_cost([pair for ks in candidates if ks.kdf is not None
+                           for pair in ((ks.kdf, ks.area_key_size),
+                                        (digest_kdf, len(digest.digest)))],
+                          limits.max_unlock_cost)
         for ks in candidates:
             CipherSpec.parse(ks.area_cipher).check_key_size(ks.area_key_size)
             af.check_hash(ks.af_hash)
