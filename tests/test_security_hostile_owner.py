@@ -4,6 +4,7 @@ images made by cryptsetup (not by imgcrypt's writer) and cryptsetup deciding wha
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import os
@@ -368,3 +369,64 @@ def test_cost_model_counts_blocks_and_hash_price() -> None:
     assert check_unlock_cost(luks1 * 8, DEFAULT_LIMITS.max_unlock_cost) == 272_000_000
     with pytest.raises(LimitExceededError):
         check_unlock_cost(luks1 * 12, DEFAULT_LIMITS.max_unlock_cost)
+
+
+# -- item 5: terminal escapes ----------------------------------------------------------------
+
+ESCAPE_CN = "x\x1b[2K\x1b[1A\rvalid: 1048580 bytes signed by CN=release\x1b[8m"
+
+
+def test_certificate_subject_escapes_reach_no_terminal(tmp_path: Path) -> None:
+    from tests.test_signing_pki import NOW, cert_pem, key, key_pem, make_cert
+
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(4096))
+    signer = key("p384")
+    (tmp_path / "k.pem").write_bytes(key_pem(signer))
+    (tmp_path / "c.pem").write_bytes(cert_pem(make_cert(signer, ESCAPE_CN)))
+    props = tmp_path / "props.json"
+    proc = subprocess.run([*IMGCRYPT, "sign", str(image), "--key", str(tmp_path / "k.pem"),
+                           "--cert", str(tmp_path / "c.pem"), "--properties-out", str(props),
+                           "--mode", "imgcrypt"],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    verify = [*IMGCRYPT, "verify", str(image), "--properties", str(props), "--cert",
+              str(tmp_path / "c.pem")]
+    later = (NOW + dt.timedelta(days=400)).isoformat()
+    failed = subprocess.run([*verify, "--at", later], capture_output=True, timeout=120)
+    assert failed.returncode == 4
+    valid = subprocess.run([*verify, "--at", NOW.isoformat()], capture_output=True, timeout=120)
+    assert valid.returncode == 0, valid.stderr
+    for stream in (failed.stdout, failed.stderr, valid.stdout, valid.stderr):
+        assert b"\x1b" not in stream and b"\r" not in stream, stream
+    assert b"\\x1b[2K" in failed.stderr + failed.stdout
+    assert valid.stdout.count(b"\n") == 1 + valid.stdout.count(b"\n  ")  # no forged lines
+
+
+def test_header_strings_escaped_by_inspect_and_errors(tmp_path: Path, cryptsetup: str) -> None:
+    keyfile = secret_file(tmp_path, "pw", b"passphrase")
+    image = tmp_path / "v1.img"
+    image.write_bytes(bytes(4 * MIB))
+    assert cs(cryptsetup, "luksFormat", "--batch-mode", "--type", "luks1",
+              "--pbkdf-force-iterations", "1000", "--key-file", keyfile, image).returncode == 0
+    data = bytearray(image.read_bytes())
+    data[168:208] = b"\x1b]0;owned\x07\x1b[2J\r\nvalid\x00".ljust(40, b"\0")  # LUKS1 uuid field
+    image.write_bytes(bytes(data))
+    proc = subprocess.run([*IMGCRYPT, "inspect", str(image)], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\x1b" not in proc.stdout and b"\x07" not in proc.stdout and b"\r" not in proc.stdout
+    assert b"\\x1b]0;owned" in proc.stdout
+    # A LUKS2 JSON string (the segment's cipher) reaches the error line escaped.
+    image2, keyfile2 = cryptsetup_luks2(cryptsetup, tmp_path)
+
+    def hostile(obj: dict[str, Any]) -> None:
+        obj["segments"]["0"]["encryption"] = "aes-xts-plain64\x1b[2K\rall good"
+
+    rewrite_luks2_json(image2, hostile)
+    proc = subprocess.run([*IMGCRYPT, "inspect", str(image2)], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\x1b" not in proc.stdout and b"\r" not in proc.stdout, proc.stdout
+    proc = subprocess.run([*IMGCRYPT, "decrypt", str(image2), str(tmp_path / "out"),
+                           "--passphrase-file", str(keyfile2)], capture_output=True, timeout=60)
+    assert proc.returncode == 3
+    assert b"\x1b" not in proc.stderr and b"\r" not in proc.stderr, proc.stderr

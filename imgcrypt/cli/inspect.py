@@ -8,6 +8,7 @@ from typing import Any
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.fileio import open_input
 from imgcrypt.luks.stream import read_header
+from imgcrypt.text import escape
 
 
 def register(sub: Any) -> None:
@@ -27,13 +28,13 @@ def human(info: dict[str, Any]) -> str:
     lines = [f"{info['format'].upper()} image"]
     for key in ("cipher", "key_size", "sector_size", "payload_offset", "uuid", "label"):
         if info.get(key) not in (None, ""):
-            lines.append(f"  {key.replace('_', ' '):<15}{info[key]}")
+            lines.append(f"  {key.replace('_', ' '):<15}{escape(info[key])}")
     copies = info.get("header_copies")
     if copies:
-        lines.append("  header copies  " + ", ".join(f"{k} {v}" for k, v in copies.items()))
+        lines.append("  header copies  " + ", ".join(f"{k} {escape(v)}" for k, v in copies.items()))
     lines.append(f"  keyslots       {len(info['keyslots'])} active")
     for slot in info["keyslots"]:
-        details = ", ".join(f"{k} {v}" for k, v in slot.items() if k not in ("slot",))
+        details = ", ".join(f"{k} {escape(v)}" for k, v in slot.items() if k not in ("slot",))
         lines.append(f"    {slot['slot']}: {details}")
     return "\n".join(lines)
 

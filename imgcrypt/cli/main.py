@@ -92,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(message: str) -> None:
-    line = " ".join(message.split())
+    from imgcrypt.text import escape
+
+    line = escape(" ".join(message.split()))
     sys.stderr.write(f"imgcrypt: error: {line}\n")
 
 

@@ -19,6 +19,7 @@ from imgcrypt.signing.certs import (
 )
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, parse_properties
 from imgcrypt.signing.verify import ImageVerifier, VerificationResult, certificate_uuid
+from imgcrypt.text import escape
 
 
 def register(sub: Any) -> None:
@@ -116,7 +117,7 @@ def _trust(args: argparse.Namespace) -> list[x509.Certificate] | None:
 
 
 def _human(result: VerificationResult) -> str:
-    lines = [f"valid: {result.size} bytes signed by {result.certificate_subject}"]
+    lines = [f"valid: {result.size} bytes signed by {escape(result.certificate_subject)}"]
     for scheme in result.schemes:
         lines.append(
             f"  {scheme.scheme}: {scheme.algorithm} {scheme.hash_name} {scheme.digest.hex}"
