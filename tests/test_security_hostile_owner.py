@@ -8,7 +8,9 @@ import datetime as dt
 import io
 import json
 import os
+import stat
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,9 +20,10 @@ from typing import Any
 import pytest
 
 from fuzz.targets import _luks2_with_checksums
+from imgcrypt import fileio
 from imgcrypt.errors import KeyManagerError, LimitExceededError
 from imgcrypt.keys.barbican import BarbicanKeyManager
-from imgcrypt.keys.local import LocalKeyStore
+from imgcrypt.keys.local import KeyFileError, LocalKeyStore
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
@@ -430,3 +433,87 @@ def test_header_strings_escaped_by_inspect_and_errors(tmp_path: Path, cryptsetup
                            "--passphrase-file", str(keyfile2)], capture_output=True, timeout=60)
     assert proc.returncode == 3
     assert b"\x1b" not in proc.stderr and b"\r" not in proc.stderr, proc.stderr
+
+
+# -- item 8: outputs -------------------------------------------------------------------------
+
+
+def small_luks(tmp_path: Path, cryptsetup: str) -> tuple[Path, Path]:
+    keyfile = secret_file(tmp_path, "pw", b"passphrase")
+    image = tmp_path / "small.img"
+    image.write_bytes(bytes(3 * MIB))
+    assert cs(cryptsetup, "luksFormat", "--batch-mode", "--type", "luks1",
+              "--pbkdf-force-iterations", "1000", "--key-file", keyfile, image).returncode == 0
+    return image, keyfile
+
+
+def decrypt_cli(image: Path, target: Path, keyfile: Path, *extra: str,
+                umask: int = 0o022) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*IMGCRYPT, "decrypt", str(image), str(target), "--passphrase-file",
+                           str(keyfile), *extra], capture_output=True, timeout=120,
+                          preexec_fn=lambda: os.umask(umask))
+
+
+def test_force_refuses_fifo_and_device_targets(tmp_path: Path, cryptsetup: str) -> None:
+    image, keyfile = small_luks(tmp_path, cryptsetup)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    targets = [fifo]
+    if os.geteuid() == 0:
+        node = tmp_path / "null"
+        os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        targets.append(node)
+    for target in targets:
+        kind = stat.S_IFMT(os.lstat(target).st_mode)
+        proc = decrypt_cli(image, target, keyfile, "--force")
+        assert proc.returncode == 2, proc.stderr
+        assert b"not a regular file" in proc.stderr
+        assert stat.S_IFMT(os.lstat(target).st_mode) == kind  # still a FIFO / device
+    assert not list(tmp_path.glob("*.imgcrypt-tmp"))
+
+
+def test_plaintext_written_0600_unless_asked(tmp_path: Path, cryptsetup: str) -> None:
+    image, keyfile = small_luks(tmp_path, cryptsetup)
+    out = tmp_path / "plain.raw"
+    assert decrypt_cli(image, out, keyfile).returncode == 0
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    shared = tmp_path / "shared.raw"
+    assert decrypt_cli(image, shared, keyfile, "--mode", "0644").returncode == 0
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o644
+
+
+def test_temporary_output_is_not_reopened_by_path(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone sharing the directory swaps the temporary name for a symlink to their file
+    right after it is created (the race, won on purpose here): the output must not follow."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    real_mkstemp = tempfile.mkstemp
+
+    def racing_mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = real_mkstemp(*args, **kwargs)
+        os.unlink(name)
+        os.symlink(victim, name)
+        return fd, name
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", racing_mkstemp)
+    target = tmp_path / "out.raw"
+    with fileio.atomic_output(str(target)) as f:
+        f.write(b"secret plaintext")
+    assert victim.read_bytes() == b"untouched"
+
+
+def test_keystore_files_of_another_user_refused_for_root_too(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    store = LocalKeyStore(tmp_path / "keys")
+    key_id = store.store(Secret(payload=os.urandom(32), secret_type="symmetric"))
+    path = tmp_path / "keys" / f"{key_id}.json"
+    os.chown(path, 4321, 4321)
+    with pytest.raises(KeyFileError, match="owned by uid 4321"):
+        store.get(key_id)
+    os.chown(path, 0, 0)
+    store.get(key_id)
+    os.chown(tmp_path / "keys", 4321, 4321)
+    with pytest.raises(KeyManagerError, match="owned by uid 4321"):
+        store.get(key_id)

@@ -29,7 +29,11 @@ def register(sub: Any) -> None:
                         help="read the passphrase from this file, its bytes exactly (- = stdin)")
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (os_decrypt_size): trim the padding")
-    parser.add_argument("--force", action="store_true", help="replace an existing TARGET")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing TARGET (a regular file only)")
+    parser.add_argument("--mode", type=_octal_mode, default=0o600, metavar="OCTAL",
+                        help="permissions of TARGET, less the umask (default 0600: the "
+                        "plaintext is readable by its owner only)")
     if common.key_arguments_available():
         from imgcrypt.cli import keyopts
 
@@ -39,6 +43,16 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode (0..0777)")
+    return mode
+
+
 def run(args: argparse.Namespace) -> int:
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
@@ -46,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     with open_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase)
-        with atomic_output(args.target, force=args.force, source=args.source) as dst, \
+        with atomic_output(args.target, force=args.force, source=args.source,
+                           mode=args.mode) as dst, \
                 common.progress_bar(args, args.size, "decrypt") as progress:
             written = decrypt_payload(opened, src, dst, size=args.size, progress=progress)
     header = opened.header

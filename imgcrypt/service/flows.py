@@ -104,7 +104,7 @@ def _open_target(target: str, required_size: int | None) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         return
-    with atomic_output(target, force=True) as f:
+    with atomic_output(target, force=True, mode=0o600) as f:
         yield f
 
 
