@@ -7,9 +7,10 @@ the machine docs/security.md describes), so one budget covers everything an unlo
 every keyslot it tries and the digest check after each.
 
 The weights were measured with ``cryptography``'s PBKDF2HMAC and Argon2id (OpenSSL 3) on that
-machine, rounded up: an iteration of one block cost 121 ns with SHA-1 and SHA-256, 132 with
-SHA-224, 386 with SHA-384, 410 with SHA-512, 672 with SHA3-256 and 674 with SHA3-512; argon2id
-cost 1.2 to 2.0 us per KiB and pass between 64 MiB and 256 MiB of memory.
+machine (best of seven interleaved runs, one output block and 512 bytes), rounded up: relative
+to SHA-256, SHA-1 1.05, SHA-224 1.14, SHA-384 3.41, SHA-512 3.60, SHA3-256 6.09 and SHA3-512
+5.86 per iteration and block; argon2id 11.6 per KiB and pass at 256 MiB (more per KiB with
+more memory, as caches stop helping).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from imgcrypt.errors import LimitExceededError, UnsupportedError
 
 # Price of one PBKDF2 iteration per output block, in SHA-256 iteration-blocks.
 HASH_BLOCK_COST: dict[str, float] = {
-    "sha1": 1.0,
-    "sha224": 1.1,
+    "sha1": 1.1,
+    "sha224": 1.2,
     "sha256": 1.0,
-    "sha384": 3.2,
-    "sha512": 3.4,
-    "sha3-256": 5.6,
-    "sha3-512": 5.6,
+    "sha384": 3.5,
+    "sha512": 3.7,
+    "sha3-256": 6.2,
+    "sha3-512": 6.0,
 }
 HASH_OUTPUT_BYTES: dict[str, int] = {
     "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64,
