@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fuzz.targets import _luks2_with_checksums
 from imgcrypt import fileio
@@ -34,6 +38,8 @@ from imgcrypt.luks.stream import decrypt_stream
 from imgcrypt.service.errors import EncryptionClaimError, KeyBindingError
 from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
 from imgcrypt.service.upload import inspect_upload
+from imgcrypt.signing.certs import CertificatePolicy, check_certificate
+from imgcrypt.signing.errors import KeyUsageError, UntrustedChainError
 
 from .barbican_server import BarbicanServer
 from .util import IMGCRYPT, dump_volume_key, secret_file
@@ -517,3 +523,103 @@ def test_keystore_files_of_another_user_refused_for_root_too(tmp_path: Path) -> 
     os.chown(tmp_path / "keys", 4321, 4321)
     with pytest.raises(KeyManagerError, match="owned by uid 4321"):
         store.get(key_id)
+
+
+# -- item 6: one certificate policy for every key type ----------------------------------------
+
+KINDS = ["p384", "ed25519", "mldsa65"]
+UNKNOWN_CRITICAL = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"),
+                                              b"\x05\x00")
+CODE_SIGNING = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING])
+SERVER_ONLY = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+
+
+def issue(subject_key: Any, subject: str, issuer_key: Any, issuer: str, *, ca: bool,
+          extra: tuple[tuple[x509.ExtensionType, bool], ...] = ()) -> x509.Certificate:
+    from tests.test_signing_pki import NOW, name
+
+    builder = (
+        x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+        .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca, None), critical=True)
+        .add_extension(x509.KeyUsage(not ca, False, False, False, False, ca, ca, False, False),
+                       critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()),
+                       critical=False)
+    )
+    for extension, critical in extra:
+        builder = builder.add_extension(extension, critical)
+    hash_algorithm = hashes.SHA384() if isinstance(issuer_key, ec.EllipticCurvePrivateKey) \
+        else None
+    return builder.sign(issuer_key, hash_algorithm)
+
+
+def chain_of(kind: str, *, root_extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+             inter_extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+             leaf_extra: tuple[tuple[x509.ExtensionType, bool], ...] = ()
+             ) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
+    from tests.test_signing_pki import key
+
+    root_key, inter_key, leaf_key = key(f"{kind}-root"), key(f"{kind}-inter"), key(kind)
+    root = issue(root_key, "root", root_key, "root", ca=True, extra=root_extra)
+    inter = issue(inter_key, "inter", root_key, "root", ca=True, extra=inter_extra)
+    leaf = issue(leaf_key, "leaf", inter_key, "inter", ca=False, extra=leaf_extra)
+    return root, inter, leaf
+
+
+def checked(root: x509.Certificate | None, *chain: x509.Certificate,
+            policy: CertificatePolicy | None = None) -> None:
+    from tests.test_signing_pki import NOW
+
+    check_certificate(list(chain), trust=[root] if root is not None else None,
+                      clock=lambda: NOW, policy=policy)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_key_type_refuses_the_same_chains(kind: str) -> None:
+    root, inter, leaf = chain_of(kind, leaf_extra=((CODE_SIGNING, False),))
+    checked(root, leaf, inter)  # the honest chain passes
+    # An intermediate with a critical extension nobody understands.
+    root, inter, leaf = chain_of(kind, inter_extra=((UNKNOWN_CRITICAL, True),))
+    with pytest.raises(UntrustedChainError, match="critical"):
+        checked(root, leaf, inter)
+    # A leaf with one.
+    root, inter, leaf = chain_of(kind, leaf_extra=((UNKNOWN_CRITICAL, True),))
+    with pytest.raises(UntrustedChainError, match="critical"):
+        checked(root, leaf, inter)
+    # The root may only vouch for example.com; the leaf names evil.org.
+    constraint = x509.NameConstraints([x509.DNSName("example.com")], None)
+    evil = x509.SubjectAlternativeName([x509.DNSName("evil.org")])
+    root, inter, leaf = chain_of(kind, root_extra=((constraint, True),),
+                                 leaf_extra=((evil, False),))
+    with pytest.raises(UntrustedChainError, match="name constraint"):
+        checked(root, leaf, inter)
+    # A code-signing CA (EKU on the intermediate) issuing a code-signing leaf is fine.
+    root, inter, leaf = chain_of(kind, inter_extra=((CODE_SIGNING, False),),
+                                 leaf_extra=((CODE_SIGNING, False),))
+    checked(root, leaf, inter)
+    # A TLS-only CA is not.
+    root, inter, leaf = chain_of(kind, inter_extra=((SERVER_ONLY, False),))
+    with pytest.raises(UntrustedChainError):
+        checked(root, leaf, inter)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tls_server_certificates_sign_no_images(kind: str) -> None:
+    _root, _inter, leaf = chain_of(kind, leaf_extra=((SERVER_ONLY, False),))
+    with pytest.raises(KeyUsageError, match="extended key usage"):
+        checked(None, leaf)
+    root, inter, leaf = chain_of(kind, leaf_extra=((SERVER_ONLY, False),))
+    with pytest.raises(KeyUsageError, match="extended key usage"):
+        checked(root, leaf, inter)
+    # A deployment that signs with its own EKU says so.
+    own = x509.ObjectIdentifier("1.3.6.1.4.1.99999.2")
+    _root, _inter, leaf = chain_of(kind, leaf_extra=((x509.ExtendedKeyUsage([own]), False),))
+    with pytest.raises(KeyUsageError):
+        checked(None, leaf)
+    checked(None, leaf, policy=CertificatePolicy(extended_key_usages=(own,)))
+    # Without trust anchors too, a leaf's unknown critical extension is refused.
+    _root, _inter, leaf = chain_of(kind, leaf_extra=((UNKNOWN_CRITICAL, True),))
+    with pytest.raises(UntrustedChainError, match="critical"):
+        checked(None, leaf)
