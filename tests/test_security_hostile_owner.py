@@ -37,9 +37,10 @@ from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2
 from imgcrypt.luks.stream import decrypt_stream
 from imgcrypt.service.errors import EncryptionClaimError, KeyBindingError
 from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
-from imgcrypt.service.upload import inspect_upload
+from imgcrypt.service.upload import UploadInspector, inspect_upload
+from imgcrypt.signing import GlanceSigner, ImgcryptSigner
 from imgcrypt.signing.certs import CertificatePolicy, check_certificate
-from imgcrypt.signing.errors import KeyUsageError, UntrustedChainError
+from imgcrypt.signing.errors import CertificateExpiredError, KeyUsageError, UntrustedChainError
 
 from .barbican_server import BarbicanServer
 from .util import IMGCRYPT, dump_volume_key, secret_file
@@ -623,3 +624,50 @@ def test_tls_server_certificates_sign_no_images(kind: str) -> None:
     _root, _inter, leaf = chain_of(kind, leaf_extra=((UNKNOWN_CRITICAL, True),))
     with pytest.raises(UntrustedChainError, match="critical"):
         checked(None, leaf)
+
+
+def both_schemes(tmp_path: Path, manager: LocalKeyStore) -> tuple[Path, dict[str, str], Path,
+                                                                    Path]:
+    """One key signs in both schemes; the imgcrypt scheme names a valid certificate, the Glance
+    scheme one for the same key that has expired (a consumer checking Glance's would refuse)."""
+    from tests.test_signing_pki import NOW, cert_pem, key, make_cert
+
+    signer = key("p384")
+    valid = cert_pem(make_cert(signer, "release"))
+    expired = cert_pem(make_cert(signer, "release", not_before=NOW - dt.timedelta(days=60),
+                                 not_after=NOW - dt.timedelta(days=1)))
+    valid_id = manager.store(Secret(payload=valid, secret_type="certificate"))
+    expired_id = manager.store(Secret(payload=expired, secret_type="certificate"))
+    image = tmp_path / "signed.raw"
+    image.write_bytes(os.urandom(100_000))
+    imgcrypt_signer = ImgcryptSigner(signer, certificate_uuid=valid_id)
+    glance_signer = GlanceSigner(signer, certificate_uuid=expired_id)
+    for s in (imgcrypt_signer, glance_signer):
+        s.update(image.read_bytes())
+    properties = {**imgcrypt_signer.finalize(), **glance_signer.finalize()}
+    (tmp_path / "valid.pem").write_bytes(valid)
+    (tmp_path / "expired.pem").write_bytes(expired)
+    return image, properties, tmp_path / "valid.pem", tmp_path / "expired.pem"
+
+
+def test_each_scheme_checked_against_its_own_certificate(tmp_path: Path) -> None:
+    from tests.test_signing_pki import NOW
+
+    manager = LocalKeyStore(tmp_path / "keys")
+    image, properties, valid, expired = both_schemes(tmp_path, manager)
+    # The upload hook fetches both certificates: the Glance one has expired.
+    with pytest.raises(CertificateExpiredError):
+        UploadInspector(properties, key_manager=manager, clock=lambda: NOW)
+    # At the command line, --cert serves one scheme only.
+    props = tmp_path / "props.json"
+    props.write_text(json.dumps(properties))
+    base = [*IMGCRYPT, "verify", str(image), "--properties", str(props), "--at", NOW.isoformat()]
+    one = subprocess.run([*base, "--cert", str(valid)], capture_output=True, timeout=120)
+    assert one.returncode == 2, one.stderr
+    assert b"--glance-cert" in one.stderr
+    own = subprocess.run([*base, "--cert", str(valid), "--glance-cert", str(expired)],
+                         capture_output=True, timeout=120)
+    assert own.returncode == 4 and b"expired" in own.stderr, own.stderr
+    both = subprocess.run([*base, "--cert", str(valid), "--glance-cert", str(valid)],
+                          capture_output=True, timeout=120)
+    assert both.returncode == 0, both.stderr

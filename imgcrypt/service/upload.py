@@ -41,6 +41,7 @@ from imgcrypt.signing import (
     schemes_present,
 )
 from imgcrypt.signing.certs import CertificatePolicy, CheckedCertificate, Clock, utc_now
+from imgcrypt.signing.verify import glance_certificate_uuid
 
 # The header and the keyslot material the named key must open: cryptsetup's LUKS2 default
 # region (16 MiB) at most; a LUKS1 header with all eight keyslots of 512-bit keys is ~2 MiB.
@@ -117,13 +118,17 @@ class UploadInspector:
             self._passphrase = passphrase_for(key_manager.get(self._claim.key_id))
         self._verifier: ImageVerifier | None = None
         if schemes_present(self._properties):
-            self._verifier = ImageVerifier(self._properties, self._certificate(clock),
-                                           allow_legacy=self._policy.certificate_policy.allow_legacy)
+            glance_id = glance_certificate_uuid(self._properties)
+            self._verifier = ImageVerifier(
+                self._properties, self._certificate(clock),
+                allow_legacy=self._policy.certificate_policy.allow_legacy,
+                glance_certificate=self._certificate(clock, glance_id) if glance_id else None,
+            )
         elif self._policy.require_signature:
             raise SignatureRequiredError("this deployment requires signed images")
 
-    def _certificate(self, clock: Clock) -> CheckedCertificate:
-        cert_id = certificate_uuid(self._properties)
+    def _certificate(self, clock: Clock, cert_id: str | None = None) -> CheckedCertificate:
+        cert_id = cert_id or certificate_uuid(self._properties)
         if cert_id is None or self._manager is None:
             raise SignatureRequiredError("the signature names no certificate in the key manager")
         certificates = certificates_from_key_manager(self._manager, cert_id)
