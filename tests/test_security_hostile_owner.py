@@ -142,6 +142,8 @@ def test_volume_with_its_own_master_key(tmp_path: Path, cryptsetup: str, version
                                       spec=SPEC, key_manager=manager, kdf=fast_kdf(),
                                       master_key="new")
     assert result.mode == "reencrypt" and result.key_id is not None
+    # The upload checks saw every byte, not only the os_decrypt_size the payload was cut to.
+    assert result.verdict.size == image.stat().st_size
     own = secret_file(tmp_path, "own", passphrase_for(manager.get(result.key_id)))
     volume_master = dump_volume_key(cryptsetup, volume, own)
     assert len(volume_master) == 64 and volume_master != image_master

@@ -183,6 +183,7 @@ def create_volume_from_image(
                 for plain in iter_payload(opened, reader, size=claim.decrypt_size):
                     out.write(plain)
                     written += len(plain)
+                _drain(reader)
             elif spec is not None and (claim is None or master_key == "new"):
                 mode = "encrypt" if claim is None else "reencrypt"
                 assert volume_secret is not None
@@ -202,6 +203,8 @@ def create_volume_from_image(
                 source = io.BufferedReader(ChunkReader(clear), buffer_size=CHUNK_SIZE)
                 result = encrypt_stream(source, out, passphrase_for(volume_secret), options)
                 written = result.image_size
+                if claim is not None:
+                    _drain(reader)
             else:
                 mode = "copy"
                 written = 0
@@ -225,6 +228,12 @@ def create_volume_from_image(
                    remove_others=True, kdf=kdf, limits=limits)
     key_id = created_id if spec is not None else None
     return VolumeResult(target, mode, written, key_id, created_id is not None, verdict)
+
+
+def _drain(reader: BinaryIO) -> None:
+    """Read what the payload left (past ``os_decrypt_size``): the upload checks see it all."""
+    while reader.read(CHUNK_SIZE):
+        pass
 
 
 def _check_room(target: str, required: int) -> None:
