@@ -37,7 +37,7 @@ from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2
 from imgcrypt.luks.stream import decrypt_stream
 from imgcrypt.service.errors import EncryptionClaimError, KeyBindingError
 from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
-from imgcrypt.service.upload import UploadInspector, inspect_upload
+from imgcrypt.service.upload import UPLOAD_UNLOCK_LIMITS, UploadInspector, inspect_upload
 from imgcrypt.signing import GlanceSigner, ImgcryptSigner
 from imgcrypt.signing.certs import CertificatePolicy, check_certificate
 from imgcrypt.signing.errors import CertificateExpiredError, KeyUsageError, UntrustedChainError
@@ -376,6 +376,8 @@ def test_cost_model_counts_blocks_and_hash_price() -> None:
     legit = [(Argon2("argon2id", 4, 1 << 20, 4, bytes(16)), 64), (Pbkdf2("sha256", 100_000,
                                                                           b"s"), 32)]
     check_unlock_cost(legit, DEFAULT_LIMITS.max_unlock_cost)
+    # ... and the upload hook's half budget takes two such keyslots.
+    check_unlock_cost(legit * 2, UPLOAD_UNLOCK_LIMITS.max_unlock_cost)
     # ... and so do eight LUKS1 keyslots of 16 million SHA-256 iterations (a 64-byte key, two
     # blocks) with their digest checks; twelve do not.
     luks1 = [(Pbkdf2("sha256", 16_000_000, b"s"), 64), (Pbkdf2("sha256", 2_000_000, b"s"), 20)]

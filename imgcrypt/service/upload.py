@@ -47,10 +47,10 @@ from imgcrypt.signing.verify import glance_certificate_uuid
 # region (16 MiB) at most; a LUKS1 header with all eight keyslots of 512-bit keys is ~2 MiB.
 MAX_HEADER_CAPTURE = 16 << 20
 HASH_ALGORITHMS = ("sha256", "sha384", "sha512", "sha3_256", "sha3_512")
-# The upload hook pays one unlock on every upload: a quarter of the general budget (about 12 s
-# of one core here, a cryptsetup 2-second keyslot from a machine five times as fast) and
-# cryptsetup's default argon2 memory (1 GiB).
-UPLOAD_UNLOCK_LIMITS = KdfLimits(max_unlock_cost=DEFAULT_LIMITS.max_unlock_cost // 4,
+# The upload hook pays one unlock on every upload: half the general budget (about 24 s of one
+# core here: two cryptsetup-default keyslots with their digests, or two 2-second LUKS1 keyslots
+# from a machine three times as fast) and cryptsetup's default argon2 memory (1 GiB).
+UPLOAD_UNLOCK_LIMITS = KdfLimits(max_unlock_cost=DEFAULT_LIMITS.max_unlock_cost // 2,
                                  max_argon2_memory_kib=1024 * 1024)
 
 
