@@ -71,8 +71,8 @@ def author_image(cryptsetup: str, tmp_path: Path, version: int, manager: KeyMana
     name, and the author keeps a second keyslot (``luksAddKey``) with a passphrase of their own.
     The payload is written in clear into the data area the way an honest container would not
     hold it; only the header matters here."""
-    key_id = manager.store(Secret(payload=os.urandom(32), secret_type="symmetric",
-                                  algorithm="AES", bit_length=256))
+    key_id = manager.store(Secret(payload=os.urandom(64), secret_type="symmetric",
+                                  algorithm="AES", bit_length=512, mode="XTS"))
     shared = secret_file(tmp_path, f"shared{version}", passphrase_for(manager.get(key_id)))
     private = secret_file(tmp_path, f"private{version}", b"the author keeps this one")
     image = tmp_path / f"author{version}.img"
@@ -97,15 +97,17 @@ def fast_kdf() -> Pbkdf2:
     return Pbkdf2("sha256", 1000, os.urandom(32))
 
 
+@pytest.mark.parametrize("volume_key", ["new", "clone"])
 @pytest.mark.parametrize("version", [1, 2])
 def test_volume_keeps_none_of_the_authors_keyslots(tmp_path: Path, cryptsetup: str,
-                                                   version: int) -> None:
+                                                   version: int, volume_key: str) -> None:
     manager = LocalKeyStore(tmp_path / "keys")
     image, properties, private = author_image(cryptsetup, tmp_path, version, manager,
                                               os.urandom(2 * MIB))
     volume = tmp_path / "volume.img"
     result = create_volume_from_image(chunked(image.read_bytes()), properties, str(volume),
-                                      spec=SPEC, key_manager=manager, kdf=fast_kdf())
+                                      spec=SPEC, key_manager=manager, kdf=fast_kdf(),
+                                      volume_key=volume_key)
     assert result.key_id is not None
     own = secret_file(tmp_path, "own", passphrase_for(manager.get(result.key_id)))
     assert opens(cryptsetup, volume, own)

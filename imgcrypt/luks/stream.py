@@ -454,11 +454,12 @@ def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = N
     With ``new_passphrase``, a keyslot for it is added (``kdf`` gives its parameters); with
     ``remove_old`` the keyslot ``passphrase`` opened is then removed, so a crash between the two
     steps leaves both passphrases valid, never neither. ``remove_slot`` removes that slot.
-    ``remove_others`` removes every keyslot but the new one (each disabled in the header, both
-    LUKS2 copies, before its material is overwritten), so nothing but ``new_passphrase`` opens.
+    ``remove_others`` removes every keyslot but the new one (or, without ``new_passphrase``, the
+    one ``passphrase`` opened), each disabled in the header (both LUKS2 copies) before its
+    material is overwritten, so that passphrase alone opens the image.
     The file is locked for the whole change so two re-keys cannot interleave.
     """
-    if (remove_old or remove_others) and new_passphrase is None:
+    if remove_old and new_passphrase is None:
         raise UsageError("changing a passphrase needs the new one")
     with open(path, "r+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -485,8 +486,9 @@ def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = N
             header = parse_header(region, limits)
             removed = target
         if remove_others:
+            keep = added if added is not None else slot
             for other in header.active_keyslots():
-                if other == added:
+                if other == keep:
                     continue
                 update = header.remove_keyslot(region, other)
                 _apply(f.fileno(), update)

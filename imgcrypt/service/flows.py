@@ -125,7 +125,8 @@ def create_volume_from_image(
     keyslot's KDF; by default it is benchmarked like cryptsetup's (2 seconds).
 
     With ``volume_key="new"`` every keyslot of the image but the volume's own is removed and
-    its material overwritten, so no passphrase of the image's author opens the volume. The
+    its material overwritten, so no passphrase of the image's author opens the volume (with
+    ``"clone"``, every keyslot but the one the cloned secret opens). The
     master key stays the image's, which its author knows; ``master_key="new"`` decrypts the
     image and encrypts it again under a fresh master key on the way in, so that nothing the
     author holds (not even the image's master key) opens the volume.
@@ -226,6 +227,10 @@ def create_volume_from_image(
             kdf = kdf_for(header, FormatOptions())
         rekey_file(target, image_pass, new_passphrase=passphrase_for(volume_secret),
                    remove_others=True, kdf=kdf, limits=limits)
+    elif mode == "copy" and spec is not None:
+        # A clone keeps the image's secret, and with it that keyslot; nothing else stays.
+        assert image_pass is not None
+        rekey_file(target, image_pass, remove_others=True, limits=limits)
     key_id = created_id if spec is not None else None
     return VolumeResult(target, mode, written, key_id, created_id is not None, verdict)
 
