@@ -342,7 +342,7 @@ def service_upload(data: bytes) -> None:
     document, _, image = data.partition(seeds.UPLOAD_SEPARATOR)
     props = parse_properties(document)
     chunks = [image[i : i + 4096] for i in range(0, len(image), 4096)]
-    policy = UploadPolicy(register_consumer=False)
+    policy = UploadPolicy(register_consumer=False, unlock_limits=FUZZ_LIMITS)
     verdict = inspect_upload(chunks, props, key_manager=_upload_keystore(),  # type: ignore[arg-type]
                              policy=policy, image_id="00000000-0000-4000-8000-000000000000")
     verdict.properties()

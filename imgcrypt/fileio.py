@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,31 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _check_target(target: str, force: bool, source: str | os.PathLike[str] | None) -> None:
+    if source is not None and os.fspath(source) != "-" and _same_file(os.fspath(source), target):
+        raise UsageError("source and target are the same file")
+    if os.path.lexists(target) and not force:
+        raise TargetExistsError(f"{target} exists (use --force to replace it)")
+    if os.path.isdir(target):
+        raise UsageError(f"{target} is a directory")
+    try:
+        info = os.stat(target)
+    except OSError:
+        return  # absent, or a dangling symlink the rename replaces
+    if not stat.S_ISREG(info.st_mode):
+        # A rename would turn a device node or FIFO into a regular file holding the output;
+        # whoever reads the device or pipe would never see it. Devices are written in place
+        # only by the flows meant for them (imgcrypt.devices).
+        raise UsageError(f"{target} is not a regular file (a device, FIFO or socket): "
+                         "refusing to replace it")
+
+
+def _temporary_beside(target: str) -> tuple[int, str]:
+    directory = os.path.dirname(os.path.abspath(target))
+    return tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.",
+                            suffix=TEMP_SUFFIX)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], *, force: bool = False,
                 source: str | os.PathLike[str] | None = None,
@@ -52,20 +78,12 @@ def atomic_path(target: str | os.PathLike[str], *, force: bool = False,
 
     Whatever is written there (by imgcrypt or by a tool such as qemu-img) replaces the target
     by a rename; any exception, Ctrl-C included, removes the temporary file and leaves an
-    existing target untouched.
+    existing target untouched. A target that exists but is not a regular file is refused.
     """
     target = os.fspath(target)
-    if source is not None and os.fspath(source) != "-" and _same_file(os.fspath(source), target):
-        raise UsageError("source and target are the same file")
-    if os.path.lexists(target) and not force:
-        raise TargetExistsError(f"{target} exists (use --force to replace it)")
-    if os.path.isdir(target):
-        raise UsageError(f"{target} is a directory")
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, temp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(target)}.", suffix=TEMP_SUFFIX
-    )
-    os.close(fd)
+    _check_target(target, force, source)
+    fd, temp = _temporary_beside(target)
+    os.close(fd)  # a tool (qemu-img) writes the path, and may create the file anew
     try:
         yield temp
         os.chmod(temp, mode & ~_umask())
@@ -81,18 +99,27 @@ def atomic_output(target: str, *, force: bool = False, source: str | None = None
                   mode: int = 0o644) -> Iterator[BinaryIO]:
     """A file object whose contents appear at ``target`` only if the block completes.
 
-    The data is flushed to disk before the rename (see :func:`atomic_path`). ``-`` means
-    standard output.
+    The data is written through the descriptor of the temporary file ``mkstemp`` created (0600
+    until complete; never reopened by path, so a symlink swapped in beside the target cannot
+    redirect it) and flushed to disk before the rename. ``-`` means standard output.
     """
     if target == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    with atomic_path(target, force=force, source=source, mode=mode) as temp, \
-            open(temp, "wb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
+    _check_target(target, force, source)
+    fd, temp = _temporary_beside(target)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), mode & ~_umask())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def _umask() -> int:

@@ -490,9 +490,11 @@ def create_encrypted_qcow2(path: str | os.PathLike[str],
 
 
 def decrypt_qcow2(path: str | os.PathLike[str], passphrase: bytes,
-                  target: str | os.PathLike[str], *, force: bool = False) -> ImageInfo:
+                  target: str | os.PathLike[str], *, force: bool = False,
+                  mode: int = 0o600) -> ImageInfo:
     """Write the guest content of a LUKS-encrypted qcow2 as a raw image at ``target``.
 
+    The plaintext is written ``mode`` (0600: readable by its owner only) less the umask.
     A wrong passphrase raises :class:`WrongPassphraseError`; a qcow2 that is not encrypted, or
     uses the legacy AES scheme qemu no longer opens, raises :class:`UnsupportedError`.
     """
@@ -503,7 +505,7 @@ def decrypt_qcow2(path: str | os.PathLike[str], passphrase: bytes,
         raise UnsupportedError(f"{os.fspath(path)} uses qcow2 encryption "
                                f"{info.encryption_format!r}; only LUKS is supported")
     with secret_file(passphrase) as secret, \
-            atomic_path(target, force=force, source=path) as temp:
+            atomic_path(target, force=force, source=path, mode=mode) as temp:
         spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": "s0"}})
         run_qemu_img(["convert", *secret_object(secret), "-O", "raw", spec, temp],
                      what="convert")

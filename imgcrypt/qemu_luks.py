@@ -93,13 +93,14 @@ def read_qcow2_luks(path: str) -> Qcow2Luks:
     return Qcow2Luks(head, luks, parsed)
 
 
-def decrypt(path: str, passphrase: bytes, target: str, *, force: bool = False) -> int:
-    """Write the guest content of the LUKS-encrypted qcow2 ``path`` as raw at ``target``;
-    returns the bytes written (the virtual size)."""
+def decrypt(path: str, passphrase: bytes, target: str, *, force: bool = False,
+            mode: int = 0o600) -> int:
+    """Write the guest content of the LUKS-encrypted qcow2 ``path`` as raw at ``target``
+    (plaintext: ``mode`` 0600 unless asked); returns the bytes written (the virtual size)."""
     read_qcow2_luks(path)  # a clear refusal before qemu-img for anything but qcow2 + LUKS
     info = _checked_info(path)
     with secret_file(passphrase) as secret, \
-            atomic_path(target, force=force, source=path) as temp:
+            atomic_path(target, force=force, source=path, mode=mode) as temp:
         spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": "s0"}})
         run_qemu_img(["convert", *secret_object(secret), "-O", "raw", spec, temp],
                      what="convert")

@@ -23,7 +23,7 @@ from imgcrypt.keys.barbican import BarbicanKeyManager
 from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
-from imgcrypt.keys.rules import SpecMismatchError, passphrase_for
+from imgcrypt.keys.rules import DeletionOutcome, SpecMismatchError, passphrase_for
 from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream, unlock_stream
@@ -192,11 +192,15 @@ def run_volume_lifecycle(manager: KeyManager, tmp_path: Path,
     original = b"".join(download_hook(chunked(image), properties, manager))
     assert original == payload
 
-    # An image that never registered as a consumer: its key goes all the same.
+    # An image that never registered as a consumer: its properties cannot delete the key.
     other = upload_volume_as_image(str(volume), result.key_id, manager)
     report = delete_hook(other.properties, manager, image_id="never-registered")
-    assert report is not None and report.deleted, report
+    assert report is not None and report.outcome is DeletionOutcome.KEPT_UNBOUND, report
+    manager.describe(other.properties["os_encrypt_key_id"])
     # The uploaded image's key is still consumed by img-2 for another image id ...
+    if manager.supports_consumers:
+        inspect_upload(chunked(new_image), upload.properties, key_manager=manager,
+                       image_id="img-3")
     kept = delete_hook(upload.properties, manager, image_id="img-3")
     assert kept is not None and not kept.deleted
     assert "still has consumers: image/image/img-2" in kept.reason
@@ -300,9 +304,10 @@ def test_eight_concurrent_uploads(keystore: LocalKeyStore) -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert results == {i: "ok" if i % 2 == 0 else "rejected" for i in range(8)}
-    # Each hook keeps only the LUKS1 header it checks (592 bytes) and the chunk in hand;
-    # 8 images of 5 MiB pass through in 64 KiB chunks.
-    assert peak < 4 * 1024 * 1024, peak
+    # Each hook keeps only the LUKS1 header and the keyslot material its key must open
+    # (about 260 KB for a 512-bit key), a few transient copies of it while it unlocks, and the
+    # chunk in hand; 8 images of 5 MiB (40 MiB in all) pass through in 64 KiB chunks.
+    assert peak < 12 * 1024 * 1024, peak
 
 
 @pytest.mark.barbican

@@ -36,7 +36,11 @@ def register(sub: Any) -> None:
     common.add_key_slot_argument(parser, "try only keyslot N (as cryptsetup open --key-slot)")
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (os_decrypt_size): trim the padding")
-    parser.add_argument("--force", action="store_true", help="replace an existing TARGET")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing TARGET (a regular file only)")
+    parser.add_argument("--mode", type=_octal_mode, default=0o600, metavar="OCTAL",
+                        help="permissions of TARGET, less the umask (default 0600: the "
+                        "plaintext is readable by its owner only)")
     if common.key_arguments_available():
         from imgcrypt.cli import keyopts
 
@@ -58,6 +62,16 @@ def _payload_total(header: Any, size: int | None, image_size: int | None) -> int
     return None
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode (0..0777)")
+    return mode
+
+
 def run(args: argparse.Namespace) -> int:
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
@@ -71,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase, slot=args.key_slot)
         total = _payload_total(opened.header, args.size, common.input_size(args.source))
-        with atomic_output(args.target, force=args.force, source=args.source) as dst, \
+        with atomic_output(args.target, force=args.force, source=args.source,
+                           mode=args.mode) as dst, \
                 common.progress_bar(args, total, "decrypt") as progress:
             written = decrypt_payload(opened, src, dst, size=args.size, progress=progress)
     header = opened.header
@@ -94,7 +109,8 @@ def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -
         raise UsageError("--size applies to LUKS containers; a qcow2 knows its virtual size")
     found = qemu_luks.read_qcow2_luks(args.source)
     if args.target != "-":
-        written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force)
+        written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force,
+                                     mode=args.mode)
     else:
         # qemu-img cannot write to a pipe: convert into a private directory, then copy out
         with tempfile.TemporaryDirectory(prefix="imgcrypt-raw-") as directory:

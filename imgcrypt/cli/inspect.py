@@ -7,6 +7,7 @@ from typing import Any
 
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.luks.stream import read_header
+from imgcrypt.text import escape
 
 
 def register(sub: Any) -> None:
@@ -76,16 +77,17 @@ def human(info: dict[str, Any]) -> str:
             value = _offset(value)
         elif key in ("key_size", "sector_size"):
             value = f"{value} {'bits' if key == 'key_size' else 'bytes'}"
-        lines.append(f"  {key.replace('_', ' '):<15}{value}")
+        lines.append(f"  {key.replace('_', ' '):<15}{escape(value)}")
     copies = info.get("header_copies")
     if copies:
-        lines.append("  header copies  " + ", ".join(f"{k} {v}" for k, v in copies.items()))
+        lines.append("  header copies  " + ", ".join(f"{k} {escape(v)}" for k, v in copies.items()))
     if not info.get("decryptable", True):
-        lines.append("  NOT DECRYPTABLE by imgcrypt: " + "; ".join(info.get("unsupported", [])))
+        reasons = "; ".join(escape(r) for r in info.get("unsupported", []))
+        lines.append("  NOT DECRYPTABLE by imgcrypt: " + reasons)
     lines.append(f"  keyslots       {len(info['keyslots'])} active")
     for slot in info["keyslots"]:
         details = ", ".join(
-            f"{k.replace('_', ' ')} {_slot_value(k, v)}"
+            f"{k.replace('_', ' ')} {escape(_slot_value(k, v))}"
             for k, v in slot.items() if k != "slot" and not k.endswith("_sectors"))
         lines.append(f"    {slot['slot']}: {details}")
     return "\n".join(lines)

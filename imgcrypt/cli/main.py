@@ -136,7 +136,9 @@ def _fail(message: str, code: int, *, json_to: TextIO | None) -> int:
 
 
 def _report(message: str) -> None:
-    line = " ".join(message.split())
+    from imgcrypt.text import escape
+
+    line = escape(" ".join(message.split()))
     sys.stderr.write(f"imgcrypt: error: {line}\n")
 
 

@@ -22,8 +22,17 @@ from imgcrypt.signing.certs import (
     load_certificate_file,
 )
 from imgcrypt.signing.errors import MalformedPropertiesError
+from imgcrypt.signing.glance import CERT_UUID_KEY as GLANCE_CERT_UUID_KEY
+from imgcrypt.signing.manifest import CERT_UUID_KEY
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
-from imgcrypt.signing.verify import ImageVerifier, VerificationResult, certificate_uuid
+from imgcrypt.signing.verify import (
+    ImageVerifier,
+    VerificationResult,
+    certificate_uuid,
+    glance_certificate_uuid,
+    schemes_present,
+)
+from imgcrypt.text import escape
 
 
 def register(sub: Any) -> None:
@@ -52,6 +61,14 @@ def register(sub: Any) -> None:
         help="signing certificate, PEM (optionally + intermediates) or DER",
     )
     certs.add_argument("--cert-id", metavar="ID", help="key-manager id of the signing certificate")
+    glance_certs = parser.add_mutually_exclusive_group()
+    glance_certs.add_argument(
+        "--glance-cert", metavar="CERT",
+        help="when both schemes are present: the Glance signature's own certificate (each "
+        "scheme is checked against the certificate it names, never one for both)",
+    )
+    glance_certs.add_argument("--glance-cert-id", metavar="ID",
+                              help="key-manager id of the Glance signature's own certificate")
     parser.add_argument(
         "--trust",
         action="append",
@@ -166,6 +183,29 @@ def _signing_certificates(
     return certificates_from_key_manager(key_manager(args), secret_id)
 
 
+def _glance_certificates(
+    args: argparse.Namespace, properties: dict[str, str]
+) -> list[x509.Certificate] | None:
+    """The Glance scheme's own certificate, when both schemes are present and it may differ."""
+    if args.glance_cert:
+        return load_certificate_file(args.glance_cert)
+    if args.glance_cert_id:
+        return certificates_from_key_manager(key_manager(args), args.glance_cert_id)
+    if schemes_present(properties) != ("imgcrypt", "glance"):
+        return None
+    glance_id = properties.get(GLANCE_CERT_UUID_KEY) or None
+    if args.cert or args.cert_id:
+        # A certificate given for the imgcrypt scheme serves the Glance one only when the
+        # properties name one certificate for both.
+        if glance_id is not None and glance_id != properties.get(CERT_UUID_KEY):
+            raise UsageError("both signature schemes are present and name different "
+                             "certificates: give the Glance one with --glance-cert or "
+                             "--glance-cert-id")
+        return None
+    glance_id = glance_certificate_uuid(properties)
+    return certificates_from_key_manager(key_manager(args), glance_id) if glance_id else None
+
+
 def _trust(args: argparse.Namespace) -> list[x509.Certificate] | None:
     if not args.trust and not args.trust_id:
         return None
@@ -180,7 +220,7 @@ def _trust(args: argparse.Namespace) -> list[x509.Certificate] | None:
 
 
 def _human(result: VerificationResult) -> str:
-    lines = [f"valid: {result.size} bytes signed by {result.certificate_subject}"]
+    lines = [f"valid: {result.size} bytes signed by {escape(result.certificate_subject)}"]
     for scheme in result.schemes:
         lines.append(
             f"  {scheme.scheme}: {scheme.algorithm} {scheme.hash_name} {scheme.digest.hex}"
@@ -191,13 +231,17 @@ def _human(result: VerificationResult) -> str:
 def run(args: argparse.Namespace) -> int:
     at = _clock(args.at)
     properties = _read_properties(args.properties)
+    policy = CertificatePolicy(allow_legacy=args.allow_legacy)
+    trust = _trust(args)
     checked = check_certificate(
-        _signing_certificates(args, properties),
-        trust=_trust(args),
-        clock=lambda: at,
-        policy=CertificatePolicy(allow_legacy=args.allow_legacy),
+        _signing_certificates(args, properties), trust=trust, clock=lambda: at, policy=policy,
     )
-    verifier = ImageVerifier(properties, checked, allow_legacy=args.allow_legacy)
+    glance_certificates = _glance_certificates(args, properties)
+    glance_checked = None if glance_certificates is None else check_certificate(
+        glance_certificates, trust=trust, clock=lambda: at, policy=policy,
+    )
+    verifier = ImageVerifier(properties, checked, allow_legacy=args.allow_legacy,
+                             glance_certificate=glance_checked)
     result: VerificationResult = feed_image(verifier, args.image)
     ignored = unknown_properties(properties)
     if ignored and not args.json:

@@ -143,6 +143,12 @@ class LocalKeyStore:
         info = os.stat(self.directory, follow_symlinks=False)
         if not stat.S_ISDIR(info.st_mode):
             raise KeyManagerError(f"keystore {self.directory} is not a directory")
+        if info.st_uid != os.geteuid():
+            # Root included: root can read anyone's files, which is no reason to trust them.
+            raise KeyManagerError(
+                f"keystore {self.directory} is owned by uid {info.st_uid}, not by the user "
+                f"running imgcrypt (uid {os.geteuid()})"
+            )
         if info.st_mode & 0o077:
             raise KeyManagerError(
                 f"keystore {self.directory} is accessible by other users "
@@ -218,6 +224,11 @@ class LocalKeyStore:
             os.close(fd)
             raise KeyFileError(f"{path} is not a regular file")
         with os.fdopen(fd, "rb") as handle:
+            if info.st_uid != os.geteuid():
+                raise KeyFileError(
+                    f"{path} is owned by uid {info.st_uid}, not by the user running imgcrypt "
+                    f"(uid {os.geteuid()})"
+                )
             if info.st_mode & 0o077:
                 raise KeyFileError(
                     f"{path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o})"

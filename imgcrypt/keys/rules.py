@@ -195,6 +195,7 @@ class DeletionOutcome(enum.Enum):
     KEPT_BY_POLICY = "kept-by-policy"
     KEPT_REFERENCED = "kept-referenced"
     KEPT_CONSUMED = "kept-consumed"
+    KEPT_UNBOUND = "kept-unbound"
     REFUSED = "refused"
     ALREADY_GONE = "already-gone"
     UNAVAILABLE = "unavailable"
@@ -232,6 +233,7 @@ def apply_deletion_policy(
     *,
     consumer: Consumer | None = None,
     other_references: Iterable[str] = (),
+    require_consumer: bool = False,
 ) -> DeletionReport:
     """Apply an image's key-deletion policy when that image is deleted.
 
@@ -240,6 +242,8 @@ def apply_deletion_policy(
     the key (other images, snapshots, volumes): any one of them keeps the key. A key that still
     has consumers is kept too. When the key manager refuses or cannot be reached, the report
     says so instead of raising: deleting the image must not fail because its key could not be.
+    With ``require_consumer`` the key is deleted only if ``consumer`` was registered on it:
+    properties can name any key, so an image that never consumed a key must not delete it.
     """
     policy = parse_deletion_policy(policy)
 
@@ -248,6 +252,8 @@ def apply_deletion_policy(
 
     removed = False
     try:
+        bound = (consumer is not None and manager.supports_consumers
+                 and consumer in manager.list_consumers(key_id)) if require_consumer else True
         if consumer is not None and manager.supports_consumers:
             try:
                 manager.remove_consumer(key_id, consumer)
@@ -258,6 +264,9 @@ def apply_deletion_policy(
                 manager.describe(key_id)
         if policy == "do_not_delete":
             return report(DeletionOutcome.KEPT_BY_POLICY, "policy is do_not_delete", removed)
+        if not bound:
+            return report(DeletionOutcome.KEPT_UNBOUND,
+                          "the image was never a registered consumer of this key", removed)
         references = sorted({str(ref) for ref in other_references})
         if references:
             return report(

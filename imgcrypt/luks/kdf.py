@@ -41,6 +41,11 @@ class KdfLimits:
     max_argon2_work: int = 64 * 1024 * 1024
     max_total_pbkdf2_iterations: int = 200_000_000
     max_total_argon2_work: int = 256 * 1024 * 1024
+    # All KDF work one unlock may do, as cost (see imgcrypt.luks.cost): one unit is one
+    # PBKDF2-HMAC-SHA-256 iteration for one 32-byte block (~120 ns here), so the default is
+    # about 48 s of one core here: eight keyslots of cryptsetup's 2-second benchmark made on a
+    # machine three times as fast, each with its digest check.
+    max_unlock_cost: int = 400_000_000
 
 
 DEFAULT_LIMITS = KdfLimits()
@@ -85,6 +90,7 @@ def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> N
             raise LimitExceededError(
                 f"pbkdf2 iterations {kdf.iterations} outside 1..{limits.max_pbkdf2_iterations}"
             )
+        _check_cost(kdf, length, limits)
         return
     if kdf.variant not in ("argon2i", "argon2id"):
         raise UnsupportedError(f"unsupported KDF {kdf.variant!r}")
@@ -105,6 +111,13 @@ def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> N
         )
     if len(kdf.salt) < 8:
         raise UnsupportedError("argon2 salt shorter than 8 bytes")
+    _check_cost(kdf, length, limits)
+
+
+def _check_cost(kdf: Kdf, length: int, limits: KdfLimits) -> None:
+    from imgcrypt.luks.cost import check_cost
+
+    check_cost(kdf, length, limits.max_unlock_cost)
 
 
 def check_total(kdfs: Iterable[Kdf], limits: KdfLimits = DEFAULT_LIMITS) -> None:

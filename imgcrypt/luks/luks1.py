@@ -24,6 +24,7 @@ from imgcrypt.errors import (
 )
 from imgcrypt.luks import af, backend, luks1_rules
 from imgcrypt.luks.container import RegionUpdate
+from imgcrypt.luks.cost import check_unlock_cost
 from imgcrypt.luks.kdf import (
     DEFAULT_LIMITS,
     Kdf,
@@ -251,6 +252,9 @@ class Luks1Header:
         # Each candidate that fails costs its KDF and one digest check.
         check_total([kdf for i in candidates for kdf in (self._slot_kdf(self.keyslots[i]),
                                                          digest_kdf)], limits)
+        check_unlock_cost([pair for i in candidates
+                           for pair in ((self._slot_kdf(self.keyslots[i]), self.key_bytes),
+                                        (digest_kdf, DIGEST_SIZE))], limits.max_unlock_cost)
         for i in candidates:
             ks = self.keyslots[i]
             derived = derive(self._slot_kdf(ks), passphrase, self.key_bytes, limits)

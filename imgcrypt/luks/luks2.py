@@ -30,6 +30,7 @@ from imgcrypt.errors import (
 )
 from imgcrypt.luks import af, backend, luks2_rules
 from imgcrypt.luks.container import RegionUpdate
+from imgcrypt.luks.cost import check_unlock_cost
 from imgcrypt.luks.kdf import (
     DEFAULT_LIMITS,
     Argon2,
@@ -358,6 +359,10 @@ class Luks2Header:
         digest_kdf = Pbkdf2(digest.hash, digest.iterations, digest.salt)
         check_total([kdf for ks in candidates if ks.kdf is not None
                      for kdf in (ks.kdf, digest_kdf)], limits)
+        check_unlock_cost([pair for ks in candidates if ks.kdf is not None
+                           for pair in ((ks.kdf, ks.area_key_size),
+                                        (digest_kdf, len(digest.digest)))],
+                          limits.max_unlock_cost)
         for ks in candidates:
             _check_usable(ks)
         for ks in candidates:

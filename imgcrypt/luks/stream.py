@@ -470,15 +470,19 @@ class RekeyResult:
 def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
                remove_old: bool = False, remove_slot: int | None = None,
                kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS,
-               opened_slot: int | None = None, new_slot: int | None = None) -> RekeyResult:
+               opened_slot: int | None = None, new_slot: int | None = None,
+               remove_others: bool = False) -> RekeyResult:
     """Change which passphrases open the image at ``path`` by rewriting its header only.
 
     With ``new_passphrase``, a keyslot for it is added (``kdf`` gives its parameters); with
     ``remove_old`` the keyslot ``passphrase`` opened is then removed, so a crash between the two
     steps leaves both passphrases valid, never neither. ``remove_slot`` removes that slot.
-    The file is locked for the whole change so two re-keys cannot interleave. ``opened_slot``
-    restricts which keyslot ``passphrase`` may open, ``new_slot`` chooses the new keyslot's
-    number (cryptsetup's ``--key-slot`` for luksChangeKey and luksAddKey).
+    ``opened_slot`` restricts which keyslot ``passphrase`` may open, ``new_slot`` chooses the
+    new keyslot's number (cryptsetup's ``--key-slot`` for luksChangeKey and luksAddKey).
+    ``remove_others`` removes every keyslot but the new one (or, without ``new_passphrase``, the
+    one ``passphrase`` opened), each disabled in the header (both LUKS2 copies) before its
+    material is overwritten, so that passphrase alone opens the image.
+    The file is locked for the whole change so two re-keys cannot interleave.
     """
     if remove_old and new_passphrase is None:
         raise UsageError("changing a passphrase needs the new one")
@@ -503,7 +507,19 @@ def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = N
                 raise UsageError("refusing to remove the last keyslot")
             update = header.remove_keyslot(region, target)
             _apply(f.fileno(), update)
+            region = update.region
+            header = parse_header(region, limits)
             removed = target
+        if remove_others:
+            keep = added if added is not None else slot
+            for other in header.active_keyslots():
+                if other == keep:
+                    continue
+                update = header.remove_keyslot(region, other)
+                _apply(f.fileno(), update)
+                region = update.region
+                header = parse_header(region, limits)
+                removed = slot if removed is None else removed
         return RekeyResult(slot, added, removed)
 
 

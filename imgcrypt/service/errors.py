@@ -23,3 +23,7 @@ class VolumeTypeMismatchError(UsageError):
 
 class TargetTooSmallError(UsageError):
     """The target volume cannot hold the image."""
+
+
+class KeyBindingError(VerificationError):
+    """The key the properties name does not open the image's LUKS header."""

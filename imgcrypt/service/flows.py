@@ -55,19 +55,25 @@ def download_hook(chunks: Iterable[bytes], properties: Mapping[str, str],
 def delete_hook(properties: Mapping[str, str], key_manager: KeyManager, *,
                 image_id: str | None = None,
                 other_references: Iterable[str] = ()) -> DeletionReport | None:
-    """Apply the image's key-deletion policy; None when the image names no key."""
+    """Apply the image's key-deletion policy; None when the image names no key.
+
+    The key is deleted only if the image was a registered consumer of it (the upload hook
+    registers one after the key opened the image's header) and no other consumer remains:
+    the properties alone can name any key.
+    """
     claim = encryption_claim(properties)
     if claim is None:
         return None
     consumer = image_consumer(image_id) if image_id else None
     return apply_deletion_policy(key_manager, claim.key_id, claim.deletion_policy,
-                                 consumer=consumer, other_references=other_references)
+                                 consumer=consumer, other_references=other_references,
+                                 require_consumer=True)
 
 
 @dataclass(frozen=True)
 class VolumeResult:
     target: str
-    mode: str  # "copy" (LUKS block for block), "decrypt" or "encrypt"
+    mode: str  # "copy" (LUKS block for block), "decrypt", "encrypt" or "reencrypt"
     bytes_written: int
     key_id: str | None  # the secret that now opens the volume
     key_created: bool
@@ -98,7 +104,7 @@ def _open_target(target: str, required_size: int | None) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         return
-    with atomic_output(target, force=True) as f:
+    with atomic_output(target, force=True, mode=0o600) as f:
         yield f
 
 
@@ -106,7 +112,7 @@ def create_volume_from_image(
     chunks: Iterable[bytes], properties: Mapping[str, str], target: str, *,
     spec: EncryptionSpec | None, key_manager: KeyManager, volume_key: str = "new",
     decrypt: bool = False, policy: UploadPolicy | None = None,
-    kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS,
+    kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS, master_key: str = "image",
 ) -> VolumeResult:
     """Create a volume at ``target`` from an image.
 
@@ -117,9 +123,20 @@ def create_volume_from_image(
     ``decrypt`` is set. An unencrypted image into an encrypted type is encrypted on the way.
     Every secret is checked against ``spec`` before anything is written. ``kdf`` sets the new
     keyslot's KDF; by default it is benchmarked like cryptsetup's (2 seconds).
+
+    With ``volume_key="new"`` every keyslot of the image but the volume's own is removed and
+    its material overwritten, so no passphrase of the image's author opens the volume (with
+    ``"clone"``, every keyslot but the one the cloned secret opens). The
+    master key stays the image's, which its author knows; ``master_key="new"`` decrypts the
+    image and encrypts it again under a fresh master key on the way in, so that nothing the
+    author holds (not even the image's master key) opens the volume.
     """
     if volume_key not in ("new", "clone"):
         raise UsageError("volume_key is 'new' or 'clone'")
+    if master_key not in ("image", "new"):
+        raise UsageError("master_key is 'image' or 'new'")
+    if master_key == "new" and volume_key != "new":
+        raise UsageError("a volume with its own master key needs a new volume key")
     claim = encryption_claim(properties)
     policy = policy or UploadPolicy(allowed_luks_versions=frozenset({1, 2}),
                                     register_consumer=False)
@@ -167,15 +184,28 @@ def create_volume_from_image(
                 for plain in iter_payload(opened, reader, size=claim.decrypt_size):
                     out.write(plain)
                     written += len(plain)
-            elif claim is None and spec is not None:
-                mode = "encrypt"
+                _drain(reader)
+            elif spec is not None and (claim is None or master_key == "new"):
+                mode = "encrypt" if claim is None else "reencrypt"
                 assert volume_secret is not None
-                options = FormatOptions(cipher=spec.cipher, key_size=spec.whole_key_bits,
+                clear: Iterable[bytes] = stream
+                version = 1
+                if claim is not None:
+                    assert image_pass is not None
+                    reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
+                    opened = unlock_stream(reader, image_pass, limits)
+                    version = opened.header.version
+                    clear = iter_payload(opened, reader, size=claim.decrypt_size)
+                options = FormatOptions(version=version, cipher=spec.cipher,
+                                        key_size=spec.whole_key_bits,
+                                        pbkdf="pbkdf2" if isinstance(kdf, Pbkdf2) else None,
                                         iterations=kdf.iterations if isinstance(kdf, Pbkdf2)
                                         else None)  # None: cryptsetup's 2-second budget
-                source = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
+                source = io.BufferedReader(ChunkReader(clear), buffer_size=CHUNK_SIZE)
                 result = encrypt_stream(source, out, passphrase_for(volume_secret), options)
                 written = result.image_size
+                if claim is not None:
+                    _drain(reader)
             else:
                 mode = "copy"
                 written = 0
@@ -196,9 +226,19 @@ def create_volume_from_image(
                 header, _ = read_header(f, limits)
             kdf = kdf_for(header, FormatOptions())
         rekey_file(target, image_pass, new_passphrase=passphrase_for(volume_secret),
-                   remove_old=True, kdf=kdf, limits=limits)
+                   remove_others=True, kdf=kdf, limits=limits)
+    elif mode == "copy" and spec is not None:
+        # A clone keeps the image's secret, and with it that keyslot; nothing else stays.
+        assert image_pass is not None
+        rekey_file(target, image_pass, remove_others=True, limits=limits)
     key_id = created_id if spec is not None else None
     return VolumeResult(target, mode, written, key_id, created_id is not None, verdict)
+
+
+def _drain(reader: BinaryIO) -> None:
+    """Read what the payload left (past ``os_decrypt_size``): the upload checks see it all."""
+    while reader.read(CHUNK_SIZE):
+        pass
 
 
 def _check_room(target: str, required: int) -> None:

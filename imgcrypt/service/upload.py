@@ -14,18 +14,21 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from imgcrypt.errors import FormatError, ImgcryptError
+from imgcrypt.errors import FormatError, ImgcryptError, WrongPassphraseError
 from imgcrypt.keys.manager import Consumer, KeyManager
+from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.luks.container import (
     PROBE_SIZE,
+    LuksHeader,
     bytes_to_parse,
-    detect_version,
     is_luks,
     parse_header,
 )
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, KdfLimits
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
 from imgcrypt.service.errors import (
     EncryptionClaimError,
+    KeyBindingError,
     LuksVersionRefusedError,
     SignatureRequiredError,
 )
@@ -38,10 +41,17 @@ from imgcrypt.signing import (
     schemes_present,
 )
 from imgcrypt.signing.certs import CertificatePolicy, CheckedCertificate, Clock, utc_now
+from imgcrypt.signing.verify import glance_certificate_uuid
 
-# A LUKS2 header with the largest metadata cryptsetup allows is 2 x 4 MiB.
-MAX_HEADER_CAPTURE = 8 << 20
+# The header and the keyslot material the named key must open: cryptsetup's LUKS2 default
+# region (16 MiB) at most; a LUKS1 header with all eight keyslots of 512-bit keys is ~2 MiB.
+MAX_HEADER_CAPTURE = 16 << 20
 HASH_ALGORITHMS = ("sha256", "sha384", "sha512", "sha3_256", "sha3_512")
+# The upload hook pays one unlock on every upload: half the general budget (about 24 s of one
+# core here: two cryptsetup-default keyslots with their digests, or two 2-second LUKS1 keyslots
+# from a machine three times as fast) and cryptsetup's default argon2 memory (1 GiB).
+UPLOAD_UNLOCK_LIMITS = KdfLimits(max_unlock_cost=DEFAULT_LIMITS.max_unlock_cost // 2,
+                                 max_argon2_memory_kib=1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class UploadPolicy:
     trust: tuple[x509.Certificate, ...] | None = None
     register_consumer: bool = True
     certificate_policy: CertificatePolicy = field(default_factory=CertificatePolicy)
+    # KDF limits for the unlock that proves the named key opens the header (one per upload).
+    unlock_limits: KdfLimits = UPLOAD_UNLOCK_LIMITS
 
 
 @dataclass(frozen=True)
@@ -94,21 +106,29 @@ class UploadInspector:
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._head = bytearray()
         self._head_limit: int | None = None  # known once the first 4096 bytes are in
+        self._head_final = False  # the header (and keyslot material) to keep is known
         self._size = 0
         self._claim = encryption_claim(self._properties)
+        self._passphrase: bytes | None = None
         if self._claim is not None:
             if key_manager is None:
                 raise EncryptionClaimError("an encrypted image needs a key manager to check")
-            key_manager.describe(self._claim.key_id)  # SecretNotFoundError (exit 5) if absent
+            # SecretNotFoundError (exit 5) if absent; KeyManagerError if the key manager (with
+            # the user's token) refuses a key of another project.
+            self._passphrase = passphrase_for(key_manager.get(self._claim.key_id))
         self._verifier: ImageVerifier | None = None
         if schemes_present(self._properties):
-            self._verifier = ImageVerifier(self._properties, self._certificate(clock),
-                                           allow_legacy=self._policy.certificate_policy.allow_legacy)
+            glance_id = glance_certificate_uuid(self._properties)
+            self._verifier = ImageVerifier(
+                self._properties, self._certificate(clock),
+                allow_legacy=self._policy.certificate_policy.allow_legacy,
+                glance_certificate=self._certificate(clock, glance_id) if glance_id else None,
+            )
         elif self._policy.require_signature:
             raise SignatureRequiredError("this deployment requires signed images")
 
-    def _certificate(self, clock: Clock) -> CheckedCertificate:
-        cert_id = certificate_uuid(self._properties)
+    def _certificate(self, clock: Clock, cert_id: str | None = None) -> CheckedCertificate:
+        cert_id = cert_id or certificate_uuid(self._properties)
         if cert_id is None or self._manager is None:
             raise SignatureRequiredError("the signature names no certificate in the key manager")
         certificates = certificates_from_key_manager(self._manager, cert_id)
@@ -124,21 +144,33 @@ class UploadInspector:
         self._size += len(chunk)
 
     def _capture(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Keep the stream's first bytes: 4096, then as many as its LUKS header needs."""
+        """Keep the stream's first bytes: 4096, then the LUKS header, then its keyslot material."""
         start = self._size  # stream offset of this chunk; the head is a prefix of the stream
         while True:
             limit = PROBE_SIZE if self._head_limit is None else self._head_limit
             have = len(self._head)
+            if have < start:
+                return  # bytes were passed on uncaptured: the limit was final
             if have < limit and start + len(chunk) > have:
                 self._head += bytes(chunk[have - start : limit - start])
-            if self._head_limit is not None or len(self._head) < PROBE_SIZE:
+            if self._head_final or len(self._head) < limit:
                 return
-            probe = bytes(self._head[:PROBE_SIZE])
-            try:
-                needed = bytes_to_parse(probe) if is_luks(probe) else PROBE_SIZE
-            except ImgcryptError:
-                needed = PROBE_SIZE  # judged at the end, from what was kept
-            self._head_limit = min(MAX_HEADER_CAPTURE, max(needed, PROBE_SIZE))
+            self._head_limit = min(MAX_HEADER_CAPTURE, max(self._next_limit(), limit))
+
+    def _next_limit(self) -> int:
+        """How much of the stream to keep, judged from what is kept so far."""
+        head = bytes(self._head)
+        try:
+            if self._head_limit is None:
+                if not is_luks(head):
+                    self._head_final = True
+                    return PROBE_SIZE
+                return max(bytes_to_parse(head[:PROBE_SIZE]), PROBE_SIZE)
+            self._head_final = True
+            return _unlock_extent(parse_header(head, self._policy.unlock_limits))
+        except ImgcryptError:
+            self._head_final = True  # judged at the end, from what was kept
+            return len(head)
 
     def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """Yield ``chunks`` unchanged, inspecting each on the way."""
@@ -146,31 +178,62 @@ class UploadInspector:
             self.update(chunk)
             yield chunk
 
-    def _luks_version(self) -> int | None:
+    def _luks_header(self) -> LuksHeader | None:
         head = bytes(self._head)
         if not is_luks(head):
             return None
-        version = detect_version(head)
         needed = bytes_to_parse(head[:PROBE_SIZE])
         if needed > len(head):
             raise EncryptionClaimError("the image ends inside its LUKS header")
-        parse_header(head)  # a malformed header is a FormatError, whatever is claimed
-        return version
+        # A malformed header is a FormatError, whatever is claimed.
+        return parse_header(head, self._policy.unlock_limits)
+
+    def _check_payload(self, header: LuksHeader, claim: EncryptionClaim) -> None:
+        """The payload the header and the properties describe lies inside the image."""
+        if _unlock_extent(header) > len(self._head):
+            raise EncryptionClaimError("the image ends inside its LUKS header or keyslots")
+        if header.payload_offset >= self._size:
+            raise EncryptionClaimError(
+                f"the LUKS payload starts at byte {header.payload_offset}, at or beyond the end "
+                f"of the {self._size}-byte image: it holds no payload"
+            )
+        payload = self._size - header.payload_offset
+        if header.payload_size is not None:
+            if header.payload_size > payload:
+                raise EncryptionClaimError("the LUKS2 segment's payload runs beyond the image")
+            payload = header.payload_size
+        if claim.decrypt_size is not None and claim.decrypt_size > payload:
+            raise EncryptionClaimError(
+                f"os_decrypt_size {claim.decrypt_size} is larger than the {payload}-byte payload"
+            )
+
+    def _bind_key(self, header: LuksHeader) -> None:
+        """The key the properties name opens this header (header bytes only, tight limits)."""
+        assert self._passphrase is not None
+        region = bytes(self._head[: header.region_size])
+        region += bytes(header.region_size - len(region))  # keyslot area nobody uses
+        try:
+            header.unlock(region, self._passphrase, self._policy.unlock_limits)
+        except WrongPassphraseError:
+            raise KeyBindingError(
+                "the key the properties name does not open the image's LUKS header"
+            ) from None
 
     def finalize(self) -> UploadVerdict:
         signature = self._verifier.finalize() if self._verifier is not None else None
         warnings: list[str] = []
         try:
-            version = self._luks_version()
+            header = self._luks_header()
         except ImgcryptError:
             if self._claim is not None:
                 raise
-            version = None
+            header = None
             warnings.append("the image starts with a damaged LUKS header")
+        version = header.version if header is not None else None
         claim = self._claim
         registered = False
         if claim is not None:
-            if version is None:
+            if header is None or version is None:
                 raise EncryptionClaimError("the image claims encryption but is not a LUKS image")
             if claim.version is not None and claim.version != version:
                 raise EncryptionClaimError(
@@ -181,8 +244,8 @@ class UploadInspector:
                 raise LuksVersionRefusedError(
                     f"LUKSv{version} images are not accepted here (allowed: {allowed})"
                 )
-            if claim.decrypt_size is not None and claim.decrypt_size > self._size:
-                raise EncryptionClaimError("os_decrypt_size is larger than the image")
+            self._check_payload(header, claim)
+            self._bind_key(header)
             if (self._policy.register_consumer and self._image_id is not None
                     and self._manager is not None and self._manager.supports_consumers):
                 self._manager.add_consumer(claim.key_id, image_consumer(self._image_id))
@@ -196,6 +259,19 @@ class UploadInspector:
             signature=signature, encryption=claim, luks_version=version,
             warnings=tuple(warnings), consumer_registered=registered,
         )
+
+
+def _unlock_extent(header: LuksHeader) -> int:
+    """Bytes from the image's start that hold the header and every keyslot's material."""
+    from imgcrypt.luks.luks2 import Luks2Header
+
+    if not isinstance(header, Luks2Header):
+        return header.region_size
+    ends = [2 * header.hdr_size] + [
+        ks.area_offset + ks.area_size for ks in header.metadata.keyslots
+        if ks.area_offset is not None and ks.area_size is not None
+    ]
+    return max(ends)
 
 
 def image_consumer(image_id: str) -> Consumer:

@@ -8,11 +8,20 @@ verification time (a clock callers can inject):
   absent extension mean "any usage"),
 * the policy: no MD5 or SHA-1 certificate signatures, no RSA under 2048 bits, no DSA, unless
   legacy algorithms are allowed,
+* its extended key usage: absent, or naming code signing (or an EKU the deployment configures
+  in :class:`CertificatePolicy`); a TLS-server-only certificate signs no image,
 * with a trust store, a chain up to one of its certificates: every issuer a CA (basicConstraints
   cA, keyCertSign when key usage is present, path length respected), valid at that time, its
-  signature correct. ``cryptography.x509.verification`` then checks the chain a second time
-  wherever its Web PKI profile can express the chain; it forbids Ed25519 and ML-DSA keys, so
-  chains holding those are checked by imgcrypt's own walk alone.
+  signature correct.
+
+One policy for every key type: ``cryptography.x509.verification`` then checks the chain (or the
+certificate alone) with its Web PKI CA profile and an end-entity profile that accounts for the
+usual extensions only: name constraints, unknown critical extensions, CA extended key usage,
+path lengths. Its profile forbids Ed25519 and ML-DSA keys, so a chain holding one is checked as
+a *shadow*: the same certificates (names, serials, dates, every extension with its criticality)
+re-issued with throw-away P-256 keys, after imgcrypt verified every real signature. The
+library's verdict on the shadow is its verdict on the chain's structure; nothing of its
+cryptography is replaced by imgcrypt's own.
 
 Every refusal is a :class:`~imgcrypt.signing.errors.CertificateError` subclass (exit 4).
 """
@@ -31,6 +40,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgcrypt.signing.algorithms import PublicKey, check_hash_policy, check_key_policy
 from imgcrypt.signing.errors import (
@@ -60,6 +70,9 @@ class CertificatePolicy:
 
     allow_legacy: bool = False
     max_chain_depth: int = 8
+    # Extended key usages that let a certificate sign images (any one suffices when the
+    # extension is present; an absent extension means any usage, as RFC 5280 says).
+    extended_key_usages: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.CODE_SIGNING,)
 
 
 class _StoredSecret(Protocol):
@@ -192,7 +205,17 @@ def check_signing_certificate(
     usage = _extension(certificate, x509.KeyUsage)
     if usage is not None and not usage.digital_signature:
         raise KeyUsageError(f"certificate {describe(certificate)} does not allow digitalSignature")
+    _check_leaf_eku(_extension(certificate, x509.ExtendedKeyUsage), policy,
+                    describe(certificate))
     return public_key
+
+
+def _check_leaf_eku(eku: x509.ExtendedKeyUsage | None, policy: CertificatePolicy,
+                    what: str) -> None:
+    if eku is not None and not set(eku) & set(policy.extended_key_usages):
+        names = ", ".join(oid.dotted_string for oid in policy.extended_key_usages)
+        raise KeyUsageError(f"certificate {what} has no extended key usage for signing images "
+                            f"(wanted one of {names})")
 
 
 def _check_issuer(
@@ -269,6 +292,103 @@ def _webpki_expressible(certificates: Sequence[x509.Certificate]) -> bool:
     return True
 
 
+def _policies(policy: CertificatePolicy) -> tuple[verification.ExtensionPolicy,
+                                                  verification.ExtensionPolicy]:
+    """The library's CA profile with the signing EKUs in place of TLS client authentication,
+    and an end-entity profile that accounts for the usual extensions (others, if critical,
+    are refused) and wants a signing EKU when the extension is present."""
+    allowed = set(policy.extended_key_usages)
+
+    def ca_eku(_policy: object, _certificate: x509.Certificate,
+               eku: x509.ExtendedKeyUsage | None) -> None:
+        if eku is not None and not set(eku) & (allowed | {ANY_EKU}):
+            raise ValueError("a CA's extended key usage allows no image signing")
+
+    def leaf_eku(_policy: object, certificate: x509.Certificate,
+                 eku: x509.ExtendedKeyUsage | None) -> None:
+        _check_leaf_eku(eku, policy, describe(certificate))
+
+    agnostic = verification.Criticality.AGNOSTIC
+    ca = verification.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, agnostic, ca_eku)
+    ee = verification.ExtensionPolicy.permit_all().may_be_present(
+        x509.ExtendedKeyUsage, agnostic, leaf_eku)
+    return ca, ee
+
+
+def _library_check(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+                   anchors: Sequence[x509.Certificate], *, at: dt.datetime,
+                   policy: CertificatePolicy) -> None:
+    ca_policy, ee_policy = _policies(policy)
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store(list(anchors)))
+        .time(at)
+        .max_chain_depth(policy.max_chain_depth)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+    )
+    try:
+        builder.build_client_verifier().verify(leaf, list(intermediates))
+    except verification.VerificationError as exc:
+        raise UntrustedChainError(f"chain of {describe(leaf)} refused: {exc}") from None
+
+
+ANY_EKU = ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE
+_SHADOW_ANCHOR = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME,
+                                               "imgcrypt shadow anchor")])
+
+
+def _shadow(chain: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """``chain`` (leaf first, anchor last) re-issued with P-256 keys, everything else kept."""
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in chain]
+    copies = []
+    for index, certificate in enumerate(chain):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(certificate.subject)
+            .issuer_name(certificate.issuer)
+            .public_key(keys[index].public_key())
+            .serial_number(certificate.serial_number)
+            .not_valid_before(certificate.not_valid_before_utc)
+            .not_valid_after(certificate.not_valid_after_utc)
+        )
+        try:
+            for extension in certificate.extensions:
+                builder = builder.add_extension(extension.value, extension.critical)
+            signer = keys[min(index + 1, len(chain) - 1)]
+            copies.append(builder.sign(signer, hashes.SHA256()))
+        except (ValueError, TypeError, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType):
+            raise UntrustedChainError(
+                f"{describe(certificate)} cannot be checked: its extensions are malformed"
+            ) from None
+    return copies
+
+
+def _shadow_alone(leaf: x509.Certificate) -> list[x509.Certificate]:
+    """The leaf under a synthetic CA: the library's end-entity profile on it, nothing more."""
+    anchor_key = ec.generate_private_key(ec.SECP256R1())
+    anchor = (
+        x509.CertificateBuilder().subject_name(_SHADOW_ANCHOR).issuer_name(_SHADOW_ANCHOR)
+        .public_key(anchor_key.public_key()).serial_number(1)
+        .not_valid_before(leaf.not_valid_before_utc).not_valid_after(leaf.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                     False), critical=True)
+        .sign(anchor_key, hashes.SHA256())
+    )
+    shadow = _shadow([leaf, anchor])
+    leaf_copy = (
+        x509.CertificateBuilder().subject_name(leaf.subject).issuer_name(_SHADOW_ANCHOR)
+        .public_key(shadow[0].public_key()).serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc).not_valid_after(leaf.not_valid_after_utc)
+    )
+    for extension in shadow[0].extensions:
+        if not isinstance(extension.value, x509.AuthorityKeyIdentifier):
+            leaf_copy = leaf_copy.add_extension(extension.value, extension.critical)
+    return [leaf_copy.sign(anchor_key, hashes.SHA256()), anchor]
+
+
 def check_chain(
     leaf: x509.Certificate,
     intermediates: Sequence[x509.Certificate],
@@ -281,23 +401,19 @@ def check_chain(
     if not trust:
         raise UntrustedChainError("the trust store is empty")
     chain = _walk(leaf, intermediates, trust, at=at, policy=policy)
-    if len(chain) > 1 and _webpki_expressible(chain):
-        builder = (
-            verification.PolicyBuilder()
-            .store(verification.Store(list(trust)))
-            .time(at)
-            .max_chain_depth(policy.max_chain_depth)
-            .extension_policies(
-                # The leaf's usage was checked above; Web PKI's EE profile wants TLS names.
-                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
-                ee_policy=verification.ExtensionPolicy.permit_all(),
-            )
-        )
-        try:
-            builder.build_client_verifier().verify(leaf, list(intermediates))
-        except verification.VerificationError as exc:
-            raise UntrustedChainError(f"chain of {describe(leaf)} refused: {exc}") from None
+    if len(chain) == 1:
+        _check_alone(leaf, at=at, policy=policy)
+    elif _webpki_expressible(chain) and not policy.allow_legacy:
+        _library_check(leaf, intermediates, trust, at=at, policy=policy)
+    else:
+        shadow = _shadow(chain)
+        _library_check(shadow[0], shadow[1:-1], shadow[-1:], at=at, policy=policy)
     return chain
+
+
+def _check_alone(leaf: x509.Certificate, *, at: dt.datetime, policy: CertificatePolicy) -> None:
+    shadow = _shadow_alone(leaf)
+    _library_check(shadow[0], [], shadow[1:], at=at, policy=policy)
 
 
 @dataclass(frozen=True)
@@ -333,9 +449,11 @@ def check_certificate(
         at = at.replace(tzinfo=dt.UTC)
     leaf, intermediates = certificates[0], list(certificates[1:])
     public_key = check_signing_certificate(leaf, at=at, policy=policy)
-    chain = (
-        [leaf] if trust is None else check_chain(leaf, intermediates, trust, at=at, policy=policy)
-    )
+    if trust is None:
+        chain = [leaf]
+        _check_alone(leaf, at=at, policy=policy)
+    else:
+        chain = check_chain(leaf, intermediates, trust, at=at, policy=policy)
     return CheckedCertificate(certificate=leaf, public_key=public_key, chain=tuple(chain))
 
 

@@ -57,6 +57,15 @@ def certificate_uuid(properties: Mapping[str, str]) -> str | None:
     return properties.get(CERT_UUID_KEY) or properties.get(glance.CERT_UUID_KEY) or None
 
 
+def glance_certificate_uuid(properties: Mapping[str, str]) -> str | None:
+    """The id the Glance scheme's own certificate has when both schemes are present and it is
+    not the one :func:`certificate_uuid` names (so one certificate cannot vouch for both)."""
+    if schemes_present(properties) != ("imgcrypt", "glance"):
+        return None
+    own = properties.get(glance.CERT_UUID_KEY) or None
+    return own if own is not None and own != certificate_uuid(properties) else None
+
+
 class ImageVerifier:
     """Streaming verifier for every signature scheme present in ``properties``."""
 
@@ -66,8 +75,16 @@ class ImageVerifier:
         certificate: CheckedCertificate,
         *,
         allow_legacy: bool = False,
+        glance_certificate: CheckedCertificate | None = None,
     ) -> None:
+        """``glance_certificate`` checks the Glance scheme when it names a certificate of its
+        own (see :func:`glance_certificate_uuid`); ``certificate`` checks everything else."""
         found = schemes_present(properties)
+        if glance_certificate is None and glance_certificate_uuid(properties) is not None:
+            raise MissingPropertyError(
+                "the Glance signature names a certificate of its own "
+                f"({glance.CERT_UUID_KEY}): it needs that certificate, not the imgcrypt one"
+            )
         if not found:
             raise MissingPropertyError("the properties carry no image signature")
         self._verifiers: list[imgcrypt_mode.ImgcryptVerifier | glance.GlanceVerifier] = []
@@ -75,7 +92,8 @@ class ImageVerifier:
             self._verifiers.append(imgcrypt_mode.ImgcryptVerifier(properties, certificate))
         if "glance" in found:
             self._verifiers.append(
-                glance.GlanceVerifier(properties, certificate, allow_legacy=allow_legacy)
+                glance.GlanceVerifier(properties, glance_certificate or certificate,
+                                      allow_legacy=allow_legacy)
             )
         self._certificate = certificate
         self._size = 0
@@ -95,4 +113,10 @@ class ImageVerifier:
         )
 
 
-__all__ = ["ImageVerifier", "VerificationResult", "certificate_uuid", "schemes_present"]
+__all__ = [
+    "ImageVerifier",
+    "VerificationResult",
+    "certificate_uuid",
+    "glance_certificate_uuid",
+    "schemes_present",
+]

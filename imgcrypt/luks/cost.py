@@ -1,0 +1,84 @@
+"""What a KDF costs, as work rather than as a count of iterations.
+
+PBKDF2 computes one HMAC chain per output block of the hash, so its cost is iterations x
+blocks x the price of one HMAC of that hash; argon2's is memory x passes. Both are expressed in
+one unit, the price of one PBKDF2-HMAC-SHA-256 iteration for one 32-byte block (about 120 ns on
+the machine docs/security.md describes), so one budget covers everything an unlock may compute:
+every keyslot it tries and the digest check after each.
+
+The weights were measured with ``cryptography``'s PBKDF2HMAC and Argon2id (OpenSSL 3) on that
+machine (best of seven interleaved runs, one output block and 512 bytes), rounded up: relative
+to SHA-256, SHA-1 1.05, SHA-224 1.14, SHA-384 3.41, SHA-512 3.60, SHA3-256 6.09 and SHA3-512
+5.86 per iteration and block; argon2id 11.6 per KiB and pass at 256 MiB in wall time, 7.5 at
+1 GiB in CPU time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from imgcrypt.errors import LimitExceededError, UnsupportedError
+
+# Price of one PBKDF2 iteration per output block, in SHA-256 iteration-blocks.
+HASH_BLOCK_COST: dict[str, float] = {
+    "sha1": 1.1,
+    "sha224": 1.2,
+    "sha256": 1.0,
+    "sha384": 3.5,
+    "sha512": 3.7,
+    "sha3-256": 6.2,
+    "sha3-512": 6.0,
+}
+HASH_OUTPUT_BYTES: dict[str, int] = {
+    "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64,
+    "sha3-256": 32, "sha3-512": 64,
+}
+# Price of one KiB of argon2 memory for one pass: measured 11.6 (wall time, 256 MiB, 4 lanes
+# on 2 cores) and 7.5 (CPU time, 1 GiB, 4 lanes), rounded up.
+ARGON2_KIB_PASS_COST = 12.0
+
+
+def pbkdf2_cost(hash_name: str, iterations: int, length: int) -> int:
+    """Cost of PBKDF2 with ``hash_name`` deriving ``length`` bytes."""
+    name = hash_name.lower()
+    if name not in HASH_BLOCK_COST:
+        raise UnsupportedError(f"unsupported hash {hash_name!r}")
+    blocks = math.ceil(length / HASH_OUTPUT_BYTES[name])
+    return math.ceil(iterations * blocks * HASH_BLOCK_COST[name])
+
+
+def argon2_cost(memory_kib: int, passes: int) -> int:
+    return math.ceil(memory_kib * passes * ARGON2_KIB_PASS_COST)
+
+
+def kdf_cost(kdf: object, length: int) -> int:
+    """Cost of one derivation of ``length`` bytes with a :mod:`imgcrypt.luks.kdf` KDF."""
+    from imgcrypt.luks.kdf import Argon2, Pbkdf2
+
+    if isinstance(kdf, Pbkdf2):
+        return pbkdf2_cost(kdf.hash, kdf.iterations, length)
+    if isinstance(kdf, Argon2):
+        return argon2_cost(kdf.memory_kib, kdf.time)
+    raise UnsupportedError(f"unsupported KDF {type(kdf).__name__}")
+
+
+def check_cost(kdf: object, length: int, budget: int) -> None:
+    """Refuse one derivation that alone costs more than ``budget``."""
+    cost = kdf_cost(kdf, length)
+    if cost > budget:
+        raise LimitExceededError(
+            f"one KDF derivation would cost {cost:,} units, above the budget of {budget:,} "
+            "for a whole unlock"
+        )
+
+
+def check_unlock_cost(derivations: Iterable[tuple[object, int]], budget: int) -> int:
+    """Refuse an unlock whose derivations (KDF, output length) cost more than ``budget``."""
+    total = sum(kdf_cost(kdf, length) for kdf, length in derivations)
+    if total > budget:
+        raise LimitExceededError(
+            f"trying every keyslot would cost {total:,} units of KDF work, above the budget of "
+            f"{budget:,} per unlock"
+        )
+    return total
