@@ -164,7 +164,8 @@ def describe_and_sign(person: Person, image: Path, key: str, cert_id: str, *,
                       sign: bool = True, disk_format: str = "raw") -> list[str]:
     """The properties naming ``key``, and Glance-mode and imgcrypt-mode signatures over them."""
     enc = image.with_suffix(".enc.json")
-    enc.write_text(person.run("properties", str(image), "--key-id", key, "--json").stdout)
+    enc.write_text(person.run("properties", str(image), "--key-id", key, "--key-manager",
+                              "barbican", "--json").stdout)
     files = [str(enc)]
     if sign:
         described = json.loads(enc.read_text())
