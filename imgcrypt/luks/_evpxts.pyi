@@ -1,0 +1,10 @@
+def xts(
+    key: bytes,
+    src: bytes | bytearray | memoryview,
+    dst: bytearray | memoryview,
+    sector_size: int,
+    iv_start: int,
+    wrap32: bool,
+    encrypt: bool,
+    /,
+) -> None: ...
