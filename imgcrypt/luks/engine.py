@@ -197,6 +197,7 @@ class FileSource:
     def __init__(self, fd: int, offset: int, length: int) -> None:
         self.fd, self.offset, self.length = fd, offset, length
         self._holes = True
+        self._extent = (0, 0)  # the last data range found, as (start, end) file offsets
         with contextlib.suppress(OSError, AttributeError):
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
 
@@ -218,9 +219,16 @@ class FileSource:
         return want
 
     def _next_data(self, position: int, end: int) -> tuple[int, int]:
-        """The next data range [data, hole) at or after ``position``, clipped to ``end``."""
+        """The next data range [data, hole) at or after ``position``, clipped to ``end``.
+
+        The last range found is remembered: on tmpfs a SEEK_HOLE walks the page cache to the
+        next hole, so asking again for every chunk of a dense file would cost quadratic time.
+        """
         if not self._holes:
             return position, end
+        known_data, known_hole = self._extent
+        if known_data <= position < known_hole:
+            return position, min(end, known_hole)
         try:
             data = os.lseek(self.fd, position, os.SEEK_DATA)
         except OSError as exc:
@@ -234,7 +242,9 @@ class FileSource:
             return position, end
         if data >= end:
             return end, end
-        return data, min(end, os.lseek(self.fd, data, os.SEEK_HOLE))
+        hole = os.lseek(self.fd, data, os.SEEK_HOLE)
+        self._extent = (data, hole)
+        return data, min(end, hole)
 
 
 class StreamSource:
