@@ -190,7 +190,10 @@ def child_pids() -> set[int]:
     """This process's children, zombies included, without reaping anyone else's."""
     pids: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
-        pids.update(int(p) for p in (task / "children").read_text().split())
+        try:
+            pids.update(int(p) for p in (task / "children").read_text().split())
+        except FileNotFoundError:  # a thread that was just joined is still leaving the kernel
+            continue
     return pids
 
 
