@@ -13,6 +13,7 @@ from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_output
+from imgcrypt.luks.engine import Source
 from imgcrypt.luks.stream import encrypt_stream
 
 EXAMPLE = """example:
@@ -63,14 +64,14 @@ def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[byt
 
 @contextlib.contextmanager
 def source_stream(source: str, source_format: str | None
-                  ) -> Iterator[tuple[BinaryIO, str, int | None]]:
+                  ) -> Iterator[tuple[BinaryIO | Source, str, int | None]]:
     """(raw guest bytes, the source's format, its size when known) for SOURCE."""
     if source == "-":
         if source_format not in (None, "raw"):
             raise UsageError("a source on stdin must be raw")
         yield sys.stdin.buffer, "raw", None
         return
-    from imgcrypt.qemu import SNIFF_SIZE, raw_view, sniff_format
+    from imgcrypt.qemu import SNIFF_SIZE, guest_source, image_info, sniff_format
 
     if source_format is None:
         # Going by magic (rather than letting qemu probe) means a raw guest disk is never
@@ -85,8 +86,14 @@ def source_stream(source: str, source_format: str | None
         with open(source, "rb") as f:
             yield f, "raw", os.fstat(f.fileno()).st_size
         return
-    with raw_view(source, source_format=source_format) as (stream, info):
-        yield stream, info.format, info.virtual_size
+    info = image_info(source, source_format=source_format)
+    if info.format == "raw":
+        with open(source, "rb") as f:
+            yield f, "raw", os.fstat(f.fileno()).st_size
+        return
+    # Read through qemu-nbd: no temporary copy of the guest, zeros not even sent.
+    with guest_source(source, info) as guest:
+        yield guest, info.format, info.virtual_size
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"encrypted {args.source} -> {args.target}",
         f"  source      {source_format}"
-        + (f", virtual size {size} bytes (converted to raw by qemu-img)"
+        + (f", virtual size {size} bytes (read through qemu-nbd)"
            if source_format != "raw" else ""),
         f"  format      LUKS{header.version}, {header.cipher}, {header.key_bytes * 8}-bit key, "
         f"{header.sector_size}-byte sectors",

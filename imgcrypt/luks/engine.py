@@ -164,6 +164,13 @@ class Target(Protocol):
     def finish(self, length: int) -> None: ...
 
 
+def zero_fill(view: memoryview) -> None:
+    """Set ``view`` to zeros without allocating."""
+    for start in range(0, len(view), CHUNK_SIZE):
+        part = view[start : start + CHUNK_SIZE]
+        part[:] = _ZEROS[: len(part)]
+
+
 def regular_fd(stream: Any) -> int | None:
     """The descriptor of ``stream`` if positional I/O works on it (a regular file not opened
     for appending, where pwrite would ignore the offset), else None."""

@@ -136,11 +136,12 @@ def _xts_transform(cipher: SectorCipher, iv_base: int, *, encrypt: bool) -> Tran
     return transform
 
 
-def encrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes,
+def encrypt_stream(source: BinaryIO | Source, target: BinaryIO, passphrase: bytes,
                    options: FormatOptions = DEFAULT_OPTIONS, *, master_key: bytes | None = None,
                    progress: Progress | None = None) -> EncryptResult:
     """Write a new container to ``target`` holding everything ``source`` yields.
 
+    ``source`` is a file object or an engine source (e.g. :func:`imgcrypt.qemu.guest_source`).
     The input length need not be known in advance nor a multiple of the sector size: the last
     sector is zero-padded and the true length returned.
     """
@@ -164,12 +165,12 @@ def encrypt_payload(header: LuksHeader, cipher: SectorCipher, source: BinaryIO |
     its holes) or an engine :class:`~imgcrypt.luks.engine.Source` such as a qemu image export.
     """
     transform = _xts_transform(cipher, header.iv_tweak, encrypt=True)
-    if isinstance(source, (FileSource, StreamSource)) or not hasattr(source, "read"):
-        feed = cast(Source, source)  # an engine source already
+    if hasattr(source, "sequential"):
+        feed = cast(Source, source)  # an engine source already (a file, a qemu export...)
         length = getattr(source, "length", None)
         end: int | None = None
     else:
-        feed, length, end = _input(cast(BinaryIO, source))
+        feed, length, end = _input(source)
     with _output(target) as (sink, base):
         result = transfer(plan_encrypt(header, length), feed, sink, transform,
                           progress=progress)
