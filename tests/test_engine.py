@@ -218,3 +218,28 @@ def test_a_source_file_that_shrinks_is_truncated(tmp_path: Path) -> None:
         plan = PayloadPlan(512, 0, 20000, None, pad_tail=True)
         with pytest.raises(TruncatedError):
             transfer(plan, source, StreamTarget(io.BytesIO()), position_xor, chunk_size=4096)
+
+
+def test_closing_while_a_worker_waits_on_a_stalled_pipe_returns(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C (or a consumer that stops) while the producer of stdin stalls must not hang.
+    import time
+
+    from imgcrypt.luks import engine
+
+    monkeypatch.setattr(engine, "STOP_GRACE", 0.3)
+    read_end, write_end = os.pipe()
+    os.write(write_end, bytes(4096))
+    plan = PayloadPlan(512, 0, None, None, pad_tail=True)
+    with open(read_end, "rb", buffering=0) as stream:
+        chunks = iter_transfer(plan, StreamSource(stream), position_xor,  # type: ignore[arg-type]
+                               chunk_size=4096)
+        assert len(next(chunks)) == 4096
+        began = time.monotonic()
+        chunks.close()  # type: ignore[attr-defined]
+        assert time.monotonic() - began < 2
+        os.close(write_end)  # the blocked worker's read returns; it writes nothing
+        deadline = time.monotonic() + 5
+        while transfer_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert transfer_threads() == []

@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--source-format", metavar="FORMAT",
                         help="format of SOURCE (raw, qcow2, vmdk, vhdx, vpc, vdi); by "
                         "default recognised from its magic bytes, raw otherwise. Non-raw "
-                        "sources are converted to raw by qemu-img on the way")
+                        "sources are read through qemu-nbd, without a temporary copy")
     common.add_format_arguments(parser)
     if common.key_arguments_available():
         from imgcrypt.cli import keyopts

@@ -28,6 +28,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
@@ -46,6 +47,8 @@ CHUNK_SIZE = 4 << 20
 TRANSFER_CHUNK = 256 << 10
 # Progress is reported in steps of this many bytes, not for every chunk.
 PROGRESS_STEP = 4 << 20
+# After a stop, how long to wait for workers before leaving one blocked on a stalled stream.
+STOP_GRACE = 5.0
 # The granularity of holes in sparse output: a file system block.
 SPARSE_BLOCK = 4096
 MAX_WORKERS = 4
@@ -410,8 +413,10 @@ class _Engine:
                 self.events.put(event, timeout=0.05)
                 return
             except queue.Full:
-                if self.stopped and event[0] == "data":
-                    raise _Stopped from None
+                if self.stopped:  # nobody may be listening any more
+                    if event[0] == "data":
+                        raise _Stopped from None
+                    return
 
     def _claim(self) -> int:
         with self.cond:
@@ -472,6 +477,8 @@ class _Engine:
             finally:
                 self.writes.done()
         elif self.target is not None:
+            if self.stopped:
+                raise _Stopped
             self.target.write(view[:out], start)
         else:
             self.writes.wait(index)
@@ -491,8 +498,9 @@ class _Engine:
 
     def run(self) -> Iterator[tuple[str, Any]]:
         """("data", bytes) and ("progress", input bytes) events, in the caller's thread."""
-        threads = [threading.Thread(target=self.worker, name=f"imgcrypt-transfer-{k}")
-                   for k in range(self.workers)]
+        # Daemon threads: one blocked reading a stalled pipe must not keep Ctrl-C waiting.
+        threads = [threading.Thread(target=self.worker, name=f"imgcrypt-transfer-{k}",
+                                    daemon=True) for k in range(self.workers)]
         error: BaseException | None = None
         finished = 0
         try:
@@ -504,16 +512,17 @@ class _Engine:
                     yield kind, value
                 elif kind == "done":
                     finished += 1
-                elif error is None:
+                else:
                     error = value
-                    self.stop()
+                    break
         finally:
             self.stop()
-            while any(t.is_alive() for t in threads):
+            deadline = time.monotonic() + STOP_GRACE
+            while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
                 with contextlib.suppress(queue.Empty):
-                    self.events.get(timeout=0.05)
-            for thread in threads:
-                thread.join()
+                    self.events.get(timeout=0.02)
+            # A worker still blocked reading a stalled stream ends by itself once its read
+            # returns: it finds the transfer stopped and writes nothing.
         if error is not None:
             raise error
         length = self.plan.check_end(self.read_total)
