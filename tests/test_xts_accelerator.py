@@ -187,3 +187,52 @@ def test_in_place_and_argument_checks() -> None:
         _xtsmul.xor_tweaks(bytes(32), bytearray(48), bytes(16), 2)
     with pytest.raises(TypeError):
         _xtsmul.xor_tweaks(bytes(32), bytes(32), bytes(16), 2)  # read-only destination
+
+
+@settings(max_examples=60, deadline=None)
+@given(key_size=st.sampled_from([16, 24, 32]),
+       sector_size=st.sampled_from([512, 1024, 4096]),
+       sectors_count=st.integers(0, 30),
+       iv_start=st.one_of(st.integers(0, 2**20), st.integers(2**32 - 40, 2**32 + 40),
+                          st.integers(2**64 - 50, 2**64 - 1)),
+       mode=st.sampled_from(["cbc-essiv:sha256", "cbc-plain64", "cbc-plain"]))
+def test_openssl_cbc_decryption_equals_numpy_and_cryptography(
+        key_size: int, sector_size: int, sectors_count: int, iv_start: int, mode: str) -> None:
+    if not sectors.OPENSSL_XTS:
+        pytest.skip("OpenSSL module not built")
+    import hashlib
+
+    spec = CipherSpec.of("aes", mode)
+    key = os.urandom(key_size)
+    plain = os.urandom(sector_size * sectors_count)
+    slow = SectorCipher(spec, key, sector_size, accelerated=False)
+    fast = SectorCipher(spec, key, sector_size)
+    encrypted = slow.encrypt(plain, iv_start)
+    assert fast.decrypt(encrypted, iv_start) == plain == slow.decrypt(encrypted, iv_start)
+    in_place = bytearray(encrypted)
+    fast.decrypt_into(in_place, iv_start, in_place)
+    assert in_place == plain
+    for k in range(sectors_count):  # cryptography's CBC, sector by sector
+        number = (iv_start + k * sector_size // 512) % 2**64
+        if mode == "cbc-plain":
+            number &= 0xFFFFFFFF
+        iv = number.to_bytes(16, "little")
+        if mode == "cbc-essiv:sha256":
+            essiv = Cipher(algorithms.AES(hashlib.sha256(key).digest()), modes.ECB())
+            iv = essiv.encryptor().update(iv)
+        one = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+        chunk = slice(k * sector_size, (k + 1) * sector_size)
+        assert one.update(encrypted[chunk]) == plain[chunk]
+
+
+def test_openssl_cbc_argument_checks() -> None:
+    if not sectors.OPENSSL_XTS:
+        pytest.skip("OpenSSL module not built")
+    from imgcrypt.luks import _evpxts
+
+    with pytest.raises(ValueError):
+        _evpxts.cbc_decrypt(os.urandom(20), b"", bytes(512), bytearray(512), 512, 0, False)
+    with pytest.raises(ValueError):
+        _evpxts.cbc_decrypt(os.urandom(32), bytes(16), bytes(512), bytearray(512), 512, 0, False)
+    with pytest.raises(ValueError):
+        _evpxts.cbc_decrypt(os.urandom(32), b"", bytes(600), bytearray(600), 512, 0, False)

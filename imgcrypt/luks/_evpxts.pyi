@@ -8,3 +8,14 @@ def xts(
     encrypt: bool,
     /,
 ) -> None: ...
+
+def cbc_decrypt(
+    key: bytes,
+    essiv_key: bytes,
+    src: bytes | bytearray | memoryview,
+    dst: bytearray | memoryview,
+    sector_size: int,
+    iv_start: int,
+    wrap32: bool,
+    /,
+) -> None: ...

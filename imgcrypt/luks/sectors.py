@@ -134,6 +134,12 @@ class SectorCipher:
         backend = _choose_xts_backend(spec, key, accelerated, xts_backend)
         self.xts_backend = backend
         self._evp_key = key if backend == "openssl" else None
+        # CBC decryption in OpenSSL's EVP loop (no numpy); CBC encryption chains block by block
+        # and stays on the numpy path.
+        self._evp_cbc: tuple[bytes, bytes] | None = None
+        if spec.chaining == "cbc" and accelerated and OPENSSL_XTS:
+            essiv = hashlib.sha256(key).digest() if spec.iv_scheme == "essiv:sha256" else b""
+            self._evp_cbc = (key, essiv)
         self._accelerated = backend == "walker"
         if self._accelerated and batch_bytes == SUB_BATCH_BYTES:
             self._sub_sectors = max(1, ACCELERATED_BATCH_BYTES // sector_size)
@@ -181,7 +187,12 @@ class SectorCipher:
         count = len(source) // self.sector_size
         if count == 0:
             return
-        if self._evp_key is not None:
+        if self._evp_cbc is not None and not encrypt:
+            assert _evpxts is not None
+            key, essiv_key = self._evp_cbc
+            _evpxts.cbc_decrypt(key, essiv_key, source, target, self.sector_size, iv_start,
+                                self.spec.iv_scheme == "plain")
+        elif self._evp_key is not None:
             assert _evpxts is not None
             _evpxts.xts(self._evp_key, source, target, self.sector_size, iv_start,
                         self.spec.iv_scheme == "plain", encrypt)
