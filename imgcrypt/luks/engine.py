@@ -300,7 +300,9 @@ class FileTarget:
 
     def __init__(self, fd: int, offset: int, *, sparse: bool = False) -> None:
         self.fd, self.offset = fd, offset
-        self.sparse = sparse and os.fstat(fd).st_size <= offset
+        status = os.fstat(fd)
+        # Never on a block device: its old blocks would show through where nothing is written.
+        self.sparse = sparse and stat.S_ISREG(status.st_mode) and status.st_size <= offset
 
     def write(self, view: memoryview, at: int) -> None:
         if not self.sparse:
