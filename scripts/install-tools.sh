@@ -16,6 +16,8 @@ else
   command -v partx >/dev/null 2>&1 || need+=(util-linux)
   command -v mke2fs >/dev/null 2>&1 || [ -x /sbin/mke2fs ] || need+=(e2fsprogs)
   command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
+  # make bench: GNU time reports a command's own peak RSS and CPU time.
+  [ -x /usr/bin/time ] || need+=(time)
   [ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
 fi
 if [ ${#need[@]} -eq 0 ]; then
