@@ -1,3 +1,5 @@
+DIRECT: int
+
 def xts(
     key: bytes,
     src: bytes | bytearray | memoryview,
@@ -6,6 +8,7 @@ def xts(
     iv_start: int,
     wrap32: bool,
     encrypt: bool,
+    through_evp: bool = False,
     /,
 ) -> None: ...
 
