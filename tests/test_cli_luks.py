@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .util import IMGCRYPT, imgcrypt, secret_file
+from .util import IMGCRYPT, imgcrypt, run_qemu_img, secret_file
 from .util import test_passphrase as cs_test_passphrase
 
 FAST = ("--iterations", "1000")
@@ -247,3 +247,20 @@ def test_rekey_with_key_manager_ids(files: dict[str, Path], cryptsetup: str) -> 
     proc = imgcrypt("decrypt", out, files["dir"] / "p2", "--key-id", old_id, "--keystore",
                     keystore)
     assert proc.returncode == 4
+
+
+def test_decrypt_to_a_file_leaves_holes_like_qemu_img(tmp_path: Path, qemu_img: str) -> None:
+    plain = bytearray(16 << 20)
+    plain[5 << 20 : 6 << 20] = os.urandom(1 << 20)
+    raw = tmp_path / "sparse-guest.raw"
+    raw.write_bytes(plain)
+    pw = secret_file(tmp_path, "pw", b"holes")
+    image = tmp_path / "holes.luks"
+    imgcrypt("encrypt", raw, image, "--passphrase-file", pw, "--iterations", "1000", check=True)
+    ours = tmp_path / "ours.raw"
+    imgcrypt("decrypt", image, ours, "--passphrase-file", pw, check=True)
+    theirs = tmp_path / "theirs.raw"
+    run_qemu_img(["convert", "-f", "raw", "-O", "raw", str(raw), str(theirs)])
+    assert ours.read_bytes() == theirs.read_bytes() == plain
+    assert ours.stat().st_blocks <= theirs.stat().st_blocks + 8
+    assert ours.stat().st_blocks * 512 < 2 << 20

@@ -71,6 +71,57 @@ def leftovers(directory: Path) -> list[str]:
 # --- formats to raw -------------------------------------------------------------------------
 
 
+def nbd_dirs() -> set[Path]:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob("imgcrypt-nbd-*"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_guest_source_is_byte_identical_to_qemu_img_convert(tmp_path: Path, qemu_img: str,
+                                                            guest: tuple[Path, bytes],
+                                                            fmt: str) -> None:
+    raw, _ = guest
+    image = make_image(qemu_img, raw, fmt, tmp_path / f"disk.{fmt}")
+    reference = reference_raw(image, fmt, tmp_path / "ref.raw")
+    with qemu.guest_source(image) as source:
+        assert source.length == len(reference)
+        out = bytearray(len(reference))
+        view = memoryview(out)
+        # odd, unaligned pieces, across data and zero ranges
+        for at in range(0, len(out), 777_777):
+            assert source.read(view[at : at + 777_777], at) == len(view[at : at + 777_777])
+        assert out == reference
+
+
+def test_compressed_qcow2_and_its_zero_map(tmp_path: Path, qemu_img: str,
+                                           guest: tuple[Path, bytes]) -> None:
+    raw, data = guest
+    image = tmp_path / "compressed.qcow2"
+    run_qemu_img(["convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(image)])
+    with qemu.guest_source(image) as source:
+        ranges = list(source.data_in(0, source.length))
+        out = bytearray(source.length)
+        source.read(memoryview(out), 0)
+    assert out == data
+    # the holes of the guest are known zeros, not read
+    assert sum(end - start for start, end in ranges) < len(data) // 2
+    for start, end in ranges:
+        assert data[start:end] != bytes(end - start)
+
+
+def test_guest_source_refuses_a_backing_file(tmp_path: Path, qemu_img: str,
+                                             guest: tuple[Path, bytes]) -> None:
+    raw, _ = guest
+    base = make_image(qemu_img, raw, "qcow2", tmp_path / "base.qcow2")
+    overlay = tmp_path / "overlay.qcow2"
+    run_qemu_img(["create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay)])
+    before = nbd_dirs()
+    with pytest.raises(UnsupportedError, match="backing file"), qemu.guest_source(overlay):
+        pass
+    assert nbd_dirs() <= before
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_raw_view_matches_qemu_img_convert(tmp_path: Path, qemu_img: str,
                                            guest: tuple[Path, bytes], fmt: str) -> None:
@@ -84,11 +135,14 @@ def test_raw_view_matches_qemu_img_convert(tmp_path: Path, qemu_img: str,
     assert qemu.detect_format(image) == fmt
     assert qemu.sniff_format(image.read_bytes()[:qemu.SNIFF_SIZE]) == fmt
     for source_format in (None, fmt):
+        before = nbd_dirs()
         with qemu.raw_view(image, source_format=source_format) as (stream, info):
-            temp_dir = os.path.dirname(stream.name)
-            assert stat.S_IMODE(os.stat(temp_dir).st_mode) == 0o700
+            (socket_dir,) = nbd_dirs() - before
+            assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+            # a socket and qemu-nbd's stderr: no copy of the guest anywhere
+            assert sum(p.stat().st_size for p in socket_dir.iterdir()) < 4096
             assert stream.read() == reference
-        assert not os.path.exists(temp_dir)
+        assert nbd_dirs() <= before
         assert info.format == fmt
         assert info.virtual_size == len(reference)
         assert not info.encrypted and info.backing_file is None

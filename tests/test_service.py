@@ -323,3 +323,17 @@ def test_volume_lifecycle_against_real_barbican(barbican: BarbicanServer, tmp_pa
              "--barbican-endpoint", barbican.endpoint, "--project-id", barbican.project_id,
              "--size", str(len(payload)), check=True)
     assert out.read_bytes() == payload
+
+
+def test_decrypted_volume_file_keeps_the_image_holes(keystore: LocalKeyStore,
+                                                     tmp_path: Path) -> None:
+    # 8 MiB of which 64 KiB are data: the volume file gets holes, as qemu-img convert makes.
+    payload = bytearray(8 << 20)
+    payload[1 << 20 : (1 << 20) + 65536] = os.urandom(65536)
+    image, properties = prepare_image(keystore, bytes(payload), sign=False)
+    target = tmp_path / "sparse-volume"
+    result = create_volume_from_image(chunked(image), properties, str(target), spec=None,
+                                      key_manager=keystore, decrypt=True)
+    assert result.mode == "decrypt" and result.bytes_written == len(payload)
+    assert target.read_bytes() == payload
+    assert target.stat().st_blocks * 512 <= 65536 + 2 * 4096

@@ -16,6 +16,7 @@ from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_output
+from imgcrypt.luks.engine import Source
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream
 
@@ -40,7 +41,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--source-format", metavar="FORMAT",
                         help="format of SOURCE (raw, qcow2, vmdk, vhdx, vpc, vdi); by "
                         "default recognised from its magic bytes, raw otherwise. Non-raw "
-                        "sources are converted to raw by qemu-img on the way")
+                        "sources are read through qemu-nbd, without a temporary copy")
     parser.add_argument("--target-format", choices=("luks", "qcow2"),
                         help="luks (default): a LUKS container; qcow2: a qcow2 with qemu's "
                         "built-in LUKS1 encryption, written by qemu-img. A TARGET named *.qcow2 "
@@ -134,14 +135,14 @@ def _regular_file(stream: BinaryIO) -> bool:
 
 @contextlib.contextmanager
 def source_stream(source: str, source_format: str | None
-                  ) -> Iterator[tuple[BinaryIO, str, int | None]]:
+                  ) -> Iterator[tuple[BinaryIO | Source, str, int | None]]:
     """(raw guest bytes, the source's format, its size when known) for SOURCE."""
     if source == "-":
         if source_format not in (None, "raw"):
             raise UsageError("a source on stdin must be raw")
         yield stdin_source(explicit_raw=source_format == "raw"), "raw", None
         return
-    from imgcrypt.qemu import SNIFF_SIZE, raw_view, sniff_format
+    from imgcrypt.qemu import SNIFF_SIZE, guest_source, image_info, sniff_format
 
     if source_format is None:
         # Going by magic (rather than letting qemu probe) means a raw guest disk is never
@@ -156,8 +157,14 @@ def source_stream(source: str, source_format: str | None
         with open(source, "rb") as f:
             yield f, "raw", os.fstat(f.fileno()).st_size
         return
-    with raw_view(source, source_format=source_format) as (stream, info):
-        yield stream, info.format, info.virtual_size
+    info = image_info(source, source_format=source_format)
+    if info.format == "raw":
+        with open(source, "rb") as f:
+            yield f, "raw", os.fstat(f.fileno()).st_size
+        return
+    # Read through qemu-nbd: no temporary copy of the guest, zeros not even sent.
+    with guest_source(source, info) as guest:
+        yield guest, info.format, info.virtual_size
 
 
 def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
@@ -222,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"encrypted {args.source} -> {args.target}",
         f"  source      {source_format}"
-        + (f", virtual size {size} bytes (converted to raw by qemu-img)"
+        + (f", virtual size {size} bytes (read through qemu-nbd)"
            if source_format != "raw" else ""),
         f"  format      LUKS{header.version}, {header.cipher}, {header.key_bytes * 8}-bit key, "
         f"{header.sector_size}-byte sectors",

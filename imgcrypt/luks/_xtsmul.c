@@ -111,7 +111,66 @@ static PyObject *iv_blocks(PyObject *self, PyObject *args)
     return out;
 }
 
+static int all_zero(const unsigned char *p, Py_ssize_t n)
+{
+    /* zero iff the first byte is zero and every byte equals the one before it */
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, (size_t)n - 1) == 0);
+}
+
+/* The (start, end) byte ranges of `buf` holding a non-zero byte, at `block` granularity,
+ * adjacent blocks merged; the last block may be short. Lets writers leave holes. */
+static PyObject *nonzero_spans(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t block;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &block))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t *marks = NULL, count = 0;
+    if (block <= 0) {
+        PyErr_SetString(PyExc_ValueError, "block must be positive");
+        goto done;
+    }
+    Py_ssize_t blocks = buf.len / block + (buf.len % block != 0);
+    marks = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(2 * blocks + 2));
+    if (marks == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const unsigned char *p = (const unsigned char *)buf.buf;
+    for (Py_ssize_t at = 0; at < buf.len; at += block) {
+        Py_ssize_t n = buf.len - at < block ? buf.len - at : block;
+        if (all_zero(p + at, n))
+            continue;
+        if (count > 0 && marks[2 * count - 1] == at)
+            marks[2 * count - 1] = at + n;
+        else {
+            marks[2 * count] = at;
+            marks[2 * count + 1] = at + n;
+            count++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    out = PyList_New(count);
+    for (Py_ssize_t k = 0; out != NULL && k < count; k++) {
+        PyObject *span = Py_BuildValue("(nn)", marks[2 * k], marks[2 * k + 1]);
+        if (span == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, span);
+    }
+done:
+    PyMem_RawFree(marks);
+    PyBuffer_Release(&buf);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"nonzero_spans", nonzero_spans, METH_VARARGS,
+     "nonzero_spans(buf, block) -> [(start, end)]: ranges with a non-zero byte"},
     {"iv_blocks", iv_blocks, METH_VARARGS,
      "iv_blocks(start, step, count, wrap32) -> bytes: the plain64/plain IV of each sector"},
     {"xor_tweaks", xor_tweaks, METH_VARARGS,

@@ -1,6 +1,10 @@
 """Sector ciphers as dm-crypt applies them: AES in XTS or CBC mode with plain/plain64/ESSIV IVs.
 
-XTS is vectorised: one AES-ECB call encrypts every sector's IV into its tweak, the GF(2^128)
+XTS runs, by preference, in OpenSSL's own EVP AES-XTS (the optional C module ``_evpxts``, linked
+against the system libcrypto): one context a call, the IV set again for every sector, the loop
+over sectors in C without the GIL. Without that module (no libcrypto headers at build time), or
+for a key whose two halves are equal (which OpenSSL refuses to encrypt with, as FIPS asks), XTS
+is vectorised: one AES-ECB call encrypts every sector's IV into its tweak, the GF(2^128)
 multiply-by-alpha sequence is computed for all blocks of all sectors (by the small C walker
 ``_xtsmul`` when it is built, else by numpy in ``_sector_numpy``), and AES-ECB processes the
 data XORed with those tweaks. That is byte-identical to `cryptography`'s XTS run sector by
@@ -28,7 +32,17 @@ try:  # the optional C tweak walker; sectors.py computes identical bytes without
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _xtsmul = None  # type: ignore[assignment]
 
+try:  # the optional OpenSSL EVP AES-XTS loop; the paths below give identical bytes without it
+    from imgcrypt.luks import _evpxts
+except ImportError:  # pragma: no cover - exercised where libcrypto's headers were missing
+    _evpxts = None  # type: ignore[assignment]
+
 ACCELERATED = _xtsmul is not None
+OPENSSL_XTS = _evpxts is not None
+# How XTS can run here, fastest first: OpenSSL's EVP XTS, AES-ECB plus the C tweak walker,
+# AES-ECB plus numpy. Tests name one to compare them; callers leave the choice to SectorCipher.
+XTS_BACKENDS = tuple(name for name, present in (("openssl", OPENSSL_XTS), ("walker", ACCELERATED),
+                                                ("numpy", True)) if present)
 
 if TYPE_CHECKING:
     from imgcrypt.luks._sector_numpy import NumpyKernel
@@ -104,7 +118,8 @@ class SectorCipher:
     """
 
     def __init__(self, spec: CipherSpec, key: bytes, sector_size: int = 512, *,
-                 batch_bytes: int = SUB_BATCH_BYTES, accelerated: bool = True) -> None:
+                 batch_bytes: int = SUB_BATCH_BYTES, accelerated: bool = True,
+                 xts_backend: str | None = None) -> None:
         spec.check_key_size(len(key))
         if sector_size not in (512, 1024, 2048, 4096):
             raise UnsupportedError(f"unsupported sector size {sector_size}")
@@ -116,7 +131,16 @@ class SectorCipher:
         self._iv_step = sector_size // 512
         self._sub_sectors = max(1, batch_bytes // sector_size)
         self._local = threading.local()
-        self._accelerated = accelerated and _xtsmul is not None and spec.chaining == "xts"
+        backend = _choose_xts_backend(spec, key, accelerated, xts_backend)
+        self.xts_backend = backend
+        self._evp_key = key if backend == "openssl" else None
+        # CBC decryption in OpenSSL's EVP loop (no numpy); CBC encryption chains block by block
+        # and stays on the numpy path.
+        self._evp_cbc: tuple[bytes, bytes] | None = None
+        if spec.chaining == "cbc" and accelerated and OPENSSL_XTS:
+            essiv = hashlib.sha256(key).digest() if spec.iv_scheme == "essiv:sha256" else b""
+            self._evp_cbc = (key, essiv)
+        self._accelerated = backend == "walker"
         if self._accelerated and batch_bytes == SUB_BATCH_BYTES:
             self._sub_sectors = max(1, ACCELERATED_BATCH_BYTES // sector_size)
         if spec.chaining == "xts":
@@ -163,7 +187,16 @@ class SectorCipher:
         count = len(source) // self.sector_size
         if count == 0:
             return
-        if self._accelerated:
+        if self._evp_cbc is not None and not encrypt:
+            assert _evpxts is not None
+            key, essiv_key = self._evp_cbc
+            _evpxts.cbc_decrypt(key, essiv_key, source, target, self.sector_size, iv_start,
+                                self.spec.iv_scheme == "plain")
+        elif self._evp_key is not None:
+            assert _evpxts is not None
+            _evpxts.xts(self._evp_key, source, target, self.sector_size, iv_start,
+                        self.spec.iv_scheme == "plain", encrypt)
+        elif self._accelerated:
             self._xts_accelerated(source, iv_start, count, target, encrypt=encrypt)
         else:
             self._numpy().run(source, iv_start, target, count, encrypt=encrypt)
@@ -204,6 +237,26 @@ class SectorCipher:
             buffers = (memoryview(bytearray(size)), memoryview(bytearray(size + 16)))
             self._local.buffers = buffers
         return buffers
+
+
+def _choose_xts_backend(spec: CipherSpec, key: bytes, accelerated: bool,
+                        wanted: str | None) -> str | None:
+    """The XTS implementation for this key (None for CBC): ``wanted`` if given, else the
+    fastest one built; OpenSSL only for keys whose halves differ, so that a key OpenSSL refuses
+    to encrypt with behaves the same in every build (the ECB-based paths accept it)."""
+    if spec.chaining != "xts":
+        return None
+    if wanted is not None:
+        if wanted not in XTS_BACKENDS:
+            raise UsageError(f"XTS backend {wanted!r} is not available here")
+        if wanted == "openssl" and key[: len(key) // 2] == key[len(key) // 2 :]:
+            raise UsageError("OpenSSL's XTS refuses keys whose two halves are equal")
+        return wanted
+    if not accelerated:
+        return "numpy"
+    if OPENSSL_XTS and key[: len(key) // 2] != key[len(key) // 2 :]:
+        return "openssl"
+    return "walker" if ACCELERATED else "numpy"
 
 
 def _writable_bytes(out: Buffer, size: int) -> memoryview:

@@ -6,17 +6,16 @@ to the format modules. Memory stays bounded by the chunk size times the chunks i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import io
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from imgcrypt.errors import (
-    FormatError,
     LimitExceededError,
     TruncatedError,
     UsageError,
@@ -30,13 +29,26 @@ from imgcrypt.luks.container import (
     parse_header,
     whole_sectors,
 )
+from imgcrypt.luks.engine import CHUNK_SIZE as CHUNK_SIZE
+from imgcrypt.luks.engine import (
+    FileSource,
+    FileTarget,
+    Source,
+    StreamSource,
+    StreamTarget,
+    Target,
+    Transform,
+    iter_transfer,
+    plan_decrypt,
+    plan_encrypt,
+    regular_fd,
+    transfer,
+)
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.options import FormatOptions, new_region
-from imgcrypt.luks.pipeline import ordered_map, transform_file_range
 from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError
 from imgcrypt.luks.sectors import SectorCipher
 
-CHUNK_SIZE = 4 << 20
 # Headers with keyslot areas beyond this are refused before being read into memory: the
 # largest LUKS2 layout cryptsetup allows, two 4 MiB metadata copies and 128 MiB of keyslots.
 MAX_REGION_SIZE = (2 * 4 << 20) + (128 << 20)
@@ -94,7 +106,7 @@ def read_header(source: BinaryIO, limits: KdfLimits = DEFAULT_LIMITS) -> tuple[L
 
 def _size_of(source: BinaryIO) -> int | None:
     """The size of a regular file behind ``source``; None for pipes and other streams."""
-    fd = _regular_fd(source)
+    fd = regular_fd(source)
     return None if fd is None else os.fstat(fd).st_size
 
 
@@ -107,90 +119,34 @@ def unlock_stream(source: BinaryIO, passphrase: bytes,
     return Unlocked(header, region, slot, master_key)
 
 
-def _regular_fd(stream: BinaryIO) -> int | None:
-    """The descriptor of ``stream`` if positional I/O works on it (a regular file not opened
-    for appending, where pwrite would ignore the offset), else None."""
-    try:
-        fd = stream.fileno()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return None if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else fd
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return None
-
-
-class _BufferPool:
-    """Chunk buffers recycled from the writer back to the reader, both in the consumer's thread.
-
-    ordered_map bounds the chunks in flight, so the pool never holds more than that plus two;
-    reusing them saves allocating, page-faulting and freeing three chunk-sized buffers a chunk.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free: list[bytearray] = []
-
-    def take(self) -> bytearray:
-        return self._free.pop() if self._free else bytearray(self.size)
-
-    def give(self, buffer: bytearray) -> None:
-        self._free.append(buffer)
-
-
-def _read_into(source: BinaryIO, view: memoryview) -> int:
-    """Fill ``view`` from ``source``, looping over short reads; less only at end of input."""
-    done = 0
-    readinto = getattr(source, "readinto", None)
-    while done < len(view):
-        if readinto is not None:
-            got = readinto(view[done:])
-        else:
-            data = source.read(len(view) - done)
-            got = len(data)
-            view[done : done + got] = data
+def _skip_to_payload(opened: Unlocked, source: BinaryIO) -> bytes:
+    """Read ``source`` (just after ``opened.region``) up to the payload; return the payload
+    bytes the region read already holds."""
+    header = opened.header
+    skip = header.payload_offset - len(opened.region)
+    while skip > 0:
+        got = read_full(source, min(skip, CHUNK_SIZE))
         if not got:
-            break
-        done += got
-    return done
+            raise TruncatedError("image ends before its payload starts")
+        skip -= len(got)
+    return opened.region[header.payload_offset :]
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    offset: int
-    data: memoryview  # sector-padded, inside ``buffer``
-    true_length: int
-    buffer: bytearray
+def _xts_transform(cipher: SectorCipher, iv_base: int, *, encrypt: bool) -> Transform:
+    run = cipher.encrypt_into if encrypt else cipher.decrypt_into
+
+    def transform(view: memoryview, at: int) -> None:
+        run(view, iv_base + at // 512, view)
+
+    return transform
 
 
-def _chunks(source: BinaryIO, sector_size: int, limit: int | None, pool: _BufferPool,
-            first: bytes = b"") -> Iterator[_Chunk]:
-    """Sector-padded pieces of ``source`` in pooled buffers, to be given back after use."""
-    offset = 0
-    pending = memoryview(first)
-    while limit is None or offset < limit:
-        want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - offset)
-        buffer = pool.take()
-        view = memoryview(buffer)
-        got = min(len(pending), want)
-        view[:got] = pending[:got]
-        pending = pending[got:]
-        got += _read_into(source, view[got:want])
-        if not got:
-            pool.give(buffer)
-            return
-        padded = -(-got // sector_size) * sector_size
-        view[got:padded] = bytes(padded - got)
-        yield _Chunk(offset, view[:padded], got, buffer)
-        offset += padded
-        if got < want:
-            return
-
-
-def encrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes,
+def encrypt_stream(source: BinaryIO | Source, target: BinaryIO, passphrase: bytes,
                    options: FormatOptions = DEFAULT_OPTIONS, *, master_key: bytes | None = None,
                    progress: Progress | None = None) -> EncryptResult:
     """Write a new container to ``target`` holding everything ``source`` yields.
 
+    ``source`` is a file object or an engine source (e.g. :func:`imgcrypt.qemu.guest_source`).
     The input length need not be known in advance nor a multiple of the sector size: the last
     sector is zero-padded and the true length returned.
     """
@@ -203,42 +159,32 @@ def encrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes,
     if header.payload_offset > written:
         target.write(bytes(header.payload_offset - written))
     cipher = SectorCipher(header.cipher, master_key, header.sector_size)
-    iv_base = header.iv_tweak
-    total = 0
-    padded = 0
-    src_fd, dst_fd = _regular_fd(source), _regular_fd(target)
-    if src_fd is not None and dst_fd is not None:
-        # File to file: workers pread, encrypt in place and pwrite; nothing passes through here.
-        target.flush()
-        base, start = target.tell(), source.tell()
-        length = max(0, os.fstat(src_fd).st_size - start)
-        for done in transform_file_range(
-            lambda view, at: cipher.encrypt_into(view, iv_base + at // 512, view),
-            src_fd=src_fd, src_offset=start, length=length, dst_fd=dst_fd, dst_offset=base,
-            block=header.sector_size, chunk_size=CHUNK_SIZE,
-        ):
-            total += done
-            if progress:
-                progress(done)
-        padded = -(-length // header.sector_size) * header.sector_size
-        source.seek(start + length)
-        target.seek(base + padded)
-        return EncryptResult(header, total, padded, header.payload_offset + padded)
+    return encrypt_payload(header, cipher, source, target, progress=progress)
 
-    pool = _BufferPool(CHUNK_SIZE)
 
-    def work(chunk: _Chunk) -> _Chunk:
-        cipher.encrypt_into(chunk.data, iv_base + chunk.offset // 512, chunk.data)
-        return chunk
+def encrypt_payload(header: LuksHeader, cipher: SectorCipher, source: BinaryIO | Source,
+                    target: BinaryIO, *, progress: Progress | None = None) -> EncryptResult:
+    """Encrypt ``source`` into ``target``, which is positioned at the payload of ``header``.
 
-    for chunk in ordered_map(work, _chunks(source, header.sector_size, None, pool)):
-        target.write(chunk.data)
-        total += chunk.true_length
-        padded += len(chunk.data)
-        pool.give(chunk.buffer)
-        if progress:
-            progress(chunk.true_length)
-    return EncryptResult(header, total, padded, header.payload_offset + padded)
+    ``source`` is a file object (a regular file is read from its position to its end, skipping
+    its holes) or an engine :class:`~imgcrypt.luks.engine.Source` such as a qemu image export.
+    """
+    transform = _xts_transform(cipher, header.iv_tweak, encrypt=True)
+    if hasattr(source, "sequential"):
+        feed = cast(Source, source)  # an engine source already (a file, a qemu export...)
+        length = getattr(source, "length", None)
+        end: int | None = None
+    else:
+        feed, length, end = _input(source)
+    with _output(target) as (sink, base):
+        result = transfer(plan_encrypt(header, length), feed, sink, transform,
+                          progress=progress)
+    if end is not None:
+        source.seek(end)  # type: ignore[union-attr]
+    if base is not None:
+        target.seek(base + result.written)
+    return EncryptResult(header, result.read, result.written,
+                         header.payload_offset + result.written)
 
 
 def decrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes, *,
@@ -254,66 +200,58 @@ def decrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: bytes, *,
 
 
 def decrypt_payload(opened: Unlocked, source: BinaryIO, target: BinaryIO, *,
-                    size: int | None = None, progress: Progress | None = None) -> int:
-    """Write the payload of an unlocked container, read on from ``source``, to ``target``."""
-    src_fd, dst_fd = _regular_fd(source), _regular_fd(target)
-    if src_fd is not None and dst_fd is not None:
-        return _decrypt_file_to_file(opened, source, target, src_fd, dst_fd, size, progress)
-    written = 0
-    pool = _BufferPool(CHUNK_SIZE)
-    for plain, buffer in _payload_views(opened, source, size, pool):
-        target.write(plain)
-        written += len(plain)
-        pool.give(buffer)
-        if progress:
-            progress(len(plain))
-    return written
+                    size: int | None = None, progress: Progress | None = None,
+                    sparse: bool = True) -> int:
+    """Write the payload of an unlocked container, read on from ``source``, to ``target``.
 
-
-def _payload_limit(opened: Unlocked, size: int | None) -> int | None:
-    limit = opened.header.payload_size
-    if size is not None:
-        if size < 0 or (limit is not None and size > limit):
-            raise FormatError(f"decrypted size {size} does not fit the payload")
-        limit = size if limit is None else min(limit, size)
-    return limit
-
-
-def _decrypt_file_to_file(opened: Unlocked, source: BinaryIO, target: BinaryIO, src_fd: int,
-                          dst_fd: int, size: int | None, progress: Progress | None) -> int:
-    """decrypt_payload between regular files: workers pread, decrypt in place and pwrite."""
+    A fresh regular-file target gets holes where whole 4 KiB blocks of plaintext are zero
+    (``sparse=False`` writes them).
+    """
     header = opened.header
-    sector = header.sector_size
-    available = os.fstat(src_fd).st_size - header.payload_offset
-    if available < 0:
-        raise TruncatedError("image ends before its payload starts")
-    limit = _payload_limit(opened, size)
-    if limit is None:
-        available = whole_sectors(available)
-    length = available if limit is None else min(available, -(-limit // sector) * sector)
-    if length % sector and (size is None or length < size):
-        raise TruncatedError("encrypted payload ends inside a sector")
-    out_length = length if limit is None else min(limit, length)
-    if limit is not None and out_length < limit:
-        raise TruncatedError(f"image holds {out_length} payload bytes, {limit} expected")
     cipher = opened.cipher()
-    iv_base = header.iv_tweak
+    transform = _xts_transform(cipher, header.iv_tweak, encrypt=False)
+    src_fd = regular_fd(source)
+    if src_fd is not None:
+        position = source.tell()
+        available = os.fstat(src_fd).st_size - header.payload_offset
+        plan = plan_decrypt(header, size=size, available=available)
+        assert plan.read_limit is not None
+        feed: Source = FileSource(src_fd, header.payload_offset, plan.read_limit)
+    else:
+        plan = plan_decrypt(header, size=size, available=None)
+        feed = StreamSource(source, _skip_to_payload(opened, source))
+    with _output(target, sparse=sparse) as (sink, base):
+        result = transfer(plan, feed, sink, transform, progress=progress)
+    if src_fd is not None:
+        assert plan.read_limit is not None
+        source.seek(max(position, header.payload_offset + plan.read_limit))
+    if base is not None:
+        target.seek(base + result.written)
+    return result.written
+
+
+@contextlib.contextmanager
+def _output(target: BinaryIO, *, sparse: bool = False
+            ) -> Iterator[tuple[Target, int | None]]:
+    """The engine target for ``target`` and, for a regular file, the offset it starts at."""
+    dst_fd = regular_fd(target)
+    if dst_fd is None:
+        yield StreamTarget(target), None
+        return
     target.flush()
     base = target.tell()
-    read = written = 0
-    for done in transform_file_range(
-        lambda view, at: cipher.decrypt_into(view, iv_base + at // 512, view),
-        src_fd=src_fd, src_offset=header.payload_offset, length=length, dst_fd=dst_fd,
-        dst_offset=base, write_length=out_length, block=sector, chunk_size=CHUNK_SIZE,
-    ):
-        read += done
-        now = min(read, out_length)
-        if progress and now > written:
-            progress(now - written)
-        written = now
-    source.seek(header.payload_offset + length)
-    target.seek(base + out_length)
-    return out_length
+    yield FileTarget(dst_fd, base, sparse=sparse), base
+
+
+def _input(source: BinaryIO) -> tuple[Source, int | None, int | None]:
+    """The engine source for a file object, its length if known, and for a regular file the
+    position to leave it at (its end)."""
+    src_fd = regular_fd(source)
+    if src_fd is None:
+        return StreamSource(source), None, None
+    start = source.tell()
+    length = max(0, os.fstat(src_fd).st_size - start)
+    return FileSource(src_fd, start, length), length, start + length
 
 
 def iter_payload(opened: Unlocked, source: BinaryIO, *, size: int | None = None) -> Iterator[bytes]:
@@ -321,60 +259,12 @@ def iter_payload(opened: Unlocked, source: BinaryIO, *, size: int | None = None)
 
     ``source`` is positioned just after ``opened.region``; it is read forward only.
     """
-    pool = _BufferPool(CHUNK_SIZE)
-    for plain, buffer in _payload_views(opened, source, size, pool):
-        yield bytes(plain)
-        pool.give(buffer)
-
-
-def _payload_views(opened: Unlocked, source: BinaryIO, size: int | None,
-                   pool: _BufferPool) -> Iterator[tuple[memoryview, bytearray]]:
-    """(plaintext view, its pooled buffer) pairs; the consumer gives each buffer back."""
     header = opened.header
-    already = opened.region[header.payload_offset :]
-    skip = header.payload_offset - len(opened.region)
-    while skip > 0:
-        got = read_full(source, min(skip, CHUNK_SIZE))
-        if not got:
-            raise TruncatedError("image ends before its payload starts")
-        skip -= len(got)
-    limit = _payload_limit(opened, size)
+    plan = plan_decrypt(header, size=size, available=None)
     cipher = opened.cipher()
-    iv_base = header.iv_tweak
-    sector = header.sector_size
+    feed = StreamSource(source, _skip_to_payload(opened, source))
+    yield from iter_transfer(plan, feed, _xts_transform(cipher, header.iv_tweak, encrypt=False))
 
-    def work(chunk: _Chunk) -> _Chunk:
-        if chunk.true_length % sector and (size is None or chunk.offset + chunk.true_length < size):
-            raise TruncatedError("encrypted payload ends inside a sector")
-        cipher.decrypt_into(chunk.data, iv_base + chunk.offset // 512, chunk.data)
-        return chunk
-
-    padded_limit = None if limit is None else -(-limit // sector) * sector
-    produced = 0
-    chunks = _chunks(source, sector, padded_limit, pool, already)
-    if limit is None:
-        chunks = _whole_chunks(chunks, sector)
-    for chunk in ordered_map(work, chunks):
-        plain = chunk.data[: chunk.true_length]
-        if limit is not None:
-            plain = plain[: max(0, limit - produced)]
-        produced += len(plain)
-        if plain:
-            yield plain, chunk.buffer
-        else:
-            pool.give(chunk.buffer)
-    if limit is not None and produced < limit:
-        raise TruncatedError(f"image holds {produced} payload bytes, {limit} expected")
-
-
-def _whole_chunks(chunks: Iterator[_Chunk], sector: int) -> Iterator[_Chunk]:
-    """The chunks with a trailing partial 512-byte sector of the image left out."""
-    for chunk in chunks:
-        kept = whole_sectors(chunk.true_length)
-        if kept != chunk.true_length:
-            padded = -(-kept // sector) * sector
-            chunk = _Chunk(chunk.offset, chunk.data[:padded], kept, chunk.buffer)
-        yield chunk
 
 
 class PayloadReader(io.RawIOBase):

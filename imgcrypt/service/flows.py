@@ -26,6 +26,7 @@ from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import (
     CHUNK_SIZE,
+    decrypt_payload,
     encrypt_stream,
     iter_payload,
     kdf_for,
@@ -180,10 +181,8 @@ def create_volume_from_image(
                 reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
                 assert image_pass is not None
                 opened = unlock_stream(reader, image_pass, limits)
-                written = 0
-                for plain in iter_payload(opened, reader, size=claim.decrypt_size):
-                    out.write(plain)
-                    written += len(plain)
+                # Through the transfer engine: a file target gets holes for zero blocks.
+                written = decrypt_payload(opened, reader, out, size=claim.decrypt_size)
                 _drain(reader)
             elif spec is not None and (claim is None or master_key == "new"):
                 mode = "encrypt" if claim is None else "reencrypt"
