@@ -161,11 +161,17 @@ def encrypt_and_sign(person: Person, plain: Path, image: Path, cert_id: str, *,
 
 
 def describe_and_sign(person: Person, image: Path, key: str, cert_id: str, *,
-                      sign: bool = True, disk_format: str = "raw") -> list[str]:
-    """The properties naming ``key``, and Glance-mode and imgcrypt-mode signatures over them."""
+                      sign: bool = True, disk_format: str = "raw",
+                      claimed_key: str | None = None) -> list[str]:
+    """The properties naming ``key`` (or ``claimed_key`` in its place), and Glance-mode and
+    imgcrypt-mode signatures over them."""
     enc = image.with_suffix(".enc.json")
     enc.write_text(person.run("properties", str(image), "--key-id", key, "--key-manager",
                               "barbican", "--json").stdout)
+    if claimed_key is not None:
+        # `imgcrypt properties` refuses a key that does not open the image; a hostile uploader
+        # writes the property document by hand.
+        enc.write_text(enc.read_text().replace(key, claimed_key))
     files = [str(enc)]
     if sign:
         described = json.loads(enc.read_text())
@@ -279,11 +285,11 @@ def test_a_key_that_does_not_open_the_header_is_refused(person: Person, keystone
     make_plain(plain)
     cert_id = make_signer(person.workdir, person, openssl)
     image = person.workdir / "disk.luks"
-    encrypt_and_sign(person, plain, image, cert_id)
+    key_id, _ = encrypt_and_sign(person, plain, image, cert_id)
     other = person.json("keys", "create", "--key-manager", "barbican")
     other_id = str(other.get("key_id") or other.get("secret_id") or other["id"])
     # Properties and both signatures name the other key: all consistent, but the key.
-    files = describe_and_sign(person, image, other_id, cert_id)
+    files = describe_and_sign(person, image, key_id, cert_id, claimed_key=other_id)
     message = refused(person, image, files, glance_verify)
     assert f"key {other_id} does not open the image's LUKS header" in message
 

@@ -326,14 +326,23 @@ def decrypt_refused_fast(image: Path, keyfile: Path, tmp_path: Path) -> str:
 def test_luks2_digest_of_512_bytes_with_sha3(tmp_path: Path, cryptsetup: str) -> None:
     image, keyfile = cryptsetup_luks2(cryptsetup, tmp_path)  # keyslots: pbkdf2-sha256, 1000
 
-    def hostile(obj: dict[str, Any]) -> None:
-        # Just under the old count caps: 2 x (1000 + 99,000,000) iterations in all; the digest
-        # is checked after each keyslot, with the right passphrase too.
-        digest = obj["digests"]["0"]
-        digest.update(hash="sha3-256", iterations=99_000_000,
-                      digest=base64.b64encode(os.urandom(512)).decode())
+    def hostile(size: int) -> Callable[[dict[str, Any]], None]:
+        def edit(obj: dict[str, Any]) -> None:
+            # Just under the old count caps: 2 x (1000 + 99,000,000) iterations in all; the
+            # digest is checked after each keyslot, with the right passphrase too.
+            digest = obj["digests"]["0"]
+            digest.update(hash="sha3-256", iterations=99_000_000,
+                          digest=base64.b64encode(os.urandom(size)).decode())
+        return edit
 
-    rewrite_luks2_json(image, hostile)
+    # 512 bytes of digest (16 SHA3 blocks an iteration) breaks cryptsetup's digest-length rule.
+    original = image.read_bytes()
+    rewrite_luks2_json(image, hostile(512))
+    assert "digest 0 is 512 bytes" in decrypt_refused_fast(image, keyfile, tmp_path)
+    # At the hash's own length it is a valid header, and SHA3's cost per iteration (about 6
+    # SHA-256 iterations) puts 99 million of them over the budget.
+    image.write_bytes(original)
+    rewrite_luks2_json(image, hostile(32))
     assert "budget" in decrypt_refused_fast(image, keyfile, tmp_path)
 
 

@@ -281,7 +281,7 @@ def test_unencrypted_image_into_encrypted_type_is_encrypted(keystore: LocalKeySt
 
 
 def test_eight_concurrent_uploads(keystore: LocalKeyStore) -> None:
-    good_image, good_props = prepare_image(keystore, os.urandom(3_000_000))
+    good_image, good_props = prepare_image(keystore, os.urandom(8_000_000))
     flipped = bytearray(good_image)
     flipped[3_000_000] ^= 0x80
     bad = bytes(flipped)
@@ -305,9 +305,10 @@ def test_eight_concurrent_uploads(keystore: LocalKeyStore) -> None:
     tracemalloc.stop()
     assert results == {i: "ok" if i % 2 == 0 else "rejected" for i in range(8)}
     # Each hook keeps only the LUKS1 header and the keyslot material its key must open
-    # (about 260 KB for a 512-bit key), a few transient copies of it while it unlocks, and the
-    # chunk in hand; 8 images of 5 MiB (40 MiB in all) pass through in 64 KiB chunks.
-    assert peak < 12 * 1024 * 1024, peak
+    # (about 260 KB for a 512-bit key); while it unlocks, the header region cryptsetup's rules
+    # describe (every keyslot area, about 2 MiB) exists once or twice; and the chunk in hand.
+    # 8 images of 10 MiB (80 MiB in all) pass through in 64 KiB chunks.
+    assert peak < 32 * 1024 * 1024, peak
 
 
 @pytest.mark.barbican

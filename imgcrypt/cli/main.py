@@ -143,7 +143,16 @@ def _report(message: str) -> None:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # Interrupted, cleaned up and reported: leave now with the documented code. Left to
+        # the interpreter's own exit, the process sometimes ended by SIGINT instead (seen on a
+        # real terminal after a Ctrl-C during a transfer; cause inside CPython not pinned down).
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

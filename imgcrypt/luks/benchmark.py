@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError
+from imgcrypt.luks.cost import ARGON2_KIB_PASS_COST
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, derive
 
 MIN_TIME = 4
@@ -35,6 +36,8 @@ MAX_PARALLEL = 4
 # imgcrypt's own caps for reading headers (kdf.KdfLimits): a keyslot made here must open here.
 MAX_TIME = DEFAULT_LIMITS.max_argon2_time
 MAX_WORK_KIB = DEFAULT_LIMITS.max_argon2_work  # memory x passes
+# ... and within half the cost budget of one unlock (luks/cost.py): what the upload hook allows.
+MAX_KEYSLOT_COST = DEFAULT_LIMITS.max_unlock_cost // 2
 PROBE_MS = 250
 PROBE_FAST_MS = 10
 ACCEPT_LOW = 0.95
@@ -94,7 +97,8 @@ def physical_memory_cap_kib() -> int:
 
 def max_time_for(memory_kib: int) -> int:
     """Most passes with ``memory_kib`` that imgcrypt's own reading caps still accept."""
-    return max(MIN_TIME, min(MAX_TIME, MAX_WORK_KIB // memory_kib))
+    by_cost = int(MAX_KEYSLOT_COST // (memory_kib * ARGON2_KIB_PASS_COST))
+    return max(MIN_TIME, min(MAX_TIME, MAX_WORK_KIB // memory_kib, by_cost))
 
 
 def _next_cost(t: int, m: int, ms: float, target_ms: int, min_m: int,
