@@ -477,7 +477,7 @@ def test_private_key_size_above_cap() -> None:
 
 
 def test_passphrase_file_above_cap(tmp_path: Path) -> None:
-    from imgcrypt.cli.common import MAX_PASSPHRASE_FILE, read_passphrase_file
+    from imgcrypt.cli.inputs import MAX_PASSPHRASE_FILE, read_passphrase_file
 
     big = tmp_path / "big"
     with open(big, "wb") as f:
@@ -487,7 +487,7 @@ def test_passphrase_file_above_cap(tmp_path: Path) -> None:
 
 
 def test_keystore_file_above_cap(tmp_path: Path) -> None:
-    local = pytest.importorskip("imgcrypt.keys.local")
+    from imgcrypt.keys import local
     store = local.LocalKeyStore(tmp_path / "ks")
     from imgcrypt.keys.secret import Secret
 
@@ -520,7 +520,7 @@ def test_pbkdf2_cost_at_cap_is_known() -> None:
 
 
 def test_qemu_info_size_and_values_above_caps() -> None:
-    qemu = pytest.importorskip("imgcrypt.qemu")
+    from imgcrypt import qemu
     with refused_fast(FormatError, "larger than"):
         qemu.parse_image_info(b" " * (qemu.MAX_INFO_JSON + 1))
     with refused_fast(FormatError, "out of range"):
@@ -530,7 +530,7 @@ def test_qemu_info_size_and_values_above_caps() -> None:
 
 
 def test_decrypt_size_claim_above_cap() -> None:
-    claims = pytest.importorskip("imgcrypt.service.claims")
+    from imgcrypt.service import claims
     from imgcrypt.service.errors import EncryptionClaimError
 
     props = {"os_encrypt_key_id": seeds.KEY_ID, "os_decrypt_size": str(claims.MAX_DECRYPT_SIZE + 1)}

@@ -71,7 +71,6 @@ def test_certificate_swapped_in_the_key_manager(tmp_path: Path) -> None:
     at their own certificate in the key manager. Without a trust anchor that verifies (as with
     cursive); with one, it is refused. The honest certificate swapped for another under the
     honest properties fails the signature."""
-    pytest.importorskip("imgcrypt.keys.local")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 

@@ -42,15 +42,4 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         raise FormatError(f"unsupported private key: {type(exc).__name__}") from None
 
 
-def is_encrypted(data: bytes) -> bool:
-    """Whether loading ``data`` needs a passphrase (so a prompt is worth showing)."""
-    try:
-        load_private_key(data, None)
-    except PassphraseRequiredError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-__all__ = ["PassphraseRequiredError", "is_encrypted", "load_private_key"]
+__all__ = ["PassphraseRequiredError", "load_private_key"]
