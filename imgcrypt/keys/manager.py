@@ -74,6 +74,14 @@ class SecretInfo:
             created=created,
         )
 
+    def with_payload(self, payload: object) -> Secret:
+        """The stored secret these metadata describe, with the payload a manager returned."""
+        if not isinstance(payload, bytes | str) or len(payload) == 0:
+            raise KeyManagerError(f"secret {self.secret_id} has no payload")
+        return Secret(payload=payload, secret_type=self.secret_type, algorithm=self.algorithm,
+                      bit_length=self.bit_length, mode=self.mode, secret_id=self.secret_id,
+                      name=self.name)
+
     def as_dict(self) -> dict[str, str | int | None]:
         return {
             "secret_id": self.secret_id,
