@@ -20,11 +20,11 @@ from imgcrypt.errors import (
     ImgcryptError,
     KeyManagerError,
     KeyManagerUnavailableError,
+    SecretInUseError,
     SecretNotFoundError,
     UsageError,
 )
 from imgcrypt.keys import barbican, castellan
-from imgcrypt.keys.manager import SecretInUseError
 
 FAULTS: list[tuple[Callable[[], BaseException], type[ImgcryptError]]] = [
     (lambda: bexc.HTTPClientError("not found", status_code=404), SecretNotFoundError),

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
 from imgcrypt.cli import keyopts
-from imgcrypt.errors import TargetExistsError, UnsupportedError, UsageError
+from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.signing import glance
@@ -73,8 +73,6 @@ def read_passphrase_file(path: str) -> bytes:
     return data
 
 
-class NoTerminalError(UsageError):
-    """A passphrase was needed, none was given, and there is no terminal to ask on."""
 
 
 def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:

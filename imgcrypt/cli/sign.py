@@ -8,7 +8,12 @@ from typing import Any
 
 from imgcrypt.cli import inputs, keyopts
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import UsageError, WrongPassphraseError
+from imgcrypt.errors import (
+    NoTerminalError,
+    PassphraseRequiredError,
+    UsageError,
+    WrongPassphraseError,
+)
 from imgcrypt.fileio import atomic_output
 from imgcrypt.signing import glance, imgcrypt_mode, storage
 from imgcrypt.signing.algorithms import (
@@ -22,7 +27,7 @@ from imgcrypt.signing.certs import (
     certificates_from_key_manager,
     load_certificate_file,
 )
-from imgcrypt.signing.keyfile import PassphraseRequiredError, load_private_key
+from imgcrypt.signing.keyfile import load_private_key
 from imgcrypt.signing.manifest import BOUND_PROPERTIES
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties, parse_properties
 from imgcrypt.signing.stream import Consumer
@@ -77,7 +82,7 @@ def load_signing_key(args: argparse.Namespace) -> PrivateKey:
         pass
     try:
         typed = inputs.prompt_passphrase(f"passphrase for {args.key}: ", confirm=False)
-    except inputs.NoTerminalError:
+    except NoTerminalError:
         raise PassphraseRequiredError(
             "the private key is encrypted; give --key-passphrase-file"
         ) from None

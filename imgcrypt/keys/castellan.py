@@ -20,19 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from imgcrypt.errors import (
+    ConsumersUnsupportedError,
     ImgcryptError,
     KeyManagerError,
     SecretNotFoundError,
     UsageError,
 )
 from imgcrypt.keys.clienterrors import client_error, exception_chain
-from imgcrypt.keys.manager import (
-    Consumer,
-    ConsumersUnsupportedError,
-    KeyOrder,
-    SecretInfo,
-    require_uuid,
-)
+from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, require_uuid
 from imgcrypt.keys.rules import generate_secret
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
 

@@ -17,10 +17,10 @@ from imgcrypt.errors import (
     ImgcryptError,
     KeyManagerError,
     KeyManagerUnavailableError,
+    SecretInUseError,
     SecretNotFoundError,
     UsageError,
 )
-from imgcrypt.keys.manager import SecretInUseError
 
 # Barbican answers these while a proxy or the service itself is down or restarting.
 _UNAVAILABLE_STATUS = (502, 503, 504)

@@ -18,12 +18,8 @@ from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, Secret
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-class SecretInUseError(KeyManagerError):
-    """The key manager refused to delete a secret that still has consumers."""
 
 
-class ConsumersUnsupportedError(KeyManagerError):
-    """The key manager (or its API version) has no consumer registration."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import UsageError, VolumeTypeMismatchError
 from imgcrypt.fileio import ChunkReader, atomic_output
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
@@ -34,7 +34,6 @@ from imgcrypt.luks.stream import (
     unlock_stream,
 )
 from imgcrypt.service.claims import encryption_claim
-from imgcrypt.service.errors import TargetTooSmallError, VolumeTypeMismatchError
 from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict, image_consumer
 from imgcrypt.signing.verify import schemes_present
 
@@ -241,7 +240,7 @@ def _check_room(target: str, required: int) -> None:
     directory = os.path.dirname(os.path.abspath(target))
     free = os.statvfs(directory)
     if free.f_bavail * free.f_frsize < required:
-        raise TargetTooSmallError(f"{directory} has less than {required} bytes free")
+        raise UsageError(f"{directory} has less than {required} bytes free")
 
 
 @dataclass

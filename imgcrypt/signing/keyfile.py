@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
 
-from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
+from imgcrypt.errors import FormatError, PassphraseRequiredError, WrongPassphraseError
 from imgcrypt.signing.algorithms import PrivateKey
 
 MAX_KEY_BYTES = 1 << 20
 
 
-class PassphraseRequiredError(UsageError):
-    """The private key is encrypted and no passphrase was given."""
 
 
 def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey:
@@ -42,4 +40,4 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         raise FormatError(f"unsupported private key: {type(exc).__name__}") from None
 
 
-__all__ = ["PassphraseRequiredError", "load_private_key"]
+__all__ = [ "load_private_key"]
