@@ -18,7 +18,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import DeviceBusyError, UsageError
 
 SECTOR = 512
 # The furthest signature probed is btrfs at 64 KiB; swap's at most at 64 KiB - 10.
@@ -32,13 +32,6 @@ EXT_HAS_JOURNAL = 0x0004
 EXT_JOURNAL_DEV = 0x0008
 
 
-class DeviceBusyError(UsageError):
-    """The target device is in use; ``reasons`` says by what."""
-
-    def __init__(self, path: str, reasons: tuple[str, ...]) -> None:
-        super().__init__(f"{path} is in use, refusing to overwrite it: {'; '.join(reasons)}")
-        self.path = path
-        self.reasons = reasons
 
 
 @dataclass(frozen=True)
@@ -400,7 +393,6 @@ def check_target_device(path: str | os.PathLike[str], *, required_size: int,
 
 __all__ = [
     "PROBE_SIZE",
-    "DeviceBusyError",
     "DeviceInfo",
     "MountEntry",
     "check_target_device",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from imgcrypt.errors import ImgcryptError, UsageError, VerificationError
+from imgcrypt.errors import ToolError, UsageError, VerificationError
 from imgcrypt.keys.manager import KeyManager
 
 # keystoneauth and openstacksdk log discovery failures as warnings; with no handler configured
@@ -27,12 +27,6 @@ CHUNK = 1 << 20
 IMPORT_POLL_SECONDS = 0.5
 
 
-class ImageServiceError(ImgcryptError):
-    """The image service refused a request or could not be reached (exit 1)."""
-
-
-class ImportRefusedError(VerificationError):
-    """The image service's import refused the image (an import plugin's verdict; exit 4)."""
 
 
 def connect(cloud: str | None = None) -> Any:
@@ -68,22 +62,22 @@ def _translate(what: str) -> Iterator[None]:
     try:
         yield
     except (kexc.ConnectionError, kexc.EndpointNotFound, kexc.DiscoveryFailure) as exc:
-        raise ImageServiceError(f"cannot reach the cloud: {exc}") from None
+        raise ToolError(f"cannot reach the cloud: {exc}") from None
     except kexc.Unauthorized as exc:
-        raise ImageServiceError(f"the cloud refused the credentials: {exc}") from None
+        raise ToolError(f"the cloud refused the credentials: {exc}") from None
     except (kexc.MissingRequiredOptions, kexc.NoMatchingPlugin) as exc:
         raise UsageError(f"incomplete OpenStack credentials (--os-cloud, OS_CLOUD or OS_*): "
                          f"{exc}") from None
     except kexc.HttpError as exc:
         detail = (exc.response.text if exc.response is not None else str(exc)) or str(exc)
-        raise ImageServiceError(f"{what}: HTTP {exc.http_status}: {' '.join(detail.split())[:300]}"
+        raise ToolError(f"{what}: HTTP {exc.http_status}: {' '.join(detail.split())[:300]}"
                                 ) from None
     except oexc.ConfigException:
         raise
     except oexc.SDKException as exc:
-        raise ImageServiceError(f"{what}: {exc}") from None
+        raise ToolError(f"{what}: {exc}") from None
     except kexc.ClientException as exc:
-        raise ImageServiceError(f"{what}: {exc}") from None
+        raise ToolError(f"{what}: {exc}") from None
 
 
 class _Reader:
@@ -153,7 +147,7 @@ class ImageService:
                    json={"method": {"name": "glance-direct"}})
 
     def last_task_message(self, image_id: str) -> str | None:
-        with contextlib.suppress(ImageServiceError):
+        with contextlib.suppress(ToolError):
             tasks = self._call("GET", f"/images/{image_id}/tasks", "listing tasks").json()
             for task in tasks.get("tasks", []):
                 if task.get("status") == "failure" and task.get("message"):
@@ -175,9 +169,9 @@ class ImageService:
                 message = (self.last_task_message(image_id)
                            or image.properties.get("imgcrypt_verdict")
                            or f"the import ended with status {image.status}")
-                raise ImportRefusedError(f"image {image_id}: {message}")
+                raise VerificationError(f"image {image_id}: {message}")
             if time.monotonic() > deadline:
-                raise ImageServiceError(f"image {image_id} is still {image.status} after "
+                raise ToolError(f"image {image_id} is still {image.status} after "
                                         f"{timeout:.0f} s")
             time.sleep(IMPORT_POLL_SECONDS)
 
@@ -198,7 +192,7 @@ _BASE = frozenset({"id", "name", "status", "visibility", "protected", "checksum"
 
 def _image(body: Mapping[str, Any]) -> Image:
     if not isinstance(body, Mapping) or not isinstance(body.get("id"), str):
-        raise ImageServiceError("the image service answered without an image")
+        raise ToolError("the image service answered without an image")
     return Image(str(body["id"]), str(body.get("status")), dict(body))
 
 

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgcrypt import devices
-from imgcrypt.devices import DeviceBusyError, DeviceInfo
-from imgcrypt.errors import UsageError
+from imgcrypt.devices import DeviceInfo
+from imgcrypt.errors import DeviceBusyError, UsageError
 
 from .conftest import require_tool
 

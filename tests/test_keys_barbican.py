@@ -16,16 +16,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from imgcrypt.errors import KeyManagerError, KeyManagerUnavailableError, SecretNotFoundError
+from imgcrypt.errors import (
+    ConsumersUnsupportedError,
+    KeyManagerError,
+    KeyManagerUnavailableError,
+    SecretInUseError,
+    SecretNotFoundError,
+)
 from imgcrypt.keys.barbican import BarbicanKeyManager
 from imgcrypt.keys.castellan import CastellanKeyManager
-from imgcrypt.keys.manager import (
-    Consumer,
-    ConsumersUnsupportedError,
-    KeyManager,
-    KeyOrder,
-    SecretInUseError,
-)
+from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
 from imgcrypt.keys.rules import DeletionOutcome, apply_deletion_policy, passphrase_for
 from imgcrypt.keys.secret import Secret
 from tests.barbican_server import BarbicanServer, free_port

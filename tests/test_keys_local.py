@@ -14,9 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgcrypt.cli.main import main
-from imgcrypt.errors import FormatError, KeyManagerError, SecretNotFoundError, UsageError
-from imgcrypt.keys.local import KeyFileError, LocalKeyStore
-from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder, SecretInUseError
+from imgcrypt.errors import (
+    FormatError,
+    KeyManagerError,
+    SecretInUseError,
+    SecretNotFoundError,
+    UsageError,
+)
+from imgcrypt.keys.local import LocalKeyStore
+from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.keys.secret import SECRET_TYPES, Secret
 
@@ -144,10 +150,10 @@ def test_corrupted_file(store: LocalKeyStore) -> None:
     good = path.read_bytes()
     for damage in (good[: len(good) // 2], b"\xff\xfe", b"", b"[1, 2]", b"{}"):
         path.write_bytes(damage)
-        with pytest.raises(KeyFileError) as info:
+        with pytest.raises(FormatError) as info:
             store.get(key_id)
         assert info.value.exit_code == 3
-        with pytest.raises(KeyFileError):
+        with pytest.raises(FormatError):
             store.list()
     document = json.loads(good)
     for field, value in (("payload", "!!!"), ("secret_type", "weird"), ("bit_length", -1),
@@ -158,7 +164,7 @@ def test_corrupted_file(store: LocalKeyStore) -> None:
         if field == "payload_is_text":
             changed["payload"] = "/w=="  # 0xff is not UTF-8
         path.write_text(json.dumps(changed))
-        with pytest.raises(KeyFileError):
+        with pytest.raises(FormatError):
             store.get(key_id)
 
 
@@ -187,7 +193,7 @@ def test_foreign_files(store: LocalKeyStore, tmp_path: Path) -> None:
     foreign = store.directory / f"{foreign_id}.json"
     foreign.write_text(json.dumps({"format": "other-tool", "key": "abc"}))
     os.chmod(foreign, 0o600)
-    with pytest.raises(KeyFileError, match="not an imgcrypt keystore file"):
+    with pytest.raises(FormatError, match="not an imgcrypt keystore file"):
         store.get(foreign_id)
     foreign.unlink()
     # A symlink (even to a valid secret file) and a directory are refused.
@@ -195,17 +201,17 @@ def test_foreign_files(store: LocalKeyStore, tmp_path: Path) -> None:
     target.write_bytes((store.directory / f"{key_id}.json").read_bytes())
     os.chmod(target, 0o600)
     foreign.symlink_to(target)
-    with pytest.raises(KeyFileError):
+    with pytest.raises(FormatError):
         store.get(foreign_id)
     foreign.unlink()
     foreign.mkdir()
-    with pytest.raises(KeyFileError):
+    with pytest.raises(FormatError):
         store.get(foreign_id)
     foreign.rmdir()
     # An oversized file is not read whole.
     foreign.write_bytes(b" " * (2 << 20))
     os.chmod(foreign, 0o600)
-    with pytest.raises(KeyFileError, match="larger"):
+    with pytest.raises(FormatError, match="larger"):
         store.get(foreign_id)
 
 
@@ -213,12 +219,14 @@ def test_loose_permissions_are_refused(store: LocalKeyStore) -> None:
     key_id = store.create_key(KeyOrder())
     path = store.directory / f"{key_id}.json"
     os.chmod(path, 0o644)
-    with pytest.raises(KeyFileError, match="other users"):
+    with pytest.raises(KeyManagerError, match="other users") as loose_file:
         store.get(key_id)
     os.chmod(path, 0o600)
     os.chmod(store.directory, 0o755)
-    with pytest.raises(KeyManagerError, match="chmod 700"):
+    with pytest.raises(KeyManagerError, match="chmod 700") as loose_directory:
         store.get(key_id)
+    # One fault, one exit code: a keystore that is not private, file or directory.
+    assert loose_file.value.exit_code == loose_directory.value.exit_code == 5
     with pytest.raises(KeyManagerError):
         store.create_key(KeyOrder())
     os.chmod(store.directory, 0o700)

@@ -12,7 +12,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from imgcrypt.keys.rules import UnusableSecretError, passphrase_for
+from imgcrypt.errors import UnusableSecretError
+from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.keys.secret import Secret
 from tests.test_signing_pki import cert_pem, key, make_cert
 

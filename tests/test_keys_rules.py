@@ -8,14 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import FormatError, UsageError
+from imgcrypt.errors import FormatError, SpecMismatchError, UnusableSecretError, UsageError
 from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo
 from imgcrypt.keys.properties import encryption_properties, parse_encrypt_format
 from imgcrypt.keys.rules import (
     DeletionOutcome,
-    SpecMismatchError,
-    UnusableSecretError,
     apply_deletion_policy,
     check_secret,
     generate_secret,

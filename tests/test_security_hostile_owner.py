@@ -25,9 +25,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fuzz.targets import _luks2_with_checksums
 from imgcrypt import fileio
-from imgcrypt.errors import KeyManagerError, LimitExceededError
+from imgcrypt.errors import (
+    CertificateExpiredError,
+    EncryptionClaimError,
+    KeyBindingError,
+    KeyManagerError,
+    KeyUsageError,
+    LimitExceededError,
+    UntrustedChainError,
+)
 from imgcrypt.keys.barbican import BarbicanKeyManager
-from imgcrypt.keys.local import KeyFileError, LocalKeyStore
+from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
@@ -35,12 +43,10 @@ from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
 from imgcrypt.luks.cost import check_unlock_cost, kdf_cost, pbkdf2_cost
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2
 from imgcrypt.luks.stream import decrypt_stream
-from imgcrypt.service.errors import EncryptionClaimError, KeyBindingError
 from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
 from imgcrypt.service.upload import UPLOAD_UNLOCK_LIMITS, UploadInspector, inspect_upload
 from imgcrypt.signing import GlanceSigner, ImgcryptSigner
 from imgcrypt.signing.certs import CertificatePolicy, check_certificate
-from imgcrypt.signing.errors import CertificateExpiredError, KeyUsageError, UntrustedChainError
 
 from .barbican_server import BarbicanServer
 from .util import IMGCRYPT, dump_volume_key, secret_file
@@ -533,7 +539,7 @@ def test_keystore_files_of_another_user_refused_for_root_too(tmp_path: Path) -> 
     key_id = store.store(Secret(payload=os.urandom(32), secret_type="symmetric"))
     path = tmp_path / "keys" / f"{key_id}.json"
     os.chown(path, 4321, 4321)
-    with pytest.raises(KeyFileError, match="owned by uid 4321"):
+    with pytest.raises(KeyManagerError, match="owned by uid 4321"):
         store.get(key_id)
     os.chown(path, 0, 0)
     store.get(key_id)

@@ -128,7 +128,6 @@ def test_proc_cmdline_and_environ_of_encrypt_decrypt_rekey(work: dict[str, Path]
 
 def test_proc_with_key_manager_secret(work: dict[str, Path]) -> None:
     """--new-key: the passphrase is the hex of a key the keystore made; it stays inside."""
-    pytest.importorskip("imgcrypt.keys.local")
     from imgcrypt.keys.local import LocalKeyStore
     from imgcrypt.keys.rules import passphrase_for
 
@@ -239,7 +238,6 @@ def test_exception_messages_and_reprs() -> None:
 def test_keystore_temporary_file_is_private_and_removed(tmp_path: Path) -> None:
     """Killed right before the rename, the keystore's temporary file is 0600; a normal run
     leaves none, and imgcrypt writes nothing to TMPDIR."""
-    pytest.importorskip("imgcrypt.keys.local")
     workspace_dir = tmp_path / "ws"
     workspace_dir.mkdir()
     tmpdir = tmp_path / "tmpdir"
@@ -282,8 +280,9 @@ def test_qemu_img_gets_the_passphrase_only_through_a_private_file(tmp_path: Path
     from .conftest import require_tool
 
     require_tool("qemu-img")
-    qemu = pytest.importorskip("imgcrypt.qemu")
     import threading
+
+    from imgcrypt import qemu
 
     source = tmp_path / "guest.raw"
     source.write_bytes(os.urandom(8 << 20))

@@ -30,7 +30,7 @@ def _verify(props: dict[str, str], cert: object, image: bytes = seeds.IMAGE) -> 
 
 @pytest.mark.parametrize("label", ["RSA-PSS", "ECC_SECP521R1", "DSA"])
 def test_glance_key_type_that_does_not_match_the_key(label: str) -> None:
-    from imgcrypt.signing.errors import AlgorithmMismatchError, WeakAlgorithmError
+    from imgcrypt.errors import AlgorithmMismatchError, WeakAlgorithmError
 
     props = dict(seeds.glance_properties(), img_signature_key_type=label)
     expected = WeakAlgorithmError if label == "DSA" else AlgorithmMismatchError
@@ -40,7 +40,7 @@ def test_glance_key_type_that_does_not_match_the_key(label: str) -> None:
 
 @pytest.mark.parametrize("label", ["ecdsa-p384", "rsa-pss", "ml-dsa-65", "ecdsa-p256"])
 def test_imgcrypt_algorithm_that_does_not_match_the_key(label: str) -> None:
-    from imgcrypt.signing.errors import AlgorithmMismatchError
+    from imgcrypt.errors import AlgorithmMismatchError
 
     props = dict(seeds.imgcrypt_properties(), imgcrypt_sign_algorithm=label)
     with pytest.raises(AlgorithmMismatchError):
@@ -48,7 +48,7 @@ def test_imgcrypt_algorithm_that_does_not_match_the_key(label: str) -> None:
 
 
 def test_unknown_labels_are_refused() -> None:
-    from imgcrypt.signing.errors import UnknownAlgorithmError
+    from imgcrypt.errors import UnknownAlgorithmError
 
     with pytest.raises(UnknownAlgorithmError):
         _verify(dict(seeds.glance_properties(), img_signature_key_type="ECC_SECT571K1"),
@@ -60,7 +60,7 @@ def test_unknown_labels_are_refused() -> None:
 
 def test_signature_from_one_scheme_under_the_other_key() -> None:
     """The Glance signature checked against the Ed25519 certificate: mismatch, not success."""
-    from imgcrypt.signing.errors import AlgorithmMismatchError
+    from imgcrypt.errors import AlgorithmMismatchError
 
     with pytest.raises(AlgorithmMismatchError):
         _verify(seeds.glance_properties(), seeds.ed25519_certificate())
@@ -71,10 +71,10 @@ def test_certificate_swapped_in_the_key_manager(tmp_path: Path) -> None:
     at their own certificate in the key manager. Without a trust anchor that verifies (as with
     cursive); with one, it is refused. The honest certificate swapped for another under the
     honest properties fails the signature."""
-    pytest.importorskip("imgcrypt.keys.local")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
+    from imgcrypt.errors import BadSignatureError, UntrustedChainError
     from imgcrypt.keys.local import LocalKeyStore
     from imgcrypt.keys.secret import Secret
     from imgcrypt.signing import (
@@ -83,7 +83,6 @@ def test_certificate_swapped_in_the_key_manager(tmp_path: Path) -> None:
         certificates_from_key_manager,
         check_certificate,
     )
-    from imgcrypt.signing.errors import BadSignatureError, UntrustedChainError
 
     store = LocalKeyStore(tmp_path / "ks")
     pem = serialization.Encoding.PEM
@@ -115,7 +114,7 @@ def test_certificate_swapped_in_the_key_manager(tmp_path: Path) -> None:
 
 
 def test_duplicate_property_keys_are_refused() -> None:
-    from imgcrypt.signing.errors import DuplicatePropertyError
+    from imgcrypt.errors import DuplicatePropertyError
     from imgcrypt.signing.propfile import parse_properties
 
     props = seeds.glance_properties()

@@ -18,20 +18,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from imgcrypt.errors import SecretNotFoundError, VerificationError, WrongPassphraseError
+from imgcrypt.errors import (
+    EncryptionClaimError,
+    LuksVersionRefusedError,
+    SecretNotFoundError,
+    SpecMismatchError,
+    VerificationError,
+    VolumeTypeMismatchError,
+    WrongPassphraseError,
+)
 from imgcrypt.keys.barbican import BarbicanKeyManager
 from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
-from imgcrypt.keys.rules import DeletionOutcome, SpecMismatchError, passphrase_for
+from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
 from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream, unlock_stream
-from imgcrypt.service.errors import (
-    EncryptionClaimError,
-    LuksVersionRefusedError,
-    VolumeTypeMismatchError,
-)
 from imgcrypt.service.flows import (
     create_volume_from_image,
     delete_hook,

@@ -261,7 +261,6 @@ def subprocess_run(*argv: Any) -> tuple[int, str, str]:
 
 
 def test_certificate_from_the_local_key_manager(capsys: Any, files: dict[str, Path]) -> None:
-    pytest.importorskip("imgcrypt.cli.keyopts")
     from imgcrypt.keys.local import LocalKeyStore
 
     store_dir = files["dir"] / "keystore"

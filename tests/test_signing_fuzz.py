@@ -9,9 +9,8 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import ImgcryptError
+from imgcrypt.errors import DuplicatePropertyError, ImgcryptError, MalformedPropertiesError
 from imgcrypt.signing import certs, imgcrypt_mode
-from imgcrypt.signing.errors import DuplicatePropertyError, MalformedPropertiesError
 from imgcrypt.signing.keyfile import load_private_key
 from imgcrypt.signing.propfile import dump_properties, parse_properties
 from imgcrypt.signing.stream import feed_iterable

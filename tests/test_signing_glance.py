@@ -13,16 +13,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509 import Certificate
 
-from imgcrypt.errors import UsageError
-from imgcrypt.signing import certs, glance
-from imgcrypt.signing.errors import (
+from imgcrypt.errors import (
     AlgorithmMismatchError,
     BadSignatureError,
     MalformedSignatureError,
     MissingPropertyError,
     UnknownAlgorithmError,
+    UsageError,
     WeakAlgorithmError,
 )
+from imgcrypt.signing import certs, glance
 from imgcrypt.signing.stream import feed_file, feed_iterable
 from tests.test_signing_pki import NOW, key, key_pem, make_cert
 

@@ -14,9 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import UsageError
-from imgcrypt.signing import certs, glance, imgcrypt_mode, storage
-from imgcrypt.signing.errors import (
+from imgcrypt.errors import (
     AlgorithmMismatchError,
     BadSignatureError,
     BoundPropertyMismatchError,
@@ -26,7 +24,9 @@ from imgcrypt.signing.errors import (
     ReorderedPartError,
     SignedSizeMismatchError,
     UnknownAlgorithmError,
+    UsageError,
 )
+from imgcrypt.signing import certs, glance, imgcrypt_mode, storage
 from imgcrypt.signing.manifest import BOUND_PROPERTIES, SIGNATURE_NAME, Manifest, bound_values
 from imgcrypt.signing.stream import feed_file, feed_iterable
 from imgcrypt.signing.verify import ImageVerifier

@@ -18,9 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, mldsa, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from imgcrypt.keys.secret import Secret
-from imgcrypt.signing import certs
-from imgcrypt.signing.errors import (
+from imgcrypt.errors import (
     CAConstraintError,
     CertificateExpiredError,
     CertificateLoadError,
@@ -30,6 +28,8 @@ from imgcrypt.signing.errors import (
     WeakAlgorithmError,
     WrongCertificateTypeError,
 )
+from imgcrypt.keys.secret import Secret
+from imgcrypt.signing import certs
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -6,9 +6,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import UsageError
-from imgcrypt.signing import storage
-from imgcrypt.signing.errors import (
+from imgcrypt.errors import (
     CorruptPartsError,
     DuplicatePartError,
     ExtraPartError,
@@ -16,7 +14,9 @@ from imgcrypt.signing.errors import (
     MissingPartError,
     PartsError,
     ReorderedPartError,
+    UsageError,
 )
+from imgcrypt.signing import storage
 
 NAME = "imgcrypt_sign_signature"
 limits = st.integers(min_value=storage.MIN_MAX_LENGTH, max_value=1024)

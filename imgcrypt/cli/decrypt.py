@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
-from imgcrypt.cli import common
-from imgcrypt.cli.encrypt import resolve_passphrase
+from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UsageError
-from imgcrypt.fileio import atomic_output, open_input
+from imgcrypt.fileio import atomic_output
 from imgcrypt.luks.stream import decrypt_payload, unlock_stream
 
 EXAMPLE = """example:
@@ -41,10 +38,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--mode", type=_octal_mode, default=0o600, metavar="OCTAL",
                         help="permissions of TARGET, less the umask (default 0600: the "
                         "plaintext is readable by its owner only)")
-    if common.key_arguments_available():
-        from imgcrypt.cli import keyopts
-
-        keyopts.add_key_arguments(parser, creating=False)
+    keyopts.add_key_arguments(parser, creating=False)
     common.add_progress_argument(parser)
     add_json_argument(parser)
     parser.set_defaults(func=run)
@@ -75,16 +69,16 @@ def _octal_mode(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
-    common.check_target(args.target, force=args.force)
-    passphrase, resolved = resolve_passphrase(args, creating=False)
+    inputs.check_target(args.target, force=args.force)
+    passphrase, resolved = inputs.resolve_passphrase(args, creating=False)
     from imgcrypt.qemu_luks import is_qcow2_file
 
     if is_qcow2_file(args.source):
         return _decrypt_qcow2(args, passphrase, resolved)
-    with luks_input(args.source) as src:
+    with inputs.luks_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase, slot=args.key_slot)
-        total = _payload_total(opened.header, args.size, common.input_size(args.source))
+        total = _payload_total(opened.header, args.size, inputs.input_size(args.source))
         with atomic_output(args.target, force=args.force, source=args.source,
                            mode=args.mode) as dst, \
                 common.progress_bar(args, total, "decrypt") as progress:
@@ -128,17 +122,3 @@ def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -
     return 0
 
 
-@contextlib.contextmanager
-def luks_input(source: str) -> Iterator[BinaryIO]:
-    """SOURCE opened; on stdin, a qcow2 (which qemu-img cannot read from a pipe) is named."""
-    if source != "-":
-        with open_input(source) as f:
-            yield f
-        return
-    from imgcrypt.cli.encrypt import refuse_image_on_stdin, sniff_stdin
-
-    stream, found = sniff_stdin()
-    if found not in (None, "luks"):
-        raise refuse_image_on_stdin(found, "give it as a file (qemu-img cannot read it from a "
-                                    "pipe)")
-    yield stream

@@ -9,7 +9,7 @@ from typing import Any
 
 from imgcrypt.cli import common
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import VerificationError
+from imgcrypt.errors import FormatError, VerificationError
 from imgcrypt.fileio import ChunkReader, atomic_output
 
 EXAMPLE = """example:
@@ -19,10 +19,6 @@ EXAMPLE = """example:
 The image's os_hash_value and, when present, its signature (Glance or imgcrypt mode; the
 certificate comes from the key manager) are checked on the bytes as they stream; the target
 appears only if every check passed. Credentials as for imgcrypt upload."""
-
-
-class ImageHashMismatchError(VerificationError):
-    """The downloaded bytes do not hash to the image's os_hash_value."""
 
 
 def register(sub: Any) -> None:
@@ -48,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from imgcrypt.keys.rules import passphrase_for
     from imgcrypt.luks.stream import CHUNK_SIZE, iter_payload, unlock_stream
     from imgcrypt.service.claims import encryption_claim
-    from imgcrypt.service.upload import UploadInspector, UploadPolicy
+    from imgcrypt.service.upload import HASH_ALGORITHMS, UploadInspector, UploadPolicy
     from imgcrypt.signing import schemes_present
 
     conn = imageservice.connect(args.os_cloud)
@@ -59,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     manager = (imageservice.key_manager(conn)
                if claim is not None or schemes_present(properties) else None)
     expected_algo = str(properties.get("os_hash_algo") or "sha512")
+    if expected_algo not in HASH_ALGORITHMS:  # the image record's value: malformed input
+        raise FormatError(f"unsupported os_hash_algo {expected_algo!r}")
     inspector = UploadInspector(properties, key_manager=manager, policy=UploadPolicy(
         allowed_luks_versions=frozenset({1, 2}), register_consumer=False,
         hash_algo=expected_algo))
@@ -87,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         verdict = inspector.finalize()  # a bad signature raises: the target never appears
         expected = str(properties.get("os_hash_value") or "")
         if expected and not hmac.compare_digest(expected, verdict.os_hash_value):
-            raise ImageHashMismatchError(
+            raise VerificationError(
                 f"image {args.image_id}: the downloaded bytes do not match its os_hash_value")
     signature = verdict.signature
     data = {"image_id": args.image_id, "target": args.target, "bytes_written": written,

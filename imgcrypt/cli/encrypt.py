@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import io
 import os
-import stat
-import sys
 from collections.abc import Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-from imgcrypt.cli import common
+from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_output
@@ -47,90 +44,10 @@ def register(sub: Any) -> None:
                         "built-in LUKS1 encryption, written by qemu-img. A TARGET named *.qcow2 "
                         "needs this option said explicitly, as qemu-img's -O")
     common.add_format_arguments(parser)
-    if common.key_arguments_available():
-        from imgcrypt.cli import keyopts
-
-        keyopts.add_key_arguments(parser, creating=True)
+    keyopts.add_key_arguments(parser, creating=True)
     common.add_progress_argument(parser)
     add_json_argument(parser)
     parser.set_defaults(func=run)
-
-
-def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[bytes, Any]:
-    """The passphrase, and the key-manager secret it came from (or None)."""
-    resolved = None
-    if common.key_arguments_available():
-        from imgcrypt.cli import keyopts
-
-        resolved = keyopts.resolve_key(args, creating=creating)
-    if resolved is not None:
-        if args.passphrase_file is not None:
-            raise UsageError("give either --passphrase-file or a key-manager key, not both")
-        return resolved.passphrase, resolved
-    return common.passphrase_from(args.passphrase_file, confirm=creating), None
-
-
-class _Prefixed(io.RawIOBase):
-    """``head`` followed by the rest of ``rest``: stdin after its magic bytes were read."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        super().__init__()
-        self._head = memoryview(head)
-        self._rest = cast(io.BufferedIOBase, rest)  # sys.stdin.buffer: it has readinto
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return self._rest.readinto(buffer)
-
-
-def sniff_stdin() -> tuple[BinaryIO, str | None]:
-    """stdin, with nothing consumed, and the image format its magic bytes name (or None)."""
-    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
-
-    stdin = sys.stdin.buffer
-    if _regular_file(stdin):
-        # a redirected file: look without moving, so the file-to-file fast path stays
-        return stdin, sniff_format(os.pread(stdin.fileno(), SNIFF_SIZE, stdin.tell()))
-    head = b""
-    while len(head) < SNIFF_SIZE:
-        chunk = stdin.read(SNIFF_SIZE - len(head))
-        if not chunk:
-            break
-        head += chunk
-    return cast(BinaryIO, io.BufferedReader(_Prefixed(head, stdin))), sniff_format(head)
-
-
-def refuse_image_on_stdin(found: str, use: str) -> UnsupportedError:
-    what = "a LUKS image" if found == "luks" else f"a {found} image"
-    return UnsupportedError(f"stdin holds {what} (by its magic bytes): {use}")
-
-
-def stdin_source(*, explicit_raw: bool) -> BinaryIO:
-    """stdin as a raw guest disk. qemu-img cannot read an image format from a pipe, so a
-    qcow2/vmdk/vhdx/vdi/vpc (or LUKS) recognised by its magic bytes is refused rather than
-    encrypted as if it were the guest's disk, unless ``--source-format raw`` says it is."""
-    if explicit_raw:
-        return sys.stdin.buffer
-    stream, found = sniff_stdin()
-    if found is not None:
-        raise refuse_image_on_stdin(
-            found, "not a raw disk: give it as a file (qemu-img cannot read it from a pipe), "
-            "or --source-format raw to encrypt its bytes as they are")
-    return stream
-
-
-def _regular_file(stream: BinaryIO) -> bool:
-    try:
-        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and stream.seekable()
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return False
 
 
 @contextlib.contextmanager
@@ -140,7 +57,7 @@ def source_stream(source: str, source_format: str | None
     if source == "-":
         if source_format not in (None, "raw"):
             raise UsageError("a source on stdin must be raw")
-        yield stdin_source(explicit_raw=source_format == "raw"), "raw", None
+        yield inputs.stdin_source(explicit_raw=source_format == "raw"), "raw", None
         return
     from imgcrypt.qemu import SNIFF_SIZE, guest_source, image_info, sniff_format
 
@@ -170,14 +87,10 @@ def source_stream(source: str, source_format: str | None
 def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
     if resolved is None:
         return contextlib.nullcontext()
-    from imgcrypt.cli import keyopts
-
     return keyopts.deleted_if_failed(resolved)
 
 
 def _register_consumer(resolved: Any, target: str) -> None:
-    from imgcrypt.cli import keyopts
-
     keyopts.register_file_consumer(resolved.manager, resolved.key_id, target)
 
 
@@ -199,12 +112,12 @@ def run(args: argparse.Namespace) -> int:
     options = common.format_options(args)
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
-    common.check_target(args.target, force=args.force)
+    inputs.check_target(args.target, force=args.force)
     if args.source != "-" and not os.path.exists(args.source):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", args.source)
     if target_format(args) == "qcow2":
         return _encrypt_qcow2(args, options)
-    passphrase, resolved = resolve_passphrase(args, creating=True)
+    passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
     with _key_cleanup(resolved):
         with source_stream(args.source, args.source_format) as (src, source_format, size), \
                 atomic_output(args.target, force=args.force, source=args.source) as dst, \
@@ -268,7 +181,7 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
         if source_format == "luks":
             raise UnsupportedError(f"{args.source} is already a LUKS image; give "
                                    "--source-format raw to encrypt it again")
-    passphrase, resolved = resolve_passphrase(args, creating=True)
+    passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
     with _key_cleanup(resolved):
         info = qemu_luks.encrypt(args.source, args.target, passphrase, options,
                                  source_format=source_format, force=args.force)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from imgcrypt.cli import inputs
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.luks.stream import read_header
 from imgcrypt.text import escape
@@ -101,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
         info = read_qcow2_luks(args.image).describe()
         emit(args, {"source": args.image, **info}, human(info))
         return 0
-    from imgcrypt.cli.decrypt import luks_input
-
-    with luks_input(args.image) as f:
+    with inputs.luks_input(args.image) as f:
         header, _ = read_header(f)
     info = with_sectors(header.describe())
     emit(args, {"source": args.image, **info}, human(info))

@@ -13,9 +13,9 @@ from imgcrypt.cli.keyopts import (
     key_manager_from_args,
 )
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import UsageError
-from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, SecretInUseError
-from imgcrypt.keys.rules import UnusableSecretError, passphrase_for, pem_form
+from imgcrypt.errors import SecretInUseError, UnusableSecretError, UsageError
+from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo
+from imgcrypt.keys.rules import passphrase_for, pem_form
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
 
 MAX_PAYLOAD_FILE = 64 * 1024

@@ -11,7 +11,13 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from imgcrypt.errors import ImgcryptError
+from imgcrypt.errors import (
+    CLOSED_PIPE_EXIT,
+    EXIT_CODES,
+    INTERRUPTED_EXIT,
+    ImgcryptError,
+    UsageError,
+)
 
 # One module a command; each exposes register(subparsers) and sets ``func`` on its parser.
 COMMAND_MODULES = (
@@ -46,10 +52,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imgcrypt",
         description="Encrypt, sign and verify virtual-machine disk images (LUKS1/LUKS2).",
-        epilog="Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 malformed or unsupported "
-        "input, 4 wrong passphrase or failed verification, 5 key manager unreachable or "
-        "secret not found, 130 interrupted, 141 output pipe closed by its reader. With --json, "
-        'a failure also prints {"error": {"code": N, "message": ...}}.',
+        epilog="Exit codes: " + ", ".join(f"{code} {meaning}" for code, meaning
+                                          in EXIT_CODES.items())
+        + '. With --json, a failure also prints {"error": {"code": N, "message": ...}}.',
     )
     from imgcrypt import __version__
 
@@ -60,13 +65,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         if wanted is not None and name.rsplit(".", 1)[1] != wanted:
             continue
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -85,12 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         # `imgcrypt` alone: the usage and the commands, on stderr, as a usage error.
         parser.print_help(sys.stderr)
-        return 2
+        return UsageError.exit_code
     wants_json = "--json" in argv
     try:
         args = parser.parse_args(argv)
     except _ArgumentError as exc:
-        return _fail(str(exc), 2, json_to=sys.stdout if wants_json else None)
+        return _fail(str(exc), UsageError.exit_code, json_to=sys.stdout if wants_json else None)
     json_to = None
     if getattr(args, "json", False):
         # Commands whose stdout carries image data put their JSON on stderr; so does the error.
@@ -101,18 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImgcryptError as exc:
         return _fail(str(exc) or type(exc).__name__, exc.exit_code, json_to=json_to)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130, json_to=json_to)
+        return _fail("interrupted", INTERRUPTED_EXIT, json_to=json_to)
     except BrokenPipeError:
         # The reader went away (``imgcrypt decrypt x - | head``): not our failure to report.
         return _closed_pipe()
     except OSError as exc:
         message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-        return _fail(message, 1, json_to=json_to)
-
-
-# Exit code when the reader of our stdout went away: what a shell reports for a process killed
-# by SIGPIPE (128 + 13), as `cat big | head` gives; nothing is printed.
-CLOSED_PIPE_EXIT = 141
+        return _fail(message, ImgcryptError.exit_code, json_to=json_to)
 
 
 def _closed_pipe() -> int:

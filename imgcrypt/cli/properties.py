@@ -10,13 +10,14 @@ import re
 import sys
 from typing import Any
 
-from imgcrypt.cli import common
+from imgcrypt.cli import keyopts
+from imgcrypt.cli.inputs import FORMAT_NAMES, known_property
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
 from imgcrypt.luks.container import is_luks
 from imgcrypt.luks.stream import read_header, unlock_stream
-from imgcrypt.signing import glance, imgcrypt_mode
+from imgcrypt.signing import imgcrypt_mode
 from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
 
 EXAMPLE = """example:
@@ -29,24 +30,6 @@ MAX_SIGNATURE_FILE = 1 << 20
 # The output is pasted unquoted into a shell command line ($(...)), where quotes are not
 # interpreted: a value must be one word that no shell splits or globs, or it is refused.
 SAFE_VALUE = re.compile(r"[A-Za-z0-9._:+/=-]*")
-ENCRYPTION_NAMES = frozenset({
-    "cinder_encryption_key_id", "cinder_encryption_key_deletion_policy", "os_encrypt_format",
-    "os_encrypt_key_id", "os_encrypt_key_deletion_policy", "os_decrypt_size",
-    "os_decrypt_container_format",
-})
-FORMAT_NAMES = frozenset({"disk_format", "container_format"})
-_IMGCRYPT_SIGN_NAME = re.compile(
-    r"imgcrypt_sign_(version|algorithm|hash|size|bound_sha256|certificate_uuid"
-    r"|signature_count|signature_sha256|signature_[1-9][0-9]{0,3})"
-)
-
-
-def known_property(name: str) -> bool:
-    """A property name imgcrypt writes (encryption, format, Glance or imgcrypt signature)."""
-    return (name in ENCRYPTION_NAMES or name in FORMAT_NAMES or name in glance.KEYS
-            or _IMGCRYPT_SIGN_NAME.fullmatch(name) is not None)
-
-
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "properties", help="print the image properties to attach",
@@ -66,22 +49,13 @@ def register(sub: Any) -> None:
                         help="properties JSON from 'imgcrypt sign' (repeatable)")
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (default: the whole payload)")
-    if common.key_arguments_available():
-        from imgcrypt.cli import keyopts
-
-        keyopts.add_key_arguments(parser, creating=False)
-    else:
-        parser.add_argument("--key-id", help="key-manager id of the secret that opens IMAGE")
+    keyopts.add_key_arguments(parser, creating=False)
     add_json_argument(parser)
     parser.set_defaults(func=run)
 
 
 def _check_key(args: argparse.Namespace, region: bytes) -> None:
     """The key exists in the key manager and opens a keyslot of IMAGE's header."""
-    if not common.key_arguments_available():
-        raise UsageError("no key manager support is installed: cannot check --key-id")
-    from imgcrypt.cli import keyopts
-
     resolved = keyopts.resolve_key(args, creating=False)
     assert resolved is not None
     try:

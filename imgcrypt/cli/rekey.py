@@ -6,9 +6,10 @@ import argparse
 import dataclasses
 from typing import Any
 
-from imgcrypt.cli import common
+from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import add_json_argument, emit
 from imgcrypt.errors import UsageError
+from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import RekeyResult, kdf_for, read_header, rekey_file
 
@@ -39,23 +40,10 @@ def register(sub: Any) -> None:
     common.add_key_slot_argument(
         parser, "with --add, the number of the new keyslot (cryptsetup luksAddKey); with "
         "--change, the keyslot whose passphrase changes (cryptsetup luksChangeKey)")
-    timing = parser.add_mutually_exclusive_group()
-    timing.add_argument("--iter-time", type=int, metavar="MS", default=2000,
-                        help="KDF time budget for the new keyslot (default 2000)")
-    timing.add_argument("--iterations", type=int, metavar="N", help="exact KDF iterations")
-    parser.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
-                        help="LUKS2: KDF of the new keyslot (default argon2id)")
-    parser.add_argument("--pbkdf-memory", type=int, metavar="KIB",
-                        help="LUKS2: argon2 memory limit for the benchmark (exact with "
-                        "--iterations; default 1048576)")
-    parser.add_argument("--pbkdf-parallel", type=int, metavar="N",
-                        help="LUKS2: argon2 lanes (default min(4, CPUs))")
-    if common.key_arguments_available():
-        from imgcrypt.cli import keyopts
-
-        keyopts.add_key_manager_arguments(parser)
-        parser.add_argument("--key-id", help="key-manager secret that opens IMAGE")
-        parser.add_argument("--new-key-id", help="key-manager secret for the new keyslot")
+    common.add_kdf_arguments(parser.add_argument_group("KDF of the new keyslot"))
+    keyopts.add_key_manager_arguments(parser)
+    parser.add_argument("--key-id", help="key-manager secret that opens IMAGE")
+    parser.add_argument("--new-key-id", help="key-manager secret for the new keyslot")
     add_json_argument(parser)
     parser.set_defaults(func=run)
 
@@ -65,12 +53,9 @@ def _secret(args: argparse.Namespace, key_id: str | None, path: str | None, *, l
     if key_id is not None and path is not None:
         raise UsageError(f"give either a file or a key id for the {label} passphrase")
     if key_id is not None:
-        from imgcrypt.cli import keyopts
-        from imgcrypt.keys.rules import passphrase_for
-
-        return passphrase_for(keyopts.key_manager_from_args(args).get(key_id))
+        return passphrase_for(inputs.key_manager(args).get(key_id))
     prompt = f"{label.capitalize()} passphrase: "
-    return common.passphrase_from(path, confirm=confirm, prompt=prompt)
+    return inputs.passphrase_from(path, confirm=confirm, prompt=prompt)
 
 
 def _move_consumers(args: argparse.Namespace) -> None:
@@ -79,9 +64,7 @@ def _move_consumers(args: argparse.Namespace) -> None:
     old_id, new_id = getattr(args, "key_id", None), getattr(args, "new_key_id", None)
     if old_id is None and new_id is None:
         return
-    from imgcrypt.cli import keyopts
-
-    manager = keyopts.key_manager_from_args(args)
+    manager = inputs.key_manager(args)
     if new_id is not None:
         keyopts.register_file_consumer(manager, new_id, args.image)
     if old_id is not None and args.change and old_id != new_id:

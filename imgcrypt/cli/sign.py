@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from imgcrypt.cli import common
+from imgcrypt.cli import inputs, keyopts
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import TargetExistsError, UsageError, WrongPassphraseError
+from imgcrypt.errors import (
+    NoTerminalError,
+    PassphraseRequiredError,
+    UsageError,
+    WrongPassphraseError,
+)
+from imgcrypt.fileio import atomic_output
 from imgcrypt.signing import glance, imgcrypt_mode, storage
 from imgcrypt.signing.algorithms import (
     GLANCE_HASHES,
@@ -25,27 +27,10 @@ from imgcrypt.signing.certs import (
     certificates_from_key_manager,
     load_certificate_file,
 )
-from imgcrypt.signing.keyfile import PassphraseRequiredError, load_private_key
+from imgcrypt.signing.keyfile import load_private_key
 from imgcrypt.signing.manifest import BOUND_PROPERTIES
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties, parse_properties
-from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
-
-
-def add_key_manager_options(parser: argparse.ArgumentParser) -> None:
-    """The key manager's options, when the keys module that defines them is installed."""
-    try:
-        from imgcrypt.cli import keyopts
-    except ImportError:
-        return
-    keyopts.add_key_manager_arguments(parser)
-
-
-def key_manager(args: argparse.Namespace) -> Any:
-    try:
-        from imgcrypt.cli import keyopts
-    except ImportError:
-        raise UsageError("no key manager support is installed; use --cert FILE") from None
-    return keyopts.key_manager_from_args(args)
+from imgcrypt.signing.stream import Consumer
 
 
 def normalize_hash(name: str, mode: str) -> str:
@@ -80,7 +65,7 @@ def load_signing_key(args: argparse.Namespace) -> PrivateKey:
         data = handle.read()
     if args.key_passphrase_file:
         # The one passphrase-file rule (the bytes exactly, as cryptsetup's --key-file).
-        passphrase = common.read_passphrase_file(args.key_passphrase_file)
+        passphrase = inputs.read_passphrase_file(args.key_passphrase_file)
         try:
             return load_private_key(data, passphrase)
         except WrongPassphraseError:
@@ -96,43 +81,12 @@ def load_signing_key(args: argparse.Namespace) -> PrivateKey:
     except PassphraseRequiredError:
         pass
     try:
-        typed = common.prompt_passphrase(f"passphrase for {args.key}: ", confirm=False)
-    except common.NoTerminalError:
+        typed = inputs.prompt_passphrase(f"passphrase for {args.key}: ", confirm=False)
+    except NoTerminalError:
         raise PassphraseRequiredError(
             "the private key is encrypted; give --key-passphrase-file"
         ) from None
     return load_private_key(data, typed)
-
-
-def write_atomically(target: str, data: bytes, *, force: bool) -> None:
-    """Write beside ``target`` and rename into place; refuse to replace unless ``force``."""
-    path = Path(target)
-    if path.exists() and not force:
-        raise TargetExistsError(f"{target} exists; use --force to replace it")
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)
-        if path.exists() and not force:
-            raise TargetExistsError(f"{target} exists; use --force to replace it")
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def feed_image(consumer: Consumer[Any], image: str) -> Any:
-    if image == "-":
-        stdin = sys.stdin.buffer
-        while chunk := stdin.read(CHUNK_SIZE):
-            consumer.update(chunk)
-        return consumer.finalize()
-    return feed_file(consumer, image)
 
 
 def register(sub: Any) -> None:
@@ -204,7 +158,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--properties-out", metavar="FILE", help="write the properties here")
     parser.add_argument("--force", action="store_true", help="replace --properties-out")
-    add_key_manager_options(parser)
+    keyopts.add_key_manager_arguments(parser)
     add_json_argument(parser)
     parser.set_defaults(func=run)
 
@@ -219,7 +173,7 @@ def _check_certificate_matches(args: argparse.Namespace, private_key: PrivateKey
     if args.cert:
         certificates = load_certificate_file(args.cert)
     elif args.cert_id:
-        certificates = certificates_from_key_manager(key_manager(args), args.cert_id)
+        certificates = certificates_from_key_manager(inputs.key_manager(args), args.cert_id)
     else:
         return
     if certificates[0].public_key() != public_key_of(private_key):
@@ -278,19 +232,20 @@ def _check_limit(args: argparse.Namespace, properties: Mapping[str, str]) -> Non
 def run(args: argparse.Namespace) -> int:
     if args.max_value_length is not None:
         storage.check_max_length(args.max_value_length)
-    if args.properties_out and Path(args.properties_out).exists() and not args.force:
-        raise TargetExistsError(f"{args.properties_out} exists; use --force to replace it")
+    if args.properties_out:
+        inputs.check_target(args.properties_out, force=args.force)
     private_key = load_signing_key(args)
     _check_certificate_matches(args, private_key)
     signer = build_signer(args, private_key)
-    properties: dict[str, str] = feed_image(signer, args.image)
+    properties: dict[str, str] = inputs.feed_image(signer, args.image)
     _check_limit(args, properties)
     document = dump_properties(properties)
     # One JSON shape whether or not the properties also went to a file.
     data = {"source": args.image, "properties": properties,
             "properties_out": args.properties_out}
     if args.properties_out:
-        write_atomically(args.properties_out, document, force=args.force)
+        with atomic_output(args.properties_out, force=args.force) as out:
+            out.write(document)
         emit(args, data, f"wrote {len(properties)} properties to {args.properties_out}")
     else:
         emit(args, data, document.decode("utf-8"))

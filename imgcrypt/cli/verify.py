@@ -10,10 +10,10 @@ from typing import Any
 
 from cryptography import x509
 
+from imgcrypt.cli import keyopts
+from imgcrypt.cli.inputs import feed_image, key_manager, known_property
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.cli.properties import known_property
-from imgcrypt.cli.sign import add_key_manager_options, feed_image, key_manager
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import MalformedPropertiesError, UsageError
 from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing.certs import (
     CertificatePolicy,
@@ -21,7 +21,6 @@ from imgcrypt.signing.certs import (
     check_certificate,
     load_certificate_file,
 )
-from imgcrypt.signing.errors import MalformedPropertiesError
 from imgcrypt.signing.glance import CERT_UUID_KEY as GLANCE_CERT_UUID_KEY
 from imgcrypt.signing.manifest import CERT_UUID_KEY
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
@@ -93,7 +92,7 @@ def register(sub: Any) -> None:
         metavar="TIME",
         help="check certificate dates at this ISO 8601 time instead of now",
     )
-    add_key_manager_options(parser)
+    keyopts.add_key_manager_arguments(parser)
     add_json_argument(parser)
     parser.set_defaults(func=run)
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from imgcrypt.errors import ImgcryptError, UsageError, WrongPassphraseError
+from imgcrypt.errors import ImgcryptError, KeyBindingError, UsageError, WrongPassphraseError
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import passphrase_for
@@ -20,7 +20,6 @@ from imgcrypt.luks.container import PROBE_SIZE, is_luks
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import CHUNK_SIZE, encrypt_stream, unlock_stream
 from imgcrypt.service.claims import claims_encryption
-from imgcrypt.service.errors import EncryptionClaimError
 from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict, image_consumer
 
 # Glance documents image property values as at most 255 characters.
@@ -28,8 +27,6 @@ MAX_PROPERTY = 255
 VERDICT_PROPERTY = "imgcrypt_verdict"
 
 
-class KeyDoesNotOpenError(EncryptionClaimError):
-    """The key the properties name does not open the image's LUKS header."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ def verify_staged(path: str, properties: Mapping[str, str], key_manager: KeyMana
                 with open(path, "rb") as f:
                     unlock_stream(f, passphrase)
             except WrongPassphraseError:
-                raise KeyDoesNotOpenError(
+                raise KeyBindingError(
                     f"key {claim.key_id} does not open the image's LUKS header"
                 ) from None
             key_opens = True

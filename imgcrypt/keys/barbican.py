@@ -20,19 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from imgcrypt.errors import (
+    ConsumersUnsupportedError,
+    ImgcryptError,
     KeyManagerError,
     KeyManagerUnavailableError,
-    SecretNotFoundError,
     UsageError,
 )
-from imgcrypt.keys.manager import (
-    Consumer,
-    ConsumersUnsupportedError,
-    KeyOrder,
-    SecretInfo,
-    SecretInUseError,
-    require_uuid,
-)
+from imgcrypt.keys.clienterrors import client_error
+from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, require_uuid
 from imgcrypt.keys.rules import generate_secret
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, Secret
 
@@ -81,50 +76,24 @@ def _check_installed() -> None:
 
 @contextlib.contextmanager
 def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iterator[None]:
-    """Turn barbicanclient/keystoneauth exceptions into imgcrypt's typed errors.
-
-    ``redact`` drops the server's own words from client-error messages: when a payload was
-    sent, a validation message could quote it.
-    """
-    from barbicanclient import exceptions as bexc
-    from keystoneauth1 import exceptions as kexc
-
+    """Turn barbicanclient/keystoneauth exceptions into imgcrypt's typed errors
+    (:func:`imgcrypt.keys.clienterrors.client_error`)."""
     what = f"secret {key_id}" if key_id else "request"
     try:
         yield
-    except bexc.SecretHasConsumers:
-        raise SecretInUseError(
-            f"Barbican refused to delete {what}: it still has consumers"
-        ) from None
-    except bexc.HTTPAuthError as exc:
-        raise KeyManagerError(f"Barbican refused the credentials: {exc}") from None
-    except bexc.HTTPClientError as exc:
-        if exc.status_code == 404:
-            raise SecretNotFoundError(f"Barbican has no {what} (404)") from None
-        if exc.status_code == 403:
-            raise KeyManagerError(f"Barbican forbids this {what}: {exc}") from None
-        detail = f"HTTP {exc.status_code}" if redact else str(exc)
-        raise KeyManagerError(f"Barbican rejected the {what}: {detail}") from None
-    except bexc.HTTPServerError as exc:
-        if exc.status_code in (502, 503, 504):
-            raise KeyManagerUnavailableError(f"Barbican is unavailable: {exc}") from None
-        raise KeyManagerError(f"Barbican failed on the {what}: {exc}") from None
-    except bexc.PayloadException as exc:
-        raise UsageError(f"Barbican cannot store this payload: {exc}") from None
-    except bexc.BarbicanException as exc:
-        raise KeyManagerError(f"Barbican error: {exc}") from None
-    except (kexc.ConnectionError, kexc.DiscoveryFailure, kexc.EndpointNotFound) as exc:
-        raise KeyManagerUnavailableError(f"cannot reach Barbican: {exc}") from None
-    except kexc.MissingRequiredOptions as exc:
-        raise UsageError(f"incomplete OpenStack credentials: {exc}") from None
-    except kexc.ClientException as exc:
-        raise KeyManagerError(f"Barbican request failed: {exc}") from None
-    except NotImplementedError as exc:
-        raise ConsumersUnsupportedError(f"Barbican does not support this: {exc}") from None
-    except ValueError as exc:
-        # barbicanclient raises ValueError for refs it cannot parse, secrets without
-        # payload, and endpoints that speak no supported microversion.
-        raise KeyManagerError(f"Barbican client error: {exc}") from None
+    except ImgcryptError:
+        raise
+    except Exception as exc:
+        mapped = client_error(exc, what, who="Barbican", redact=redact)
+        if mapped is not None:
+            raise mapped from None
+        if isinstance(exc, NotImplementedError):
+            raise ConsumersUnsupportedError(f"Barbican does not support this: {exc}") from None
+        if isinstance(exc, ValueError):
+            # barbicanclient raises ValueError for refs it cannot parse, secrets without
+            # payload, and endpoints that speak no supported microversion.
+            raise KeyManagerError(f"Barbican client error: {exc}") from None
+        raise
 
 
 def _uuid_from_ref(ref: str) -> str:
@@ -227,19 +196,9 @@ class BarbicanKeyManager:
         client = self._api()
         with translate_errors(key_id):
             remote = client.secrets.get(key_id)
-            secret = _to_info(remote, key_id)
+            info = _to_info(remote, key_id)
             payload = remote.payload
-        if not isinstance(payload, bytes | str) or len(payload) == 0:
-            raise KeyManagerError(f"Barbican secret {key_id} has no payload")
-        return Secret(
-            payload=payload,
-            secret_type=secret.secret_type,
-            algorithm=secret.algorithm,
-            bit_length=secret.bit_length,
-            mode=secret.mode,
-            secret_id=key_id,
-            name=secret.name,
-        )
+        return info.with_payload(payload)
 
     def describe(self, key_id: str) -> SecretInfo:
         key_id = require_uuid(key_id)

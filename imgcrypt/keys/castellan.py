@@ -20,19 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from imgcrypt.errors import (
+    ConsumersUnsupportedError,
+    ImgcryptError,
     KeyManagerError,
-    KeyManagerUnavailableError,
     SecretNotFoundError,
     UsageError,
 )
-from imgcrypt.keys.manager import (
-    Consumer,
-    ConsumersUnsupportedError,
-    KeyOrder,
-    SecretInfo,
-    SecretInUseError,
-    require_uuid,
-)
+from imgcrypt.keys.clienterrors import client_error, exception_chain
+from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, require_uuid
 from imgcrypt.keys.rules import generate_secret
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
 
@@ -40,17 +35,10 @@ logging.getLogger("castellan").addHandler(logging.NullHandler())
 logging.getLogger("barbicanclient").addHandler(logging.NullHandler())
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 @contextlib.contextmanager
 def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iterator[None]:
+    """castellan's exceptions, and the client exceptions they wrap, as imgcrypt's typed errors
+    (:func:`imgcrypt.keys.clienterrors.client_error`)."""
     from castellan.common import exception as cexc
 
     what = f"secret {key_id}" if key_id else "request"
@@ -73,30 +61,12 @@ def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iter
         ) from None
 
 
-def _classify(exc: BaseException, what: str, redact: bool = False) -> KeyManagerError:
-    bexc: Any = None
-    kexc: Any = None
-    with contextlib.suppress(ImportError):  # castellan may run without the Barbican backend
-        from barbicanclient import exceptions as barbican_exceptions
-
-        bexc = barbican_exceptions
-    with contextlib.suppress(ImportError):
-        from keystoneauth1 import exceptions as keystone_exceptions
-
-        kexc = keystone_exceptions
-    for link in _chain(exc):
-        if bexc is not None and isinstance(link, bexc.SecretHasConsumers):
-            return SecretInUseError(f"the key manager refused to delete {what}: it has consumers")
-        if bexc is not None and isinstance(link, bexc.HTTPClientError) and link.status_code == 404:
-            return SecretNotFoundError(f"the key manager has no {what}")
-        if kexc is not None and isinstance(
-            link, kexc.ConnectionError | kexc.DiscoveryFailure | kexc.EndpointNotFound
-        ):
-            return KeyManagerUnavailableError(f"cannot reach the key manager: {link}")
-        if isinstance(link, ConnectionError):
-            return KeyManagerUnavailableError(f"cannot reach the key manager: {link}")
-        if isinstance(link, KeyError):
-            return SecretNotFoundError(f"the key manager has no {what}")
+def _classify(exc: BaseException, what: str, redact: bool = False) -> ImgcryptError:
+    mapped = client_error(exc, what, who="the key manager", redact=redact)
+    if mapped is not None:
+        return mapped
+    if any(isinstance(link, KeyError) for link in exception_chain(exc)):
+        return SecretNotFoundError(f"the key manager has no {what}")
     if redact:  # a validation message about a stored payload could quote it
         return KeyManagerError(f"the key manager refused the {what} ({type(exc).__name__})")
     return KeyManagerError(f"castellan: {exc}")
@@ -274,19 +244,7 @@ def _to_info(obj: Any, key_id: str) -> SecretInfo:
 
 
 def _to_secret(obj: Any, key_id: str) -> Secret:
-    info = _to_info(obj, key_id)
-    payload = obj.get_encoded()
-    if not isinstance(payload, bytes | str) or len(payload) == 0:
-        raise KeyManagerError(f"secret {key_id} has no payload")
-    return Secret(
-        payload=payload,
-        secret_type=info.secret_type,
-        algorithm=info.algorithm,
-        bit_length=info.bit_length,
-        mode=None,
-        secret_id=key_id,
-        name=info.name,
-    )
+    return _to_info(obj, key_id).with_payload(obj.get_encoded())
 
 
 def _to_managed(secret: Secret) -> Any:

@@ -25,14 +25,14 @@ from typing import Any
 
 import platformdirs
 
-from imgcrypt.errors import FormatError, KeyManagerError, SecretNotFoundError, UsageError
-from imgcrypt.keys.manager import (
-    Consumer,
-    KeyOrder,
-    SecretInfo,
+from imgcrypt.errors import (
+    FormatError,
+    KeyManagerError,
     SecretInUseError,
-    require_uuid,
+    SecretNotFoundError,
+    UsageError,
 )
+from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, require_uuid
 from imgcrypt.keys.rules import generate_secret
 from imgcrypt.keys.secret import SECRET_TYPES, Secret
 
@@ -40,10 +40,6 @@ FILE_FORMAT = "imgcrypt-local-secret"
 FILE_VERSION = 1
 MAX_FILE_BYTES = 1 << 20
 _LOCK_NAME = ".lock"
-
-
-class KeyFileError(FormatError):
-    """A keystore file is corrupted, foreign, or not private."""
 
 
 def default_keystore_dir() -> Path:
@@ -216,26 +212,28 @@ class LocalKeyStore:
         except FileNotFoundError:
             raise SecretNotFoundError(f"no secret {key_id} in keystore {self.directory}") from None
         except OSError as exc:
-            raise KeyFileError(
+            raise FormatError(
                 f"{path}: cannot be opened as a secret file ({exc.strerror})"
             ) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise KeyFileError(f"{path} is not a regular file")
+            raise FormatError(f"{path} is not a regular file")
         with os.fdopen(fd, "rb") as handle:
+            # Not private: the same fault as a keystore directory that is not (exit 5).
             if info.st_uid != os.geteuid():
-                raise KeyFileError(
+                raise KeyManagerError(
                     f"{path} is owned by uid {info.st_uid}, not by the user running imgcrypt "
                     f"(uid {os.geteuid()})"
                 )
             if info.st_mode & 0o077:
-                raise KeyFileError(
-                    f"{path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o})"
+                raise KeyManagerError(
+                    f"{path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+                    f"run: chmod 600 {path}"
                 )
             raw = handle.read(MAX_FILE_BYTES + 1)
         if len(raw) > MAX_FILE_BYTES:
-            raise KeyFileError(f"{path} is larger than {MAX_FILE_BYTES} bytes: not a secret file")
+            raise FormatError(f"{path} is larger than {MAX_FILE_BYTES} bytes: not a secret file")
         return _parse(raw, key_id, path)
 
 
@@ -243,55 +241,55 @@ def _parse(raw: bytes, key_id: str, path: Path) -> tuple[Secret, str | None, lis
     try:
         document = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # bad UTF-8 or JSON, or an oversized integer
-        raise KeyFileError(f"{path} is not valid JSON (corrupted?)") from None
+        raise FormatError(f"{path} is not valid JSON (corrupted?)") from None
     if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
-        raise KeyFileError(f"{path} is not an imgcrypt keystore file")
+        raise FormatError(f"{path} is not an imgcrypt keystore file")
     if document.get("version") != FILE_VERSION:
-        raise KeyFileError(
+        raise FormatError(
             f"{path} has unsupported keystore file version {document.get('version')!r}"
         )
     if document.get("secret_id") != key_id:
-        raise KeyFileError(f"{path} holds a different secret id than its name says")
+        raise FormatError(f"{path} holds a different secret id than its name says")
 
     def text(name: str, required: bool = False) -> str | None:
         value = document.get(name)
         if value is None and not required:
             return None
         if not isinstance(value, str):
-            raise KeyFileError(f"{path}: field {name!r} must be a string")
+            raise FormatError(f"{path}: field {name!r} must be a string")
         return value
 
     secret_type = text("secret_type", required=True)
     if secret_type not in SECRET_TYPES:
-        raise KeyFileError(f"{path}: unknown secret type")
+        raise FormatError(f"{path}: unknown secret type")
     bit_length = document.get("bit_length")
     if bit_length is not None and (
         isinstance(bit_length, bool) or not isinstance(bit_length, int) or bit_length <= 0
     ):
-        raise KeyFileError(f"{path}: field 'bit_length' must be a positive integer")
+        raise FormatError(f"{path}: field 'bit_length' must be a positive integer")
     encoded = text("payload", required=True)
     assert encoded is not None
     try:
         payload_bytes = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise KeyFileError(f"{path}: payload is not base64") from None
+        raise FormatError(f"{path}: payload is not base64") from None
     payload: bytes | str = payload_bytes
     if document.get("payload_is_text") is True:
         try:
             payload = payload_bytes.decode("utf-8")
         except UnicodeDecodeError:
-            raise KeyFileError(f"{path}: text payload is not UTF-8") from None
+            raise FormatError(f"{path}: text payload is not UTF-8") from None
     consumers_raw: Any = document.get("consumers", [])
     if not isinstance(consumers_raw, list):
-        raise KeyFileError(f"{path}: field 'consumers' must be a list")
+        raise FormatError(f"{path}: field 'consumers' must be a list")
     consumers = []
     for item in consumers_raw:
         if not isinstance(item, dict) or set(item) != {"service", "resource_type", "resource_id"}:
-            raise KeyFileError(f"{path}: malformed consumer entry")
+            raise FormatError(f"{path}: malformed consumer entry")
         try:
             consumers.append(Consumer(**{k: item[k] for k in item}))
         except UsageError:
-            raise KeyFileError(f"{path}: malformed consumer entry") from None
+            raise FormatError(f"{path}: malformed consumer entry") from None
     secret = Secret(
         payload=payload,
         secret_type=secret_type,

@@ -18,12 +18,8 @@ from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, Secret
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-class SecretInUseError(KeyManagerError):
-    """The key manager refused to delete a secret that still has consumers."""
 
 
-class ConsumersUnsupportedError(KeyManagerError):
-    """The key manager (or its API version) has no consumer registration."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +69,14 @@ class SecretInfo:
             mode=secret.mode,
             created=created,
         )
+
+    def with_payload(self, payload: object) -> Secret:
+        """The stored secret these metadata describe, with the payload a manager returned."""
+        if not isinstance(payload, bytes | str) or len(payload) == 0:
+            raise KeyManagerError(f"secret {self.secret_id} has no payload")
+        return Secret(payload=payload, secret_type=self.secret_type, algorithm=self.algorithm,
+                      bit_length=self.bit_length, mode=self.mode, secret_id=self.secret_id,
+                      name=self.name)
 
     def as_dict(self) -> dict[str, str | int | None]:
         return {

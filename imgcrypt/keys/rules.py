@@ -21,6 +21,8 @@ from imgcrypt.errors import (
     KeyManagerError,
     KeyManagerUnavailableError,
     SecretNotFoundError,
+    SpecMismatchError,
+    UnusableSecretError,
     UsageError,
 )
 from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
@@ -29,8 +31,6 @@ from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, EncryptionSpec, Secret
 DELETION_POLICIES = ("on_image_deletion", "do_not_delete")
 
 
-class UnusableSecretError(UsageError):
-    """A secret the cloud's own code could not turn into a passphrase (os-brick would raise)."""
 
 
 def passphrase_for(secret: Secret) -> bytes:
@@ -113,12 +113,6 @@ def pem_form(kind: str, payload: bytes) -> bytes:
         ) from None
 
 
-class SpecMismatchError(UsageError):
-    """A secret does not fit a volume type's encryption spec; ``mismatches`` lists how."""
-
-    def __init__(self, mismatches: tuple[str, ...]) -> None:
-        self.mismatches = mismatches
-        super().__init__("secret does not fit the encryption spec: " + "; ".join(mismatches))
 
 
 def check_secret(secret: Secret, spec: EncryptionSpec, *, allow_unknown: bool = False) -> None:

@@ -6,6 +6,7 @@ Both are small immutable values. A :class:`Secret` carries key material, so its 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -67,15 +68,11 @@ class Secret:
         }
 
     def with_id(self, secret_id: str) -> Secret:
-        return Secret(
-            payload=self.payload,
-            secret_type=self.secret_type,
-            algorithm=self.algorithm,
-            bit_length=self.bit_length,
-            mode=self.mode,
-            secret_id=secret_id,
-            name=self.name,
-        )
+        return dataclasses.replace(self, secret_id=secret_id)
+
+    def copy(self, name: str) -> Secret:
+        """The same key material and metadata, not yet stored, under a new name."""
+        return dataclasses.replace(self, payload=self.payload_bytes, secret_id=None, name=name)
 
     def __str__(self) -> str:
         return (

@@ -6,10 +6,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from imgcrypt.errors import EncryptionClaimError
 from imgcrypt.keys.manager import require_uuid
 from imgcrypt.keys.properties import parse_encrypt_format
 from imgcrypt.keys.rules import parse_deletion_policy
-from imgcrypt.service.errors import EncryptionClaimError
 
 KEY_ID_PROPERTIES = ("os_encrypt_key_id", "cinder_encryption_key_id")
 POLICY_PROPERTIES = ("os_encrypt_key_deletion_policy", "cinder_encryption_key_deletion_policy")

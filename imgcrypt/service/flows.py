@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import UsageError, VolumeTypeMismatchError
 from imgcrypt.fileio import ChunkReader, atomic_output
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
@@ -35,7 +35,6 @@ from imgcrypt.luks.stream import (
     unlock_stream,
 )
 from imgcrypt.service.claims import encryption_claim
-from imgcrypt.service.errors import TargetTooSmallError, VolumeTypeMismatchError
 from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict, image_consumer
 from imgcrypt.signing.verify import schemes_present
 
@@ -164,11 +163,7 @@ def create_volume_from_image(
         check_secret(volume_secret, spec)
     elif spec is not None and volume_key == "clone":
         assert volume_secret is not None
-        created_id = key_manager.store(Secret(
-            payload=volume_secret.payload_bytes, secret_type=volume_secret.secret_type,
-            algorithm=volume_secret.algorithm, bit_length=volume_secret.bit_length,
-            mode=volume_secret.mode, name="imgcrypt volume key (clone)",
-        ))
+        created_id = key_manager.store(volume_secret.copy("imgcrypt volume key (clone)"))
 
     inspector = UploadInspector(properties, key_manager=key_manager, policy=policy)
     try:
@@ -244,7 +239,7 @@ def _check_room(target: str, required: int) -> None:
     directory = os.path.dirname(os.path.abspath(target))
     free = os.statvfs(directory)
     if free.f_bavail * free.f_frsize < required:
-        raise TargetTooSmallError(f"{directory} has less than {required} bytes free")
+        raise UsageError(f"{directory} has less than {required} bytes free")
 
 
 @dataclass
@@ -289,11 +284,7 @@ def upload_volume_as_image(volume: str, volume_key_id: str, key_manager: KeyMana
             payload = f.seek(0, io.SEEK_END) - header.payload_offset
         f.seek(0)
         unlock_stream(f, passphrase_for(secret))  # the secret really opens the volume
-    clone_id = key_manager.store(Secret(
-        payload=secret.payload_bytes, secret_type=secret.secret_type,
-        algorithm=secret.algorithm, bit_length=secret.bit_length, mode=secret.mode,
-        name="imgcrypt image key (clone)",
-    ))
+    clone_id = key_manager.store(secret.copy("imgcrypt image key (clone)"))
     properties = {"disk_format": "raw", "container_format": "bare",
                   **encryption_properties(clone_id, header.version, payload, deletion_policy)}
     signer = None

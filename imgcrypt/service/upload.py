@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from imgcrypt.errors import FormatError, ImgcryptError, WrongPassphraseError
+from imgcrypt.errors import (
+    EncryptionClaimError,
+    ImgcryptError,
+    KeyBindingError,
+    LuksVersionRefusedError,
+    SignatureRequiredError,
+    UsageError,
+    WrongPassphraseError,
+)
 from imgcrypt.keys.manager import Consumer, KeyManager
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.luks.container import (
@@ -26,12 +34,6 @@ from imgcrypt.luks.container import (
 )
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, KdfLimits
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
-from imgcrypt.service.errors import (
-    EncryptionClaimError,
-    KeyBindingError,
-    LuksVersionRefusedError,
-    SignatureRequiredError,
-)
 from imgcrypt.signing import (
     ImageVerifier,
     VerificationResult,
@@ -67,6 +69,11 @@ class UploadPolicy:
     # KDF limits for the unlock that proves the named key opens the header (one per upload).
     unlock_limits: KdfLimits = UPLOAD_UNLOCK_LIMITS
 
+    def __post_init__(self) -> None:
+        if self.hash_algo not in HASH_ALGORITHMS:  # a deployment's setting, not an image's
+            raise UsageError(f"unsupported hash_algo {self.hash_algo!r}; imgcrypt computes "
+                             f"{', '.join(HASH_ALGORITHMS)}")
+
 
 @dataclass(frozen=True)
 class UploadVerdict:
@@ -100,8 +107,6 @@ class UploadInspector:
         self._policy = policy or UploadPolicy()
         self._manager = key_manager
         self._image_id = image_id
-        if self._policy.hash_algo not in HASH_ALGORITHMS:
-            raise FormatError(f"unsupported os_hash_algo {self._policy.hash_algo!r}")
         self._multihash = hashlib.new(self._policy.hash_algo)
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._head = bytearray()

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from imgcrypt.errors import UsageError
-from imgcrypt.signing.errors import (
+from imgcrypt.errors import (
     AlgorithmMismatchError,
     BadSignatureError,
     UnknownAlgorithmError,
+    UsageError,
     WeakAlgorithmError,
 )
 

@@ -23,7 +23,7 @@ re-issued with throw-away P-256 keys, after imgcrypt verified every real signatu
 library's verdict on the shadow is its verdict on the chain's structure; nothing of its
 cryptography is replaced by imgcrypt's own.
 
-Every refusal is a :class:`~imgcrypt.signing.errors.CertificateError` subclass (exit 4).
+Every refusal is a :class:`~imgcrypt.errors.CertificateError` subclass (exit 4).
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from imgcrypt.signing.algorithms import PublicKey, check_hash_policy, check_key_policy
-from imgcrypt.signing.errors import (
+from imgcrypt.errors import (
     CAConstraintError,
     CertificateExpiredError,
     CertificateLoadError,
@@ -53,6 +52,7 @@ from imgcrypt.signing.errors import (
     WeakAlgorithmError,
     WrongCertificateTypeError,
 )
+from imgcrypt.signing.algorithms import PublicKey, check_hash_policy, check_key_policy
 
 Clock = Callable[[], dt.datetime]
 MAX_CERTIFICATE_BYTES = 1 << 20

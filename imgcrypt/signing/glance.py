@@ -17,7 +17,13 @@ from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric import dsa
 
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import (
+    MalformedSignatureError,
+    MissingPropertyError,
+    UnknownAlgorithmError,
+    UsageError,
+    WeakAlgorithmError,
+)
 from imgcrypt.signing.algorithms import (
     GLANCE_KEY_TYPES,
     PrivateKey,
@@ -30,12 +36,6 @@ from imgcrypt.signing.algorithms import (
     verify_prehashed,
 )
 from imgcrypt.signing.certs import CheckedCertificate
-from imgcrypt.signing.errors import (
-    MalformedSignatureError,
-    MissingPropertyError,
-    UnknownAlgorithmError,
-    WeakAlgorithmError,
-)
 from imgcrypt.signing.stream import ImageHasher, SchemeResult
 
 SIGNATURE_KEY = "img_signature"

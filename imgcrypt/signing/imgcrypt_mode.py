@@ -23,7 +23,16 @@ import binascii
 import re
 from collections.abc import Mapping
 
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import (
+    BadSignatureError,
+    BoundPropertyMismatchError,
+    MalformedSignatureError,
+    MissingPropertyError,
+    SignedSizeMismatchError,
+    UnknownAlgorithmError,
+    UsageError,
+    WeakAlgorithmError,
+)
 from imgcrypt.signing import storage
 from imgcrypt.signing.algorithms import (
     IMGCRYPT_ALGORITHMS,
@@ -37,15 +46,6 @@ from imgcrypt.signing.algorithms import (
     verify_message,
 )
 from imgcrypt.signing.certs import CheckedCertificate
-from imgcrypt.signing.errors import (
-    BadSignatureError,
-    BoundPropertyMismatchError,
-    MalformedSignatureError,
-    MissingPropertyError,
-    SignedSizeMismatchError,
-    UnknownAlgorithmError,
-    WeakAlgorithmError,
-)
 from imgcrypt.signing.manifest import (
     ALGORITHM_KEY,
     BOUND_DIGEST_KEY,

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
 
-from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
+from imgcrypt.errors import FormatError, PassphraseRequiredError, WrongPassphraseError
 from imgcrypt.signing.algorithms import PrivateKey
 
 MAX_KEY_BYTES = 1 << 20
 
 
-class PassphraseRequiredError(UsageError):
-    """The private key is encrypted and no passphrase was given."""
 
 
 def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey:
@@ -42,15 +40,4 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         raise FormatError(f"unsupported private key: {type(exc).__name__}") from None
 
 
-def is_encrypted(data: bytes) -> bool:
-    """Whether loading ``data`` needs a passphrase (so a prompt is worth showing)."""
-    try:
-        load_private_key(data, None)
-    except PassphraseRequiredError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-__all__ = ["PassphraseRequiredError", "is_encrypted", "load_private_key"]
+__all__ = [ "load_private_key"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from imgcrypt.errors import DuplicatePropertyError, MalformedPropertiesError
 from imgcrypt.jsonkeys import unique_keys
-from imgcrypt.signing.errors import DuplicatePropertyError, MalformedPropertiesError
 
 MAX_DOCUMENT_BYTES = 4 << 20
 

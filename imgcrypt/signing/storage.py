@@ -23,14 +23,14 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-from imgcrypt.errors import UsageError
-from imgcrypt.signing.errors import (
+from imgcrypt.errors import (
     CorruptPartsError,
     DuplicatePartError,
     ExtraPartError,
     MalformedPartError,
     MissingPartError,
     ReorderedPartError,
+    UsageError,
 )
 
 DEFAULT_MAX_LENGTH = 255

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from imgcrypt.errors import MissingPropertyError
 from imgcrypt.signing import glance, imgcrypt_mode
 from imgcrypt.signing.certs import CheckedCertificate
-from imgcrypt.signing.errors import MissingPropertyError
 from imgcrypt.signing.manifest import CERT_UUID_KEY
 from imgcrypt.signing.stream import SchemeResult
 

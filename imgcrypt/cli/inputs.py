@@ -1,0 +1,256 @@
+"""Input handling every command shares: passphrase sources, key resolution, stdin sniffing,
+image sources and the refusal of targets before any work.
+
+Commands import this module (and :mod:`imgcrypt.cli.common` for argument builders); no command
+imports another. Outputs go through :func:`imgcrypt.fileio.atomic_output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import io
+import os
+import re
+import stat
+import sys
+import termios
+from collections.abc import Iterator
+from typing import Any, BinaryIO, cast
+
+from imgcrypt.cli import keyopts
+from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
+from imgcrypt.fileio import open_input
+from imgcrypt.keys.manager import KeyManager
+from imgcrypt.signing import glance
+from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
+
+# The image property names imgcrypt writes, which a property document (--properties,
+# --signature) may hold.
+ENCRYPTION_NAMES = frozenset({
+    "cinder_encryption_key_id", "cinder_encryption_key_deletion_policy", "os_encrypt_format",
+    "os_encrypt_key_id", "os_encrypt_key_deletion_policy", "os_decrypt_size",
+    "os_decrypt_container_format",
+})
+FORMAT_NAMES = frozenset({"disk_format", "container_format"})
+_IMGCRYPT_SIGN_NAME = re.compile(
+    r"imgcrypt_sign_(version|algorithm|hash|size|bound_sha256|certificate_uuid"
+    r"|signature_count|signature_sha256|signature_[1-9][0-9]{0,3})"
+)
+
+
+def known_property(name: str) -> bool:
+    """A property name imgcrypt writes (encryption, format, Glance or imgcrypt signature)."""
+    return (name in ENCRYPTION_NAMES or name in FORMAT_NAMES or name in glance.KEYS
+            or _IMGCRYPT_SIGN_NAME.fullmatch(name) is not None)
+
+
+# A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
+MAX_PASSPHRASE_FILE = 8 << 20
+# A terminal line is at most 4096 bytes in canonical mode; cryptsetup stops at 512 when asking.
+MAX_TYPED_PASSPHRASE = 4096
+
+
+def read_passphrase_file(path: str) -> bytes:
+    """The file's bytes exactly, as cryptsetup's --key-file and qemu's secret,file= use them.
+
+    The one rule for every passphrase file imgcrypt reads (LUKS passphrases and private-key
+    passphrases alike): a trailing newline is part of the passphrase, as it is for cryptsetup.
+    """
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_PASSPHRASE_FILE + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PASSPHRASE_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read passphrase file {path}: {exc.strerror}") from None
+    if len(data) > MAX_PASSPHRASE_FILE:
+        raise UsageError(f"passphrase file {path} is larger than {MAX_PASSPHRASE_FILE} bytes")
+    if not data:
+        raise UsageError(f"passphrase file {path} is empty")
+    return data
+
+
+
+
+def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:
+    """Ask on the controlling terminal without echo; twice when creating.
+
+    Never from argv, the environment or stdin (stdin may carry the image). The terminal is
+    opened as a raw descriptor: a buffered ``open("/dev/tty", "r+")`` needs a seekable file
+    and fails on every terminal.
+    """
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        raise NoTerminalError(
+            "no passphrase: give --passphrase-file (or --key-id) when not on a terminal"
+        ) from None
+    try:
+        first = _read_hidden(fd, prompt)
+        if not first:
+            raise UsageError("empty passphrase")
+        if confirm and _read_hidden(fd, "Verify passphrase: ") != first:
+            raise UsageError("passphrases do not match")
+    finally:
+        os.close(fd)
+    return first
+
+
+def _read_hidden(fd: int, prompt: str) -> bytes:
+    """One line typed on terminal ``fd`` with echo off, without its newline; echo restored
+    whatever happens (Ctrl-C raises KeyboardInterrupt out of the read)."""
+    os.write(fd, prompt.encode("utf-8", "replace"))
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        raise NoTerminalError(
+            "no passphrase: give --passphrase-file (or --key-id) when not on a terminal"
+        ) from None
+    quiet = list(saved)
+    quiet[3] = saved[3] & ~(termios.ECHO | termios.ECHONL)
+    line = bytearray()
+    try:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        while not line.endswith(b"\n"):
+            chunk = os.read(fd, 1024)
+            if not chunk:  # end of input (Ctrl-D on an empty line)
+                break
+            line += chunk
+            if len(line) > MAX_TYPED_PASSPHRASE:
+                raise UsageError(f"a typed passphrase is limited to {MAX_TYPED_PASSPHRASE} bytes")
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        os.write(fd, b"\n")
+    typed = bytes(line)
+    return typed[:-1] if typed.endswith(b"\n") else typed
+
+
+def passphrase_from(path: str | None, *, confirm: bool, prompt: str = "Passphrase: ") -> bytes:
+    if path is not None:
+        return read_passphrase_file(path)
+    return prompt_passphrase(prompt, confirm=confirm)
+
+
+def check_target(target: str, *, force: bool) -> None:
+    """Refuse an output before any work (or any new key): it exists, or its directory does
+    not. The error names the target, not the temporary file that would sit beside it."""
+    if target == "-":
+        return
+    if os.path.lexists(target) and not force:
+        raise TargetExistsError(f"{target} exists (use --force to replace it)")
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such directory for the target", target)
+
+
+def input_size(path: str) -> int | None:
+    if path == "-":
+        return None
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[bytes, Any]:
+    """The passphrase, and the key-manager secret it came from (or None)."""
+    resolved = keyopts.resolve_key(args, creating=creating)
+    if resolved is not None:
+        if args.passphrase_file is not None:
+            raise UsageError("give either --passphrase-file or a key-manager key, not both")
+        return resolved.passphrase, resolved
+    return passphrase_from(args.passphrase_file, confirm=creating), None
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``rest``: stdin after its magic bytes were read."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._rest = cast(io.BufferedIOBase, rest)  # sys.stdin.buffer: it has readinto
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._rest.readinto(buffer)
+
+
+def sniff_stdin() -> tuple[BinaryIO, str | None]:
+    """stdin, with nothing consumed, and the image format its magic bytes name (or None)."""
+    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
+
+    stdin = sys.stdin.buffer
+    if _regular_file(stdin):
+        # a redirected file: look without moving, so the file-to-file fast path stays
+        return stdin, sniff_format(os.pread(stdin.fileno(), SNIFF_SIZE, stdin.tell()))
+    head = b""
+    while len(head) < SNIFF_SIZE:
+        chunk = stdin.read(SNIFF_SIZE - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return cast(BinaryIO, io.BufferedReader(_Prefixed(head, stdin))), sniff_format(head)
+
+
+def refuse_image_on_stdin(found: str, use: str) -> UnsupportedError:
+    what = "a LUKS image" if found == "luks" else f"a {found} image"
+    return UnsupportedError(f"stdin holds {what} (by its magic bytes): {use}")
+
+
+def stdin_source(*, explicit_raw: bool) -> BinaryIO:
+    """stdin as a raw guest disk. qemu-img cannot read an image format from a pipe, so a
+    qcow2/vmdk/vhdx/vdi/vpc (or LUKS) recognised by its magic bytes is refused rather than
+    encrypted as if it were the guest's disk, unless ``--source-format raw`` says it is."""
+    if explicit_raw:
+        return sys.stdin.buffer
+    stream, found = sniff_stdin()
+    if found is not None:
+        raise refuse_image_on_stdin(
+            found, "not a raw disk: give it as a file (qemu-img cannot read it from a pipe), "
+            "or --source-format raw to encrypt its bytes as they are")
+    return stream
+
+
+def _regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and stream.seekable()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def key_manager(args: argparse.Namespace) -> KeyManager:
+    """The key manager the command-line options (and imgcrypt.toml) name."""
+    return keyopts.key_manager_from_args(args)
+
+
+def feed_image(consumer: Consumer[Any], image: str) -> Any:
+    if image == "-":
+        stdin = sys.stdin.buffer
+        while chunk := stdin.read(CHUNK_SIZE):
+            consumer.update(chunk)
+        return consumer.finalize()
+    return feed_file(consumer, image)
+
+
+@contextlib.contextmanager
+def luks_input(source: str) -> Iterator[BinaryIO]:
+    """SOURCE opened; on stdin, a qcow2 (which qemu-img cannot read from a pipe) is named."""
+    if source != "-":
+        with open_input(source) as f:
+            yield f
+        return
+    stream, found = sniff_stdin()
+    if found not in (None, "luks"):
+        raise refuse_image_on_stdin(found, "give it as a file (qemu-img cannot read it from a "
+                                    "pipe)")
+    yield stream
