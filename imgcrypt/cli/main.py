@@ -138,7 +138,7 @@ def _report(message: str) -> None:
 
 def run() -> None:
     code = main()
-    if code == 130:
+    if code == INTERRUPTED_EXIT:
         # Interrupted, cleaned up and reported: leave now with the documented code. Left to
         # the interpreter's own exit, the process sometimes ended by SIGINT instead (seen on a
         # real terminal after a Ctrl-C during a transfer; cause inside CPython not pinned down).
