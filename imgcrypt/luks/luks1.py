@@ -7,7 +7,6 @@ starts at :attr:`Luks1Header.payload_offset` and is never touched by keyslot ope
 
 from __future__ import annotations
 
-import hmac
 import os
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
@@ -22,27 +21,19 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks import af, backend, luks1_rules
+from imgcrypt.luks import af, backend, keyslot, luks1_rules
 from imgcrypt.luks.container import RegionUpdate
-from imgcrypt.luks.cost import check_unlock_cost
-from imgcrypt.luks.kdf import (
-    DEFAULT_LIMITS,
-    Kdf,
-    KdfLimits,
-    Pbkdf2,
-    check_limits,
-    check_total,
-    derive,
-)
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
+from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
 from imgcrypt.luks.layout import Kind, Layout, fields
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+from imgcrypt.luks.sectors import CipherSpec
 
 MAGIC = b"LUKS\xba\xbe"
 SECTOR = 512
 NUM_KEYSLOTS = 8
-STRIPES = 4000
+STRIPES = keyslot.STRIPES
 DIGEST_SIZE = 20
-SALT_SIZE = 32
+SALT_SIZE = keyslot.SALT_SIZE
 KEYSLOT_ACTIVE = 0x00AC71F3
 KEYSLOT_INACTIVE = 0x0000DEAD
 # cryptsetup aligns keyslot areas to 4 KiB and, by default, the payload to 1 MiB.
@@ -93,7 +84,7 @@ class Keyslot:
 
     def material_size(self, key_bytes: int) -> int:
         """Bytes of AF material, rounded up to whole sectors as it is stored."""
-        return -(-key_bytes * self.stripes // SECTOR) * SECTOR
+        return keyslot.material_size(key_bytes, self.stripes)
 
 
 @dataclass(frozen=True)
@@ -230,10 +221,18 @@ class Luks1Header:
     def _slot_kdf(self, slot: Keyslot) -> Pbkdf2:
         return Pbkdf2(self.hash_spec, slot.iterations, slot.salt)
 
+    def _digest(self) -> MasterKeyDigest:
+        return MasterKeyDigest(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
+                               self.mk_digest)
+
+    def _material(self, index: int) -> SlotMaterial:
+        ks = self.keyslots[index]
+        return SlotMaterial(index, self._slot_kdf(ks), self.cipher, self.key_bytes,
+                            self.key_bytes, ks.stripes, self.hash_spec,
+                            ks.key_material_offset * SECTOR)
+
     def verify_master_key(self, master_key: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> bool:
-        digest = derive(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
-                        master_key, DIGEST_SIZE, limits)
-        return hmac.compare_digest(digest, self.mk_digest)
+        return self._digest().matches(master_key, limits)
 
     def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
                slot: int | None = None) -> tuple[int, bytes]:
@@ -244,27 +243,11 @@ class Luks1Header:
         if slot is not None and (not 0 <= slot < NUM_KEYSLOTS or not self.keyslots[slot].active):
             raise UsageError(f"keyslot {slot} is not active")
         candidates = self.active_keyslots() if slot is None else (slot,)
+        slots = [self._material(i) for i in candidates]
+        digest = self._digest()
         # Check every candidate's parameters before spending time on any of them.
-        for i in candidates:
-            check_limits(self._slot_kdf(self.keyslots[i]), self.key_bytes, limits)
-        digest_kdf = Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt)
-        check_limits(digest_kdf, DIGEST_SIZE, limits)
-        # Each candidate that fails costs its KDF and one digest check.
-        check_total([kdf for i in candidates for kdf in (self._slot_kdf(self.keyslots[i]),
-                                                         digest_kdf)], limits)
-        check_unlock_cost([pair for i in candidates
-                           for pair in ((self._slot_kdf(self.keyslots[i]), self.key_bytes),
-                                        (digest_kdf, DIGEST_SIZE))], limits.max_unlock_cost)
-        for i in candidates:
-            ks = self.keyslots[i]
-            derived = derive(self._slot_kdf(ks), passphrase, self.key_bytes, limits)
-            start = ks.key_material_offset * SECTOR
-            encrypted = region[start : start + ks.material_size(self.key_bytes)]
-            material = SectorCipher(self.cipher, derived).decrypt(encrypted, 0)
-            candidate = af.merge(material, self.key_bytes, ks.stripes, self.hash_spec)
-            if self.verify_master_key(candidate, limits):
-                return i, candidate
-        raise WrongPassphraseError("no keyslot opens with this passphrase")
+        keyslot.check_budget([(s.kdf, s.area_key_size) for s in slots], digest, limits)
+        return keyslot.open_first(region, slots, digest, passphrase, limits)
 
     def add_keyslot(self, region: bytes, master_key: bytes, passphrase: bytes, kdf: Kdf,
                     slot: int | None = None) -> RegionUpdate:
@@ -296,8 +279,8 @@ class Luks1Header:
             start < b and a < end for a, b in others
         ):
             raise FormatError(f"keyslot {slot} has no room of its own in this header")
-        material = encrypt_keyslot(self.cipher, master_key, passphrase, self._slot_kdf(new),
-                                   self.hash_spec, STRIPES)
+        material = keyslot.seal(self.cipher, master_key, passphrase, self._slot_kdf(new),
+                                self.hash_spec, STRIPES)
         header = replace(self, keyslots=_set(self.keyslots, slot, new))
         return RegionUpdate(_rewrite(region, header, [(start, material)]),
                             ((start, start + len(material)), (0, HEADER_SIZE)), slot)
@@ -329,15 +312,6 @@ def _rewrite(region: bytes, header: Luks1Header, patches: list[tuple[int, bytes]
     return bytes(out)
 
 
-def encrypt_keyslot(cipher: CipherSpec, master_key: bytes, passphrase: bytes, kdf: Pbkdf2,
-                    hash_spec: str, stripes: int) -> bytes:
-    """AF-split ``master_key`` and encrypt it under a key derived from ``passphrase``."""
-    derived = derive(kdf, passphrase, len(master_key))
-    material = af.split(master_key, stripes, hash_spec)
-    padded = material + bytes(-len(material) % SECTOR)
-    return SectorCipher(cipher, derived).encrypt(padded, 0)
-
-
 def keyslot_area_sectors(key_bytes: int, stripes: int = STRIPES) -> int:
     size = -(-key_bytes * stripes // KEYSLOT_ALIGN) * KEYSLOT_ALIGN
     return size // SECTOR
@@ -359,12 +333,11 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, h
     )
     end = (first + NUM_KEYSLOTS * area) * SECTOR
     payload_offset = -(-end // payload_align) * payload_align
-    digest_salt = os.urandom(SALT_SIZE)
-    digest = derive(Pbkdf2(hash_spec, digest_iterations, digest_salt), master_key, DIGEST_SIZE)
+    digest = MasterKeyDigest.of(master_key, hash_spec, digest_iterations, DIGEST_SIZE)
     header = Luks1Header(
         cipher_name=cipher.name, cipher_mode=cipher.mode, hash_spec=hash_spec,
         payload_offset_sectors=payload_offset // SECTOR, key_bytes=key_bytes,
-        mk_digest=digest, mk_digest_salt=digest_salt, mk_digest_iter=digest_iterations,
+        mk_digest=digest.value, mk_digest_salt=digest.kdf.salt, mk_digest_iter=digest_iterations,
         uuid=uuid or str(uuidlib.uuid4()), keyslots=slots,
     )
     kdf = Pbkdf2(hash_spec, iterations, os.urandom(SALT_SIZE))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import os
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
@@ -28,9 +27,8 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks import af, backend, luks2_rules
+from imgcrypt.luks import af, backend, keyslot, luks2_rules
 from imgcrypt.luks.container import RegionUpdate
-from imgcrypt.luks.cost import check_unlock_cost
 from imgcrypt.luks.kdf import (
     DEFAULT_LIMITS,
     Argon2,
@@ -38,10 +36,9 @@ from imgcrypt.luks.kdf import (
     KdfLimits,
     Pbkdf2,
     check_limits,
-    check_total,
-    derive,
     pbkdf2_iterations_for,
 )
+from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
 from imgcrypt.luks.luks2_binary import (
     HDR_SIZES,
     MAGIC_PRIMARY,
@@ -70,11 +67,11 @@ from imgcrypt.luks.luks2_json import (
     validate,
 )
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.signatures import foreign_signature
 
-STRIPES = 4000
-KEYSLOT_SALT_SIZE = 32
+STRIPES = keyslot.STRIPES
+KEYSLOT_SALT_SIZE = keyslot.SALT_SIZE
 AREA_ALIGN = 4096
 # cryptsetup's LUKS2_DEFAULT_HDR_SIZE: metadata plus keyslots fill the first 16 MiB by default.
 DEFAULT_REGION = 16 << 20
@@ -331,10 +328,12 @@ class Luks2Header:
 
     # -- keyslot cryptography ----------------------------------------------------------------
 
-    def verify_master_key(self, master_key: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> bool:
+    def _digest(self) -> MasterKeyDigest:
         d = self._segment_digest()
-        got = derive(Pbkdf2(d.hash, d.iterations, d.salt), master_key, len(d.digest), limits)
-        return hmac.compare_digest(got, d.digest)
+        return MasterKeyDigest(Pbkdf2(d.hash, d.iterations, d.salt), d.digest)
+
+    def verify_master_key(self, master_key: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> bool:
+        return self._digest().matches(master_key, limits)
 
     def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
                slot: int | None = None) -> tuple[int, bytes]:
@@ -355,27 +354,11 @@ class Luks2Header:
             candidates = sorted((ks for ks in usable if ks.priority != 0),
                                 key=lambda ks: (ks.priority != 2, ks.id))
         self.check_kdfs(limits)
-        digest = self._segment_digest()
-        digest_kdf = Pbkdf2(digest.hash, digest.iterations, digest.salt)
-        check_total([kdf for ks in candidates if ks.kdf is not None
-                     for kdf in (ks.kdf, digest_kdf)], limits)
-        check_unlock_cost([pair for ks in candidates if ks.kdf is not None
-                           for pair in ((ks.kdf, ks.area_key_size),
-                                        (digest_kdf, len(digest.digest)))],
-                          limits.max_unlock_cost)
-        for ks in candidates:
-            _check_usable(ks)
-        for ks in candidates:
-            assert ks.kdf is not None and ks.area_offset is not None
-            derived = derive(ks.kdf, passphrase, ks.area_key_size, limits)
-            encrypted = region[ks.area_offset : ks.area_offset + ks.material_size]
-            material = SectorCipher(CipherSpec.parse(ks.area_cipher), derived).decrypt(
-                encrypted, 0
-            )
-            candidate = af.merge(material, ks.key_size, ks.stripes, ks.af_hash)
-            if self.verify_master_key(candidate, limits):
-                return ks.id, candidate
-        raise WrongPassphraseError("no keyslot opens with this passphrase")
+        digest = self._digest()
+        keyslot.check_budget([(ks.kdf, ks.area_key_size) for ks in candidates
+                              if ks.kdf is not None], digest, limits)
+        slots = [_material(ks) for ks in candidates]
+        return keyslot.open_first(region, slots, digest, passphrase, limits)
 
     def add_keyslot(self, region: bytes, master_key: bytes, passphrase: bytes, kdf: Kdf,
                     slot: int | None = None) -> RegionUpdate:
@@ -403,7 +386,7 @@ class Luks2Header:
         if len(kdf.salt) != KEYSLOT_SALT_SIZE:
             kdf = replace(kdf, salt=os.urandom(KEYSLOT_SALT_SIZE))
         af_hash = digest.hash
-        material = _encrypt_keyslot(cipher, master_key, passphrase, kdf, af_hash)
+        material = keyslot.seal(cipher, master_key, passphrase, kdf, af_hash, STRIPES)
 
         obj = load_json(self.json_text)
         keyslots = obj["keyslots"]
@@ -501,15 +484,20 @@ class Luks2Header:
         return pack_copy(primary, self.json_text) + pack_copy(secondary, self.json_text)
 
 
-def _check_usable(ks: Keyslot) -> None:
-    """Refuse a keyslot whose parameters imgcrypt cannot or will not compute, before any KDF."""
+def _material(ks: Keyslot) -> SlotMaterial:
+    """Refuse a keyslot whose parameters imgcrypt cannot or will not compute, before any KDF;
+    else where and how it keeps the master key."""
     if not 1 <= ks.key_size <= MAX_KEY_SIZE or not 1 <= ks.stripes <= MAX_STRIPES:
         raise LimitExceededError(f"LUKS2 keyslot {ks.id}: key size {ks.key_size} or "
                                  f"{ks.stripes} stripes out of range")
     if ks.area_size is None or ks.material_size > ks.area_size:
         raise FormatError(f"LUKS2 keyslot {ks.id} area is smaller than its key material")
-    CipherSpec.parse(ks.area_cipher).check_key_size(ks.area_key_size)
+    cipher = CipherSpec.parse(ks.area_cipher)
+    cipher.check_key_size(ks.area_key_size)
     af.check_hash(ks.af_hash)
+    assert ks.kdf is not None and ks.area_offset is not None
+    return SlotMaterial(ks.id, ks.kdf, cipher, ks.area_key_size, ks.key_size, ks.stripes,
+                        ks.af_hash, ks.area_offset)
 
 
 def _current(copy: MetadataCopy | FormatError, winner: MetadataCopy) -> bool:
@@ -547,15 +535,6 @@ def _round_up(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def _encrypt_keyslot(cipher: CipherSpec, master_key: bytes, passphrase: bytes, kdf: Kdf,
-                     af_hash: str) -> bytes:
-    """AF-split the key and encrypt it, as 512-byte sectors from IV 0, under the derived key."""
-    derived = derive(kdf, passphrase, len(master_key))
-    material = af.split(master_key, STRIPES, af_hash)
-    padded = material + bytes(-len(material) % 512)
-    return SectorCipher(cipher, derived).encrypt(padded, 0)
-
-
 def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, kdf: Kdf,
                   sector_size: int = 512, digest_iterations: int | None = None,
                   uuid: str | None = None, label: str = "", metadata_size: int = 16384,
@@ -587,8 +566,7 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, k
     digest_len = hashlib.new(af.check_hash(digest_hash)).digest_size
     if digest_iterations is None:
         digest_iterations = pbkdf2_iterations_for(digest_hash, digest_len, DIGEST_MS)
-    digest_salt = os.urandom(KEYSLOT_SALT_SIZE)
-    digest = derive(Pbkdf2(digest_hash, digest_iterations, digest_salt), master_key, digest_len)
+    digest = MasterKeyDigest.of(master_key, digest_hash, digest_iterations, digest_len)
     payload_offset = _round_up(2 * metadata_size + keyslots_size, payload_align)
 
     b64 = base64.b64encode
@@ -601,8 +579,8 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, k
         }},
         "digests": {"0": {
             "type": "pbkdf2", "keyslots": [], "segments": ["0"], "hash": digest_hash,
-            "iterations": digest_iterations, "salt": b64(digest_salt).decode("ascii"),
-            "digest": b64(digest).decode("ascii"),
+            "iterations": digest_iterations, "salt": b64(digest.kdf.salt).decode("ascii"),
+            "digest": b64(digest.value).decode("ascii"),
         }},
         "config": {"json_size": str(metadata_size - 4096), "keyslots_size": str(keyslots_size)},
     }
