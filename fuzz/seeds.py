@@ -59,7 +59,7 @@ def luks2_region() -> bytes:
     """A LUKS2 header (16 KiB metadata copies) with one 8-stripe pbkdf2 keyslot, 1 KiB payload."""
     from imgcrypt.luks import keyslot, luks2
     from imgcrypt.luks.kdf import Pbkdf2
-    from imgcrypt.luks.luks2_json import load_json
+    from imgcrypt.luks.luks2.metadata import load_json
     from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
     cipher = CipherSpec.parse("aes-xts-plain64")

@@ -22,13 +22,12 @@ from imgcrypt.errors import (
     WrongPassphraseError,
 )
 from imgcrypt.luks import af, backend, keyslot, luks1_rules
-from imgcrypt.luks.container import RegionUpdate
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
 from imgcrypt.luks.layout import Kind, Layout, fields
 from imgcrypt.luks.sectors import CipherSpec
+from imgcrypt.luks.types import MAGIC, RegionUpdate, Segment
 
-MAGIC = b"LUKS\xba\xbe"
 SECTOR = 512
 NUM_KEYSLOTS = 8
 STRIPES = keyslot.STRIPES
@@ -191,6 +190,21 @@ class Luks1Header:
     def region_size(self) -> int:
         """Bytes from the start of the image that hold the header and every keyslot area."""
         return max(HEADER_SIZE, luks1_rules.end_sectors(self) * SECTOR)
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return ()  # LUKS1 has no requirement flags
+
+    @property
+    def af_hash(self) -> str:
+        """LUKS1 keyslots and the digest all use the header's one hash."""
+        return self.hash_spec
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The one implicit segment: the payload, to the end of the image."""
+        return (Segment(0, "crypt", self.payload_offset, None, 0,
+                        f"{self.cipher_name}-{self.cipher_mode}", SECTOR),)
 
     def active_keyslots(self) -> tuple[int, ...]:
         return tuple(i for i, s in enumerate(self.keyslots) if s.active)

@@ -1,4 +1,4 @@
-"""LUKS2 binary headers: the 4096-byte block before each JSON area, its checksum, both copies.
+"""LUKS2 on disk: the 4096-byte binary header before each JSON area, its checksum, both copies.
 
 A LUKS2 image starts with two metadata copies, primary at 0 and secondary at ``hdr_size``.
 Each copy is a binary header followed by a JSON area; together they are ``hdr_size`` bytes, and
@@ -14,15 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imgcrypt.errors import ChecksumError, FormatError, TruncatedError
-from imgcrypt.luks import backend, luks2_rules
+from imgcrypt.luks import backend
 from imgcrypt.luks.layout import Kind, Layout, fields
+from imgcrypt.luks.luks2 import rules as luks2_rules
+from imgcrypt.luks.luks2.rules import BINARY_SIZE, HDR_SIZES
 from imgcrypt.luks.rules import HeaderRuleError, MagicRuleError
+from imgcrypt.luks.types import MAGIC, MAGIC_SECONDARY
 
-MAGIC_PRIMARY = b"LUKS\xba\xbe"
-MAGIC_SECONDARY = b"SKUL\xba\xbe"
-BINARY_SIZE = 4096
-# Every metadata size cryptsetup accepts; the secondary copy sits at one of these offsets.
-HDR_SIZES = tuple(16384 << i for i in range(9))  # 16 KiB .. 4 MiB
+# BINARY_SIZE and HDR_SIZES are facts of the disk format, declared once beside the rules.
+__all__ = ["BINARY_SIZE", "CSUM_SIZE", "HDR_SIZES", "LAYOUT", "MAX_HDR_SIZE", "SALT_SIZE",
+           "BinaryHeader", "ChecksumRuleError", "Copies", "MetadataCopy", "checksum",
+           "find_copies", "needed_bytes", "pack_copy", "read_copy", "text", "text_field"]
+
+# The secondary copy sits at one of the HDR_SIZES offsets.
 MAX_HDR_SIZE = HDR_SIZES[-1]
 CSUM_SIZE = 64
 SALT_SIZE = 64
@@ -122,7 +126,7 @@ JsonCheck = Callable[[bytes, int], str]
 
 def _sane(data: bytes, offset: int) -> BinaryHeader:
     """The binary header at ``offset`` if cryptsetup's pre-checksum sanity checks pass."""
-    magic = MAGIC_PRIMARY if offset == 0 else MAGIC_SECONDARY
+    magic = MAGIC if offset == 0 else MAGIC_SECONDARY
     if len(data) < offset + BINARY_SIZE:
         raise TruncatedError(f"LUKS2 header copy at {offset} is cut short")
     hdr = BinaryHeader.unpack(data, offset)
@@ -236,7 +240,7 @@ def find_copies(data: bytes, check_json: JsonCheck) -> Copies:
 
 def needed_bytes(prefix: bytes) -> int:
     """How many leading bytes :func:`find_copies` needs, judged from the primary binary header."""
-    if len(prefix) >= 16 and prefix[:6] == MAGIC_PRIMARY:
+    if len(prefix) >= 16 and prefix[:6] == MAGIC:
         hdr_size = int.from_bytes(prefix[8:16], "big")
         if hdr_size in HDR_SIZES:
             return 2 * hdr_size
