@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
 from imgcrypt.errors import (
     BadMagicError,
@@ -24,7 +24,7 @@ from imgcrypt.errors import (
 from imgcrypt.luks import af, backend, keyslot, luks1_rules
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
-from imgcrypt.luks.layout import Kind, Layout, fields
+from imgcrypt.luks.layout import Kind, declare, flag, raw, text, uint_be
 from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.types import MAGIC, RegionUpdate, Segment
 
@@ -41,63 +41,38 @@ PAYLOAD_ALIGN = 1 << 20
 # No legitimate LUKS1 image keeps keyslots beyond a few MiB; a hostile header may claim TiB.
 MAX_REGION = 64 << 20
 
-KEYSLOT_LAYOUT = Layout(
-    "LUKS1 keyslot",
-    48,
-    fields(
-        ("active", 4, Kind.UINT_BE),
-        ("iterations", 4, Kind.UINT_BE),
-        ("salt", SALT_SIZE, Kind.RAW),
-        ("key_material_offset", 4, Kind.UINT_BE),
-        ("stripes", 4, Kind.UINT_BE),
-    ),
-)
-
-HEADER_LAYOUT = Layout(
-    "LUKS1 header",
-    208,
-    fields(
-        ("magic", 6, Kind.RAW),
-        ("version", 2, Kind.UINT_BE),
-        ("cipher_name", 32, Kind.TEXT),
-        ("cipher_mode", 32, Kind.TEXT),
-        ("hash_spec", 32, Kind.TEXT),
-        ("payload_offset", 4, Kind.UINT_BE),
-        ("key_bytes", 4, Kind.UINT_BE),
-        ("mk_digest", DIGEST_SIZE, Kind.RAW),
-        ("mk_digest_salt", SALT_SIZE, Kind.RAW),
-        ("mk_digest_iter", 4, Kind.UINT_BE),
-        ("uuid", 40, Kind.TEXT),
-    ),
-)
-HEADER_SIZE = HEADER_LAYOUT.size + NUM_KEYSLOTS * KEYSLOT_LAYOUT.size  # 592
 
 
+# The on-disk structures, each declared once as its record type (see imgcrypt.luks.layout).
 @dataclass(frozen=True)
 class Keyslot:
-    active: bool
-    iterations: int
-    salt: bytes = field(repr=False)
-    key_material_offset: int  # sectors
-    stripes: int
+    # cryptsetup treats any state but "active" as a keyslot that cannot be used.
+    active: Annotated[bool, flag(4, on=KEYSLOT_ACTIVE, off=KEYSLOT_INACTIVE)]
+    iterations: Annotated[int, uint_be(4)]
+    salt: Annotated[bytes, raw(SALT_SIZE)] = field(repr=False)
+    key_material_offset: Annotated[int, uint_be(4)]  # sectors
+    stripes: Annotated[int, uint_be(4)]
 
     def material_size(self, key_bytes: int) -> int:
         """Bytes of AF material, rounded up to whole sectors as it is stored."""
         return keyslot.material_size(key_bytes, self.stripes)
 
 
+KEYSLOT_LAYOUT = declare(Keyslot, "LUKS1 keyslot")  # 48 bytes
+
+
 @dataclass(frozen=True)
 class Luks1Header:
-    cipher_name: str
-    cipher_mode: str
-    hash_spec: str
-    payload_offset_sectors: int
-    key_bytes: int
-    mk_digest: bytes = field(repr=False)
-    mk_digest_salt: bytes = field(repr=False)
-    mk_digest_iter: int
-    uuid: str
-    keyslots: tuple[Keyslot, ...]
+    cipher_name: Annotated[str, text(32)]
+    cipher_mode: Annotated[str, text(32)]
+    hash_spec: Annotated[str, text(32)]
+    payload_offset_sectors: Annotated[int, uint_be(4, name="payload_offset")]
+    key_bytes: Annotated[int, uint_be(4)]
+    mk_digest: Annotated[bytes, raw(DIGEST_SIZE)] = field(repr=False)
+    mk_digest_salt: Annotated[bytes, raw(SALT_SIZE)] = field(repr=False)
+    mk_digest_iter: Annotated[int, uint_be(4)]
+    uuid: Annotated[str, text(40)]
+    keyslots: tuple[Keyslot, ...]  # stored after the header, as KEYSLOT_LAYOUT each
 
     version = 1
     sector_size = SECTOR
@@ -113,44 +88,21 @@ class Luks1Header:
             raise BadMagicError("not a LUKS image (bad magic)")
         if len(data) < HEADER_SIZE:
             raise TruncatedError(f"LUKS1 header truncated: {len(data)} of {HEADER_SIZE} bytes")
-        values = HEADER_LAYOUT.unpack(data)
-        if values["version"] != 1:
-            raise UnsupportedError(f"LUKS version {values['version']} is not LUKS1")
-        slots = []
-        for i in range(NUM_KEYSLOTS):
-            raw = KEYSLOT_LAYOUT.unpack(data, HEADER_LAYOUT.size + i * KEYSLOT_LAYOUT.size)
-            # cryptsetup treats any state but "active" as a keyslot that cannot be used.
-            slots.append(
-                Keyslot(raw["active"] == KEYSLOT_ACTIVE, raw["iterations"], raw["salt"],
-                        raw["key_material_offset"], raw["stripes"])
-            )
-        del values["magic"], values["version"]
-        header = cls(
-            cipher_name=values.pop("cipher_name"),
-            cipher_mode=values.pop("cipher_mode"),
-            hash_spec=values.pop("hash_spec"),
-            payload_offset_sectors=values.pop("payload_offset"),
-            keyslots=tuple(slots),
-            **values,
+        slots = tuple(
+            KEYSLOT_LAYOUT.unpack_record(Keyslot, data,
+                                         HEADER_LAYOUT.size + i * KEYSLOT_LAYOUT.size)
+            for i in range(NUM_KEYSLOTS)
         )
+        header = HEADER_LAYOUT.unpack_record(cls, data, keyslots=slots)
+        version = int.from_bytes(data[6:8], "big")
+        if version != 1:
+            raise UnsupportedError(f"LUKS version {version} is not LUKS1")
         header.validate()
         return header
 
     def pack(self) -> bytes:
-        out = bytearray(HEADER_LAYOUT.pack({
-            "magic": MAGIC, "version": 1, "cipher_name": self.cipher_name,
-            "cipher_mode": self.cipher_mode, "hash_spec": self.hash_spec,
-            "payload_offset": self.payload_offset_sectors, "key_bytes": self.key_bytes,
-            "mk_digest": self.mk_digest, "mk_digest_salt": self.mk_digest_salt,
-            "mk_digest_iter": self.mk_digest_iter, "uuid": self.uuid,
-        }))
-        for slot in self.keyslots:
-            out += KEYSLOT_LAYOUT.pack({
-                "active": KEYSLOT_ACTIVE if slot.active else KEYSLOT_INACTIVE,
-                "iterations": slot.iterations, "salt": slot.salt,
-                "key_material_offset": slot.key_material_offset, "stripes": slot.stripes,
-            })
-        return bytes(out)
+        return HEADER_LAYOUT.pack_record(self, magic=MAGIC, version=1) + b"".join(
+            KEYSLOT_LAYOUT.pack_record(slot) for slot in self.keyslots)
 
     def validate(self) -> None:
         """cryptsetup's rules (:mod:`imgcrypt.luks.luks1_rules`), then imgcrypt's own bound."""
@@ -310,6 +262,11 @@ class Luks1Header:
         wipe = os.urandom(old.material_size(self.key_bytes))
         return RegionUpdate(_rewrite(region, header, [(start, wipe)]),
                             ((0, HEADER_SIZE), (start, start + len(wipe))), slot)
+
+
+HEADER_LAYOUT = declare(Luks1Header, "LUKS1 header",
+                        head=(("magic", 6, Kind.RAW), ("version", 2, Kind.UINT_BE)))  # 208 bytes
+HEADER_SIZE = HEADER_LAYOUT.size + NUM_KEYSLOTS * KEYSLOT_LAYOUT.size  # 592
 
 
 def _set(slots: tuple[Keyslot, ...], index: int, slot: Keyslot) -> tuple[Keyslot, ...]:
