@@ -16,10 +16,10 @@ from imgcrypt.errors import TruncatedError
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, MagicRuleError, VersionRuleError
 from imgcrypt.luks.sectors import CipherSpec
-from imgcrypt.luks.types import MAGIC as MAGIC_V1
-from imgcrypt.luks.types import MAGIC_SECONDARY, RegionUpdate, Segment
+from imgcrypt.luks.types import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
 
-__all__ = ["MAGIC_V1", "PROBE_SIZE", "LuksHeader", "RegionUpdate", "bytes_to_parse",
+# RegionUpdate lives in the leaf module imgcrypt.luks.types; it is named here for callers.
+__all__ = ["PROBE_SIZE", "LuksHeader", "RegionUpdate", "bytes_to_parse",
            "detect_version", "is_luks", "parse_header", "whole_sectors"]
 PROBE_SIZE = 4096
 LOOP_SECTOR = 512
@@ -75,7 +75,7 @@ def detect_version(prefix: bytes) -> int:
     """1 or 2 from the first bytes of an image; BadMagicError if it is not LUKS at all."""
     if len(prefix) < 8:
         raise TruncatedError("image is too short to hold a LUKS header")
-    if prefix[:6] != MAGIC_V1:
+    if prefix[:6] != MAGIC:
         raise MagicRuleError(LUKS_MAGIC, "not a LUKS image (bad magic)")
     version = int.from_bytes(prefix[6:8], "big")
     if version == 0:  # cryptsetup reads it as a LUKS2 image whose primary copy is damaged
@@ -86,7 +86,7 @@ def detect_version(prefix: bytes) -> int:
 
 
 def is_luks(prefix: bytes) -> bool:
-    return len(prefix) >= 6 and prefix[:6] == MAGIC_V1
+    return len(prefix) >= 6 and prefix[:6] == MAGIC
 
 
 def bytes_to_parse(prefix: bytes) -> int:
@@ -95,7 +95,7 @@ def bytes_to_parse(prefix: bytes) -> int:
     Without the primary magic the image may still be LUKS2 with a destroyed primary header, so
     enough is asked for to find the secondary copy at any offset LUKS2 allows.
     """
-    if len(prefix) >= 6 and prefix[:6] != MAGIC_V1:
+    if len(prefix) >= 6 and prefix[:6] != MAGIC:
         from imgcrypt.luks.luks2.disk import MAX_HDR_SIZE
 
         return 2 * MAX_HDR_SIZE
@@ -123,7 +123,7 @@ def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS, *,
     """
     from imgcrypt.luks.luks2.header import Luks2Header
 
-    if len(data) >= 6 and data[:6] != MAGIC_V1 and _secondary_luks2(data):
+    if len(data) >= 6 and data[:6] != MAGIC and _secondary_luks2(data):
         return Luks2Header.parse(data, limits, image_size=image_size)
     if detect_version(data) == 1:
         from imgcrypt.luks.luks1 import Luks1Header

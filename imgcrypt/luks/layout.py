@@ -59,6 +59,12 @@ class Layout:
     fields: tuple[Field, ...]
     # One struct.Struct reads every field at once; unpack only fixes up text and odd sizes.
     _struct: struct.Struct = dataclasses.field(init=False, repr=False, compare=False)
+    _names: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    # Fields struct cannot give as their final value: text, and integers of odd sizes.
+    _fixups: tuple[tuple[int, Field], ...] = dataclasses.field(
+        init=False, repr=False, compare=False)
+    _decoders: tuple[tuple[int, str, Callable[[Any], Any]], ...] = dataclasses.field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         end = 0
@@ -68,24 +74,35 @@ class Layout:
             end = f.offset + f.size
         if end > self.size:
             raise ValueError(f"{self.name}: fields extend past size {self.size}")
-        object.__setattr__(self, "_struct", struct.Struct(self._struct_format()))
+        fmt, fixups = self._plan()
+        object.__setattr__(self, "_struct", struct.Struct(fmt))
+        object.__setattr__(self, "_fixups", fixups)
+        object.__setattr__(self, "_names", tuple(f.name for f in self.fields))
+        object.__setattr__(self, "_decoders", tuple(
+            (i, f.attr, f.decode) for i, f in enumerate(self.fields) if f.attr))
 
-    def _struct_format(self) -> str:
-        """Fields in declaration order, with pad bytes for gaps: in-order fields only."""
+    def _plan(self) -> tuple[str, tuple[tuple[int, Field], ...]]:
+        """A struct format reading every field in declaration order (pad bytes for gaps), and
+        the fields whose value it reads as bytes to be converted: text, and integers of odd
+        sizes or the other byte order. "0s" when fields are declared out of order."""
         order = ">" if all(f.kind is not Kind.UINT_LE for f in self.fields) else "<"
-        parts, at = [order], 0
-        for f in self.fields:
-            if f.offset < at:  # declared out of order: read each field on its own
-                return "0s"
+        parts, fixups, at = [order], [], 0
+        for i, f in enumerate(self.fields):
+            if f.offset < at:  # out of order: every field is read on its own
+                return "0s", tuple((j, g) for j, g in enumerate(self.fields)
+                                   if g.kind is not Kind.RAW)
             if f.offset > at:
                 parts.append(f"{f.offset - at}x")
             native = f.kind in (Kind.UINT_BE, Kind.UINT_LE) and f.size in _STRUCT_INTS and (
                 (f.kind is Kind.UINT_BE) == (order == ">"))
             parts.append(_STRUCT_INTS[f.size] if native else f"{f.size}s")
+            if not native and f.kind is not Kind.RAW:
+                fixups.append((i, f))
             at = f.offset + f.size
-        return "".join(parts)
+        return "".join(parts), tuple(fixups)
 
-    def unpack(self, data: bytes, offset: int = 0) -> dict[str, Any]:
+    def _values(self, data: bytes, offset: int) -> list[Any]:
+        """Every field's value, in declaration order."""
         if len(data) - offset < self.size:
             raise TruncatedError(
                 f"{self.name} needs {self.size} bytes, only {max(len(data) - offset, 0)} present"
@@ -96,26 +113,28 @@ class Layout:
                       for f in self.fields]
         else:
             values = list(self._struct.unpack_from(data, offset))
-        out: dict[str, Any] = {}
-        for f, value in zip(self.fields, values, strict=True):
+        for i, f in self._fixups:
+            value = values[i]
             if f.kind is Kind.TEXT:
-                text = value.split(b"\0", 1)[0]
                 try:
-                    value = text.decode("ascii")
+                    values[i] = value.split(b"\0", 1)[0].decode("ascii")
                 except UnicodeDecodeError:
                     raise FormatError(f"{self.name}: field {f.name} is not ASCII text") from None
-            elif f.kind is not Kind.RAW and isinstance(value, bytes):
-                value = int.from_bytes(value, "big" if f.kind is Kind.UINT_BE else "little")
-            out[f.name] = value
-        return out
+            else:
+                values[i] = int.from_bytes(value, "big" if f.kind is Kind.UINT_BE else "little")
+        return values
+
+    def unpack(self, data: bytes, offset: int = 0) -> dict[str, Any]:
+        return dict(zip(self._names, self._values(data, offset), strict=True))
 
     def unpack_record(self, record: type[T], data: bytes, offset: int = 0,
                       **extra: Any) -> T:
         """The record of type ``record`` stored at ``offset``; ``extra`` gives the attributes
         that are not stored in this layout."""
-        values = self.unpack(data, offset)
-        return record(**{f.attr: f.decode(values[f.name]) for f in self.fields if f.attr},
-                      **extra)
+        values = self._values(data, offset)
+        for i, attr, decode in self._decoders:
+            extra[attr] = values[i] if decode is _same else decode(values[i])
+        return record(**extra)
 
     def pack_record(self, record: object, **stored: Any) -> bytes:
         """The bytes of ``record``; ``stored`` gives the fields that are not in the record."""
