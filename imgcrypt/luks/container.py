@@ -13,12 +13,12 @@ import logging
 from typing import Any, Protocol
 
 from imgcrypt.errors import TruncatedError
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, MagicRuleError, VersionRuleError
 from imgcrypt.luks.sectors import CipherSpec
-from imgcrypt.luks.types import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
 
-# RegionUpdate lives in the leaf module imgcrypt.luks.types; it is named here for callers.
+# RegionUpdate lives in the leaf module imgcrypt.luks.base; it is named here for callers.
 __all__ = ["PROBE_SIZE", "LuksHeader", "RegionUpdate", "bytes_to_parse",
            "detect_version", "is_luks", "parse_header", "whole_sectors"]
 PROBE_SIZE = 4096

@@ -22,11 +22,11 @@ from imgcrypt.errors import (
     WrongPassphraseError,
 )
 from imgcrypt.luks import af, backend, keyslot, luks1_rules
+from imgcrypt.luks.base import MAGIC, RegionUpdate, Segment
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
 from imgcrypt.luks.layout import Kind, declare, flag, raw, text, uint_be
 from imgcrypt.luks.sectors import CipherSpec
-from imgcrypt.luks.types import MAGIC, RegionUpdate, Segment
 
 SECTOR = 512
 NUM_KEYSLOTS = 8

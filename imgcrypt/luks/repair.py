@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import read_full
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY
 from imgcrypt.luks.container import PROBE_SIZE, bytes_to_parse, detect_version
 from imgcrypt.luks.luks2.disk import (
     SALT_SIZE,
@@ -25,7 +26,6 @@ from imgcrypt.luks.luks2.disk import (
 )
 from imgcrypt.luks.luks2.metadata import check_area
 from imgcrypt.luks.stream import read_header
-from imgcrypt.luks.types import MAGIC, MAGIC_SECONDARY
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from typing import Any
 
 from imgcrypt.errors import FormatError, UnsupportedError
 from imgcrypt.luks import backend
+from imgcrypt.luks.base import Segment
 from imgcrypt.luks.kdf import Pbkdf2
 from imgcrypt.luks.keyslot import SALT_SIZE, MasterKeyDigest
 from imgcrypt.luks.luks2.metadata import Digest, Metadata
-from imgcrypt.luks.types import Segment
 
 
 def problems(metadata: Metadata, seg: Segment) -> list[str]:

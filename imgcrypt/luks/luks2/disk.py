@@ -16,11 +16,11 @@ from typing import Annotated
 
 from imgcrypt.errors import ChecksumError, FormatError, TruncatedError
 from imgcrypt.luks import backend
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY
 from imgcrypt.luks.layout import declare, raw, uint_be
 from imgcrypt.luks.luks2 import rules as luks2_rules
 from imgcrypt.luks.luks2.rules import BINARY_SIZE, HDR_SIZES
 from imgcrypt.luks.rules import HeaderRuleError, MagicRuleError
-from imgcrypt.luks.types import MAGIC, MAGIC_SECONDARY
 
 # BINARY_SIZE and HDR_SIZES are facts of the disk format, declared once beside the rules.
 __all__ = ["BINARY_SIZE", "CSUM_SIZE", "HDR_SIZES", "LAYOUT", "MAX_HDR_SIZE", "SALT_SIZE",

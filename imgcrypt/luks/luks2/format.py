@@ -8,6 +8,7 @@ import uuid as uuidlib
 
 from imgcrypt.errors import UsageError
 from imgcrypt.luks import af
+from imgcrypt.luks.base import MAGIC
 from imgcrypt.luks.kdf import Kdf, Pbkdf2, pbkdf2_iterations_for
 from imgcrypt.luks.keyslot import MasterKeyDigest
 from imgcrypt.luks.luks2.disk import SALT_SIZE, BinaryHeader, text_field
@@ -23,7 +24,6 @@ from imgcrypt.luks.luks2.metadata import (
 )
 from imgcrypt.luks.luks2.rules import BINARY_SIZE, HDR_SIZES, MAX_KEYSLOTS_SIZE
 from imgcrypt.luks.sectors import CipherSpec
-from imgcrypt.luks.types import MAGIC
 
 # cryptsetup's LUKS2_DEFAULT_HDR_SIZE: metadata plus keyslots fill the first 16 MiB by default.
 DEFAULT_REGION = 16 << 20

@@ -26,6 +26,7 @@ from imgcrypt.errors import (
     WrongPassphraseError,
 )
 from imgcrypt.luks import keyslot
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, check_limits
 from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest
 from imgcrypt.luks.luks2 import digests, keyslots, segments
@@ -54,7 +55,6 @@ from imgcrypt.luks.luks2.metadata import (
 from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.signatures import foreign_signature
-from imgcrypt.luks.types import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
 
 MAX_SEQID = (1 << 64) - 1
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgcrypt.errors import FormatError, LimitExceededError
+from imgcrypt.luks.base import Segment
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.keyslot import MasterKeyDigest
 from imgcrypt.luks.luks2 import rules as luks2_rules
@@ -28,7 +29,6 @@ from imgcrypt.luks.luks2.rules import (
     mandatory,
 )
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.types import Segment
 
 MAX_JSON_SIZE = 4 << 20
 MAX_JSON_VALUES = 100_000

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from imgcrypt.errors import UnsupportedError
+from imgcrypt.luks.base import Segment
 from imgcrypt.luks.luks2.metadata import SECTOR_SIZES, Metadata
 from imgcrypt.luks.sectors import CipherSpec
-from imgcrypt.luks.types import Segment
 
 
 def crypt_segment(metadata: Metadata) -> Segment:

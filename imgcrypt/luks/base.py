@@ -1,4 +1,4 @@
-"""Leaf types every LUKS module shares; this module imports nothing else from imgcrypt.luks.
+"""What every LUKS module builds on: leaf types; this module imports nothing from imgcrypt.luks.
 
 The magic both versions start with, a rewrite of the header region (what a keyslot change
 returns to the caller who writes it), and a data segment (LUKS2 declares them in its JSON;
