@@ -26,14 +26,14 @@ _P384_SCALAR = int.from_bytes(hashlib.sha384(b"imgcrypt fuzz p384 test key").dig
 def luks1_region() -> bytes:
     """A LUKS1 header with one keyslot and 1 KiB of payload, valid to cryptsetup: every one of
     the eight keyslot areas holds 4000 stripes, so the region is about 1 MiB."""
-    from imgcrypt.luks import luks1
+    from imgcrypt.luks import keyslot, luks1
     from imgcrypt.luks.kdf import Pbkdf2, derive
     from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
     cipher = CipherSpec.parse("aes-xts-plain64")
     master_key = hashlib.sha256(b"luks1 master").digest()
     kdf = Pbkdf2("sha256", 1000, hashlib.sha256(b"luks1 slot salt").digest())
-    material = luks1.encrypt_keyslot(cipher, master_key, PASSPHRASE, kdf, "sha256", 4000)
+    material = keyslot.seal(cipher, master_key, PASSPHRASE, kdf, "sha256", 4000)
     digest_salt = hashlib.sha256(b"luks1 digest salt").digest()
     area = luks1.keyslot_area_sectors(32)
     slots = [luks1.Keyslot(True, 1000, kdf.salt, 8, 4000)] + [
@@ -57,9 +57,9 @@ def luks1_region() -> bytes:
 @lru_cache(maxsize=1)
 def luks2_region() -> bytes:
     """A LUKS2 header (16 KiB metadata copies) with one 8-stripe pbkdf2 keyslot, 1 KiB payload."""
-    from imgcrypt.luks import luks1, luks2
+    from imgcrypt.luks import keyslot, luks2
     from imgcrypt.luks.kdf import Pbkdf2
-    from imgcrypt.luks.luks2_json import load_json
+    from imgcrypt.luks.luks2.metadata import load_json
     from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
     cipher = CipherSpec.parse("aes-xts-plain64")
@@ -75,7 +75,7 @@ def luks2_region() -> bytes:
     slot["area"]["size"] = "4096"
     obj["config"]["keyslots_size"] = "4096"
     obj["segments"]["0"]["offset"] = str(40960)
-    material = luks1.encrypt_keyslot(cipher, master_key, PASSPHRASE, kdf, "sha256", 8)
+    material = keyslot.seal(cipher, master_key, PASSPHRASE, kdf, "sha256", 8)
     small = header.with_metadata(obj)
     region = bytearray(small.pack_copies())
     offset = int(slot["area"]["offset"])

@@ -85,7 +85,7 @@ def _touch(header: LuksHeader) -> None:
 
 def _luks2_with_checksums(data: bytes) -> bytes:
     """``data`` with both LUKS2 copies' checksums made right, so mutations reach the JSON."""
-    from imgcrypt.luks.luks2_binary import BINARY_SIZE, HDR_SIZES, checksum
+    from imgcrypt.luks.luks2.disk import BINARY_SIZE, HDR_SIZES, checksum
 
     out = bytearray(data)
     if len(out) < 16:
@@ -107,8 +107,8 @@ def _luks2_with_checksums(data: bytes) -> bytes:
 
 
 def luks2_binary(data: bytes) -> None:
-    from imgcrypt.luks.luks2_binary import find_copies, needed_bytes
-    from imgcrypt.luks.luks2_json import check_area
+    from imgcrypt.luks.luks2.disk import find_copies, needed_bytes
+    from imgcrypt.luks.luks2.metadata import check_area
 
     needed_bytes(data)
     copies = find_copies(data, check_area)
@@ -353,7 +353,7 @@ _ALL: tuple[tuple[str, Callable[[bytes], None], str, tuple[str, ...]], ...] = (
     ("luks_detect", luks_detect, "container.detect_version / bytes_to_parse", ()),
     ("luks_parse_header", luks_parse_header, "container.parse_header, LUKS1 or LUKS2", ()),
     ("luks2_binary", luks2_binary, "LUKS2 binary headers: both copies, checksums, seqid",
-     ("imgcrypt.luks.luks2_binary",)),
+     ("imgcrypt.luks.luks2.disk",)),
     ("luks2_json", luks2_json, "LUKS2 JSON metadata behind valid binary headers, then unlock",
      ("imgcrypt.luks.luks2",)),
     ("luks2_region", luks2_region, "whole LUKS2 region, checksums repaired, then unlock",

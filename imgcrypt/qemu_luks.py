@@ -174,7 +174,7 @@ def _amend(path: str, opener: str, secrets: list[str], options: str) -> None:
 
 
 def _active(found: Qcow2Luks) -> set[int]:
-    return {int(slot["slot"]) for slot in found.luks.describe()["keyslots"]}
+    return set(found.luks.active_keyslots())
 
 
 def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,

@@ -26,8 +26,8 @@ from imgcrypt.luks import luks2
 from imgcrypt.luks.container import bytes_to_parse, parse_header
 from imgcrypt.luks.kdf import Argon2, KdfLimits, Pbkdf2
 from imgcrypt.luks.luks2 import Luks2Header
-from imgcrypt.luks.luks2_binary import LAYOUT, BinaryHeader, pack_copy
-from imgcrypt.luks.luks2_json import dump_json, load_json, validate
+from imgcrypt.luks.luks2.disk import LAYOUT, BinaryHeader, pack_copy
+from imgcrypt.luks.luks2.metadata import dump_json, load_json, validate
 from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 

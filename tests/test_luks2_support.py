@@ -9,7 +9,7 @@ from typing import Any
 
 from imgcrypt.luks import luks2
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
-from imgcrypt.luks.luks2_binary import BINARY_SIZE, BinaryHeader, pack_copy
+from imgcrypt.luks.luks2.disk import BINARY_SIZE, BinaryHeader, pack_copy
 from imgcrypt.luks.sectors import CipherSpec
 
 XTS = CipherSpec.parse("aes-xts-plain64")
@@ -63,7 +63,7 @@ def rewrite_json(region: bytes, edit: Callable[[dict[str, Any]], Any] | None = N
 
 
 def _checksummed(binary: BinaryHeader, json_area: bytes) -> bytes:
-    from imgcrypt.luks.luks2_binary import checksum
+    from imgcrypt.luks.luks2.disk import checksum
 
     plain = BinaryHeader(**{**binary.__dict__, "csum": bytes(64)}).pack()
     csum = checksum(plain, json_area, "sha256")

@@ -252,7 +252,7 @@ def test_luks2_json_nesting() -> None:
 
 @needs_luks2
 def test_luks2_json_size_cap() -> None:
-    from imgcrypt.luks.luks2_json import MAX_JSON_SIZE, load_json
+    from imgcrypt.luks.luks2.metadata import MAX_JSON_SIZE, load_json
 
     with refused_fast(LimitExceededError):
         load_json(" " * (MAX_JSON_SIZE + 1))
@@ -285,7 +285,7 @@ def test_luks2_metadata_size_hostile() -> None:
 def test_luks2_largest_region_from_a_short_stream() -> None:
     """4 MiB metadata copies and 128 MiB of keyslots (the largest legal region) announced by a
     stream that ends after the metadata: a TruncatedError, fast, within the stream cap."""
-    from imgcrypt.luks.luks2_binary import BINARY_SIZE, MAX_HDR_SIZE
+    from imgcrypt.luks.luks2.disk import BINARY_SIZE, MAX_HDR_SIZE
     from imgcrypt.luks.stream import MAX_REGION_SIZE
 
     obj = luks2_doc()
@@ -310,8 +310,8 @@ def test_luks2_largest_region_from_a_short_stream() -> None:
 
 @needs_luks2
 def test_luks2_keyslots_size_cap_keeps_regions_within_the_stream_cap() -> None:
-    from imgcrypt.luks.luks2_binary import MAX_HDR_SIZE
-    from imgcrypt.luks.luks2_json import MAX_KEYSLOTS_SIZE
+    from imgcrypt.luks.luks2.disk import MAX_HDR_SIZE
+    from imgcrypt.luks.luks2.metadata import MAX_KEYSLOTS_SIZE
     from imgcrypt.luks.stream import MAX_REGION_SIZE
 
     assert 2 * MAX_HDR_SIZE + MAX_KEYSLOTS_SIZE <= MAX_REGION_SIZE

@@ -10,28 +10,20 @@ the old or the new passphrase.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from imgcrypt.errors import TruncatedError
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, MagicRuleError, VersionRuleError
 from imgcrypt.luks.sectors import CipherSpec
 
-MAGIC_V1 = b"LUKS\xba\xbe"
-MAGIC_V2_SECONDARY = b"SKUL\xba\xbe"
+# RegionUpdate lives in the leaf module imgcrypt.luks.base; it is named here for callers.
+__all__ = ["PROBE_SIZE", "LuksHeader", "RegionUpdate", "bytes_to_parse",
+           "detect_version", "is_luks", "parse_header", "whole_sectors"]
 PROBE_SIZE = 4096
 LOOP_SECTOR = 512
 _log = logging.getLogger("imgcrypt")
-
-
-@dataclass(frozen=True)
-class RegionUpdate:
-    """A rewritten header region and the order in which to put its changed ranges on disk."""
-
-    region: bytes = field(repr=False)
-    steps: tuple[tuple[int, int], ...]
-    slot: int | None = None
 
 
 class LuksHeader(Protocol):
@@ -55,6 +47,12 @@ class LuksHeader(Protocol):
     def uuid(self) -> str: ...
     @property
     def region_size(self) -> int: ...
+    @property
+    def requirements(self) -> tuple[str, ...]: ...
+    @property
+    def af_hash(self) -> str: ...
+    @property
+    def segments(self) -> tuple[Segment, ...]: ...
 
     def active_keyslots(self) -> tuple[int, ...]: ...
 
@@ -77,7 +75,7 @@ def detect_version(prefix: bytes) -> int:
     """1 or 2 from the first bytes of an image; BadMagicError if it is not LUKS at all."""
     if len(prefix) < 8:
         raise TruncatedError("image is too short to hold a LUKS header")
-    if prefix[:6] != MAGIC_V1:
+    if prefix[:6] != MAGIC:
         raise MagicRuleError(LUKS_MAGIC, "not a LUKS image (bad magic)")
     version = int.from_bytes(prefix[6:8], "big")
     if version == 0:  # cryptsetup reads it as a LUKS2 image whose primary copy is damaged
@@ -88,7 +86,7 @@ def detect_version(prefix: bytes) -> int:
 
 
 def is_luks(prefix: bytes) -> bool:
-    return len(prefix) >= 6 and prefix[:6] == MAGIC_V1
+    return len(prefix) >= 6 and prefix[:6] == MAGIC
 
 
 def bytes_to_parse(prefix: bytes) -> int:
@@ -97,21 +95,21 @@ def bytes_to_parse(prefix: bytes) -> int:
     Without the primary magic the image may still be LUKS2 with a destroyed primary header, so
     enough is asked for to find the secondary copy at any offset LUKS2 allows.
     """
-    if len(prefix) >= 6 and prefix[:6] != MAGIC_V1:
-        from imgcrypt.luks.luks2_binary import MAX_HDR_SIZE
+    if len(prefix) >= 6 and prefix[:6] != MAGIC:
+        from imgcrypt.luks.luks2.disk import MAX_HDR_SIZE
 
         return 2 * MAX_HDR_SIZE
     if detect_version(prefix) == 1:
         from imgcrypt.luks.luks1 import HEADER_SIZE
 
         return HEADER_SIZE
-    from imgcrypt.luks.luks2 import bytes_to_parse as luks2_bytes
+    from imgcrypt.luks.luks2.header import bytes_to_parse as luks2_bytes
 
     return luks2_bytes(prefix)
 
 
 def _secondary_luks2(data: bytes) -> bool:
-    from imgcrypt.luks.luks2_binary import HDR_SIZES, MAGIC_SECONDARY
+    from imgcrypt.luks.luks2.rules import HDR_SIZES
 
     return any(data[offset : offset + 6] == MAGIC_SECONDARY for offset in HDR_SIZES)
 
@@ -123,9 +121,9 @@ def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS, *,
     A LUKS2 image whose primary header lost its magic opens from the secondary copy, unless
     a foreign signature sits on it (``image_size`` decides which ones count, as for blkid).
     """
-    from imgcrypt.luks.luks2 import Luks2Header
+    from imgcrypt.luks.luks2.header import Luks2Header
 
-    if len(data) >= 6 and data[:6] != MAGIC_V1 and _secondary_luks2(data):
+    if len(data) >= 6 and data[:6] != MAGIC and _secondary_luks2(data):
         return Luks2Header.parse(data, limits, image_size=image_size)
     if detect_version(data) == 1:
         from imgcrypt.luks.luks1 import Luks1Header

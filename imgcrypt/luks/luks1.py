@@ -7,11 +7,10 @@ starts at :attr:`Luks1Header.payload_offset` and is never touched by keyslot ope
 
 from __future__ import annotations
 
-import hmac
 import os
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
 from imgcrypt.errors import (
     BadMagicError,
@@ -22,27 +21,18 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks import af, backend, luks1_rules
-from imgcrypt.luks.container import RegionUpdate
-from imgcrypt.luks.cost import check_unlock_cost
-from imgcrypt.luks.kdf import (
-    DEFAULT_LIMITS,
-    Kdf,
-    KdfLimits,
-    Pbkdf2,
-    check_limits,
-    check_total,
-    derive,
-)
-from imgcrypt.luks.layout import Kind, Layout, fields
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+from imgcrypt.luks import af, backend, keyslot, luks1_rules
+from imgcrypt.luks.base import MAGIC, RegionUpdate, Segment
+from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
+from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
+from imgcrypt.luks.layout import Kind, declare, flag, raw, text, uint_be
+from imgcrypt.luks.sectors import CipherSpec
 
-MAGIC = b"LUKS\xba\xbe"
 SECTOR = 512
 NUM_KEYSLOTS = 8
-STRIPES = 4000
+STRIPES = keyslot.STRIPES
 DIGEST_SIZE = 20
-SALT_SIZE = 32
+SALT_SIZE = keyslot.SALT_SIZE
 KEYSLOT_ACTIVE = 0x00AC71F3
 KEYSLOT_INACTIVE = 0x0000DEAD
 # cryptsetup aligns keyslot areas to 4 KiB and, by default, the payload to 1 MiB.
@@ -51,63 +41,38 @@ PAYLOAD_ALIGN = 1 << 20
 # No legitimate LUKS1 image keeps keyslots beyond a few MiB; a hostile header may claim TiB.
 MAX_REGION = 64 << 20
 
-KEYSLOT_LAYOUT = Layout(
-    "LUKS1 keyslot",
-    48,
-    fields(
-        ("active", 4, Kind.UINT_BE),
-        ("iterations", 4, Kind.UINT_BE),
-        ("salt", SALT_SIZE, Kind.RAW),
-        ("key_material_offset", 4, Kind.UINT_BE),
-        ("stripes", 4, Kind.UINT_BE),
-    ),
-)
-
-HEADER_LAYOUT = Layout(
-    "LUKS1 header",
-    208,
-    fields(
-        ("magic", 6, Kind.RAW),
-        ("version", 2, Kind.UINT_BE),
-        ("cipher_name", 32, Kind.TEXT),
-        ("cipher_mode", 32, Kind.TEXT),
-        ("hash_spec", 32, Kind.TEXT),
-        ("payload_offset", 4, Kind.UINT_BE),
-        ("key_bytes", 4, Kind.UINT_BE),
-        ("mk_digest", DIGEST_SIZE, Kind.RAW),
-        ("mk_digest_salt", SALT_SIZE, Kind.RAW),
-        ("mk_digest_iter", 4, Kind.UINT_BE),
-        ("uuid", 40, Kind.TEXT),
-    ),
-)
-HEADER_SIZE = HEADER_LAYOUT.size + NUM_KEYSLOTS * KEYSLOT_LAYOUT.size  # 592
 
 
+# The on-disk structures, each declared once as its record type (see imgcrypt.luks.layout).
 @dataclass(frozen=True)
 class Keyslot:
-    active: bool
-    iterations: int
-    salt: bytes = field(repr=False)
-    key_material_offset: int  # sectors
-    stripes: int
+    # cryptsetup treats any state but "active" as a keyslot that cannot be used.
+    active: Annotated[bool, flag(4, on=KEYSLOT_ACTIVE, off=KEYSLOT_INACTIVE)]
+    iterations: Annotated[int, uint_be(4)]
+    salt: Annotated[bytes, raw(SALT_SIZE)] = field(repr=False)
+    key_material_offset: Annotated[int, uint_be(4)]  # sectors
+    stripes: Annotated[int, uint_be(4)]
 
     def material_size(self, key_bytes: int) -> int:
         """Bytes of AF material, rounded up to whole sectors as it is stored."""
-        return -(-key_bytes * self.stripes // SECTOR) * SECTOR
+        return keyslot.material_size(key_bytes, self.stripes)
+
+
+KEYSLOT_LAYOUT = declare(Keyslot, "LUKS1 keyslot")  # 48 bytes
 
 
 @dataclass(frozen=True)
 class Luks1Header:
-    cipher_name: str
-    cipher_mode: str
-    hash_spec: str
-    payload_offset_sectors: int
-    key_bytes: int
-    mk_digest: bytes = field(repr=False)
-    mk_digest_salt: bytes = field(repr=False)
-    mk_digest_iter: int
-    uuid: str
-    keyslots: tuple[Keyslot, ...]
+    cipher_name: Annotated[str, text(32)]
+    cipher_mode: Annotated[str, text(32)]
+    hash_spec: Annotated[str, text(32)]
+    payload_offset_sectors: Annotated[int, uint_be(4, name="payload_offset")]
+    key_bytes: Annotated[int, uint_be(4)]
+    mk_digest: Annotated[bytes, raw(DIGEST_SIZE)] = field(repr=False)
+    mk_digest_salt: Annotated[bytes, raw(SALT_SIZE)] = field(repr=False)
+    mk_digest_iter: Annotated[int, uint_be(4)]
+    uuid: Annotated[str, text(40)]
+    keyslots: tuple[Keyslot, ...]  # stored after the header, as KEYSLOT_LAYOUT each
 
     version = 1
     sector_size = SECTOR
@@ -123,44 +88,21 @@ class Luks1Header:
             raise BadMagicError("not a LUKS image (bad magic)")
         if len(data) < HEADER_SIZE:
             raise TruncatedError(f"LUKS1 header truncated: {len(data)} of {HEADER_SIZE} bytes")
-        values = HEADER_LAYOUT.unpack(data)
-        if values["version"] != 1:
-            raise UnsupportedError(f"LUKS version {values['version']} is not LUKS1")
-        slots = []
-        for i in range(NUM_KEYSLOTS):
-            raw = KEYSLOT_LAYOUT.unpack(data, HEADER_LAYOUT.size + i * KEYSLOT_LAYOUT.size)
-            # cryptsetup treats any state but "active" as a keyslot that cannot be used.
-            slots.append(
-                Keyslot(raw["active"] == KEYSLOT_ACTIVE, raw["iterations"], raw["salt"],
-                        raw["key_material_offset"], raw["stripes"])
-            )
-        del values["magic"], values["version"]
-        header = cls(
-            cipher_name=values.pop("cipher_name"),
-            cipher_mode=values.pop("cipher_mode"),
-            hash_spec=values.pop("hash_spec"),
-            payload_offset_sectors=values.pop("payload_offset"),
-            keyslots=tuple(slots),
-            **values,
+        slots = tuple(
+            KEYSLOT_LAYOUT.unpack_record(Keyslot, data,
+                                         HEADER_LAYOUT.size + i * KEYSLOT_LAYOUT.size)
+            for i in range(NUM_KEYSLOTS)
         )
+        header = HEADER_LAYOUT.unpack_record(cls, data, keyslots=slots)
+        version = int.from_bytes(data[6:8], "big")
+        if version != 1:
+            raise UnsupportedError(f"LUKS version {version} is not LUKS1")
         header.validate()
         return header
 
     def pack(self) -> bytes:
-        out = bytearray(HEADER_LAYOUT.pack({
-            "magic": MAGIC, "version": 1, "cipher_name": self.cipher_name,
-            "cipher_mode": self.cipher_mode, "hash_spec": self.hash_spec,
-            "payload_offset": self.payload_offset_sectors, "key_bytes": self.key_bytes,
-            "mk_digest": self.mk_digest, "mk_digest_salt": self.mk_digest_salt,
-            "mk_digest_iter": self.mk_digest_iter, "uuid": self.uuid,
-        }))
-        for slot in self.keyslots:
-            out += KEYSLOT_LAYOUT.pack({
-                "active": KEYSLOT_ACTIVE if slot.active else KEYSLOT_INACTIVE,
-                "iterations": slot.iterations, "salt": slot.salt,
-                "key_material_offset": slot.key_material_offset, "stripes": slot.stripes,
-            })
-        return bytes(out)
+        return HEADER_LAYOUT.pack_record(self, magic=MAGIC, version=1) + b"".join(
+            KEYSLOT_LAYOUT.pack_record(slot) for slot in self.keyslots)
 
     def validate(self) -> None:
         """cryptsetup's rules (:mod:`imgcrypt.luks.luks1_rules`), then imgcrypt's own bound."""
@@ -201,6 +143,21 @@ class Luks1Header:
         """Bytes from the start of the image that hold the header and every keyslot area."""
         return max(HEADER_SIZE, luks1_rules.end_sectors(self) * SECTOR)
 
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return ()  # LUKS1 has no requirement flags
+
+    @property
+    def af_hash(self) -> str:
+        """LUKS1 keyslots and the digest all use the header's one hash."""
+        return self.hash_spec
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The one implicit segment: the payload, to the end of the image."""
+        return (Segment(0, "crypt", self.payload_offset, None, 0,
+                        f"{self.cipher_name}-{self.cipher_mode}", SECTOR),)
+
     def active_keyslots(self) -> tuple[int, ...]:
         return tuple(i for i, s in enumerate(self.keyslots) if s.active)
 
@@ -230,10 +187,18 @@ class Luks1Header:
     def _slot_kdf(self, slot: Keyslot) -> Pbkdf2:
         return Pbkdf2(self.hash_spec, slot.iterations, slot.salt)
 
+    def _digest(self) -> MasterKeyDigest:
+        return MasterKeyDigest(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
+                               self.mk_digest)
+
+    def _material(self, index: int) -> SlotMaterial:
+        ks = self.keyslots[index]
+        return SlotMaterial(index, self._slot_kdf(ks), self.cipher, self.key_bytes,
+                            self.key_bytes, ks.stripes, self.hash_spec,
+                            ks.key_material_offset * SECTOR)
+
     def verify_master_key(self, master_key: bytes, limits: KdfLimits = DEFAULT_LIMITS) -> bool:
-        digest = derive(Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt),
-                        master_key, DIGEST_SIZE, limits)
-        return hmac.compare_digest(digest, self.mk_digest)
+        return self._digest().matches(master_key, limits)
 
     def unlock(self, region: bytes, passphrase: bytes, limits: KdfLimits = DEFAULT_LIMITS,
                slot: int | None = None) -> tuple[int, bytes]:
@@ -244,27 +209,11 @@ class Luks1Header:
         if slot is not None and (not 0 <= slot < NUM_KEYSLOTS or not self.keyslots[slot].active):
             raise UsageError(f"keyslot {slot} is not active")
         candidates = self.active_keyslots() if slot is None else (slot,)
+        slots = [self._material(i) for i in candidates]
+        digest = self._digest()
         # Check every candidate's parameters before spending time on any of them.
-        for i in candidates:
-            check_limits(self._slot_kdf(self.keyslots[i]), self.key_bytes, limits)
-        digest_kdf = Pbkdf2(self.hash_spec, self.mk_digest_iter, self.mk_digest_salt)
-        check_limits(digest_kdf, DIGEST_SIZE, limits)
-        # Each candidate that fails costs its KDF and one digest check.
-        check_total([kdf for i in candidates for kdf in (self._slot_kdf(self.keyslots[i]),
-                                                         digest_kdf)], limits)
-        check_unlock_cost([pair for i in candidates
-                           for pair in ((self._slot_kdf(self.keyslots[i]), self.key_bytes),
-                                        (digest_kdf, DIGEST_SIZE))], limits.max_unlock_cost)
-        for i in candidates:
-            ks = self.keyslots[i]
-            derived = derive(self._slot_kdf(ks), passphrase, self.key_bytes, limits)
-            start = ks.key_material_offset * SECTOR
-            encrypted = region[start : start + ks.material_size(self.key_bytes)]
-            material = SectorCipher(self.cipher, derived).decrypt(encrypted, 0)
-            candidate = af.merge(material, self.key_bytes, ks.stripes, self.hash_spec)
-            if self.verify_master_key(candidate, limits):
-                return i, candidate
-        raise WrongPassphraseError("no keyslot opens with this passphrase")
+        keyslot.check_budget([(s.kdf, s.area_key_size) for s in slots], digest, limits)
+        return keyslot.open_first(region, slots, digest, passphrase, limits)
 
     def add_keyslot(self, region: bytes, master_key: bytes, passphrase: bytes, kdf: Kdf,
                     slot: int | None = None) -> RegionUpdate:
@@ -296,8 +245,8 @@ class Luks1Header:
             start < b and a < end for a, b in others
         ):
             raise FormatError(f"keyslot {slot} has no room of its own in this header")
-        material = encrypt_keyslot(self.cipher, master_key, passphrase, self._slot_kdf(new),
-                                   self.hash_spec, STRIPES)
+        material = keyslot.seal(self.cipher, master_key, passphrase, self._slot_kdf(new),
+                                self.hash_spec, STRIPES)
         header = replace(self, keyslots=_set(self.keyslots, slot, new))
         return RegionUpdate(_rewrite(region, header, [(start, material)]),
                             ((start, start + len(material)), (0, HEADER_SIZE)), slot)
@@ -315,6 +264,11 @@ class Luks1Header:
                             ((0, HEADER_SIZE), (start, start + len(wipe))), slot)
 
 
+HEADER_LAYOUT = declare(Luks1Header, "LUKS1 header",
+                        head=(("magic", 6, Kind.RAW), ("version", 2, Kind.UINT_BE)))  # 208 bytes
+HEADER_SIZE = HEADER_LAYOUT.size + NUM_KEYSLOTS * KEYSLOT_LAYOUT.size  # 592
+
+
 def _set(slots: tuple[Keyslot, ...], index: int, slot: Keyslot) -> tuple[Keyslot, ...]:
     return (*slots[:index], slot, *slots[index + 1 :])
 
@@ -327,15 +281,6 @@ def _rewrite(region: bytes, header: Luks1Header, patches: list[tuple[int, bytes]
         out[start : start + len(data)] = data
     out[:HEADER_SIZE] = header.pack()
     return bytes(out)
-
-
-def encrypt_keyslot(cipher: CipherSpec, master_key: bytes, passphrase: bytes, kdf: Pbkdf2,
-                    hash_spec: str, stripes: int) -> bytes:
-    """AF-split ``master_key`` and encrypt it under a key derived from ``passphrase``."""
-    derived = derive(kdf, passphrase, len(master_key))
-    material = af.split(master_key, stripes, hash_spec)
-    padded = material + bytes(-len(material) % SECTOR)
-    return SectorCipher(cipher, derived).encrypt(padded, 0)
 
 
 def keyslot_area_sectors(key_bytes: int, stripes: int = STRIPES) -> int:
@@ -359,12 +304,11 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, h
     )
     end = (first + NUM_KEYSLOTS * area) * SECTOR
     payload_offset = -(-end // payload_align) * payload_align
-    digest_salt = os.urandom(SALT_SIZE)
-    digest = derive(Pbkdf2(hash_spec, digest_iterations, digest_salt), master_key, DIGEST_SIZE)
+    digest = MasterKeyDigest.of(master_key, hash_spec, digest_iterations, DIGEST_SIZE)
     header = Luks1Header(
         cipher_name=cipher.name, cipher_mode=cipher.mode, hash_spec=hash_spec,
         payload_offset_sectors=payload_offset // SECTOR, key_bytes=key_bytes,
-        mk_digest=digest, mk_digest_salt=digest_salt, mk_digest_iter=digest_iterations,
+        mk_digest=digest.value, mk_digest_salt=digest.kdf.salt, mk_digest_iter=digest_iterations,
         uuid=uuid or str(uuidlib.uuid4()), keyslots=slots,
     )
     kdf = Pbkdf2(hash_spec, iterations, os.urandom(SALT_SIZE))

@@ -12,14 +12,14 @@ import itertools
 from typing import TYPE_CHECKING
 
 from imgcrypt.luks import backend
+from imgcrypt.luks.keyslot import STRIPES
 from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError, Rule, rule
 
 if TYPE_CHECKING:
     from imgcrypt.luks.luks1 import Luks1Header
 
 SECTOR = 512
-HEADER_BYTES = 592
-STRIPES = 4000
+HEADER_BYTES = 592  # luks1.HEADER_SIZE, which imports this module
 MIN_DIGEST = 20
 
 RULES: dict[str, Rule] = {}

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import read_full
-from imgcrypt.luks.container import MAGIC_V1, PROBE_SIZE, bytes_to_parse, detect_version
-from imgcrypt.luks.luks2_binary import (
-    MAGIC_PRIMARY,
-    MAGIC_SECONDARY,
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY
+from imgcrypt.luks.container import PROBE_SIZE, bytes_to_parse, detect_version
+from imgcrypt.luks.luks2.disk import (
     SALT_SIZE,
     MetadataCopy,
     find_copies,
     pack_copy,
 )
-from imgcrypt.luks.luks2_json import check_area
+from imgcrypt.luks.luks2.metadata import check_area
 from imgcrypt.luks.stream import read_header
 
 
@@ -47,7 +46,7 @@ def plan_repair(data: bytes) -> tuple[int, bytes, str, int] | None:
     which = "secondary" if offset else "primary"
     salt = target.binary.salt if isinstance(target, MetadataCopy) else b""
     binary = dataclasses.replace(
-        winner.binary, magic=MAGIC_SECONDARY if offset else MAGIC_PRIMARY, hdr_offset=offset,
+        winner.binary, magic=MAGIC_SECONDARY if offset else MAGIC, hdr_offset=offset,
         # A damaged copy gets a fresh salt, as cryptsetup gives it.
         salt=salt if len(salt) == SALT_SIZE else os.urandom(SALT_SIZE),
     )
@@ -59,7 +58,7 @@ def repair_file(path: str) -> RepairResult:
     with open(path, "r+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         prefix = read_full(f, PROBE_SIZE)
-        if prefix[:6] == MAGIC_V1 and detect_version(prefix) == 1:
+        if prefix[:6] == MAGIC and detect_version(prefix) == 1:
             f.seek(0)
             read_header(f)  # refuses a LUKS1 header cryptsetup refuses, naming the rule
             return RepairResult(None)

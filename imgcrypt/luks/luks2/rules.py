@@ -1,10 +1,10 @@
 """cryptsetup 2.6's validity rules for LUKS2 metadata, checked on every parse of every copy.
 
 The disk rules (magic, offsets, checksum, JSON area framing) are applied by
-:mod:`imgcrypt.luks.luks2_binary` to each copy; :func:`check_json` applies the JSON rules in
+:mod:`imgcrypt.luks.luks2.disk` to each copy; :func:`check_json` applies the JSON rules in
 the order cryptsetup's ``LUKS2_hdr_validate`` does. A copy that breaks any rule is not valid,
 exactly as for cryptsetup; which parts imgcrypt can *decrypt* is decided elsewhere
-(:meth:`imgcrypt.luks.luks2.Luks2Header.unsupported`), so a valid header with an unknown
+(:meth:`imgcrypt.luks.luks2.header.Luks2Header.unsupported`), so a valid header with an unknown
 segment type or KDF still loads and shows.
 
 Values follow json-c's types: a JSON integer is an ``int`` (never a ``bool``), 64-bit
@@ -18,7 +18,8 @@ from typing import Any, TypeGuard
 
 from imgcrypt.luks.rules import HeaderRuleError, Rule, rule
 
-HDR_SIZES = tuple(16384 << i for i in range(9))  # 16 KiB .. 4 MiB
+# Every metadata size cryptsetup accepts: 16 KiB .. 4 MiB, powers of two.
+HDR_SIZES = tuple(16384 << i for i in range(9))
 BINARY_SIZE = 4096
 MAX_KEYSLOTS_SIZE = 128 << 20
 U32 = (1 << 32) - 1

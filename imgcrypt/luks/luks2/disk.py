@@ -1,4 +1,4 @@
-"""LUKS2 binary headers: the 4096-byte block before each JSON area, its checksum, both copies.
+"""LUKS2 on disk: the 4096-byte binary header before each JSON area, its checksum, both copies.
 
 A LUKS2 image starts with two metadata copies, primary at 0 and secondary at ``hdr_size``.
 Each copy is a binary header followed by a JSON area; together they are ``hdr_size`` bytes, and
@@ -11,77 +11,69 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 from imgcrypt.errors import ChecksumError, FormatError, TruncatedError
-from imgcrypt.luks import backend, luks2_rules
-from imgcrypt.luks.layout import Kind, Layout, fields
+from imgcrypt.luks import backend
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY
+from imgcrypt.luks.layout import declare, raw, uint_be
+from imgcrypt.luks.luks2 import rules as luks2_rules
+from imgcrypt.luks.luks2.rules import BINARY_SIZE, HDR_SIZES
 from imgcrypt.luks.rules import HeaderRuleError, MagicRuleError
 
-MAGIC_PRIMARY = b"LUKS\xba\xbe"
-MAGIC_SECONDARY = b"SKUL\xba\xbe"
-BINARY_SIZE = 4096
-# Every metadata size cryptsetup accepts; the secondary copy sits at one of these offsets.
-HDR_SIZES = tuple(16384 << i for i in range(9))  # 16 KiB .. 4 MiB
+# BINARY_SIZE and HDR_SIZES are facts of the disk format, declared once beside the rules.
+__all__ = ["BINARY_SIZE", "CSUM_SIZE", "HDR_SIZES", "LAYOUT", "MAX_HDR_SIZE", "SALT_SIZE",
+           "BinaryHeader", "ChecksumRuleError", "Copies", "MetadataCopy", "checksum",
+           "find_copies", "needed_bytes", "pack_copy", "read_copy", "text", "text_field"]
+
+# The secondary copy sits at one of the HDR_SIZES offsets.
 MAX_HDR_SIZE = HDR_SIZES[-1]
 CSUM_SIZE = 64
 SALT_SIZE = 64
 
-LAYOUT = Layout(
-    "LUKS2 binary header",
-    BINARY_SIZE,
-    fields(
-        ("magic", 6, Kind.RAW),
-        ("version", 2, Kind.UINT_BE),
-        ("hdr_size", 8, Kind.UINT_BE),
-        ("seqid", 8, Kind.UINT_BE),
-        ("label", 48, Kind.RAW),
-        ("checksum_alg", 32, Kind.RAW),
-        ("salt", SALT_SIZE, Kind.RAW),
-        ("uuid", 40, Kind.RAW),
-        ("subsystem", 48, Kind.RAW),
-        ("hdr_offset", 8, Kind.UINT_BE),
-        ("padding", 184, Kind.RAW),
-        ("csum", CSUM_SIZE, Kind.RAW),
-        ("padding4096", 7 * 512, Kind.RAW),
-    ),
-)
-_CSUM_FIELD = next(f for f in LAYOUT.fields if f.name == "csum")
 
 
 @dataclass(frozen=True)
 class BinaryHeader:
-    """One binary header exactly as stored; text fields stay raw so a rewrite is exact."""
+    """One binary header exactly as stored; text fields stay raw so a rewrite is exact.
 
-    magic: bytes
-    version: int
-    hdr_size: int
-    seqid: int
-    label: bytes
-    checksum_alg: bytes
-    salt: bytes = field(repr=False)
-    uuid: bytes
-    subsystem: bytes
-    hdr_offset: int
-    csum: bytes = field(repr=False)
-    padding: bytes = field(default=bytes(184), repr=False)
-    padding4096: bytes = field(default=bytes(7 * 512), repr=False)
+    The declaration is the layout (:func:`imgcrypt.luks.layout.declare`): fields in disk order.
+    """
+
+    magic: Annotated[bytes, raw(6)]
+    version: Annotated[int, uint_be(2)]
+    hdr_size: Annotated[int, uint_be(8)]
+    seqid: Annotated[int, uint_be(8)]
+    label: Annotated[bytes, raw(48)]
+    checksum_alg: Annotated[bytes, raw(32)]
+    salt: Annotated[bytes, raw(SALT_SIZE)] = field(repr=False)
+    uuid: Annotated[bytes, raw(40)]
+    subsystem: Annotated[bytes, raw(48)]
+    hdr_offset: Annotated[int, uint_be(8)]
+    padding: Annotated[bytes, raw(184)] = field(default=bytes(184), repr=False)
+    csum: Annotated[bytes, raw(CSUM_SIZE)] = field(default=bytes(CSUM_SIZE), repr=False)
+    padding4096: Annotated[bytes, raw(7 * 512)] = field(default=bytes(7 * 512), repr=False)
 
     @classmethod
     def unpack(cls, data: bytes, offset: int = 0) -> BinaryHeader:
-        return cls(**LAYOUT.unpack(data, offset))
+        return LAYOUT.unpack_record(cls, data, offset)
 
     def pack(self) -> bytes:
-        return LAYOUT.pack(self.__dict__)
+        return LAYOUT.pack_record(self)
 
     @property
     def checksum_name(self) -> str:
         return text(self.checksum_alg).lower()
 
 
-def text(raw: bytes) -> str:
+LAYOUT = declare(BinaryHeader, "LUKS2 binary header", BINARY_SIZE)
+_CSUM_FIELD = next(f for f in LAYOUT.fields if f.name == "csum")
+
+
+def text(stored: bytes) -> str:
     """A NUL-terminated text field as str; bytes that are not UTF-8 are shown, not refused."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return stored.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def text_field(value: str, size: int, what: str) -> bytes:
@@ -122,7 +114,7 @@ JsonCheck = Callable[[bytes, int], str]
 
 def _sane(data: bytes, offset: int) -> BinaryHeader:
     """The binary header at ``offset`` if cryptsetup's pre-checksum sanity checks pass."""
-    magic = MAGIC_PRIMARY if offset == 0 else MAGIC_SECONDARY
+    magic = MAGIC if offset == 0 else MAGIC_SECONDARY
     if len(data) < offset + BINARY_SIZE:
         raise TruncatedError(f"LUKS2 header copy at {offset} is cut short")
     hdr = BinaryHeader.unpack(data, offset)
@@ -164,9 +156,9 @@ def pack_copy(hdr: BinaryHeader, json_text: str) -> bytes:
     if len(raw) >= json_size:
         raise FormatError(f"LUKS2 metadata needs {len(raw) + 1} bytes, the area holds {json_size}")
     json_area = raw + bytes(json_size - len(raw))
-    unsummed = BinaryHeader(**{**hdr.__dict__, "csum": bytes(CSUM_SIZE)}).pack()
+    unsummed = replace(hdr, csum=bytes(CSUM_SIZE)).pack()
     csum = checksum(unsummed, json_area, hdr.checksum_name)
-    return BinaryHeader(**{**hdr.__dict__, "csum": csum}).pack() + json_area
+    return replace(hdr, csum=csum).pack() + json_area
 
 
 @dataclass(frozen=True)
@@ -236,7 +228,7 @@ def find_copies(data: bytes, check_json: JsonCheck) -> Copies:
 
 def needed_bytes(prefix: bytes) -> int:
     """How many leading bytes :func:`find_copies` needs, judged from the primary binary header."""
-    if len(prefix) >= 16 and prefix[:6] == MAGIC_PRIMARY:
+    if len(prefix) >= 16 and prefix[:6] == MAGIC:
         hdr_size = int.from_bytes(prefix[8:16], "big")
         if hdr_size in HDR_SIZES:
             return 2 * hdr_size

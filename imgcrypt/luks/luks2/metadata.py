@@ -1,10 +1,11 @@
-"""LUKS2 JSON metadata: parse with caps, validate in one place, expose typed read-only views.
+"""LUKS2 JSON metadata: the model, its one validator and its one serialiser.
 
-The JSON text stays the source of truth. :func:`parse_metadata` checks it the way cryptsetup
-does (and a little stricter where input is hostile) and returns :class:`Metadata`, whose
-typed fields are what the rest of imgcrypt uses. Rewrites start from the original JSON object
-and change only the entries they mean to, so tokens, flags and keys imgcrypt does not know
-survive untouched.
+The JSON text stays the source of truth. :func:`validate` checks it the way cryptsetup does
+(:mod:`imgcrypt.luks.luks2.rules`, and a little stricter where input is hostile) and returns
+:class:`Metadata`, whose typed fields are what the rest of imgcrypt uses. Every JSON entry
+imgcrypt writes is made here, beside the code that reads it back. Rewrites start from the
+original JSON object and change only the entries they mean to, so tokens, flags and keys
+imgcrypt does not know survive untouched.
 """
 
 from __future__ import annotations
@@ -16,15 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgcrypt.errors import FormatError, LimitExceededError
-from imgcrypt.luks import luks2_rules
+from imgcrypt.luks.base import Segment
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
-from imgcrypt.luks.luks2_rules import check_json, decimal_u64, is_int, mandatory
+from imgcrypt.luks.keyslot import MasterKeyDigest
+from imgcrypt.luks.luks2 import rules as luks2_rules
+from imgcrypt.luks.luks2.rules import (
+    MAX_KEYSLOTS_SIZE,
+    check_json,
+    decimal_u64,
+    is_int,
+    mandatory,
+)
 from imgcrypt.luks.rules import HeaderRuleError
 
 MAX_JSON_SIZE = 4 << 20
 MAX_JSON_VALUES = 100_000
 MAX_OBJECTS = 32  # keyslots, tokens, segments, digests: cryptsetup's own maxima
-MAX_KEYSLOTS_SIZE = 128 << 20  # cryptsetup's LUKS2_MAX_KEYSLOTS_SIZE
 MAX_STRIPES = 4000
 MAX_KEY_SIZE = 512
 MAX_U64 = (1 << 64) - 1
@@ -32,6 +40,8 @@ SECTOR_SIZES = (512, 1024, 2048, 4096)
 # Mandatory requirements imgcrypt implements; any other one makes the image read-only for us.
 KNOWN_REQUIREMENTS: frozenset[str] = frozenset()
 
+__all__ = ["MAX_KEYSLOTS_SIZE", "Digest", "Keyslot", "Metadata", "Segment", "check_area",
+           "dump_json", "load_json", "validate"]
 
 
 @dataclass(frozen=True)
@@ -54,19 +64,6 @@ class Keyslot:
     def material_size(self) -> int:
         """Bytes of AF material as stored: key_size * stripes rounded up to 512-byte sectors."""
         return -(-self.key_size * self.stripes // 512) * 512
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    type: str
-    offset: int
-    size: int | None  # None: "dynamic", to the end of the device
-    iv_tweak: int = 0
-    cipher: str = ""
-    sector_size: int = 512
-    integrity: bool = False
-    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def check_area(area: bytes, hdr_size: int) -> str:
     """The JSON text of one copy's JSON area, after cryptsetup's framing and JSON rules.
 
     The area starts with '{', holds one JSON object, and nothing but NUL bytes (at least one)
-    follows it; the object must pass every rule of :mod:`imgcrypt.luks.luks2_rules`.
+    follows it; the object must pass every rule of :mod:`imgcrypt.luks.luks2.rules`.
     """
     if area[:1] != b"{":
         raise HeaderRuleError(luks2_rules.JSON_START)
@@ -231,14 +228,8 @@ def _digest(ident: int, obj: dict[str, Any]) -> Digest:
     )
 
 
-def parse_metadata(text: str, hdr_size: int) -> Metadata:
-    """Parse and validate the JSON of a copy whose metadata (binary + JSON) is ``hdr_size``."""
-    obj = load_json(text)
-    return validate(obj, hdr_size)
-
-
 def validate(obj: dict[str, Any], hdr_size: int) -> Metadata:
-    """cryptsetup's rules (:mod:`imgcrypt.luks.luks2_rules`), then the typed view."""
+    """cryptsetup's rules (:mod:`imgcrypt.luks.luks2.rules`), then the typed view."""
     check_json(obj, hdr_size - 4096)
     config = obj["config"]
     keyslots = tuple(_keyslot(i, o) for i, o in _ids(obj["keyslots"]).items())
@@ -247,3 +238,77 @@ def validate(obj: dict[str, Any], hdr_size: int) -> Metadata:
     tokens = tuple(_ids(obj["tokens"]))
     return Metadata(hdr_size - 4096, decimal_u64(config["keyslots_size"]) or 0, keyslots,
                     segments, digests, tokens, tuple(config.get("flags", ())), mandatory(obj))
+
+
+# -- writing: every entry imgcrypt puts into LUKS2 JSON -----------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def kdf_entry(kdf: Kdf) -> dict[str, Any]:
+    if isinstance(kdf, Pbkdf2):
+        return {"type": "pbkdf2", "hash": kdf.hash, "iterations": kdf.iterations,
+                "salt": _b64(kdf.salt)}
+    return {"type": kdf.variant, "time": kdf.time, "memory": kdf.memory_kib,
+            "cpus": kdf.parallel, "salt": _b64(kdf.salt)}
+
+
+def keyslot_entry(*, key_size: int, kdf: Kdf, af_hash: str, stripes: int, area_offset: int,
+                  area_size: int, area_cipher: str) -> dict[str, Any]:
+    """A ``luks2`` keyslot whose area key is as long as the volume key, as cryptsetup makes."""
+    return {
+        "type": "luks2",
+        "key_size": key_size,
+        "af": {"type": "luks1", "stripes": stripes, "hash": af_hash},
+        "area": {"type": "raw", "offset": str(area_offset), "size": str(area_size),
+                 "encryption": area_cipher, "key_size": key_size},
+        "kdf": kdf_entry(kdf),
+    }
+
+
+def crypt_segment_entry(*, offset: int, cipher: str, sector_size: int) -> dict[str, Any]:
+    """A ``dynamic`` crypt segment (to the end of the device) with iv_tweak 0."""
+    return {"type": "crypt", "offset": str(offset), "size": "dynamic", "iv_tweak": "0",
+            "encryption": cipher, "sector_size": sector_size}
+
+
+def digest_entry(digest: MasterKeyDigest, *, keyslots: list[str],
+                 segments: list[str]) -> dict[str, Any]:
+    return {"type": "pbkdf2", "keyslots": keyslots, "segments": segments,
+            "hash": digest.kdf.hash, "iterations": digest.kdf.iterations,
+            "salt": _b64(digest.kdf.salt), "digest": _b64(digest.value)}
+
+
+def new_document(*, segment: dict[str, Any], digest: dict[str, Any], json_size: int,
+                 keyslots_size: int) -> dict[str, Any]:
+    """The JSON of a new header: one segment, one digest, no keyslot or token yet."""
+    return {
+        "keyslots": {},
+        "tokens": {},
+        "segments": {"0": segment},
+        "digests": {"0": digest},
+        "config": {"json_size": str(json_size), "keyslots_size": str(keyslots_size)},
+    }
+
+
+def with_keyslot(obj: dict[str, Any], slot: int, entry: dict[str, Any],
+                 digest_id: int) -> dict[str, Any]:
+    """``obj`` (changed in place) with keyslot ``slot`` added and assigned to the digest."""
+    keyslots = obj["keyslots"]
+    keyslots[str(slot)] = entry
+    obj["keyslots"] = dict(sorted(keyslots.items(), key=lambda kv: int(kv[0])))
+    obj["digests"][str(digest_id)]["keyslots"].append(str(slot))
+    return obj
+
+
+def without_keyslot(obj: dict[str, Any], slot: int) -> dict[str, Any]:
+    """``obj`` (changed in place) with keyslot ``slot`` and every reference to it gone:
+    cryptsetup refuses references to keyslots that do not exist."""
+    del obj["keyslots"][str(slot)]
+    for section in ("digests", "tokens"):
+        for entry in obj[section].values():
+            if isinstance(entry.get("keyslots"), list):
+                entry["keyslots"] = [k for k in entry["keyslots"] if k != str(slot)]
+    return obj
