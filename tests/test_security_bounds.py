@@ -125,7 +125,6 @@ def test_luks1_payload_far_away_in_a_short_file() -> None:
 
 # -- LUKS2 -----------------------------------------------------------------------------------
 
-needs_luks2 = pytest.mark.skipif("luks2_json" not in targets.targets(), reason="no LUKS2")
 
 
 def luks2_doc() -> dict[str, Any]:
@@ -141,7 +140,6 @@ def luks2_with(obj: dict[str, Any], hdr_size: int = 16384) -> bytes:
     return targets._luks2_with_checksums(bytes(region))
 
 
-@needs_luks2
 def test_luks2_seed_opens() -> None:
     unlock(seeds.luks2_region())
     unlock(luks2_with(luks2_doc()))
@@ -156,7 +154,6 @@ def _argon(**changes: Any) -> dict[str, Any]:
     return obj
 
 
-@needs_luks2
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("memory", 2**40, "argon2 memory"),
     ("memory", DEFAULT_LIMITS.max_argon2_memory_kib + 1, "argon2 memory"),
@@ -170,13 +167,11 @@ def test_luks2_argon2_above_caps(field: str, value: int, message: str) -> None:
         unlock(luks2_with(_argon(**{field: value})))
 
 
-@needs_luks2
 def test_luks2_argon2_beyond_u64() -> None:
     with refused_fast(LimitExceededError):
         unlock(luks2_with(_argon(memory=2**70)))
 
 
-@needs_luks2
 def test_luks2_pbkdf2_iterations_above_cap() -> None:
     obj = luks2_doc()
     obj["keyslots"]["0"]["kdf"]["iterations"] = DEFAULT_LIMITS.max_pbkdf2_iterations + 1
@@ -184,7 +179,6 @@ def test_luks2_pbkdf2_iterations_above_cap() -> None:
         unlock(luks2_with(obj))
 
 
-@needs_luks2
 def test_luks2_digest_iterations_above_cap() -> None:
     obj = luks2_doc()
     obj["digests"]["0"]["iterations"] = 2**40
@@ -192,7 +186,6 @@ def test_luks2_digest_iterations_above_cap() -> None:
         unlock(luks2_with(obj))
 
 
-@needs_luks2
 @pytest.mark.parametrize("section", ["keyslots", "tokens", "segments", "digests"])
 def test_luks2_object_counts_above_cap(section: str) -> None:
     obj = luks2_doc()
@@ -201,7 +194,6 @@ def test_luks2_object_counts_above_cap(section: str) -> None:
         parse_header(luks2_with(obj))
 
 
-@needs_luks2
 def test_luks2_object_id_above_cap() -> None:
     obj = luks2_doc()
     obj["tokens"] = {"4294967295": {"type": "x"}}
@@ -209,7 +201,6 @@ def test_luks2_object_id_above_cap() -> None:
         parse_header(luks2_with(obj))
 
 
-@needs_luks2
 def test_luks2_keyslots_size_above_cap() -> None:
     obj = luks2_doc()
     obj["config"]["keyslots_size"] = str((128 << 20) + 4096)
@@ -217,7 +208,6 @@ def test_luks2_keyslots_size_above_cap() -> None:
         parse_header(luks2_with(obj))
 
 
-@needs_luks2
 def test_luks2_keyslot_area_far_away() -> None:
     obj = luks2_doc()
     obj["keyslots"]["0"]["area"]["offset"] = str(2**63)
@@ -225,7 +215,6 @@ def test_luks2_keyslot_area_far_away() -> None:
         parse_header(luks2_with(obj))
 
 
-@needs_luks2
 @pytest.mark.parametrize(("field", "value", "error"), [
     ("key_size", 513, LimitExceededError), ("stripes", 4001, LimitExceededError)])
 def test_luks2_key_size_and_stripes_above_cap(field: str, value: int,
@@ -239,7 +228,6 @@ def test_luks2_key_size_and_stripes_above_cap(field: str, value: int,
         unlock(luks2_with(obj))
 
 
-@needs_luks2
 def test_luks2_json_nesting() -> None:
     obj = luks2_doc()
     text = json.dumps(obj)[:-1] + ', "deep": ' + "[" * 5000 + "]" * 5000 + "}"
@@ -250,7 +238,6 @@ def test_luks2_json_nesting() -> None:
         parse_header(targets._luks2_with_checksums(bytes(region)))
 
 
-@needs_luks2
 def test_luks2_json_size_cap() -> None:
     from imgcrypt.luks.luks2.metadata import MAX_JSON_SIZE, load_json
 
@@ -258,7 +245,6 @@ def test_luks2_json_size_cap() -> None:
         load_json(" " * (MAX_JSON_SIZE + 1))
 
 
-@needs_luks2
 def test_luks2_huge_integer_literal() -> None:
     obj = luks2_doc()
     text = json.dumps(obj)[:-1] + ', "n": ' + "9" * 5000 + "}"
@@ -269,7 +255,6 @@ def test_luks2_huge_integer_literal() -> None:
         parse_header(targets._luks2_with_checksums(bytes(region)))
 
 
-@needs_luks2
 def test_luks2_metadata_size_hostile() -> None:
     """A hostile hdr_size in one copy falls back to the other; in both, a FormatError."""
     data = bytearray(seeds.luks2_region())
@@ -281,7 +266,6 @@ def test_luks2_metadata_size_hostile() -> None:
         parse_header(bytes(data))
 
 
-@needs_luks2
 def test_luks2_largest_region_from_a_short_stream() -> None:
     """4 MiB metadata copies and 128 MiB of keyslots (the largest legal region) announced by a
     stream that ends after the metadata: a TruncatedError, fast, within the stream cap."""
@@ -308,7 +292,6 @@ def test_luks2_largest_region_from_a_short_stream() -> None:
         read_header(io.BytesIO(data))
 
 
-@needs_luks2
 def test_luks2_keyslots_size_cap_keeps_regions_within_the_stream_cap() -> None:
     from imgcrypt.luks.luks2.disk import MAX_HDR_SIZE
     from imgcrypt.luks.luks2.metadata import MAX_KEYSLOTS_SIZE
@@ -343,11 +326,8 @@ def test_unknown_kdf_and_hash() -> None:
 
 # -- signing and properties --------------------------------------------------------------------
 
-needs_signing = pytest.mark.skipif("verify_imgcrypt" not in targets.targets(),
-                                   reason="signing not built")
 
 
-@needs_signing
 def test_property_part_count_above_cap() -> None:
     from imgcrypt.errors import MalformedPartError
     from imgcrypt.signing.storage import MAX_PARTS, join_value
@@ -357,7 +337,6 @@ def test_property_part_count_above_cap() -> None:
         join_value("sig", props)
 
 
-@needs_signing
 def test_property_part_flood() -> None:
     """Ten thousand part records: refused on the count, not after reading them all."""
     from imgcrypt.errors import ExtraPartError
@@ -369,7 +348,6 @@ def test_property_part_flood() -> None:
         join_value("sig", props)
 
 
-@needs_signing
 def test_property_joined_length_above_cap() -> None:
     from imgcrypt.errors import MalformedPartError
     from imgcrypt.signing.storage import MAX_JOINED_LENGTH, MAX_PARTS, join_value
@@ -381,7 +359,6 @@ def test_property_joined_length_above_cap() -> None:
         join_value("sig", props)
 
 
-@needs_signing
 def test_property_document_size_above_cap() -> None:
     from imgcrypt.errors import MalformedPropertiesError
     from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, parse_properties
@@ -390,7 +367,6 @@ def test_property_document_size_above_cap() -> None:
         parse_properties(b" " * (MAX_DOCUMENT_BYTES + 1))
 
 
-@needs_signing
 def test_glance_signature_length_above_cap() -> None:
     from imgcrypt.errors import MalformedSignatureError
     from imgcrypt.signing.certs import check_certificate
@@ -402,7 +378,6 @@ def test_glance_signature_length_above_cap() -> None:
         GlanceVerifier(props, checked)
 
 
-@needs_signing
 def test_certificate_bundle_count_and_size_above_caps() -> None:
     from cryptography.hazmat.primitives import serialization
 
@@ -452,7 +427,6 @@ def _ca_chain(depth: int) -> tuple[list[Any], Any]:
     return [leaf, *reversed(chain)], root
 
 
-@needs_signing
 def test_certificate_chain_length_above_cap() -> None:
     from imgcrypt.errors import UntrustedChainError
     from imgcrypt.signing.certs import CertificatePolicy, check_certificate
@@ -465,7 +439,6 @@ def test_certificate_chain_length_above_cap() -> None:
         check_certificate(long, trust=[root], clock=targets._now)
 
 
-@needs_signing
 def test_private_key_size_above_cap() -> None:
     from imgcrypt.signing.keyfile import MAX_KEY_BYTES, load_private_key
 

@@ -251,21 +251,18 @@ def test_luks1_headers_field_by_field(header: bytes) -> None:
         assert_handled(name, header)
 
 
-@pytest.mark.skipif("luks2_json" not in TARGETS, reason="LUKS2 not built")
 @SETTINGS
 @given(document=luks2_json_documents())
 def test_luks2_json_documents(document: bytes) -> None:
     assert_handled("luks2_json", document)
 
 
-@pytest.mark.skipif("luks2_region" not in TARGETS, reason="LUKS2 not built")
 @SETTINGS
 @given(region=mutated([seeds.luks2_region()[:36864]]))
 def test_luks2_regions_with_valid_checksums(region: bytes) -> None:
     assert_handled("luks2_region", region)
 
 
-@pytest.mark.skipif("verify_imgcrypt" not in TARGETS, reason="signing not built")
 @SETTINGS
 @given(document=property_sets(seeds.imgcrypt_properties()))
 def test_imgcrypt_property_sets(document: bytes) -> None:
@@ -273,14 +270,12 @@ def test_imgcrypt_property_sets(document: bytes) -> None:
     assert_handled("property_parts", document)
 
 
-@pytest.mark.skipif("verify_glance" not in TARGETS, reason="signing not built")
 @SETTINGS
 @given(document=property_sets(seeds.glance_properties()))
 def test_glance_property_sets(document: bytes) -> None:
     assert_handled("verify_glance", document)
 
 
-@pytest.mark.skipif("property_parts" not in TARGETS, reason="signing not built")
 @SETTINGS
 @given(value=st.text(max_size=600), limit=st.integers(64, 300))
 def test_parts_round_trip(value: str, limit: int) -> None:

@@ -419,7 +419,7 @@ def remaining_after(header: LuksHeader, slot: int) -> int:
 
 def kdf_for(header: LuksHeader, options: FormatOptions) -> Kdf:
     """KDF parameters for a new keyslot in ``header``: its version decides the default KDF."""
-    hash_name = header.describe().get("hash", options.hash) if header.version == 1 else options.hash
+    hash_name = header.af_hash if header.version == 1 else options.hash
     return dataclasses.replace(
         options, version=header.version, hash=hash_name, key_size=header.key_bytes * 8,
         cipher=str(header.cipher),
