@@ -214,14 +214,14 @@ class UploadInspector:
 
     def _bind_key(self, header: LuksHeader) -> None:
         """The key the properties name opens this header (header bytes only, tight limits)."""
-        assert self._passphrase is not None
+        assert self._passphrase is not None and self._claim is not None
         region = bytes(self._head[: header.region_size])
         region += bytes(header.region_size - len(region))  # keyslot area nobody uses
         try:
             header.unlock(region, self._passphrase, self._policy.unlock_limits)
         except WrongPassphraseError:
             raise KeyBindingError(
-                "the key the properties name does not open the image's LUKS header"
+                f"key {self._claim.key_id} does not open the image's LUKS header"
             ) from None
 
     def finalize(self) -> UploadVerdict:
