@@ -124,6 +124,8 @@ def qemu_encrypt_options(options: FormatOptions) -> str:
         raise UsageError("qemu's qcow2 encryption uses 512-byte sectors and pbkdf2")
     if options.iterations is not None:
         raise UsageError("qemu-img takes a time budget, not iterations: use --iter-time")
+    if options.key_slot != 0:
+        raise UsageError("qemu-img puts the first passphrase in keyslot 0: drop --key-slot")
     if not 1 <= options.iter_time_ms <= 600_000:
         raise UsageError(f"iter-time {options.iter_time_ms} out of range 1..600000")
     if options.hash.lower() not in QEMU_HASHES:

@@ -63,6 +63,23 @@ def test_key_slot_for_rekey_and_decrypt(files: dict[str, Path], cryptsetup: str)
                     "--new-key-file", files["pw"], "--iterations", "1000").returncode == 4
 
 
+@pytest.mark.parametrize(("fmt", "slot", "dumped"), [
+    ("luks1", 3, r"^Key Slot 3: ENABLED$"), ("luks2", 7, r"^\s+7: luks2$")])
+def test_key_slot_for_encrypt(files: dict[str, Path], cryptsetup: str, fmt: str, slot: int,
+                              dumped: str) -> None:
+    """encrypt --key-slot N puts the passphrase in keyslot N, as luksFormat --key-slot does."""
+    target = files["dir"] / "t.luks"
+    imgcrypt("encrypt", files["src"], target, "--type", fmt, "--key-file", files["pw"],
+             "--key-slot", str(slot), *FAST, check=True)
+    dump = luks_dump(cryptsetup, target)
+    assert re.search(dumped, dump, re.M), dump
+    assert opens(cryptsetup, target, files["pw"], slot=slot)
+    assert not opens(cryptsetup, target, files["pw"], slot=0)
+    assert imgcrypt("encrypt", files["src"], files["dir"] / "u.luks", "--type", fmt,
+                    "--key-file", files["pw"], "--key-slot", "32", *FAST).returncode == 2
+    assert not (files["dir"] / "u.luks").exists()
+
+
 def test_inspect_shows_offsets_in_sectors_like_luks_dump(
         files: dict[str, Path], cryptsetup: str) -> None:
     target = files["dir"] / "t.luks"

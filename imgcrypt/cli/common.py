@@ -95,7 +95,7 @@ def format_options(args: argparse.Namespace) -> FormatOptions:
         version=1 if args.format == "luks1" else 2, cipher=args.cipher, key_size=args.key_size,
         hash=args.hash, iter_time_ms=args.iter_time, iterations=args.iterations,
         sector_size=args.sector_size, pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
-        pbkdf_parallel=args.pbkdf_parallel,
+        pbkdf_parallel=args.pbkdf_parallel, key_slot=getattr(args, "key_slot", None) or 0,
     )
     options.validate()
     return options

@@ -44,6 +44,8 @@ def register(sub: Any) -> None:
                         "built-in LUKS1 encryption, written by qemu-img. A TARGET named *.qcow2 "
                         "needs this option said explicitly, as qemu-img's -O")
     common.add_format_arguments(parser)
+    common.add_key_slot_argument(parser, "put the passphrase in keyslot N (default 0; as "
+                                 "cryptsetup luksFormat --key-slot)")
     keyopts.add_key_arguments(parser, creating=True)
     common.add_progress_argument(parser)
     add_json_argument(parser)

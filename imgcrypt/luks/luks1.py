@@ -290,8 +290,10 @@ def keyslot_area_sectors(key_bytes: int, stripes: int = STRIPES) -> int:
 
 def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, hash_spec: str,
                   iterations: int, digest_iterations: int,
-                  payload_align: int = PAYLOAD_ALIGN, uuid: str | None = None) -> bytes:
-    """A complete new LUKS1 region (header + keyslot areas, zero-padded to the payload)."""
+                  payload_align: int = PAYLOAD_ALIGN, uuid: str | None = None,
+                  slot: int = 0) -> bytes:
+    """A complete new LUKS1 region (header + keyslot areas, zero-padded to the payload), the
+    passphrase in keyslot ``slot``."""
     cipher.check_key_size(len(master_key))
     af.check_hash(hash_spec)
     if payload_align % SECTOR or payload_align <= 0:
@@ -312,4 +314,4 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, h
         uuid=uuid or str(uuidlib.uuid4()), keyslots=slots,
     )
     kdf = Pbkdf2(hash_spec, iterations, os.urandom(SALT_SIZE))
-    return header.add_keyslot(bytes(payload_offset), master_key, passphrase, kdf, 0).region
+    return header.add_keyslot(bytes(payload_offset), master_key, passphrase, kdf, slot).region

@@ -37,6 +37,7 @@ class FormatOptions:
     # ``iterations``; None means cryptsetup's default of 1 GiB.
     pbkdf_memory_kib: int | None = None
     pbkdf_parallel: int | None = None  # None: min(4, CPUs) when benchmarking, else 4
+    key_slot: int = 0  # the keyslot the first passphrase goes into (luksFormat --key-slot)
 
     @property
     def data_sector_size(self) -> int:
@@ -67,6 +68,9 @@ class FormatOptions:
             raise UsageError("pbkdf memory must be 32..4194304 KiB (cryptsetup's limits)")
         if self.pbkdf_parallel is not None and not 1 <= self.pbkdf_parallel <= 4:
             raise UsageError("pbkdf parallel must be 1..4")
+        slots = 8 if self.version == 1 else 32
+        if not 0 <= self.key_slot < slots:
+            raise UsageError(f"LUKS{self.version} keyslots are numbered 0..{slots - 1}")
         return spec
 
     @property
@@ -112,10 +116,11 @@ def new_region(options: FormatOptions, master_key: bytes, passphrase: bytes) -> 
         return luks1.format_region(
             master_key, passphrase, cipher=spec, hash_spec=options.hash,
             iterations=kdf.iterations, digest_iterations=options.digest_iterations(),
+            slot=options.key_slot,
         )
     from imgcrypt.luks import luks2
 
     return luks2.format_region(
         master_key, passphrase, cipher=spec, kdf=kdf, sector_size=options.data_sector_size,
-        digest_iterations=options.digest_iterations(),
+        digest_iterations=options.digest_iterations(), slot=options.key_slot,
     )

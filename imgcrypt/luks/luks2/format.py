@@ -33,8 +33,9 @@ DIGEST_MS = 100
 def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, kdf: Kdf,
                   sector_size: int = 512, digest_iterations: int | None = None,
                   uuid: str | None = None, label: str = "", metadata_size: int = 16384,
-                  keyslots_size: int | None = None, payload_align: int = 1 << 20) -> bytes:
-    """A complete LUKS2 region: both copies, keyslot 0, zero padding up to the payload.
+                  keyslots_size: int | None = None, payload_align: int = 1 << 20,
+                  slot: int = 0) -> bytes:
+    """A complete LUKS2 region: both copies, keyslot ``slot``, zero padding up to the payload.
 
     Segment 0 is a ``dynamic`` crypt segment with iv_tweak 0; the pbkdf2 digest uses the
     keyslot's hash for a pbkdf2 ``kdf`` and sha256 otherwise, as cryptsetup does.
@@ -79,4 +80,4 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, k
     empty = Luks2Header(binary, dump_json(obj), validate(obj, metadata_size),
                         salts=(os.urandom(SALT_SIZE), os.urandom(SALT_SIZE)))
     region = bytes(payload_offset)
-    return empty.add_first_keyslot(region, master_key, passphrase, kdf, 0).region
+    return empty.add_first_keyslot(region, master_key, passphrase, kdf, slot).region
