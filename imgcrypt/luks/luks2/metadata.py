@@ -21,6 +21,7 @@ from imgcrypt.luks.base import Segment
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.keyslot import MasterKeyDigest
 from imgcrypt.luks.luks2 import rules as luks2_rules
+from imgcrypt.luks.luks2.jsonc import JsonCError, strict_text
 from imgcrypt.luks.luks2.rules import (
     MAX_KEYSLOTS_SIZE,
     check_json,
@@ -96,12 +97,13 @@ class Metadata:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _cap(text: str) -> None:
+def _cap(text: str | bytes) -> None:
     if len(text) > MAX_JSON_SIZE:
         raise LimitExceededError("LUKS2 JSON metadata exceeds 4 MiB")
     # 4 MiB of "[[],[],..." would become millions of Python objects; real metadata has a few
     # hundred values. Counting separators (even inside strings) bounds memory before parsing.
-    if text.count(",") + text.count("[") + text.count("{") > MAX_JSON_VALUES:
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_JSON_VALUES:
         raise LimitExceededError("LUKS2 JSON metadata has too many values")
 
 
@@ -124,29 +126,30 @@ def load_json(text: str) -> dict[str, Any]:
 def check_area(area: bytes, hdr_size: int) -> str:
     """The JSON text of one copy's JSON area, after cryptsetup's framing and JSON rules.
 
-    The area starts with '{', holds one JSON object, and nothing but NUL bytes (at least one)
-    follows it; the object must pass every rule of :mod:`imgcrypt.luks.luks2.rules`.
+    The area starts with '{', holds one JSON object as json-c reads it, and nothing but NUL
+    bytes (at least one) follows it; the object must pass every rule of
+    :mod:`imgcrypt.luks.luks2.rules`. The text returned is strict JSON with the same values.
     """
     if area[:1] != b"{":
         raise HeaderRuleError(luks2_rules.JSON_START)
-    end = area.find(b"\0")
-    if end < 0:
+    _cap(area)
+    try:
+        # json-c's default reading (comments, trailing commas, single quotes, any bytes in
+        # strings), rewritten as strict JSON; end is where json-c stops reading.
+        text, end = strict_text(area)
+    except JsonCError as err:
+        raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
+    if end >= len(area):
         raise HeaderRuleError(luks2_rules.JSON_TRAILER, "no NUL after the JSON text")
     if area[end:].count(0) != len(area) - end:
-        raise HeaderRuleError(luks2_rules.JSON_TRAILER, "non-NUL bytes after the first NUL")
-    try:
-        text = area[:end].decode("utf-8")
-    except UnicodeDecodeError:
-        raise HeaderRuleError(luks2_rules.JSON_PARSE, "not UTF-8") from None
+        raise HeaderRuleError(luks2_rules.JSON_TRAILER, "non-NUL bytes after the JSON text")
     _cap(text)
     try:
-        obj, stop = json.JSONDecoder().raw_decode(text)  # json-c's reading, as load_json
+        obj = json.loads(text)
     except RecursionError:
         raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
     except ValueError as err:
         raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
-    if stop != len(text):
-        raise HeaderRuleError(luks2_rules.JSON_TRAILER, "text after the JSON object")
     validate(obj, hdr_size)
     return text
 
