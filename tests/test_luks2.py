@@ -473,6 +473,16 @@ def test_json_value_count_is_capped_before_parsing() -> None:
     assert time.perf_counter() - start < 0.5
 
 
+def test_json_escapes_and_comments_are_capped_before_parsing() -> None:
+    region, _ = make_region(metadata_size=4 << 20, keyslots_size=1 << 20)
+    for flood in ['{"a":"' + "\\n" * 1_000_000 + '"}', "{" + "/**/" * 500_000 + "}"]:
+        hostile = rewrite_json(region, text=lambda _, f=flood: f)
+        start = time.perf_counter()
+        with pytest.raises(LimitExceededError, match="too many escapes or comments"):
+            Luks2Header.parse(hostile)
+        assert time.perf_counter() - start < 0.5
+
+
 def test_hostile_json_syntax(base: tuple[bytes, bytes]) -> None:
     region, _ = base
     for text in ["[" * 12000, '{"a":1,"a":2}', '{"x":NaN}', "1" * 5000, "[]", "{"]:

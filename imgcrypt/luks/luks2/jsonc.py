@@ -28,20 +28,15 @@ _WS = re.compile(rb"[ \t\n\r]*")
 _STRING_RUN = {ord('"'): re.compile(rb'[^"\\]*'), ord("'"): re.compile(rb"[^'\\]*")}
 _HEX4 = re.compile(rb"[0-9A-Fa-f]{4}")
 _STRICT_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
-# Characters that are neither printable JSON string content nor kept as they are: control
-# characters, the double quote (single-quoted strings may hold it raw) and the lone
-# surrogates that stand for undecodable bytes.
-_NEEDS_ESCAPE = re.compile('[\x00-\x1f"\ud800-\udfff]')
+# Characters kept as escapes: control characters, the double quote (single-quoted strings may
+# hold it raw) and the lone surrogates that stand for undecodable bytes (surrogateescape).
+_ESCAPES = {c: f"\\u{c:04x}" for c in [*range(0x20), 0x22, *range(0xDC80, 0xDD00)]}
 _LITERALS = {b"true": "true", b"false": "false", b"null": "null", b"nan": "NaN",
              b"infinity": "Infinity"}
 
 
 class JsonCError(ValueError):
     """json-c (default mode) would not parse this text; the message says where and why."""
-
-
-def _escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
 
 
 def _number(raw: bytes, pos: int) -> tuple[str, int]:
@@ -103,7 +98,7 @@ def _string(raw: bytes, pos: int) -> tuple[str, int]:
         # Bytes that are not UTF-8 become lone surrogates (json-c keeps the bytes), written
         # as \udcXX escapes so the text stays valid Unicode; a run never splits a UTF-8
         # sequence, since it ends only at an ASCII quote or backslash.
-        out.append(_NEEDS_ESCAPE.sub(_escape, m.group().decode("utf-8", "surrogateescape")))
+        out.append(m.group().decode("utf-8", "surrogateescape").translate(_ESCAPES))
         i = m.end()
         if i >= len(raw):
             raise JsonCError(f"unterminated string at byte {pos}")

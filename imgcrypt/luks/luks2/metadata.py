@@ -133,6 +133,9 @@ def check_area(area: bytes, hdr_size: int) -> str:
     if area[:1] != b"{":
         raise HeaderRuleError(luks2_rules.JSON_START)
     _cap(area)
+    # Each escape and comment is a step of the json-c reader below; real metadata has a few.
+    if area.count(b"\\") + area.count(b"/") > MAX_JSON_VALUES:
+        raise LimitExceededError("LUKS2 JSON metadata has too many escapes or comments")
     try:
         # json-c's default reading (comments, trailing commas, single quotes, any bytes in
         # strings), rewritten as strict JSON; end is where json-c stops reading.
