@@ -56,7 +56,7 @@ def test_the_family_lives_in_errors_py() -> None:
     elsewhere = {f"{cls.__module__}.{cls.__name__}" for cls in _family()
                  if cls.__module__ != "imgcrypt.errors"}
     assert {name.rsplit(".", 1)[0] for name in elsewhere} <= {
-        "imgcrypt.luks.rules", "imgcrypt.luks.luks2_binary"}
+        "imgcrypt.luks.rules", "imgcrypt.luks.luks2.disk"}
 
 
 def test_a_bad_hash_setting_is_a_configuration_error() -> None:
