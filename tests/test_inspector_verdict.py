@@ -170,3 +170,38 @@ def test_two_formats_at_once_is_malformed() -> None:
         _ = wrapper.format
     with pytest.raises(FormatError, match="several formats"):
         qemu.sniff_format(bytes(head))
+
+
+def test_format_only_qemu_knows_is_raw_as_for_the_cloud(tmp_path: Path, qemu_img: str) -> None:
+    """A difference from imgcrypt before the inspector: a parallels image, which qemu's probe
+    names but the inspector does not know, was refused as an unsupported format (exit 3). The
+    cloud stores it as raw and qemu then reads it with format=raw; imgcrypt now does the same and
+    encrypts its bytes as the guest disk, without qemu ever probing it."""
+    image = tmp_path / "disk.img"
+    run_qemu_img(["create", "-q", "-f", "parallels", str(image), "1M"])
+    assert cloud_format(image) == "raw" and cloud_refusals(image) == set()
+    assert qemu.detect_format(image) == "raw"
+    with qemu.raw_view(image) as (stream, info):
+        assert info.format == "raw" and stream.read() == image.read_bytes()
+    pw = secret_file(tmp_path, "pw", PASSPHRASE)
+    out = tmp_path / "out.luks"
+    imgcrypt("encrypt", image, out, "--passphrase-file", pw, "--iterations", "1000", check=True)
+    plain = tmp_path / "plain.raw"
+    imgcrypt("decrypt", out, plain, "--passphrase-file", pw, check=True)
+    assert plain.read_bytes()[:image.stat().st_size] == image.read_bytes()
+
+
+def test_luks2_was_raw_to_qemu_and_is_luks_now(tmp_path: Path, cryptsetup: str) -> None:
+    """A difference from imgcrypt before the inspector: qemu's probe calls a LUKS2 container raw
+    (qemu reads LUKS1 only), so raw_view() without a format handed its ciphertext on as the guest
+    disk. The inspector names it luks, and imgcrypt refuses it as a source."""
+    key = secret_file(tmp_path, "key", PASSPHRASE)
+    image = tmp_path / "cs2.luks"
+    make_luks2(cryptsetup, image, key)
+    probed = run_qemu_img(["info", "--output=json", str(image)])
+    assert '"format": "raw"' in probed.stdout
+    assert cloud_format(image) == "luks"
+    with pytest.raises(UnsupportedError, match="LUKS container"), qemu.raw_view(image):
+        pass
+    with pytest.raises(UnsupportedError, match="LUKS container"):
+        qemu.convert_to_raw(image, tmp_path / "out.raw")

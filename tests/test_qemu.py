@@ -692,6 +692,20 @@ def test_sniff_format_total(head: bytes) -> None:
                                        "luks"}
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"QFI\xfb\0\0\0\x03", b"QED\0", b"KDMV", b"vhdxfile", b"conectix",
+                        b"LUKS\xba\xbe", b"# Disk DescriptorFile", b""]),
+       st.binary(max_size=qemu.SNIFF_SIZE + 16))
+def test_sniff_format_of_hostile_heads_is_a_name_or_format_error(magic: bytes,
+                                                                 rest: bytes) -> None:
+    # the format inspector parses what follows the magic: its faults are malformed input
+    try:
+        found = qemu.sniff_format(magic + rest)
+    except FormatError:
+        return
+    assert found in {None, "qcow", "qcow2", "qed", "vmdk", "vhdx", "vpc", "vdi", "luks"}
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=1, max_size=60).filter(lambda t: "\0" not in t),
        st.sampled_from(["raw", "qcow2", "vmdk", "vdi"]))
