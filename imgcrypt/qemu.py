@@ -10,8 +10,11 @@ other people:
   with ``"backing": null`` so a file swapped in after the check gains nothing.
 * The format is always named to qemu (``-f FORMAT`` for ``info``, an explicit ``driver`` in a
   ``json:`` spec for conversions) once it is known, so qemu never probes a raw guest disk whose
-  first sector happens to look like a qcow2 header. Only :func:`detect_format` (and
-  :func:`image_info` without ``source_format``) probes, and says so.
+  first sector happens to look like a qcow2 header. Only :func:`image_info` without
+  ``source_format`` lets qemu probe, and says so; :func:`detect_format` and
+  :func:`sniff_format` ask oslo.utils' format inspector, as the cloud does.
+* Before qemu-img reads an image for its guest data, the format inspector's safety checks run
+  on it (:mod:`imgcrypt.inspector`), so what Glance, Nova and Cinder would refuse is refused.
 * Passphrases reach qemu-img only through a 0600 file in a private 0700 directory
   (``--object secret,id=s0,file=PATH``), removed afterwards; never ``data=`` on its command line,
   where every local user could read it in ``/proc/PID/cmdline``.
@@ -35,6 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from imgcrypt import inspector
 from imgcrypt.errors import (
     FormatError,
     LimitExceededError,
@@ -274,28 +278,15 @@ SNIFF_SIZE = 512
 
 
 def sniff_format(head: bytes) -> str | None:
-    """The image format named by the magic in an image's first :data:`SNIFF_SIZE` bytes, or
-    None for what qemu would probe as raw.
+    """The image format named by an image's first :data:`SNIFF_SIZE` bytes, or None for what
+    qemu would read as raw.
 
     Lets a caller send only non-raw sources through qemu-img (raw input then needs no
-    qemu-img at all). The magics are the ones qemu's own probes look for; a fixed VHD keeps its
-    footer only at the end, and qemu probes it as raw too.
+    qemu-img at all). The verdict is oslo.utils' format inspector's, the one the cloud reaches
+    (:mod:`imgcrypt.inspector`); a fixed VHD keeps its footer only at the end, and both the
+    inspector and qemu's probe call it raw.
     """
-    if head[:4] == b"QFI\xfb":
-        return "qcow2" if head[4:8] in (b"\0\0\0\x02", b"\0\0\0\x03") else "qcow"
-    if head[:4] == b"QED\0":
-        return "qed"
-    if head[:4] in (b"KDMV", b"COWD") or head.startswith(b"# Disk DescriptorFile"):
-        return "vmdk"
-    if head[:8] == b"vhdxfile":
-        return "vhdx"
-    if head[:8] == b"conectix":
-        return "vpc"
-    if head[0x40:0x44] == b"\x7f\x10\xda\xbe":
-        return "vdi"
-    if head[:6] == b"LUKS\xba\xbe":
-        return "luks"
-    return None
+    return inspector.sniff(head)
 
 
 def _check_format_name(source_format: str | None) -> None:
@@ -335,6 +326,9 @@ def image_info(path: str | os.PathLike[str], *, source_format: str | None = None
     if source_format is not None and info.format != source_format:
         raise FormatError(f"qemu-img reports format {info.format}, expected {source_format}")
     if not allow_backing:
+        # The cloud's safety verdict first; then qemu's own account of the files it would open,
+        # which also covers what the inspector does not parse (vmdk descriptor files, qcow v1).
+        inspector.safety_check(qpath, info.format)
         external = info.external_files(qpath)
         if external:
             raise UnsupportedError(
@@ -344,8 +338,14 @@ def image_info(path: str | os.PathLike[str], *, source_format: str | None = None
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The format qemu-img probes for ``path``: raw, qcow2, vmdk, vhdx, vpc, vdi, luks..."""
-    return image_info(path, allow_backing=True).format
+    """The format of ``path`` as the cloud detects it: raw, qcow2, vmdk, vhdx, vpc, vdi, luks...
+
+    oslo.utils' format inspector decides (:mod:`imgcrypt.inspector`), not qemu's probe, so a
+    file the cloud would store as raw is raw here too.
+    """
+    if not os.path.exists(path):
+        raise UsageError(f"{os.fspath(path)} does not exist")
+    return inspector.detect_file(path)
 
 
 def source_spec(path: str | os.PathLike[str], fmt: str, *, allow_backing: bool = False,
@@ -359,12 +359,27 @@ def source_spec(path: str | os.PathLike[str], fmt: str, *, allow_backing: bool =
     return "json:" + json.dumps(spec, separators=(",", ":"))
 
 
+def _refuse_luks(path: str | os.PathLike[str]) -> UnsupportedError:
+    return UnsupportedError(
+        f"{os.fspath(path)} is a LUKS container; decrypt it first, or pass --source-format raw "
+        "to treat its bytes as the guest disk")
+
+
+def _source_format(path: str | os.PathLike[str], source_format: str | None) -> str:
+    """``source_format``, else the format the cloud's inspector detects; never qemu's probe,
+    which calls a LUKS2 container raw (qemu reads only LUKS1)."""
+    if source_format is not None:
+        return source_format
+    detected = detect_format(path)
+    if detected == "luks":
+        raise _refuse_luks(path)
+    return detected
+
+
 def _require_convertible(info: ImageInfo, path: str | os.PathLike[str]) -> None:
     name = os.fspath(path)
     if info.format == "luks":
-        raise UnsupportedError(
-            f"{name} is a LUKS container; decrypt it first, or pass --source-format raw to "
-            "treat its bytes as the guest disk")
+        raise _refuse_luks(path)
     if info.encrypted:
         raise UnsupportedError(f"{name} is an encrypted {info.format} image; decrypt it first "
                                "(imgcrypt decrypt)")
@@ -420,7 +435,8 @@ def convert_to_raw(source: str | os.PathLike[str], target: str | os.PathLike[str
     existing ``target`` is refused with :class:`TargetExistsError` unless ``force``. Returns the
     source's :class:`ImageInfo`.
     """
-    info = image_info(source, source_format=source_format, allow_backing=allow_backing)
+    info = image_info(source, source_format=_source_format(source, source_format),
+                      allow_backing=allow_backing)
     _require_convertible(info, source)
     with atomic_path(target, force=force, source=source) as temp:
         run_qemu_img(["convert", "-O", "raw",
@@ -438,7 +454,7 @@ def raw_view(source: str | os.PathLike[str], *,
     (qemu-nbd on a private socket): no temporary copy, memory and scratch space bounded
     whatever the virtual size. Images with backing files or other external files are refused.
     """
-    info = image_info(source, source_format=source_format)
+    info = image_info(source, source_format=_source_format(source, source_format))
     if info.format == "raw":
         with open(source, "rb") as stream:
             yield stream, info
@@ -596,7 +612,7 @@ def guest_source(source: str | os.PathLike[str], info: ImageInfo | None = None, 
     conversions), for as long as the block runs; nothing of the guest is written to disk.
     """
     if info is None:
-        info = image_info(source, source_format=source_format)
+        info = image_info(source, source_format=_source_format(source, source_format))
     _require_convertible(info, source)
     spec = source_spec(source, info.format)
     directory = tempfile.mkdtemp(prefix="imgcrypt-nbd-")
@@ -672,7 +688,7 @@ def create_encrypted_qcow2(path: str | os.PathLike[str],
     source = None if isinstance(size_or_source, int) else size_or_source
     source_info: ImageInfo | None = None
     if source is not None:
-        source_info = image_info(source, source_format=source_format)
+        source_info = image_info(source, source_format=_source_format(source, source_format))
         _require_convertible(source_info, source)
     with secret_file(passphrase) as secret, \
             atomic_path(path, force=force, source=source) as temp:

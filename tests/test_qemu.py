@@ -418,7 +418,8 @@ def test_fake_garbage_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_fake_huge_virtual_size_refused_before_converting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = tmp_path / "x.qcow2"
-    image.write_bytes(b"x")
+    # a qcow2 v3 header the format inspector passes: the size is what must stop it
+    image.write_bytes(b"QFI\xfb\0\0\0\x03".ljust(512, b"\0"))
     monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
         "if sys.argv[1] != 'info':\n    sys.exit(99)\n"
         f"print('{{\"format\": \"qcow2\", \"virtual-size\": {2**62}}}')\n")))
@@ -427,6 +428,24 @@ def test_fake_huge_virtual_size_refused_before_converting(
     with pytest.raises(LimitExceededError):
         qemu.convert_to_raw(image, tmp_path / "out.raw")
     assert calls(tmp_path) == 2 and not (tmp_path / "out.raw").exists()
+
+
+def test_fake_qemu_format_the_inspector_does_not_see_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # qemu-img naming a format the bytes do not carry: the cloud's inspector has the last word,
+    # whether it detects the format (raw here) or checks the one given
+    image = tmp_path / "x.qcow2"
+    image.write_bytes(b"x")
+    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+        "if sys.argv[1] != 'info':\n    sys.exit(99)\n"
+        "print('{\"format\": \"qcow2\", \"virtual-size\": 1024}')\n")))
+    with pytest.raises(FormatError, match="qemu-img reports format qcow2, expected raw"), \
+            qemu.raw_view(image):
+        pass
+    with pytest.raises(FormatError, match="not a valid qcow2"), \
+            qemu.raw_view(image, source_format="qcow2"):
+        pass
+    assert calls(tmp_path) == 2
 
 
 def test_fake_spurious_cpu_usage_failure_retried(tmp_path: Path,
@@ -671,6 +690,20 @@ def test_secret_file_is_private_and_removed() -> None:
 def test_sniff_format_total(head: bytes) -> None:
     assert qemu.sniff_format(head) in {None, "qcow", "qcow2", "qed", "vmdk", "vhdx", "vpc", "vdi",
                                        "luks"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"QFI\xfb\0\0\0\x03", b"QED\0", b"KDMV", b"vhdxfile", b"conectix",
+                        b"LUKS\xba\xbe", b"# Disk DescriptorFile", b""]),
+       st.binary(max_size=qemu.SNIFF_SIZE + 16))
+def test_sniff_format_of_hostile_heads_is_a_name_or_format_error(magic: bytes,
+                                                                 rest: bytes) -> None:
+    # the format inspector parses what follows the magic: its faults are malformed input
+    try:
+        found = qemu.sniff_format(magic + rest)
+    except FormatError:
+        return
+    assert found in {None, "qcow", "qcow2", "qed", "vmdk", "vhdx", "vpc", "vdi", "luks"}
 
 
 @settings(max_examples=200, deadline=None)
