@@ -44,3 +44,11 @@ def test_known_but_not_computable_hashes_are_valid_yet_refused_for_work() -> Non
         assert backend.hash_size(name) is not None
         assert not backend.supports(name)
     assert backend.hash_size("sha3_256") is None  # OpenSSL's spelling only, as cryptsetup
+
+
+def test_every_hash_the_cost_model_prices_is_in_the_one_table() -> None:
+    from imgcrypt.luks import backend, cost
+
+    for name in cost.HASH_BLOCK_COST:
+        assert backend.hash_size(name) is not None, name
+    assert cost.pbkdf2_cost("sha1", 1000, 64) == cost.pbkdf2_cost("sha1", 4000, 20)
