@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from imgcrypt.errors import DeviceBusyError, UsageError
+from imgcrypt.luks.base import MAGIC
 
 SECTOR = 512
 # The furthest signature probed is btrfs at 64 KiB; swap's at most at 64 KiB - 10.
@@ -109,7 +110,7 @@ def detect_signature(data: bytes) -> str | None:
     ``data`` should be the first :data:`PROBE_SIZE` bytes (fewer at the end of a small device).
     Names follow blkid's TYPE/PTTYPE.
     """
-    if data[:6] == b"LUKS\xba\xbe":
+    if data.startswith(MAGIC):
         return "crypto_LUKS"
     if data[:4] == b"XFSB":
         return "xfs"

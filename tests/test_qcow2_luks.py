@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -302,36 +305,36 @@ def test_key_manager_secret_opens_the_qcow2(tmp_path: Path, qemu_img: str) -> No
 
 
 
-def test_secret_files_are_private_and_removed(tmp_path: Path, qemu_img: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_files_are_private_and_removed(tmp_path: Path, qemu_img: str) -> None:
     # in process, with a secret directory of this test's own: every qemu-img run of decrypt,
     # encrypt and rekey leaves nothing behind (other processes share /dev/shm)
-    from imgcrypt import qemu, qemu_luks
+    from imgcrypt import qemu
     from imgcrypt.luks.options import FormatOptions
+    from imgcrypt.qemu import luks as qemu_luks
 
     directory = tmp_path / "secrets"
     directory.mkdir()
-    monkeypatch.setattr(qemu, "SECRET_DIR", str(directory))
     seen: list[tuple[int, int]] = []
-    real_run = qemu_luks.run_qemu_img
 
-    def spy(args: list[str], **kw: object) -> object:
-        for arg in args:
-            if arg.startswith("secret,"):
-                path = arg.split("file=", 1)[1]
-                seen.append((os.stat(path).st_mode & 0o777,
-                             os.stat(os.path.dirname(path)).st_mode & 0o777))
-        assert not any("data=" in a for a in args)
-        return real_run(args, **kw)  # type: ignore[arg-type]
+    class Spy(qemu.QemuImg):
+        def run(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+            for arg in args:
+                if arg.startswith("secret,"):
+                    path = arg.split("file=", 1)[1]
+                    seen.append((os.stat(path).st_mode & 0o777,
+                                 os.stat(os.path.dirname(path)).st_mode & 0o777))
+            assert not any("data=" in a for a in args)
+            return super().run(args, **kw)
 
-    monkeypatch.setattr(qemu_luks, "run_qemu_img", spy)
+    spy = Spy(secret_dir=str(directory))
     src = tmp_path / "g.raw"
     src.write_bytes(os.urandom(1 << 20))
     image = tmp_path / "g.qcow2"
     qemu_luks.encrypt(str(src), str(image), b"one", FormatOptions(iter_time_ms=10),
-                      source_format="raw")
-    qemu_luks.rekey(str(image), b"one", new_passphrase=b"two", remove_old=True, iter_time_ms=10)
-    qemu_luks.decrypt(str(image), b"two", str(tmp_path / "back.raw"))
+                      source_format="raw", qemu_img=spy)
+    qemu_luks.rekey(str(image), b"one", new_passphrase=b"two", remove_old=True, iter_time_ms=10,
+                    qemu_img=spy)
+    qemu_luks.decrypt(str(image), b"two", str(tmp_path / "back.raw"), qemu_img=spy)
     assert (tmp_path / "back.raw").read_bytes() == src.read_bytes()
     assert len(seen) >= 5 and set(seen) == {(0o600, 0o700)}
     assert list(directory.iterdir()) == []

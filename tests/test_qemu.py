@@ -26,6 +26,8 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
+from imgcrypt.luks.options import FormatOptions
+from imgcrypt.qemu import luks as qemu_luks
 
 from .util import qemu_secret_args, run_qemu_img, secret_file
 
@@ -276,7 +278,8 @@ def test_backing_file_refused(tmp_path: Path, qemu_img: str, host_secret: Path) 
     for attempt in (lambda: qemu.image_info(image),
                     lambda: qemu.image_info(image, source_format="qcow2"),
                     lambda: qemu.convert_to_raw(image, target),
-                    lambda: qemu.create_encrypted_qcow2(tmp_path / "e.qcow2", image, PASSPHRASE)):
+                    lambda: qemu_luks.encrypt(str(image), str(tmp_path / "e.qcow2"), PASSPHRASE,
+                                              luks_options(), source_format="qcow2")):
         with pytest.raises(UnsupportedError, match="backing file"):
             attempt()
     with pytest.raises(UnsupportedError), qemu.raw_view(image):
@@ -290,8 +293,8 @@ def test_backing_file_refused(tmp_path: Path, qemu_img: str, host_secret: Path) 
 
     # and the json: spec used for conversions disables backing files even if a check were missed
     unbacked = tmp_path / "unbacked.raw"
-    qemu.run_qemu_img(["convert", "-O", "raw", qemu.source_spec(image, "qcow2"), str(unbacked)],
-                      what="convert")
+    qemu.DEFAULT_QEMU_IMG.run(["convert", "-O", "raw", qemu.source_spec(image, "qcow2"),
+                               str(unbacked)], what="convert")
     assert unbacked.read_bytes() == bytes(512)
 
 
@@ -403,143 +406,144 @@ def calls(tmp_path: Path) -> int:
     return int((tmp_path / "calls").read_text())
 
 
-def test_fake_garbage_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_garbage_json(tmp_path: Path) -> None:
     image = tmp_path / "x.img"
     image.write_bytes(b"x")
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, "print('{\"format\": ')\n"))
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, "print('{\"format\": ')\n"))
     with pytest.raises(FormatError):
-        qemu.image_info(image)
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(
+        qemu.image_info(image, qemu_img=tool)
+    tool = qemu.QemuImg(fake_qemu_img(
         tmp_path, "print('{\"format\": \"qcow2\", \"virtual-size\": 5}')\n"))
     with pytest.raises(FormatError, match="expected raw"):
-        qemu.image_info(image, source_format="raw")
+        qemu.image_info(image, source_format="raw", qemu_img=tool)
 
 
 def test_fake_huge_virtual_size_refused_before_converting(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     image = tmp_path / "x.qcow2"
     # a qcow2 v3 header the format inspector passes: the size is what must stop it
     image.write_bytes(b"QFI\xfb\0\0\0\x03".ljust(512, b"\0"))
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "if sys.argv[1] != 'info':\n    sys.exit(99)\n"
         f"print('{{\"format\": \"qcow2\", \"virtual-size\": {2**62}}}')\n")))
-    with pytest.raises(LimitExceededError), qemu.raw_view(image):
+    with pytest.raises(LimitExceededError), qemu.raw_view(image, qemu_img=tool):
         pass
     with pytest.raises(LimitExceededError):
-        qemu.convert_to_raw(image, tmp_path / "out.raw")
+        qemu.convert_to_raw(image, tmp_path / "out.raw", qemu_img=tool)
     assert calls(tmp_path) == 2 and not (tmp_path / "out.raw").exists()
 
 
 def test_fake_qemu_format_the_inspector_does_not_see_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     # qemu-img naming a format the bytes do not carry: the cloud's inspector has the last word,
     # whether it detects the format (raw here) or checks the one given
     image = tmp_path / "x.qcow2"
     image.write_bytes(b"x")
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "if sys.argv[1] != 'info':\n    sys.exit(99)\n"
         "print('{\"format\": \"qcow2\", \"virtual-size\": 1024}')\n")))
     with pytest.raises(FormatError, match="qemu-img reports format qcow2, expected raw"), \
-            qemu.raw_view(image):
+            qemu.raw_view(image, qemu_img=tool):
         pass
     with pytest.raises(FormatError, match="not a valid qcow2"), \
-            qemu.raw_view(image, source_format="qcow2"):
+            qemu.raw_view(image, source_format="qcow2", qemu_img=tool):
         pass
     assert calls(tmp_path) == 2
 
 
-def test_fake_spurious_cpu_usage_failure_retried(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+def test_fake_spurious_cpu_usage_failure_retried(tmp_path: Path) -> None:
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "if n < 3:\n"
         "    sys.stderr.write('qemu-img: Unable to get accurate CPU usage\\n'); sys.exit(1)\n"
         "print('ok')\n")))
-    assert qemu.run_qemu_img(["create"], what="create").stdout == b"ok\n"
+    assert tool.run(["create"], what="create").stdout == b"ok\n"
     assert calls(tmp_path) == 3
 
 
-def test_fake_persistent_cpu_usage_failure_gives_up(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+def test_fake_persistent_cpu_usage_failure_gives_up(tmp_path: Path) -> None:
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "sys.stderr.write('qemu-img: Unable to get accurate CPU usage\\n'); sys.exit(1)\n")))
     with pytest.raises(ToolError, match="Unable to get accurate CPU usage"):
-        qemu.run_qemu_img(["create"], what="create")
+        tool.run(["create"], what="create")
     assert calls(tmp_path) == qemu.ATTEMPTS
 
 
-def test_fake_error_quotes_qemu_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+def test_fake_error_quotes_qemu_line(tmp_path: Path) -> None:
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "sys.stderr.write('qemu-img: warning: something\\n"
         "qemu-img: Could not open \\'x\\': Permission denied\\nmore\\n'); sys.exit(1)\n")))
     with pytest.raises(ToolError) as caught:
-        qemu.run_qemu_img(["info", "x"], what="info")
+        tool.run(["info", "x"], what="info")
     assert str(caught.value) == "qemu-img info failed: qemu-img: Could not open 'x': " \
                                 "Permission denied"
     assert calls(tmp_path) == 1
 
 
-def test_fake_lock_failure_retried_with_force_share(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_lock_failure_retried_with_force_share(tmp_path: Path) -> None:
     image = tmp_path / "x.img"
     image.write_bytes(b"x")
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "if '-U' not in sys.argv:\n"
         "    sys.stderr.write('qemu-img: Could not open \\'x\\': Failed to get shared \"write\" '\n"
         "                     'lock\\nIs another process using the image [x]?\\n'); sys.exit(1)\n"
         "print('{\"format\": \"raw\", \"virtual-size\": 1}')\n")))
-    assert qemu.image_info(image, source_format="raw").virtual_size == 1
+    assert qemu.image_info(image, source_format="raw", qemu_img=tool).virtual_size == 1
     assert calls(tmp_path) == 2
 
 
-def test_fake_info_memory_and_cpu_limited(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_info_memory_and_cpu_limited(tmp_path: Path) -> None:
     image = tmp_path / "x.img"
     image.write_bytes(b"x")
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, (
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "import resource\n"
         "print(resource.getrlimit(resource.RLIMIT_AS)[0], file=sys.stderr)\n"
         "hog = bytearray(1536 << 20)\n"
         "print('{\"format\": \"raw\", \"virtual-size\": 1}')\n")))
     with pytest.raises(ToolError, match="MemoryError"):
-        qemu.image_info(image)
-    monkeypatch.setattr(qemu, "QEMU_IMG", fake_qemu_img(tmp_path, "while True:\n    pass\n"))
+        qemu.image_info(image, qemu_img=tool)
+    tool = qemu.QemuImg(fake_qemu_img(tmp_path, "while True:\n    pass\n"))
     started = time.monotonic()
     with pytest.raises(ToolError, match=r"killed by signal \d+ \(resource limit reached\)"):
-        qemu.run_qemu_img(["info"], what="info", limits=qemu.ResourceLimits(1 << 30, 1))
+        tool.run(["info"], what="info", limits=qemu.ResourceLimits(1 << 30, 1))
     assert time.monotonic() - started < 30
 
 
-def test_missing_qemu_img(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu, "QEMU_IMG", str(tmp_path / "no-such-qemu-img"))
+def test_missing_qemu_img(tmp_path: Path) -> None:
+    tool = qemu.QemuImg(str(tmp_path / "no-such-qemu-img"))
     with pytest.raises(ToolError, match="qemu-img is not installed"):
-        qemu.run_qemu_img(["--version"], what="version")
+        tool.run(["--version"], what="version")
     with pytest.raises(ToolError, match="qemu-img is not installed"):
-        qemu.run_qemu_img(["--version"], what="version", limits=qemu.INFO_LIMITS)
+        tool.run(["--version"], what="version", limits=qemu.INFO_LIMITS)
 
 
 # --- qcow2 with qemu's built-in LUKS --------------------------------------------------------
 
 
 @pytest.fixture
-def secrets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def secrets_dir(tmp_path: Path) -> Path:
     """A directory of this test's own for qemu secret files, to see that none stays behind."""
     directory = tmp_path / "secrets"
     directory.mkdir()
-    monkeypatch.setattr(qemu, "SECRET_DIR", str(directory))
     return directory
+
+
+def luks_options(iter_time_ms: int = 2000) -> FormatOptions:
+    return FormatOptions(iter_time_ms=iter_time_ms)
 
 
 def test_encrypted_qcow2_round_trip(tmp_path: Path, qemu_img: str, guest: tuple[Path, bytes],
                                     secrets_dir: Path) -> None:
     raw, data = guest
+    tool = qemu.QemuImg(secret_dir=str(secrets_dir))
     image = tmp_path / "enc.qcow2"
-    info = qemu.create_encrypted_qcow2(image, raw, PASSPHRASE, iter_time_ms=50)
+    info = qemu_luks.encrypt(str(raw), str(image), PASSPHRASE, luks_options(50),
+                             source_format="raw", qemu_img=tool)
     assert (info.format, info.encrypted, info.encryption_format) == ("qcow2", True, "luks")
     assert info.virtual_size == len(data)
     assert data[:65536] not in image.read_bytes()
 
     out = tmp_path / "out.raw"
-    assert qemu.decrypt_qcow2(image, PASSPHRASE, out).encrypted
+    assert qemu_luks.decrypt(str(image), PASSPHRASE, str(out), qemu_img=tool) == len(data)
     assert out.read_bytes() == data
 
     # qemu-img itself opens it with the same passphrase
@@ -552,18 +556,18 @@ def test_encrypted_qcow2_round_trip(tmp_path: Path, qemu_img: str, guest: tuple[
 
     wrong = tmp_path / "wrong.raw"
     with pytest.raises(WrongPassphraseError) as caught:
-        qemu.decrypt_qcow2(image, PASSPHRASE[:-1], wrong)
+        qemu_luks.decrypt(str(image), PASSPHRASE[:-1], str(wrong), qemu_img=tool)
     assert str(image) in str(caught.value) and "json:" not in str(caught.value)
     assert not wrong.exists() and leftovers(tmp_path) == []
     with pytest.raises(TargetExistsError):
-        qemu.decrypt_qcow2(image, PASSPHRASE, out)
+        qemu_luks.decrypt(str(image), PASSPHRASE, str(out), qemu_img=tool)
     with pytest.raises(UnsupportedError, match="encrypted"), qemu.raw_view(image):
         pass
-    with pytest.raises(UsageError, match="not encrypted"):
-        qemu.decrypt_qcow2(make_image(qemu_img, raw, "qcow2", tmp_path / "plain.qcow2"),
-                           PASSPHRASE, tmp_path / "x.raw")
+    plain = make_image(qemu_img, raw, "qcow2", tmp_path / "plain.qcow2")
+    with pytest.raises(UnsupportedError, match="not encrypted"):
+        qemu_luks.decrypt(str(plain), PASSPHRASE, str(tmp_path / "x.raw"), qemu_img=tool)
     with pytest.raises(UsageError):
-        qemu.decrypt_qcow2(image, b"", tmp_path / "x.raw")
+        qemu_luks.decrypt(str(image), b"", str(tmp_path / "x.raw"), qemu_img=tool)
     assert list(secrets_dir.iterdir()) == []
 
 
@@ -576,25 +580,27 @@ def test_qemu_img_made_encrypted_qcow2_opens(tmp_path: Path, qemu_img: str,
                   "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=20,"
                   "encrypt.cipher-alg=aes-128", str(raw), str(image)])
     out = tmp_path / "out.raw"
-    info = qemu.decrypt_qcow2(image, PASSPHRASE, out)
+    assert qemu_luks.decrypt(str(image), PASSPHRASE, str(out)) == len(data)
+    info = qemu.image_info(image, source_format="qcow2")
     assert info.specific_data["encrypt"]["cipher-alg"] == "aes-128"
     assert out.read_bytes() == data
 
 
 def test_create_empty_encrypted_qcow2(tmp_path: Path, qemu_img: str) -> None:
     image = tmp_path / "empty.qcow2"
-    info = qemu.create_encrypted_qcow2(image, 3 * MiB, PASSPHRASE, iter_time_ms=20)
+    info = qemu_luks.create(str(image), 3 * MiB, PASSPHRASE, luks_options(20))
     assert (info.virtual_size, info.encrypted) == (3 * MiB, True)
     out = tmp_path / "out.raw"
-    qemu.decrypt_qcow2(image, PASSPHRASE, out)
+    qemu_luks.decrypt(str(image), PASSPHRASE, str(out))
     assert out.read_bytes() == bytes(3 * MiB)
     with pytest.raises(TargetExistsError):
-        qemu.create_encrypted_qcow2(image, MiB, PASSPHRASE)
+        qemu_luks.create(str(image), MiB, PASSPHRASE, luks_options())
     for bad in (0, -1, True):
         with pytest.raises(UsageError):
-            qemu.create_encrypted_qcow2(tmp_path / "bad.qcow2", bad, PASSPHRASE)
+            qemu_luks.create(str(tmp_path / "bad.qcow2"), bad, PASSPHRASE, luks_options())
     with pytest.raises(UsageError):
-        qemu.create_encrypted_qcow2(tmp_path / "bad.qcow2", MiB, PASSPHRASE, iter_time_ms=0)
+        qemu_luks.create(str(tmp_path / "bad.qcow2"), MiB, PASSPHRASE, luks_options(0))
+    assert not (tmp_path / "bad.qcow2").exists()
 
 
 def qemu_children() -> list[tuple[int, bytes]]:
@@ -652,9 +658,13 @@ def test_passphrase_never_on_qemu_img_command_line(tmp_path: Path, qemu_img: str
             watcher.join()
 
     # qemu benchmarks PBKDF2 for iter-time on create and spends as long again on each open
-    run(lambda: qemu.create_encrypted_qcow2(image, raw, passphrase, iter_time_ms=150))
-    run(lambda: qemu.decrypt_qcow2(image, passphrase, tmp_path / "out.raw"))
-    run(lambda: qemu.decrypt_qcow2(image, b"not-" + passphrase, tmp_path / "bad.raw"))
+    tool = qemu.QemuImg(secret_dir=str(secrets_dir))
+    run(lambda: qemu_luks.encrypt(str(raw), str(image), passphrase, luks_options(150),
+                                  source_format="raw", qemu_img=tool))
+    run(lambda: qemu_luks.decrypt(str(image), passphrase, str(tmp_path / "out.raw"),
+                                  qemu_img=tool))
+    run(lambda: qemu_luks.decrypt(str(image), b"not-" + passphrase, str(tmp_path / "bad.raw"),
+                                  qemu_img=tool))
     assert [type(e) for e in errors] == [WrongPassphraseError]
     assert passphrase not in str(errors[0]).encode()
     assert len(seen) >= 3, "qemu-img was never observed running"
@@ -746,4 +756,5 @@ def test_paths_with_commas_and_colons(tmp_path: Path, qemu_img: str,
 
 def test_subprocess_is_real_qemu_img(qemu_img: str) -> None:
     version = subprocess.run([qemu_img, "--version"], capture_output=True, text=True, check=True)
-    assert qemu.run_qemu_img(["--version"], what="version").stdout.decode() == version.stdout
+    assert qemu.DEFAULT_QEMU_IMG.run(["--version"], what="version").stdout.decode() \
+        == version.stdout

@@ -274,7 +274,7 @@ def test_encrypt_with_stream_api_leaves_no_secret_in_output_header(tmp_path: Pat
 
 
 def test_qemu_img_gets_the_passphrase_only_through_a_private_file(tmp_path: Path) -> None:
-    """create_encrypted_qcow2 and decrypt_qcow2 run qemu-img: its argv and environment never
+    """qemu.luks.encrypt and qemu.luks.decrypt run qemu-img: its argv and environment never
     hold the passphrase; the secret file is 0600 in a 0700 directory while qemu-img runs and is
     gone afterwards."""
     from .conftest import require_tool
@@ -282,7 +282,8 @@ def test_qemu_img_gets_the_passphrase_only_through_a_private_file(tmp_path: Path
     require_tool("qemu-img")
     import threading
 
-    from imgcrypt import qemu
+    from imgcrypt.luks.options import FormatOptions
+    from imgcrypt.qemu import luks as qemu_luks
 
     source = tmp_path / "guest.raw"
     source.write_bytes(os.urandom(8 << 20))
@@ -315,8 +316,9 @@ def test_qemu_img_gets_the_passphrase_only_through_a_private_file(tmp_path: Path
     watcher.start()
     try:
         qcow2 = tmp_path / "guest.qcow2"
-        qemu.create_encrypted_qcow2(qcow2, source, PASS, iter_time_ms=100)
-        qemu.decrypt_qcow2(qcow2, PASS, tmp_path / "back.raw")
+        qemu_luks.encrypt(str(source), str(qcow2), PASS, FormatOptions(iter_time_ms=100),
+                          source_format="raw")
+        qemu_luks.decrypt(str(qcow2), PASS, str(tmp_path / "back.raw"))
     finally:
         done.set()
         watcher.join()

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("stdin cannot carry both the image and the passphrase")
     inputs.check_target(args.target, force=args.force)
     passphrase, resolved = inputs.resolve_passphrase(args, creating=False)
-    from imgcrypt.qemu_luks import is_qcow2_file
+    from imgcrypt.qemu.luks import is_qcow2_file
 
     if is_qcow2_file(args.source):
         return _decrypt_qcow2(args, passphrase, resolved)
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -> int:
     """A qcow2 with qemu's built-in LUKS: qemu-img writes the guest's raw disk."""
-    from imgcrypt import qemu_luks
+    from imgcrypt.qemu import luks as qemu_luks
 
     if args.size is not None:
         raise UsageError("--size applies to LUKS containers; a qcow2 knows its virtual size")

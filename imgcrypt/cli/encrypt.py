@@ -169,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     """SOURCE's guest content into a qcow2 with qemu's built-in LUKS, written by qemu-img."""
-    from imgcrypt import qemu_luks
     from imgcrypt.qemu import SNIFF_SIZE, sniff_format
+    from imgcrypt.qemu import luks as qemu_luks
 
     if "-" in (args.source, args.target):
         raise UsageError("qemu-img writes a qcow2 from a file to a file: no - for SOURCE or "

@@ -95,7 +95,7 @@ def human(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgcrypt.qemu_luks import is_qcow2_file, read_qcow2_luks
+    from imgcrypt.qemu.luks import is_qcow2_file, read_qcow2_luks
 
     if is_qcow2_file(args.image):
         # qemu's built-in LUKS: the header is inside the qcow2

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if adding:
         new = _secret(args, getattr(args, "new_key_id", None), args.new_passphrase_file,
                       label="new", confirm=True)
-    from imgcrypt.qemu_luks import is_qcow2_file
+    from imgcrypt.qemu.luks import is_qcow2_file
 
     if is_qcow2_file(args.image):
         if args.key_slot is not None:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _rekey_qcow2(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
     """qemu's built-in LUKS lives inside the qcow2: qemu-img amend rewrites its keyslots."""
-    from imgcrypt import qemu_luks
+    from imgcrypt.qemu import luks as qemu_luks
 
     if args.iterations is not None or args.pbkdf not in (None, "pbkdf2") \
             or args.pbkdf_memory is not None or args.pbkdf_parallel is not None:

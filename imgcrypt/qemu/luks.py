@@ -30,15 +30,9 @@ from imgcrypt.luks.container import LuksHeader
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.stream import RekeyResult, read_header
-from imgcrypt.qemu import (
-    ImageInfo,
-    _require_convertible,
-    image_info,
-    run_qemu_img,
-    secret_file,
-    secret_object,
-    source_spec,
-)
+from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
+from imgcrypt.qemu.source import image_info, require_convertible, source_spec
+from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, QemuImg, secret_object
 
 # Hashes both qemu's LUKS and imgcrypt's KDF code know.
 QEMU_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512")
@@ -94,21 +88,21 @@ def read_qcow2_luks(path: str) -> Qcow2Luks:
 
 
 def decrypt(path: str, passphrase: bytes, target: str, *, force: bool = False,
-            mode: int = 0o600) -> int:
+            mode: int = 0o600, qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> int:
     """Write the guest content of the LUKS-encrypted qcow2 ``path`` as raw at ``target``
     (plaintext: ``mode`` 0600 unless asked); returns the bytes written (the virtual size)."""
     read_qcow2_luks(path)  # a clear refusal before qemu-img for anything but qcow2 + LUKS
-    info = _checked_info(path)
-    with secret_file(passphrase) as secret, \
+    info = _checked_info(path, qemu_img)
+    with qemu_img.secret_file(passphrase) as secret, \
             atomic_path(target, force=force, source=path, mode=mode) as temp:
         spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": "s0"}})
-        run_qemu_img(["convert", *secret_object(secret), "-O", "raw", spec, temp],
+        qemu_img.run(["convert", *secret_object(secret), "-O", "raw", spec, temp],
                      what="convert")
     return info.virtual_size
 
 
-def _checked_info(path: str) -> ImageInfo:
-    info = image_info(path, source_format="qcow2")
+def _checked_info(path: str, qemu_img: QemuImg) -> ImageInfo:
+    info = image_info(path, source_format="qcow2", qemu_img=qemu_img)
     if info.encryption_format != "luks":
         raise UnsupportedError(f"{path}: qemu-img does not see LUKS encryption in it")
     return info
@@ -148,31 +142,46 @@ def _cipher_options(spec: CipherSpec, key_bits: int) -> list[str]:
 
 
 def encrypt(source: str, target: str, passphrase: bytes, options: FormatOptions, *,
-            source_format: str, force: bool = False) -> ImageInfo:
+            source_format: str, force: bool = False,
+            qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> ImageInfo:
     """Write ``source``'s guest content (format ``source_format``) as a qcow2 with qemu's
     built-in LUKS at ``target``; returns qemu-img's view of the new image."""
     qemu_options = qemu_encrypt_options(options)
-    info = image_info(source, source_format=source_format)
-    _require_convertible(info, source)
-    with secret_file(passphrase) as secret, \
+    info = image_info(source, source_format=source_format, qemu_img=qemu_img)
+    require_convertible(info, source)
+    with qemu_img.secret_file(passphrase) as secret, \
             atomic_path(target, force=force, source=source) as temp:
-        run_qemu_img(["convert", *secret_object(secret), "-O", "qcow2", "-o", qemu_options,
+        qemu_img.run(["convert", *secret_object(secret), "-O", "qcow2", "-o", qemu_options,
                       source_spec(source, info.format), temp], what="convert")
-    return image_info(target, source_format="qcow2")
+    return image_info(target, source_format="qcow2", qemu_img=qemu_img)
+
+
+def create(target: str, virtual_size: int, passphrase: bytes, options: FormatOptions, *,
+           force: bool = False, qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> ImageInfo:
+    """Create an empty qcow2 of ``virtual_size`` bytes with qemu's built-in LUKS at ``target``;
+    returns qemu-img's view of the new image."""
+    if isinstance(virtual_size, bool) or not 0 < virtual_size <= MAX_SIZE:
+        raise UsageError(f"invalid virtual size {virtual_size!r}")
+    qemu_options = qemu_encrypt_options(options)
+    with qemu_img.secret_file(passphrase) as secret, \
+            atomic_path(target, force=force) as temp:
+        qemu_img.run(["create", "-q", *secret_object(secret), "-f", "qcow2", "-o", qemu_options,
+                      temp, str(virtual_size)], what="create")
+    return image_info(target, source_format="qcow2", qemu_img=qemu_img)
 
 
 @contextmanager
-def _secrets(*passphrases: bytes) -> Iterator[list[str]]:
+def _secrets(qemu_img: QemuImg, *passphrases: bytes) -> Iterator[list[str]]:
     with ExitStack() as stack:
         args: list[str] = []
         for i, passphrase in enumerate(passphrases):
-            args += secret_object(stack.enter_context(secret_file(passphrase)), f"s{i}")
+            args += secret_object(stack.enter_context(qemu_img.secret_file(passphrase)), f"s{i}")
         yield args
 
 
-def _amend(path: str, opener: str, secrets: list[str], options: str) -> None:
+def _amend(path: str, opener: str, secrets: list[str], options: str, qemu_img: QemuImg) -> None:
     spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": opener}})
-    run_qemu_img(["amend", *secrets, spec, "-o", options], what="amend")
+    qemu_img.run(["amend", *secrets, spec, "-o", options], what="amend")
 
 
 def _active(found: Qcow2Luks) -> set[int]:
@@ -181,7 +190,7 @@ def _active(found: Qcow2Luks) -> set[int]:
 
 def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
           remove_old: bool = False, remove_slot: int | None = None,
-          iter_time_ms: int = 2000) -> RekeyResult:
+          iter_time_ms: int = 2000, qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> RekeyResult:
     """Add, change or remove a passphrase of the LUKS-encrypted qcow2 ``path`` in place,
     through ``qemu-img amend`` (qemu rewrites the header inside the qcow2)."""
     if (new_passphrase is None) == (remove_slot is None):
@@ -192,29 +201,30 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
         raise UsageError(f"iter-time {iter_time_ms} out of range 1..600000")
     found = read_qcow2_luks(path)
     before = _active(found)
-    _checked_info(path)
+    _checked_info(path, qemu_img)
     # imgcrypt's own unlock names the keyslot the passphrase opens (and a wrong passphrase
     # fails here, before qemu-img is asked to change anything)
     opened, _ = found.luks.unlock(found.region, passphrase)
     if remove_slot is not None:
         if remove_slot not in before:
             raise UsageError(f"keyslot {remove_slot} is not active")
-        with _secrets(passphrase) as secrets:
+        with _secrets(qemu_img, passphrase) as secrets:
             _amend(path, "s0", secrets,
-                   f"encrypt.state=inactive,encrypt.keyslot={remove_slot}")
+                   f"encrypt.state=inactive,encrypt.keyslot={remove_slot}", qemu_img)
         return RekeyResult(opened_slot=opened, added_slot=None, removed_slot=remove_slot)
     assert new_passphrase is not None
-    with _secrets(passphrase, new_passphrase) as secrets:
+    with _secrets(qemu_img, passphrase, new_passphrase) as secrets:
         _amend(path, "s0", secrets, "encrypt.state=active,encrypt.new-secret=s1,"
-               f"encrypt.iter-time={iter_time_ms}")
+               f"encrypt.iter-time={iter_time_ms}", qemu_img)
         added = _active(read_qcow2_luks(path)) - before
         if len(added) != 1:
             raise ToolError(f"qemu-img amend added {len(added)} keyslots, expected one")
         if remove_old:
             # opened with the new passphrase: the old one's keyslot is not needed to open it
-            _amend(path, "s1", secrets, f"encrypt.state=inactive,encrypt.keyslot={opened}")
+            _amend(path, "s1", secrets, f"encrypt.state=inactive,encrypt.keyslot={opened}",
+                   qemu_img)
     return RekeyResult(opened_slot=opened, added_slot=added.pop(),
                        removed_slot=opened if remove_old else None)
 
-__all__ = ["Qcow2Luks", "decrypt", "encrypt", "is_qcow2_file", "qemu_encrypt_options",
+__all__ = ["Qcow2Luks", "create", "decrypt", "encrypt", "is_qcow2_file", "qemu_encrypt_options",
            "read_qcow2_luks", "rekey"]
