@@ -321,6 +321,7 @@ def test_secret_files_are_private_and_removed(tmp_path: Path, qemu_img: str) -> 
             for arg in args:
                 if arg.startswith("secret,"):
                     path = arg.split("file=", 1)[1]
+                    assert os.path.dirname(os.path.dirname(path)) == str(directory)
                     seen.append((os.stat(path).st_mode & 0o777,
                                  os.stat(os.path.dirname(path)).st_mode & 0o777))
             assert not any("data=" in a for a in args)

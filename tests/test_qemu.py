@@ -124,6 +124,29 @@ def test_guest_source_refuses_a_backing_file(tmp_path: Path, qemu_img: str,
     assert nbd_dirs() <= before
 
 
+def test_guest_source_without_qemu_nbd(tmp_path: Path, qemu_img: str,
+                                       guest: tuple[Path, bytes]) -> None:
+    raw, _ = guest
+    image = make_image(qemu_img, raw, "qcow2", tmp_path / "disk.qcow2")
+    tool = qemu.QemuImg(nbd_program=str(tmp_path / "no-such-qemu-nbd"))
+    before = nbd_dirs()
+    with pytest.raises(ToolError, match="qemu-nbd is not installed"), \
+            qemu.guest_source(image, qemu_img=tool):
+        pass
+    assert nbd_dirs() <= before
+
+
+def test_inspector_imported_only_where_used() -> None:
+    # imgcrypt.qemu and its qcow2-LUKS module load without oslo.utils (the decrypt, rekey and
+    # inspect commands import them for every image); the first format decision loads it
+    script = ("import sys, imgcrypt.qemu, imgcrypt.qemu.luks\n"
+              "assert 'oslo_utils' not in sys.modules, 'imported early'\n"
+              "assert imgcrypt.qemu.sniff_format(b'QFI\\xfb\\0\\0\\0\\x03'.ljust(512, b'\\0'))"
+              " == 'qcow2'\n"
+              "assert 'oslo_utils.imageutils.format_inspector' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_raw_view_matches_qemu_img_convert(tmp_path: Path, qemu_img: str,
                                            guest: tuple[Path, bytes], fmt: str) -> None:
