@@ -1,17 +1,21 @@
 """qcow2 images with qemu's built-in LUKS encryption: inspect, decrypt, re-key and write them.
 
+The one module for them: the command line and library callers both come here.
+
 The LUKS header lives inside the qcow2 file (found through the qcow2 crypto header extension,
 :mod:`imgcrypt.qcow2`), and the encrypted guest data in qcow2 clusters. imgcrypt reads the
 header itself (``inspect`` needs no qemu-img and no passphrase); everything that touches guest
 data or rewrites keyslots goes through qemu-img, which owns the qcow2 metadata:
 
 * decrypt: ``qemu-img convert`` of a ``json:`` spec with ``encrypt.key-secret`` to raw;
-* write: ``qemu-img convert -O qcow2 -o encrypt.format=luks,...``;
+* write: ``qemu-img convert -O qcow2 -o encrypt.format=luks,...`` (an empty disk:
+  ``qemu-img create`` with the same options);
 * re-key: ``qemu-img amend -o encrypt.state=active,encrypt.new-secret=...`` to add a keyslot,
   ``encrypt.state=inactive`` with ``encrypt.old-secret`` or ``encrypt.keyslot`` to remove one.
 
 Passphrases reach qemu-img only as ``--object secret,id=...,file=PATH`` (0600 files in a
-private directory, removed afterwards).
+private directory, removed afterwards). Every function running qemu-img takes the
+:class:`~imgcrypt.qemu.tool.QemuImg` to run as ``qemu_img=``.
 """
 
 from __future__ import annotations
