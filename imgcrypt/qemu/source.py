@@ -25,7 +25,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from imgcrypt.errors import FormatError, LimitExceededError, ToolError, UnsupportedError, UsageError
+from imgcrypt.errors import (
+    FormatError,
+    LimitExceededError,
+    ToolError,
+    UnsupportedError,
+    UsageError,
+)
 from imgcrypt.qemu.info import FORMAT_NAME, ImageInfo, parse_image_info
 from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, INFO_LIMITS, QemuImg
 
@@ -38,9 +44,8 @@ CONVERTIBLE_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi"})
 MAX_VIRTUAL_SIZE = 64 << 40
 # Drivers that accept a "backing" option and therefore take "backing": null.
 BACKING_DRIVERS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
-
+# How many of an image's first bytes callers give sniff_format.
 SNIFF_SIZE = 512
-
 
 
 def sniff_format(head: bytes) -> str | None:
