@@ -97,12 +97,11 @@ class Luks2Header:
             found = foreign_signature(data, image_size)
             if found:
                 raise HeaderRuleError(luks2_rules.FOREIGN_SIGNATURE, found)
-        parsed = validate(load_json(winner.json_text), winner.binary.hdr_size)
         primary, secondary = copies.primary, copies.secondary
         return cls(
             binary=winner.binary,
             json_text=winner.json_text,
-            metadata=parsed,
+            metadata=winner.checked,  # validated once, when its copy was read
             # A stale copy (lower seqid) counts as damaged: cryptsetup would rewrite it.
             copies_valid=(_current(primary, winner), _current(secondary, winner)),
             salts=(primary.binary.salt if isinstance(primary, MetadataCopy) else b"",
@@ -385,5 +384,6 @@ class Luks2Header:
         return pack_copy(primary, self.json_text) + pack_copy(secondary, self.json_text)
 
 
-def _current(copy: MetadataCopy | FormatError, winner: MetadataCopy) -> bool:
+def _current(copy: MetadataCopy[Metadata] | FormatError,
+             winner: MetadataCopy[Metadata]) -> bool:
     return isinstance(copy, MetadataCopy) and copy.binary.seqid == winner.binary.seqid

@@ -123,12 +123,14 @@ def load_json(text: str) -> dict[str, Any]:
     return obj
 
 
-def check_area(area: bytes, hdr_size: int) -> str:
-    """The JSON text of one copy's JSON area, after cryptsetup's framing and JSON rules.
+def check_area(area: bytes, hdr_size: int) -> tuple[str, Metadata]:
+    """The JSON text of one copy's JSON area and its :class:`Metadata`, after cryptsetup's
+    framing and JSON rules.
 
     The area starts with '{', holds one JSON object as json-c reads it, and nothing but NUL
     bytes (at least one) follows it; the object must pass every rule of
-    :mod:`imgcrypt.luks.luks2.rules`. The text returned is strict JSON with the same values.
+    :mod:`imgcrypt.luks.luks2.rules`. The text returned is strict JSON with the same values,
+    and the metadata is what :func:`validate` makes of it, so nobody validates it again.
     """
     if area[:1] != b"{":
         raise HeaderRuleError(luks2_rules.JSON_START)
@@ -153,8 +155,7 @@ def check_area(area: bytes, hdr_size: int) -> str:
         raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
     except ValueError as err:
         raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
-    validate(obj, hdr_size)
-    return text
+    return text, validate(obj, hdr_size)
 
 
 def dump_json(obj: dict[str, Any]) -> str:
