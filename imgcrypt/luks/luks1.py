@@ -28,7 +28,7 @@ from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
 from imgcrypt.luks.layout import Kind, declare, flag, raw, text, uint_be
 from imgcrypt.luks.sectors import CipherSpec
 
-SECTOR = 512
+SECTOR = luks1_rules.SECTOR
 NUM_KEYSLOTS = 8
 STRIPES = keyslot.STRIPES
 DIGEST_SIZE = 20
@@ -137,6 +137,11 @@ class Luks1Header:
     @property
     def payload_offset(self) -> int:
         return self.payload_offset_sectors * SECTOR
+
+    @property
+    def header_size(self) -> int:
+        """Bytes of the header and its keyslot table (592)."""
+        return HEADER_SIZE
 
     @property
     def region_size(self) -> int:

@@ -206,8 +206,8 @@ class SectorCipher:
         if kernel is None:
             from imgcrypt.luks._sector_numpy import NumpyKernel
 
-            kernel = NumpyKernel(self.spec, self._data, self._tweak, self.sector_size,
-                                 self._sub_sectors)
+            kernel = NumpyKernel(self.spec.chaining, self.spec.iv_scheme, self._data,
+                                 self._tweak, self.sector_size, self._sub_sectors)
             self._kernel = kernel
         return kernel
 
