@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 MAGIC = b"LUKS\xba\xbe"  # LUKS1, and the LUKS2 primary copy
 MAGIC_SECONDARY = b"SKUL\xba\xbe"  # the LUKS2 secondary copy
+PAYLOAD_ALIGN = 1 << 20  # where cryptsetup puts the payload by default, in both versions
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from imgcrypt.luks import backend
-from imgcrypt.luks.keyslot import STRIPES
+from imgcrypt.luks.keyslot import STRIPES, material_size
 from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError, Rule, rule
 
 SECTOR = 512  # LUKS1 counts offsets in 512-byte sectors whatever the device's sector size
@@ -61,7 +61,7 @@ KEY_SIZE = rule(RULES, "luks1-key-size", "the volume key size is not 0")
 
 def area_sectors(key_bytes: int) -> int:
     """Sectors of one keyslot's AF material: key_bytes * 4000, rounded up."""
-    return -(-key_bytes * STRIPES // SECTOR)
+    return material_size(key_bytes, STRIPES) // SECTOR
 
 
 def check(header: RuledHeader) -> None:

@@ -314,7 +314,7 @@ class Luks2Header:
         cipher = self.cipher
         cipher.check_key_size(len(master_key))
         digest = self._segment_digest()
-        area_size = keyslots.area_size(len(master_key))
+        area_size = keyslot.area_size(len(master_key))
         offset = keyslots.free_area(self.metadata, self.hdr_size, area_size)
         if len(kdf.salt) != keyslot.SALT_SIZE:
             kdf = replace(kdf, salt=os.urandom(keyslot.SALT_SIZE))
