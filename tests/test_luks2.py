@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,11 +27,12 @@ from imgcrypt.luks import luks2
 from imgcrypt.luks.container import bytes_to_parse, parse_header
 from imgcrypt.luks.kdf import Argon2, KdfLimits, Pbkdf2
 from imgcrypt.luks.luks2 import Luks2Header
-from imgcrypt.luks.luks2.disk import LAYOUT, BinaryHeader, pack_copy
-from imgcrypt.luks.luks2.metadata import dump_json, load_json, validate
+from imgcrypt.luks.luks2.disk import LAYOUT, BinaryHeader, MetadataCopy, find_copies, pack_copy
+from imgcrypt.luks.luks2.metadata import Metadata, check_area, dump_json, load_json, validate
 from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
+from . import headerkit as hk
 from .test_luks2_support import (
     PASS,
     XTS,
@@ -41,6 +43,7 @@ from .test_luks2_support import (
 )
 
 OTHER = b"another passphrase"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -656,3 +659,35 @@ def test_pbkdf2_digest_kdf_check(base: tuple[bytes, bytes]) -> None:
     assert not header.verify_master_key(bytes(64))
     assert isinstance(header.metadata.keyslots[0].kdf, Pbkdf2)
     assert CipherSpec.parse(header.metadata.keyslots[0].area_cipher) == XTS
+
+
+# -- each copy's JSON is read and validated once ------------------------------------------------
+
+
+def _counted_copies(image: bytes) -> tuple[MetadataCopy[Metadata], MetadataCopy[Metadata], int]:
+    calls: list[int] = []
+
+    def counting(area: bytes, hdr_size: int) -> tuple[str, Metadata]:
+        calls.append(hdr_size)
+        return check_area(area, hdr_size)
+
+    copies = find_copies(image, counting)
+    assert isinstance(copies.primary, MetadataCopy)
+    assert isinstance(copies.secondary, MetadataCopy)
+    return copies.primary, copies.secondary, len(calls)
+
+
+def test_the_winner_keeps_the_metadata_its_copy_was_validated_into() -> None:
+    image = (FIXTURES / "luks2-pbkdf2-512.img").read_bytes()  # made by cryptsetup
+    primary, secondary, checks = _counted_copies(image)
+    # Identical JSON areas: one reading serves both copies.
+    assert checks == 1 and secondary.checked is primary.checked
+    header = parse(image)
+    assert header.metadata == primary.checked == validate(load_json(primary.json_text),
+                                                          header.hdr_size)
+    # A secondary whose JSON differs (still valid, same seqid) is read on its own.
+    differing = hk.with_json(image, hk.set_path("config/flags", ["allow-discards"]), (1,))
+    primary, secondary, checks = _counted_copies(differing)
+    assert checks == 2
+    assert secondary.checked.flags == ("allow-discards",) and primary.checked.flags == ()
+    assert parse(differing).metadata == primary.checked

@@ -27,6 +27,43 @@ static void put_le64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)v;
 }
 
+/* The one sector loop every operation here runs: for each sector, its IV (the plain64 or, with
+ * wrap32, plain sector number in 512-byte units, little-endian in the first 8 bytes of 16) and
+ * one call of `one` on that sector. Always inlined, so each caller's `one` is a direct call. */
+typedef int (*sector_fn)(void *state, unsigned char iv[16], const unsigned char *src,
+                         unsigned char *dst, int sector_size);
+
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int each_sector(sector_fn one, void *state, const unsigned char *src,
+                              unsigned char *dst, Py_ssize_t sectors, int sector_size,
+                              uint64_t iv_start, int wrap32)
+{
+    uint64_t step = (uint64_t)(sector_size / 512);
+    uint64_t number = iv_start;
+    unsigned char iv[16];
+    int ok = 1;
+    for (Py_ssize_t i = 0; ok && i < sectors; i++, number += step) {
+        memset(iv, 0, sizeof iv);
+        put_le64(iv, wrap32 ? (number & UINT64_C(0xFFFFFFFF)) : number);
+        size_t at = (size_t)i * (size_t)sector_size;
+        ok = one(state, iv, src + at, dst + at, sector_size);
+    }
+    return ok;
+}
+
+/* One sector through EVP: the context keeps its key and direction, only the IV is set again. */
+static int evp_sector(void *state, unsigned char iv[16], const unsigned char *src,
+                      unsigned char *dst, int sector_size)
+{
+    EVP_CIPHER_CTX *ctx = state;
+    int outl = 0;
+    return EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1)
+           && EVP_CipherUpdate(ctx, dst, &outl, src, sector_size)
+           && outl == sector_size;
+}
+
 /* 0 on success, -1 when OpenSSL refused (e.g. equal key halves when encrypting). */
 static int xts_run(const EVP_CIPHER *cipher, const unsigned char *key,
                    const unsigned char *src, unsigned char *dst, Py_ssize_t sectors,
@@ -35,18 +72,8 @@ static int xts_run(const EVP_CIPHER *cipher, const unsigned char *key,
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (ctx == NULL)
         return -1;
-    int ok = EVP_CipherInit_ex(ctx, cipher, NULL, key, NULL, encrypt);
-    uint64_t step = (uint64_t)(sector_size / 512);
-    uint64_t number = iv_start;
-    unsigned char iv[16] = {0};
-    for (Py_ssize_t i = 0; ok && i < sectors; i++, number += step) {
-        int outl = 0;
-        put_le64(iv, wrap32 ? (number & UINT64_C(0xFFFFFFFF)) : number);
-        size_t at = (size_t)i * (size_t)sector_size;
-        ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1)
-             && EVP_CipherUpdate(ctx, dst + at, &outl, src + at, sector_size)
-             && outl == sector_size;
-    }
+    int ok = EVP_CipherInit_ex(ctx, cipher, NULL, key, NULL, encrypt)
+             && each_sector(evp_sector, ctx, src, dst, sectors, sector_size, iv_start, wrap32);
     EVP_CIPHER_CTX_free(ctx);
     return ok ? 0 : -1;
 }
@@ -113,28 +140,35 @@ static void direct_lookup(int which, const char *name)
     }
 }
 
+/* A provider context and the init function of its direction, for direct_sector. */
+typedef struct {
+    const direct_xts *d;
+    void *ctx;
+    OSSL_FUNC_cipher_encrypt_init_fn *init;
+} direct_state;
+
+/* One sector through the provider's own functions: re-init with the IV, then one update. */
+static int direct_sector(void *state, unsigned char iv[16], const unsigned char *src,
+                         unsigned char *dst, int sector_size)
+{
+    direct_state *st = state;
+    size_t outl = 0;
+    return st->init(st->ctx, NULL, 0, iv, 16, NULL)
+           && st->d->update(st->ctx, dst, &outl, (size_t)sector_size, src, (size_t)sector_size)
+           && outl == (size_t)sector_size;
+}
+
 static int xts_run_direct(const direct_xts *d, const unsigned char *key, size_t key_len,
                           const unsigned char *src, unsigned char *dst, Py_ssize_t sectors,
                           int sector_size, uint64_t iv_start, int wrap32, int encrypt)
 {
-    void *ctx = d->newctx(d->provctx);
-    if (ctx == NULL)
+    direct_state st = {d, d->newctx(d->provctx), encrypt ? d->einit : d->dinit};
+    if (st.ctx == NULL)
         return -1;
-    OSSL_FUNC_cipher_encrypt_init_fn *init = encrypt ? d->einit : d->dinit;
-    int ok = init(ctx, key, key_len, NULL, 0, NULL);
-    uint64_t step = (uint64_t)(sector_size / 512);
-    uint64_t number = iv_start;
-    unsigned char iv[16] = {0};
-    for (Py_ssize_t i = 0; ok && i < sectors; i++, number += step) {
-        size_t outl = 0;
-        put_le64(iv, wrap32 ? (number & UINT64_C(0xFFFFFFFF)) : number);
-        size_t at = (size_t)i * (size_t)sector_size;
-        ok = init(ctx, NULL, 0, iv, sizeof iv, NULL)
-             && d->update(ctx, dst + at, &outl, (size_t)sector_size, src + at,
-                          (size_t)sector_size)
-             && outl == (size_t)sector_size;
-    }
-    d->freectx(ctx);
+    int ok = st.init(st.ctx, key, key_len, NULL, 0, NULL)
+             && each_sector(direct_sector, &st, src, dst, sectors, sector_size, iv_start,
+                            wrap32);
+    d->freectx(st.ctx);
     return ok ? 0 : -1;
 }
 
@@ -142,6 +176,22 @@ static int overlap_differs(const Py_buffer *a, const Py_buffer *b)
 {
     const char *pa = (const char *)a->buf, *pb = (const char *)b->buf;
     return pa != pb && pa < pb + b->len && pb < pa + a->len;
+}
+
+/* The checks both entry points make of their sectors; 0, or -1 with ValueError set. */
+static int check_sectors(const Py_buffer *src, const Py_buffer *dst, int sector_size)
+{
+    const char *why = NULL;
+    if (sector_size < 512 || sector_size > 4096 || sector_size % 512 != 0)
+        why = "sector size must be 512..4096, a multiple of 512";
+    else if (src->len != dst->len || src->len % sector_size != 0)
+        why = "buffers must be the same whole number of sectors";
+    else if (overlap_differs(src, dst))
+        why = "source and target overlap without being the same";
+    if (why == NULL)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, why);
+    return -1;
 }
 
 /* xts(key, src, dst, sector_size, iv_start, wrap32, encrypt, through_evp=False) */
@@ -161,18 +211,8 @@ static PyObject *xts(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "XTS keys are 32 or 64 bytes");
         goto done;
     }
-    if (sector_size < 512 || sector_size > 4096 || sector_size % 512 != 0) {
-        PyErr_SetString(PyExc_ValueError, "sector size must be 512..4096, a multiple of 512");
+    if (check_sectors(&src, &dst, sector_size) < 0)
         goto done;
-    }
-    if (src.len != dst.len || src.len % sector_size != 0) {
-        PyErr_SetString(PyExc_ValueError, "buffers must be the same whole number of sectors");
-        goto done;
-    }
-    if (overlap_differs(&src, &dst)) {
-        PyErr_SetString(PyExc_ValueError, "source and target overlap without being the same");
-        goto done;
-    }
     int rc;
     int which = key.len == 64;
     Py_BEGIN_ALLOW_THREADS
@@ -199,36 +239,41 @@ done:
     return result;
 }
 
+/* A CBC decryption context, and the AES-256-ECB one that turns a sector number into its
+ * ESSIV IV (NULL: the IV is the sector number itself), for cbc_sector. */
+typedef struct {
+    EVP_CIPHER_CTX *ctx;
+    EVP_CIPHER_CTX *essiv;
+} cbc_state;
+
+static int cbc_sector(void *state, unsigned char iv[16], const unsigned char *src,
+                      unsigned char *dst, int sector_size)
+{
+    cbc_state *st = state;
+    int outl = 0;
+    if (st->essiv != NULL && !(EVP_EncryptUpdate(st->essiv, iv, &outl, iv, 16) && outl == 16))
+        return 0;
+    return EVP_DecryptInit_ex(st->ctx, NULL, NULL, NULL, iv)
+           && EVP_DecryptUpdate(st->ctx, dst, &outl, src, sector_size)
+           && outl == sector_size;
+}
+
 /* 0 on success, -1 on an OpenSSL failure. essiv_key NULL: the IV is the sector number itself. */
 static int cbc_decrypt_run(const EVP_CIPHER *cipher, const unsigned char *key,
                            const unsigned char *essiv_key, const unsigned char *src,
                            unsigned char *dst, Py_ssize_t sectors, int sector_size,
                            uint64_t iv_start, int wrap32)
 {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    EVP_CIPHER_CTX *essiv = essiv_key != NULL ? EVP_CIPHER_CTX_new() : NULL;
-    int ok = ctx != NULL && (essiv_key == NULL || essiv != NULL)
-             && EVP_DecryptInit_ex(ctx, cipher, NULL, key, NULL)
-             && EVP_CIPHER_CTX_set_padding(ctx, 0);
-    if (ok && essiv != NULL)
-        ok = EVP_EncryptInit_ex(essiv, EVP_aes_256_ecb(), NULL, essiv_key, NULL)
-             && EVP_CIPHER_CTX_set_padding(essiv, 0);
-    uint64_t step = (uint64_t)(sector_size / 512);
-    uint64_t number = iv_start;
-    unsigned char iv[16];
-    for (Py_ssize_t i = 0; ok && i < sectors; i++, number += step) {
-        int outl = 0;
-        memset(iv, 0, sizeof iv);
-        put_le64(iv, wrap32 ? (number & UINT64_C(0xFFFFFFFF)) : number);
-        if (essiv != NULL)
-            ok = EVP_EncryptUpdate(essiv, iv, &outl, iv, 16) && outl == 16;
-        size_t at = (size_t)i * (size_t)sector_size;
-        ok = ok && EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, iv)
-             && EVP_DecryptUpdate(ctx, dst + at, &outl, src + at, sector_size)
-             && outl == sector_size;
-    }
-    EVP_CIPHER_CTX_free(ctx);
-    EVP_CIPHER_CTX_free(essiv);
+    cbc_state st = {EVP_CIPHER_CTX_new(), essiv_key != NULL ? EVP_CIPHER_CTX_new() : NULL};
+    int ok = st.ctx != NULL && (essiv_key == NULL || st.essiv != NULL)
+             && EVP_DecryptInit_ex(st.ctx, cipher, NULL, key, NULL)
+             && EVP_CIPHER_CTX_set_padding(st.ctx, 0);
+    if (ok && st.essiv != NULL)
+        ok = EVP_EncryptInit_ex(st.essiv, EVP_aes_256_ecb(), NULL, essiv_key, NULL)
+             && EVP_CIPHER_CTX_set_padding(st.essiv, 0);
+    ok = ok && each_sector(cbc_sector, &st, src, dst, sectors, sector_size, iv_start, wrap32);
+    EVP_CIPHER_CTX_free(st.ctx);
+    EVP_CIPHER_CTX_free(st.essiv);
     return ok ? 0 : -1;
 }
 
@@ -250,18 +295,8 @@ static PyObject *cbc_decrypt(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "CBC keys are 16, 24 or 32 bytes, ESSIV keys 32");
         goto done;
     }
-    if (sector_size < 512 || sector_size > 4096 || sector_size % 512 != 0) {
-        PyErr_SetString(PyExc_ValueError, "sector size must be 512..4096, a multiple of 512");
+    if (check_sectors(&src, &dst, sector_size) < 0)
         goto done;
-    }
-    if (src.len != dst.len || src.len % sector_size != 0) {
-        PyErr_SetString(PyExc_ValueError, "buffers must be the same whole number of sectors");
-        goto done;
-    }
-    if (overlap_differs(&src, &dst)) {
-        PyErr_SetString(PyExc_ValueError, "source and target overlap without being the same");
-        goto done;
-    }
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = cbc_decrypt_run(cipher, (const unsigned char *)key.buf,

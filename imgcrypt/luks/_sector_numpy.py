@@ -17,8 +17,6 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from imgcrypt.luks.sectors import CipherSpec
-
 _U64 = np.dtype("<u8")
 U64Array = npt.NDArray[np.uint64]
 # Tweaks are computed in groups of 32 blocks from the group's first tweak, T * x**j for
@@ -73,9 +71,12 @@ def _as_words(data: memoryview) -> U64Array:
 class NumpyKernel:
     """The numpy implementation of one :class:`SectorCipher`'s modes; shareable by threads."""
 
-    def __init__(self, spec: CipherSpec, data: Cipher[modes.ECB],
+    def __init__(self, chaining: str, iv_scheme: str, data: Cipher[modes.ECB],
                  tweak: Cipher[modes.ECB] | None, sector_size: int, sub_sectors: int) -> None:
-        self.spec = spec
+        # The parts of the CipherSpec the kernels read ("xts" or "cbc"; "plain", "plain64"
+        # or "essiv:sha256"), so this module needs nothing from sectors.py.
+        self.chaining = chaining
+        self.iv_scheme = iv_scheme
         self._data = data
         self._tweak = tweak
         self._blocks = sector_size // 16
@@ -87,7 +88,7 @@ class NumpyKernel:
             encrypt: bool) -> None:
         words = _as_words(source)
         target_words = np.frombuffer(target, dtype=_U64)
-        if self.spec.chaining == "xts":
+        if self.chaining == "xts":
             self._xts(words, iv_start, count, target_words, encrypt=encrypt)
         elif encrypt:
             target_words[:] = self._cbc_encrypt(words, iv_start, count).reshape(-1)
@@ -110,7 +111,7 @@ class NumpyKernel:
         numbers = ivs[:, 0]
         np.multiply(np.arange(count, dtype=_U64), np.uint64(self._iv_step), out=numbers)
         numbers += np.uint64(iv_start)  # wraps modulo 2**64 like dm-crypt's plain64
-        if self.spec.iv_scheme == "plain":
+        if self.iv_scheme == "plain":
             numbers &= np.uint64(0xFFFFFFFF)
         if self._tweak is not None:
             encrypted = self._tweak.encryptor().update(_bytes_of(ivs.reshape(-1)))

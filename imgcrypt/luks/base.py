@@ -1,8 +1,10 @@
 """What every LUKS module builds on: leaf types; this module imports nothing from imgcrypt.luks.
 
 The magic both versions start with, a rewrite of the header region (what a keyslot change
-returns to the caller who writes it), and a data segment (LUKS2 declares them in its JSON;
-LUKS1 has one implicit segment from the payload offset to the end of the image).
+returns to the caller who writes it), a data segment (LUKS2 declares them in its JSON;
+LUKS1 has one implicit segment from the payload offset to the end of the image), and the
+parameters of a keyslot's KDF (:mod:`imgcrypt.luks.kdf` runs them, :mod:`imgcrypt.luks.cost`
+prices them).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 MAGIC = b"LUKS\xba\xbe"  # LUKS1, and the LUKS2 primary copy
 MAGIC_SECONDARY = b"SKUL\xba\xbe"  # the LUKS2 secondary copy
+PAYLOAD_ALIGN = 1 << 20  # where cryptsetup puts the payload by default, in both versions
 
 
 @dataclass(frozen=True)
@@ -33,3 +36,30 @@ class Segment:
     sector_size: int = 512
     integrity: bool = False
     flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pbkdf2:
+    hash: str
+    iterations: int
+    salt: bytes = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return "pbkdf2"
+
+
+@dataclass(frozen=True)
+class Argon2:
+    variant: str  # "argon2i" or "argon2id"
+    time: int
+    memory_kib: int
+    parallel: int
+    salt: bytes = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.variant
+
+
+Kdf = Pbkdf2 | Argon2

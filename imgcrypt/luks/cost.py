@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 from imgcrypt.errors import LimitExceededError, UnsupportedError
 from imgcrypt.luks.backend import hash_size
+from imgcrypt.luks.base import Argon2, Kdf, Pbkdf2
 
 # Price of one PBKDF2 iteration per output block, in SHA-256 iteration-blocks.
 HASH_BLOCK_COST: dict[str, float] = {
@@ -51,10 +52,8 @@ def argon2_cost(memory_kib: int, passes: int) -> int:
     return math.ceil(memory_kib * passes * ARGON2_KIB_PASS_COST)
 
 
-def kdf_cost(kdf: object, length: int) -> int:
+def kdf_cost(kdf: Kdf, length: int) -> int:
     """Cost of one derivation of ``length`` bytes with a :mod:`imgcrypt.luks.kdf` KDF."""
-    from imgcrypt.luks.kdf import Argon2, Pbkdf2
-
     if isinstance(kdf, Pbkdf2):
         return pbkdf2_cost(kdf.hash, kdf.iterations, length)
     if isinstance(kdf, Argon2):
@@ -62,7 +61,7 @@ def kdf_cost(kdf: object, length: int) -> int:
     raise UnsupportedError(f"unsupported KDF {type(kdf).__name__}")
 
 
-def check_cost(kdf: object, length: int, budget: int) -> None:
+def check_cost(kdf: Kdf, length: int, budget: int) -> None:
     """Refuse one derivation that alone costs more than ``budget``."""
     cost = kdf_cost(kdf, length)
     if cost > budget:
@@ -72,7 +71,7 @@ def check_cost(kdf: object, length: int, budget: int) -> None:
         )
 
 
-def check_unlock_cost(derivations: Iterable[tuple[object, int]], budget: int) -> int:
+def check_unlock_cost(derivations: Iterable[tuple[Kdf, int]], budget: int) -> int:
     """Refuse an unlock whose derivations (KDF, output length) cost more than ``budget``."""
     total = sum(kdf_cost(kdf, length) for kdf, length in derivations)
     if total > budget:

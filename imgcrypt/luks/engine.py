@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 from imgcrypt.errors import FormatError, TruncatedError
-from imgcrypt.luks.container import whole_sectors
+from imgcrypt.luks.container import LuksHeader, whole_sectors
 
 try:
     from imgcrypt.luks._xtsmul import nonzero_spans as _nonzero_spans
@@ -72,15 +72,6 @@ def default_workers() -> int:
 
 
 # -- the plan ----------------------------------------------------------------------------------
-
-
-class _Header(Protocol):
-    @property
-    def sector_size(self) -> int: ...
-    @property
-    def payload_size(self) -> int | None: ...
-    @property
-    def iv_tweak(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -124,12 +115,12 @@ class PayloadPlan:
         return max(0, min(padded, self.output_limit - start))
 
 
-def plan_encrypt(header: _Header, length: int | None) -> PayloadPlan:
+def plan_encrypt(header: LuksHeader, length: int | None) -> PayloadPlan:
     """Encrypt ``length`` input bytes (None: a stream, to its end), the last sector padded."""
     return PayloadPlan(header.sector_size, header.iv_tweak, length, None, pad_tail=True)
 
 
-def plan_decrypt(header: _Header, *, size: int | None, available: int | None) -> PayloadPlan:
+def plan_decrypt(header: LuksHeader, *, size: int | None, available: int | None) -> PayloadPlan:
     """Decrypt the payload of ``header``.
 
     ``size`` (``os_decrypt_size``) trims the output; ``available`` is the number of bytes after

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
@@ -17,6 +17,13 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from imgcrypt.errors import LimitExceededError, UnsupportedError
 from imgcrypt.luks import backend
+from imgcrypt.luks.base import Argon2, Kdf, Pbkdf2
+from imgcrypt.luks.cost import check_cost
+
+# The KDF parameter types are leaf types (imgcrypt.luks.base), shared with the cost model;
+# they are imported from here as well, where they are run.
+__all__ = ["DEFAULT_LIMITS", "Argon2", "Kdf", "KdfLimits", "Pbkdf2", "argon2_time_for",
+           "check_limits", "check_total", "derive", "hash_algorithm", "pbkdf2_iterations_for"]
 
 
 def hash_algorithm(name: str) -> hashes.HashAlgorithm:
@@ -49,33 +56,6 @@ class KdfLimits:
 
 
 DEFAULT_LIMITS = KdfLimits()
-
-
-@dataclass(frozen=True)
-class Pbkdf2:
-    hash: str
-    iterations: int
-    salt: bytes = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return "pbkdf2"
-
-
-@dataclass(frozen=True)
-class Argon2:
-    variant: str  # "argon2i" or "argon2id"
-    time: int
-    memory_kib: int
-    parallel: int
-    salt: bytes = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.variant
-
-
-Kdf = Pbkdf2 | Argon2
 
 
 def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> None:
@@ -115,8 +95,6 @@ def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> N
 
 
 def _check_cost(kdf: Kdf, length: int, limits: KdfLimits) -> None:
-    from imgcrypt.luks.cost import check_cost
-
     check_cost(kdf, length, limits.max_unlock_cost)
 
 

@@ -34,11 +34,17 @@ from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 STRIPES = 4000  # what cryptsetup writes, and all LUKS1 accepts
 MATERIAL_SECTOR = 512  # keyslot material is encrypted in 512-byte sectors, IVs from 0
 SALT_SIZE = 32  # keyslot and digest salts, in both versions
+KEYSLOT_ALIGN = 4096  # cryptsetup allots keyslot areas in 4 KiB units, in both versions
 
 
 def material_size(key_size: int, stripes: int) -> int:
     """Bytes of AF material as stored: ``key_size * stripes`` rounded up to whole sectors."""
     return -(-key_size * stripes // MATERIAL_SECTOR) * MATERIAL_SECTOR
+
+
+def area_size(key_size: int, stripes: int = STRIPES) -> int:
+    """Bytes of keyslot area cryptsetup allots one keyslot: its material in 4 KiB units."""
+    return -(-key_size * stripes // KEYSLOT_ALIGN) * KEYSLOT_ALIGN
 
 
 @dataclass(frozen=True)

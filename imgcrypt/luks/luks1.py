@@ -22,22 +22,20 @@ from imgcrypt.errors import (
     WrongPassphraseError,
 )
 from imgcrypt.luks import af, backend, keyslot, luks1_rules
-from imgcrypt.luks.base import MAGIC, RegionUpdate, Segment
+from imgcrypt.luks.base import MAGIC, PAYLOAD_ALIGN, RegionUpdate, Segment
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
 from imgcrypt.luks.layout import Kind, declare, flag, raw, text, uint_be
 from imgcrypt.luks.sectors import CipherSpec
 
-SECTOR = 512
+SECTOR = luks1_rules.SECTOR
 NUM_KEYSLOTS = 8
 STRIPES = keyslot.STRIPES
 DIGEST_SIZE = 20
 SALT_SIZE = keyslot.SALT_SIZE
 KEYSLOT_ACTIVE = 0x00AC71F3
 KEYSLOT_INACTIVE = 0x0000DEAD
-# cryptsetup aligns keyslot areas to 4 KiB and, by default, the payload to 1 MiB.
-KEYSLOT_ALIGN = 4096
-PAYLOAD_ALIGN = 1 << 20
+KEYSLOT_ALIGN = keyslot.KEYSLOT_ALIGN
 # No legitimate LUKS1 image keeps keyslots beyond a few MiB; a hostile header may claim TiB.
 MAX_REGION = 64 << 20
 
@@ -137,6 +135,11 @@ class Luks1Header:
     @property
     def payload_offset(self) -> int:
         return self.payload_offset_sectors * SECTOR
+
+    @property
+    def header_size(self) -> int:
+        """Bytes of the header and its keyslot table (592)."""
+        return HEADER_SIZE
 
     @property
     def region_size(self) -> int:
@@ -284,8 +287,7 @@ def _rewrite(region: bytes, header: Luks1Header, patches: list[tuple[int, bytes]
 
 
 def keyslot_area_sectors(key_bytes: int, stripes: int = STRIPES) -> int:
-    size = -(-key_bytes * stripes // KEYSLOT_ALIGN) * KEYSLOT_ALIGN
-    return size // SECTOR
+    return keyslot.area_size(key_bytes, stripes) // SECTOR
 
 
 def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, hash_spec: str,

@@ -9,18 +9,41 @@ when loading; whether imgcrypt can decrypt is a separate question
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from imgcrypt.luks import backend
-from imgcrypt.luks.keyslot import STRIPES
+from imgcrypt.luks.keyslot import STRIPES, material_size
 from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError, Rule, rule
 
-if TYPE_CHECKING:
-    from imgcrypt.luks.luks1 import Luks1Header
-
-SECTOR = 512
-HEADER_BYTES = 592  # luks1.HEADER_SIZE, which imports this module
+SECTOR = 512  # LUKS1 counts offsets in 512-byte sectors whatever the device's sector size
 MIN_DIGEST = 20
+
+
+class RuledKeyslot(Protocol):
+    """What the rules read of a keyslot (:class:`imgcrypt.luks.luks1.Keyslot`)."""
+
+    @property
+    def key_material_offset(self) -> int: ...  # sectors
+    @property
+    def stripes(self) -> int: ...
+
+
+class RuledHeader(Protocol):
+    """What the rules read of a header (:class:`imgcrypt.luks.luks1.Luks1Header`, which
+    imports this module)."""
+
+    @property
+    def hash_spec(self) -> str: ...
+    @property
+    def key_bytes(self) -> int: ...
+    @property
+    def payload_offset_sectors(self) -> int: ...
+    @property
+    def keyslots(self) -> Sequence[RuledKeyslot]: ...
+    @property
+    def header_size(self) -> int: ...  # bytes of the header and its keyslot table
+
 
 RULES: dict[str, Rule] = {}
 HASH_KNOWN = rule(RULES, "luks1-hash",
@@ -38,10 +61,10 @@ KEY_SIZE = rule(RULES, "luks1-key-size", "the volume key size is not 0")
 
 def area_sectors(key_bytes: int) -> int:
     """Sectors of one keyslot's AF material: key_bytes * 4000, rounded up."""
-    return -(-key_bytes * STRIPES // SECTOR)
+    return material_size(key_bytes, STRIPES) // SECTOR
 
 
-def check(header: Luks1Header) -> None:
+def check(header: RuledHeader) -> None:
     """Raise HeaderRuleError for the first rule ``header`` breaks, in cryptsetup's order."""
     size = backend.hash_size(header.hash_spec)
     if size is None or size < MIN_DIGEST:
@@ -51,7 +74,7 @@ def check(header: Luks1Header) -> None:
     for i, slot in enumerate(header.keyslots):
         if slot.stripes != STRIPES:
             raise HeaderRuleError(STRIPES_4000, f"keyslot {i} has {slot.stripes}")
-        if slot.key_material_offset * SECTOR < HEADER_BYTES:
+        if slot.key_material_offset * SECTOR < header.header_size:
             raise HeaderRuleError(AFTER_HEADER, f"keyslot {i}")
         if payload == 0:  # a detached header: no payload to collide with
             continue
@@ -69,14 +92,14 @@ def check(header: Luks1Header) -> None:
         raise HeaderRuleError(KEY_SIZE)
 
 
-def check_image_size(header: Luks1Header, image_size: int) -> None:
+def check_image_size(header: RuledHeader, image_size: int) -> None:
     """The image must hold the farthest keyslot area (whole 512-byte sectors count)."""
     if image_size // SECTOR < end_sectors(header):
         raise HeaderRuleError(IMAGE_HOLDS_HEADER,
                               f"{end_sectors(header) * SECTOR} bytes needed, {image_size} present")
 
 
-def end_sectors(header: Luks1Header) -> int:
+def end_sectors(header: RuledHeader) -> int:
     """Where the farthest keyslot area ends, in sectors (cryptsetup's LUKS_device_sectors)."""
     last = max(s.key_material_offset for s in header.keyslots)
     return last + area_sectors(header.key_bytes)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2, pbkdf2_iterations_for
-from imgcrypt.luks.sectors import CipherSpec
+from imgcrypt.luks.sectors import SECTOR_SIZES, CipherSpec
 
 DEFAULT_ITER_TIME_MS = 2000
 DEFAULT_ARGON2_MEMORY_KIB = 1024 * 1024
@@ -54,8 +54,9 @@ class FormatOptions:
         spec.check_key_size(self.key_size // 8)
         if self.version == 1 and self.data_sector_size != 512:
             raise UsageError("LUKS1 supports 512-byte sectors only")
-        if self.data_sector_size not in (512, 1024, 2048, 4096):
-            raise UsageError("sector size must be 512, 1024, 2048 or 4096")
+        if self.data_sector_size not in SECTOR_SIZES:
+            *most, last = SECTOR_SIZES
+            raise UsageError(f"sector size must be {', '.join(map(str, most))} or {last}")
         if self.version == 1 and self.pbkdf not in (None, "pbkdf2"):
             raise UsageError("LUKS1 keyslots use pbkdf2")
         if self.pbkdf not in (None, "pbkdf2", "argon2i", "argon2id"):

@@ -56,6 +56,8 @@ SUB_BATCH_BYTES = 256 << 10
 ACCELERATED_BATCH_BYTES = 1 << 20
 _MASK64 = (1 << 64) - 1
 
+# The data sector sizes dm-crypt allows (LUKS2 declares one per segment; LUKS1 has only 512).
+SECTOR_SIZES = (512, 1024, 2048, 4096)
 # cipher_mode strings this module implements, and the key sizes (bytes) each accepts.
 _MODES: dict[str, tuple[int, ...]] = {
     "xts-plain64": (32, 64),
@@ -121,7 +123,7 @@ class SectorCipher:
                  batch_bytes: int = SUB_BATCH_BYTES, accelerated: bool = True,
                  xts_backend: str | None = None) -> None:
         spec.check_key_size(len(key))
-        if sector_size not in (512, 1024, 2048, 4096):
+        if sector_size not in SECTOR_SIZES:
             raise UnsupportedError(f"unsupported sector size {sector_size}")
         if batch_bytes < 1:
             raise UsageError("batch_bytes must be positive")
@@ -206,8 +208,8 @@ class SectorCipher:
         if kernel is None:
             from imgcrypt.luks._sector_numpy import NumpyKernel
 
-            kernel = NumpyKernel(self.spec, self._data, self._tweak, self.sector_size,
-                                 self._sub_sectors)
+            kernel = NumpyKernel(self.spec.chaining, self.spec.iv_scheme, self._data,
+                                 self._tweak, self.sector_size, self._sub_sectors)
             self._kernel = kernel
         return kernel
 

@@ -3,7 +3,9 @@
 A LUKS2 image starts with two metadata copies, primary at 0 and secondary at ``hdr_size``.
 Each copy is a binary header followed by a JSON area; together they are ``hdr_size`` bytes, and
 the checksum is a hash of those bytes with the checksum field zeroed. This module turns bytes
-into :class:`MetadataCopy` objects and back; it knows nothing about what the JSON says.
+into :class:`MetadataCopy` objects and back; it knows nothing about what the JSON says: the
+caller's check turns a JSON area into its text and whatever the check made of it, which each
+copy keeps, so the JSON is checked once per copy.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 
 from imgcrypt.errors import ChecksumError, FormatError, TruncatedError
 from imgcrypt.luks import backend
@@ -99,17 +101,23 @@ class ChecksumRuleError(HeaderRuleError, ChecksumError):
     """A copy whose checksum does not match: both a rule and a checksum failure."""
 
 
+# What the caller's JSON check makes of a copy's JSON area besides its text.
+Checked = TypeVar("Checked")
+
+
 @dataclass(frozen=True)
-class MetadataCopy:
-    """A copy that passes every rule, with its JSON text extracted."""
+class MetadataCopy(Generic[Checked]):
+    """A copy that passes every rule, with its JSON text and what the JSON check made of it."""
 
     offset: int
     binary: BinaryHeader
     json_text: str = field(repr=False)
+    checked: Checked = field(repr=False)
 
 
-# Turns a JSON area into its JSON text, raising for any framing or JSON rule it breaks.
-JsonCheck = Callable[[bytes, int], str]
+# Turns a JSON area (and hdr_size) into (JSON text, checked result), raising for any framing
+# or JSON rule it breaks.
+JsonCheck = Callable[[bytes, int], tuple[str, Checked]]
 
 
 def _sane(data: bytes, offset: int) -> BinaryHeader:
@@ -142,11 +150,17 @@ def _summed(data: bytes, offset: int, hdr: BinaryHeader) -> bytes:
     return json_area
 
 
-def read_copy(data: bytes, offset: int, check_json: JsonCheck) -> MetadataCopy:
+def _checked(offset: int, hdr: BinaryHeader, json_area: bytes,
+             check_json: JsonCheck[Checked]) -> MetadataCopy[Checked]:
+    json_text, checked = check_json(json_area, hdr.hdr_size)
+    return MetadataCopy(offset, hdr, json_text, checked)
+
+
+def read_copy(data: bytes, offset: int,
+              check_json: JsonCheck[Checked]) -> MetadataCopy[Checked]:
     """Validate the metadata copy at ``offset`` (0 = primary); typed error for every defect."""
     hdr = _sane(data, offset)
-    json_area = _summed(data, offset, hdr)
-    return MetadataCopy(offset, hdr, check_json(json_area, hdr.hdr_size))
+    return _checked(offset, hdr, _summed(data, offset, hdr), check_json)
 
 
 def pack_copy(hdr: BinaryHeader, json_text: str) -> bytes:
@@ -162,13 +176,13 @@ def pack_copy(hdr: BinaryHeader, json_text: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class Copies:
+class Copies(Generic[Checked]):
     """Both copies as found: each either a valid copy or the error that disqualified it."""
 
-    primary: MetadataCopy | FormatError
-    secondary: MetadataCopy | FormatError
+    primary: MetadataCopy[Checked] | FormatError
+    secondary: MetadataCopy[Checked] | FormatError
 
-    def winner(self) -> MetadataCopy:
+    def winner(self) -> MetadataCopy[Checked]:
         """The valid copy with the higher seqid (primary on a tie); error if neither is valid."""
         valid = [c for c in (self.primary, self.secondary) if isinstance(c, MetadataCopy)]
         if not valid:
@@ -188,23 +202,24 @@ class Copies:
         return isinstance(p, MetadataCopy) or isinstance(s, MetadataCopy)
 
 
-def find_copies(data: bytes, check_json: JsonCheck) -> Copies:
+def find_copies(data: bytes, check_json: JsonCheck[Checked]) -> Copies[Checked]:
     """The primary at 0 and the secondary at the primary's hdr_size, or probed if need be.
 
     As cryptsetup does, the secondary is looked for at the primary's hdr_size whenever the
     primary's binary header is sane and its checksum matches, even if its JSON is refused.
     """
-    primary: MetadataCopy | FormatError
+    primary: MetadataCopy[Checked] | FormatError
     offsets: tuple[int, ...] = HDR_SIZES
+    primary_area = b""
     try:
         hdr = _sane(data, 0)
-        json_area = _summed(data, 0, hdr)
+        primary_area = _summed(data, 0, hdr)
         offsets = (hdr.hdr_size,)
-        primary = MetadataCopy(0, hdr, check_json(json_area, hdr.hdr_size))
+        primary = _checked(0, hdr, primary_area, check_json)
     except FormatError as err:
         primary = err
-    secondary: MetadataCopy | FormatError = MagicRuleError(luks2_rules.MAGIC,
-                                                           "no secondary copy found")
+    secondary: MetadataCopy[Checked] | FormatError = MagicRuleError(luks2_rules.MAGIC,
+                                                                    "no secondary copy found")
     for offset in offsets:
         if len(data) < offset + BINARY_SIZE:
             if len(offsets) == 1:
@@ -218,8 +233,13 @@ def find_copies(data: bytes, check_json: JsonCheck) -> Copies:
                 secondary = err
             continue
         # The first copy whose checksum matches is the secondary, whatever its JSON says.
+        if isinstance(primary, MetadataCopy) and json_area == primary_area:
+            # The same bytes as the valid primary's area (and so the same hdr_size): the
+            # same verdict, without reading the JSON a second time.
+            secondary = MetadataCopy(offset, hdr, primary.json_text, primary.checked)
+            break
         try:
-            secondary = MetadataCopy(offset, hdr, check_json(json_area, hdr.hdr_size))
+            secondary = _checked(offset, hdr, json_area, check_json)
         except FormatError as err:
             secondary = err
         break

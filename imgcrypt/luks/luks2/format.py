@@ -8,14 +8,13 @@ import uuid as uuidlib
 
 from imgcrypt.errors import UsageError
 from imgcrypt.luks import af
-from imgcrypt.luks.base import MAGIC
+from imgcrypt.luks.base import MAGIC, PAYLOAD_ALIGN
 from imgcrypt.luks.kdf import Kdf, Pbkdf2, pbkdf2_iterations_for
-from imgcrypt.luks.keyslot import MasterKeyDigest
+from imgcrypt.luks.keyslot import KEYSLOT_ALIGN, MasterKeyDigest, area_size
 from imgcrypt.luks.luks2.disk import SALT_SIZE, BinaryHeader, text_field
 from imgcrypt.luks.luks2.header import Luks2Header
-from imgcrypt.luks.luks2.keyslots import AREA_ALIGN, area_size, round_up
+from imgcrypt.luks.luks2.keyslots import round_up
 from imgcrypt.luks.luks2.metadata import (
-    SECTOR_SIZES,
     crypt_segment_entry,
     digest_entry,
     dump_json,
@@ -23,7 +22,7 @@ from imgcrypt.luks.luks2.metadata import (
     validate,
 )
 from imgcrypt.luks.luks2.rules import BINARY_SIZE, HDR_SIZES, MAX_KEYSLOTS_SIZE
-from imgcrypt.luks.sectors import CipherSpec
+from imgcrypt.luks.sectors import SECTOR_SIZES, CipherSpec
 
 # cryptsetup's LUKS2_DEFAULT_HDR_SIZE: metadata plus keyslots fill the first 16 MiB by default.
 DEFAULT_REGION = 16 << 20
@@ -33,7 +32,7 @@ DIGEST_MS = 100
 def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, kdf: Kdf,
                   sector_size: int = 512, digest_iterations: int | None = None,
                   uuid: str | None = None, label: str = "", metadata_size: int = 16384,
-                  keyslots_size: int | None = None, payload_align: int = 1 << 20,
+                  keyslots_size: int | None = None, payload_align: int = PAYLOAD_ALIGN,
                   slot: int = 0) -> bytes:
     """A complete LUKS2 region: both copies, keyslot ``slot``, zero padding up to the payload.
 
@@ -48,7 +47,7 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, k
     if keyslots_size is None:
         keyslots_size = DEFAULT_REGION - 2 * metadata_size
     area = area_size(len(master_key))
-    if keyslots_size % AREA_ALIGN or not area <= keyslots_size <= MAX_KEYSLOTS_SIZE:
+    if keyslots_size % KEYSLOT_ALIGN or not area <= keyslots_size <= MAX_KEYSLOTS_SIZE:
         raise UsageError(f"keyslots size must be a multiple of 4096 from {area} to 128 MiB")
     if payload_align <= 0 or payload_align % sector_size or payload_align % 512:
         raise UsageError("payload alignment must be a positive multiple of the sector size")

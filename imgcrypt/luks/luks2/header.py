@@ -97,12 +97,11 @@ class Luks2Header:
             found = foreign_signature(data, image_size)
             if found:
                 raise HeaderRuleError(luks2_rules.FOREIGN_SIGNATURE, found)
-        parsed = validate(load_json(winner.json_text), winner.binary.hdr_size)
         primary, secondary = copies.primary, copies.secondary
         return cls(
             binary=winner.binary,
             json_text=winner.json_text,
-            metadata=parsed,
+            metadata=winner.checked,  # validated once, when its copy was read
             # A stale copy (lower seqid) counts as damaged: cryptsetup would rewrite it.
             copies_valid=(_current(primary, winner), _current(secondary, winner)),
             salts=(primary.binary.salt if isinstance(primary, MetadataCopy) else b"",
@@ -315,7 +314,7 @@ class Luks2Header:
         cipher = self.cipher
         cipher.check_key_size(len(master_key))
         digest = self._segment_digest()
-        area_size = keyslots.area_size(len(master_key))
+        area_size = keyslot.area_size(len(master_key))
         offset = keyslots.free_area(self.metadata, self.hdr_size, area_size)
         if len(kdf.salt) != keyslot.SALT_SIZE:
             kdf = replace(kdf, salt=os.urandom(keyslot.SALT_SIZE))
@@ -385,5 +384,6 @@ class Luks2Header:
         return pack_copy(primary, self.json_text) + pack_copy(secondary, self.json_text)
 
 
-def _current(copy: MetadataCopy | FormatError, winner: MetadataCopy) -> bool:
+def _current(copy: MetadataCopy[Metadata] | FormatError,
+             winner: MetadataCopy[Metadata]) -> bool:
     return isinstance(copy, MetadataCopy) and copy.binary.seqid == winner.binary.seqid

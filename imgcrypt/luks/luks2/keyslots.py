@@ -11,21 +11,15 @@ from typing import Any
 from imgcrypt.errors import FormatError, LimitExceededError, UsageError
 from imgcrypt.luks import af
 from imgcrypt.luks.kdf import Argon2, Pbkdf2
-from imgcrypt.luks.keyslot import STRIPES, SlotMaterial
+from imgcrypt.luks.keyslot import KEYSLOT_ALIGN, SlotMaterial
 from imgcrypt.luks.luks2.metadata import MAX_KEY_SIZE, MAX_OBJECTS, MAX_STRIPES, Keyslot, Metadata
 from imgcrypt.luks.sectors import CipherSpec
 
-AREA_ALIGN = 4096
 PRIORITY_NAMES = {0: "ignore", 1: "normal", 2: "prefer"}
 
 
 def round_up(n: int, align: int) -> int:
     return -(-n // align) * align
-
-
-def area_size(key_bytes: int) -> int:
-    """Bytes of keyslots area one keyslot of ``key_bytes`` takes, as cryptsetup allots them."""
-    return round_up(key_bytes * STRIPES, AREA_ALIGN)
 
 
 def free_id(metadata: Metadata, slot: int | None) -> int:
@@ -53,7 +47,7 @@ def free_area(metadata: Metadata, hdr_size: int, size: int) -> int:
     for a, b in taken:
         if candidate + size <= a:
             break
-        candidate = max(candidate, round_up(b, AREA_ALIGN))
+        candidate = max(candidate, round_up(b, KEYSLOT_ALIGN))
     if candidate + size > end:
         raise FormatError("no room left in the LUKS2 keyslots area for another keyslot")
     return candidate

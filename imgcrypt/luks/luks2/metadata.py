@@ -19,10 +19,11 @@ from typing import Any
 from imgcrypt.errors import FormatError, LimitExceededError
 from imgcrypt.luks.base import Segment
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
-from imgcrypt.luks.keyslot import MasterKeyDigest
+from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest, material_size
 from imgcrypt.luks.luks2 import rules as luks2_rules
 from imgcrypt.luks.luks2.jsonc import JsonCError, strict_text
 from imgcrypt.luks.luks2.rules import (
+    BINARY_SIZE,
     MAX_KEYSLOTS_SIZE,
     check_json,
     decimal_u64,
@@ -34,10 +35,9 @@ from imgcrypt.luks.rules import HeaderRuleError
 MAX_JSON_SIZE = 4 << 20
 MAX_JSON_VALUES = 100_000
 MAX_OBJECTS = 32  # keyslots, tokens, segments, digests: cryptsetup's own maxima
-MAX_STRIPES = 4000
+MAX_STRIPES = STRIPES  # a keyslot may declare fewer than cryptsetup writes, never more
 MAX_KEY_SIZE = 512
 MAX_U64 = (1 << 64) - 1
-SECTOR_SIZES = (512, 1024, 2048, 4096)
 # Mandatory requirements imgcrypt implements; any other one makes the image read-only for us.
 KNOWN_REQUIREMENTS: frozenset[str] = frozenset()
 
@@ -64,7 +64,7 @@ class Keyslot:
     @property
     def material_size(self) -> int:
         """Bytes of AF material as stored: key_size * stripes rounded up to 512-byte sectors."""
-        return -(-self.key_size * self.stripes // 512) * 512
+        return material_size(self.key_size, self.stripes)
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,14 @@ def load_json(text: str) -> dict[str, Any]:
     return obj
 
 
-def check_area(area: bytes, hdr_size: int) -> str:
-    """The JSON text of one copy's JSON area, after cryptsetup's framing and JSON rules.
+def check_area(area: bytes, hdr_size: int) -> tuple[str, Metadata]:
+    """The JSON text of one copy's JSON area and its :class:`Metadata`, after cryptsetup's
+    framing and JSON rules.
 
     The area starts with '{', holds one JSON object as json-c reads it, and nothing but NUL
     bytes (at least one) follows it; the object must pass every rule of
-    :mod:`imgcrypt.luks.luks2.rules`. The text returned is strict JSON with the same values.
+    :mod:`imgcrypt.luks.luks2.rules`. The text returned is strict JSON with the same values,
+    and the metadata is what :func:`validate` makes of it, so nobody validates it again.
     """
     if area[:1] != b"{":
         raise HeaderRuleError(luks2_rules.JSON_START)
@@ -153,8 +155,7 @@ def check_area(area: bytes, hdr_size: int) -> str:
         raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
     except ValueError as err:
         raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
-    validate(obj, hdr_size)
-    return text
+    return text, validate(obj, hdr_size)
 
 
 def dump_json(obj: dict[str, Any]) -> str:
@@ -236,13 +237,13 @@ def _digest(ident: int, obj: dict[str, Any]) -> Digest:
 
 def validate(obj: dict[str, Any], hdr_size: int) -> Metadata:
     """cryptsetup's rules (:mod:`imgcrypt.luks.luks2.rules`), then the typed view."""
-    check_json(obj, hdr_size - 4096)
+    check_json(obj, hdr_size - BINARY_SIZE)
     config = obj["config"]
     keyslots = tuple(_keyslot(i, o) for i, o in _ids(obj["keyslots"]).items())
     segments = tuple(_segment(i, o) for i, o in _ids(obj["segments"]).items())
     digests = tuple(_digest(i, o) for i, o in _ids(obj["digests"]).items())
     tokens = tuple(_ids(obj["tokens"]))
-    return Metadata(hdr_size - 4096, decimal_u64(config["keyslots_size"]) or 0, keyslots,
+    return Metadata(hdr_size - BINARY_SIZE, decimal_u64(config["keyslots_size"]) or 0, keyslots,
                     segments, digests, tokens, tuple(config.get("flags", ())), mandatory(obj))
 
 

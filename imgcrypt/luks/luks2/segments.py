@@ -7,8 +7,8 @@ from typing import Any
 
 from imgcrypt.errors import UnsupportedError
 from imgcrypt.luks.base import Segment
-from imgcrypt.luks.luks2.metadata import SECTOR_SIZES, Metadata
-from imgcrypt.luks.sectors import CipherSpec
+from imgcrypt.luks.luks2.metadata import Metadata
+from imgcrypt.luks.sectors import SECTOR_SIZES, CipherSpec
 
 
 def crypt_segment(metadata: Metadata) -> Segment:
