@@ -123,6 +123,7 @@ class KeyFamily:
     min_bits: int | None = None  # smaller keys are too weak to trust
     max_sign_bits: int | None = None  # imgcrypt mode signs with keys up to this size
     legacy: bool = False  # refused unless legacy algorithms are allowed
+    webpki: bool = False  # `cryptography`'s Web PKI profile takes it in a certificate chain
 
     def holds(self, key: object) -> bool:
         if not isinstance(key, self.public_type | self.private_type):
@@ -145,6 +146,7 @@ def _ecdsa(curve: ec.EllipticCurve, imgcrypt_name: str, glance_name: str | None)
     return KeyFamily(
         "EC", ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey, ECDSA,
         imgcrypt_name=imgcrypt_name, glance_name=glance_name, elliptic=True, curve=curve.name,
+        webpki=True,
     )
 
 
@@ -161,10 +163,11 @@ FAMILIES: tuple[KeyFamily, ...] = (
     _ecdsa(ec.SECP384R1(), "ecdsa-p384", "ECC_SECP384R1"),
     _ecdsa(ec.SECP521R1(), "ecdsa-p521", "ECC_SECP521R1"),
     # Any other curve: imgcrypt describes it and signs with it when asked, names it nowhere.
-    KeyFamily("EC", ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey, ECDSA, elliptic=True),
+    KeyFamily("EC", ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey, ECDSA, elliptic=True,
+              webpki=True),
     KeyFamily("RSA", rsa.RSAPublicKey, rsa.RSAPrivateKey, RSA_PSS, imgcrypt_name="rsa-pss",
               glance_name="RSA-PSS", sized=True, min_bits=MIN_RSA_BITS,
-              max_sign_bits=MAX_RSA_BITS),
+              max_sign_bits=MAX_RSA_BITS, webpki=True),
     _mldsa(44, mldsa.MLDSA44PublicKey, mldsa.MLDSA44PrivateKey),
     _mldsa(65, mldsa.MLDSA65PublicKey, mldsa.MLDSA65PrivateKey),
     _mldsa(87, mldsa.MLDSA87PublicKey, mldsa.MLDSA87PrivateKey),
@@ -277,65 +280,63 @@ def check_hash_policy(algorithm: hashes.HashAlgorithm | None, *, allow_legacy: b
         raise WeakAlgorithmError(f"{algorithm.name.upper()} is refused")
 
 
-def _signer(private_key: PrivateKey, *, prehashed: bool) -> tuple[KeyFamily, Sign] | None:
-    family = family_of(private_key)
-    if family is None or family.scheme is None or family.scheme.sign is None:
-        return None
-    if not (family.scheme.prehashed if prehashed else family.scheme.message):
-        return None
-    return family, family.scheme.sign
-
-
-def _verifier(public_key: PublicKey, *, prehashed: bool) -> Verify | None:
-    family = family_of(public_key)
+def _scheme_for(key: object, *, prehashed: bool) -> tuple[KeyFamily, Scheme] | None:
+    """The family of ``key`` and its scheme, if that scheme works in the mode asked for."""
+    family = family_of(key)
     if family is None or family.scheme is None:
         return None
     if not (family.scheme.prehashed if prehashed else family.scheme.message):
         return None
-    return family.scheme.verify
+    return family, family.scheme
+
+
+def _sign(private_key: PrivateKey, data: bytes, spec: HashSpec, *, prehashed: bool) -> bytes:
+    found = _scheme_for(private_key, prehashed=prehashed)
+    sign = found[1].sign if found is not None else None
+    if found is None or sign is None:
+        mode = "Glance" if prehashed else "imgcrypt"
+        raise UsageError(f"{mode} mode cannot sign with a {type(private_key).__name__}")
+    family = found[0]
+    if not prehashed and family.max_sign_bits is not None:
+        low, high = family.min_bits or 0, family.max_sign_bits
+        if not low <= private_key.key_size <= high:  # type: ignore[union-attr]
+            raise UsageError(f"{family.label} keys must have {low} to {high} bits")
+    return sign(private_key, data, spec.make(), prehashed)
+
+
+def _verify(public_key: PublicKey, signature: bytes, data: bytes, spec: HashSpec, *,
+            prehashed: bool, refusal: str, mismatch: str) -> None:
+    found = _scheme_for(public_key, prehashed=prehashed)
+    if found is None:
+        raise UnknownAlgorithmError(f"{describe_key(public_key)} {refusal}")
+    try:
+        found[1].verify(public_key, signature, data, spec.make(), prehashed)
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+        raise BadSignatureError(mismatch) from None
 
 
 def sign_prehashed(private_key: PrivateKey, digest: bytes, spec: HashSpec) -> bytes:
     """Glance-mode signature over a digest already computed with ``spec``."""
-    signer = _signer(private_key, prehashed=True)
-    if signer is None:
-        raise UsageError(f"Glance mode cannot sign with a {type(private_key).__name__}")
-    return signer[1](private_key, digest, spec.make(), True)
+    return _sign(private_key, digest, spec, prehashed=True)
 
 
 def verify_prehashed(
     public_key: PublicKey, signature: bytes, digest: bytes, spec: HashSpec
 ) -> None:
-    verify = _verifier(public_key, prehashed=True)
-    if verify is None:
-        raise UnknownAlgorithmError(f"{describe_key(public_key)} keys have no Glance key type")
-    try:
-        verify(public_key, signature, digest, spec.make(), True)
-    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
-        raise BadSignatureError("the signature does not match the image") from None
+    _verify(public_key, signature, digest, spec, prehashed=True,
+            refusal="keys have no Glance key type",
+            mismatch="the signature does not match the image")
 
 
 def sign_message(private_key: PrivateKey, message: bytes, spec: HashSpec) -> bytes:
     """imgcrypt-mode signature over a (small) manifest."""
-    signer = _signer(private_key, prehashed=False)
-    if signer is None:
-        raise UsageError(f"imgcrypt mode cannot sign with a {type(private_key).__name__}")
-    family, sign = signer
-    if family.max_sign_bits is not None:
-        low, high = family.min_bits or 0, family.max_sign_bits
-        if not low <= private_key.key_size <= high:  # type: ignore[union-attr]
-            raise UsageError(f"{family.label} keys must have {low} to {high} bits")
-    return sign(private_key, message, spec.make(), False)
+    return _sign(private_key, message, spec, prehashed=False)
 
 
 def verify_message(public_key: PublicKey, signature: bytes, message: bytes, spec: HashSpec) -> None:
-    verify = _verifier(public_key, prehashed=False)
-    if verify is None:
-        raise UnknownAlgorithmError(f"{describe_key(public_key)} keys are not supported")
-    try:
-        verify(public_key, signature, message, spec.make(), False)
-    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
-        raise BadSignatureError("the signature does not match the signed manifest") from None
+    _verify(public_key, signature, message, spec, prehashed=False,
+            refusal="keys are not supported",
+            mismatch="the signature does not match the signed manifest")
 
 
 def public_key_of(private_key: PrivateKey) -> PublicKey:
