@@ -234,3 +234,20 @@ def test_dsa_verification_asks_for_legacy() -> None:
     for imgcrypt_spelling in ("rsa-pss", "ecdsa-p384"):
         with pytest.raises(UnknownAlgorithmError, match="unknown img_signature_key_type"):
             glance.GlanceVerifier({**properties, glance.KEY_TYPE_KEY: imgcrypt_spelling}, checked)
+
+
+def test_glance_names_are_exactly_the_ones_cursive_registers() -> None:
+    """Glance mode speaks cursive's vocabulary: its key types and hash methods, no more."""
+    from cursive import signature_utils
+
+    registered = signature_utils.SignatureKeyType.REGISTERED_TYPES
+    assert set(algorithms.GLANCE_KEY_TYPES) == set(registered)
+    assert list(algorithms.GLANCE_HASHES) == list(signature_utils.HASH_METHODS)
+    for family in algorithms.FAMILIES:
+        if family.glance_name is None:
+            continue
+        assert family.public_type is registered[family.glance_name].public_key_type
+        if family.curve is not None:
+            assert family.glance_name == "ECC_" + family.curve.upper()
+    for name, spec in algorithms.GLANCE_HASHES.items():
+        assert spec.make().name == signature_utils.HASH_METHODS[name].name
