@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgcrypt import imageservice
+    from imgcrypt.digests import DEFAULT_MULTIHASH
     from imgcrypt.keys.rules import passphrase_for
     from imgcrypt.luks.stream import CHUNK_SIZE, iter_payload, unlock_stream
     from imgcrypt.service.claims import encryption_claim
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     claim = encryption_claim(properties)
     manager = (imageservice.key_manager(conn)
                if claim is not None or schemes_present(properties) else None)
-    expected_algo = str(properties.get("os_hash_algo") or "sha512")
+    expected_algo = str(properties.get("os_hash_algo") or DEFAULT_MULTIHASH)
     if expected_algo not in HASH_ALGORITHMS:  # the image record's value: malformed input
         raise FormatError(f"unsupported os_hash_algo {expected_algo!r}")
     inspector = UploadInspector(properties, key_manager=manager, policy=UploadPolicy(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from imgcrypt.digests import DEFAULT_MULTIHASH, MULTIHASHES
 from imgcrypt.errors import (
     EncryptionClaimError,
     ImgcryptError,
@@ -48,7 +49,8 @@ from imgcrypt.signing.verify import glance_certificate_uuid
 # The header and the keyslot material the named key must open: cryptsetup's LUKS2 default
 # region (16 MiB) at most; a LUKS1 header with all eight keyslots of 512-bit keys is ~2 MiB.
 MAX_HEADER_CAPTURE = 16 << 20
-HASH_ALGORITHMS = ("sha256", "sha384", "sha512", "sha3_256", "sha3_512")
+# The os_hash_algo values imgcrypt computes, by hashlib name (the one digest table).
+HASH_ALGORITHMS = tuple(MULTIHASHES)
 # The upload hook pays one unlock on every upload: half the general budget (about 24 s of one
 # core here: two cryptsetup-default keyslots with their digests, or two 2-second LUKS1 keyslots
 # from a machine three times as fast) and cryptsetup's default argon2 memory (1 GiB).
@@ -62,7 +64,7 @@ class UploadPolicy:
 
     allowed_luks_versions: frozenset[int] = frozenset({1})
     require_signature: bool = False
-    hash_algo: str = "sha512"
+    hash_algo: str = DEFAULT_MULTIHASH
     trust: tuple[x509.Certificate, ...] | None = None
     register_consumer: bool = True
     certificate_policy: CertificatePolicy = field(default_factory=CertificatePolicy)
@@ -107,7 +109,7 @@ class UploadInspector:
         self._policy = policy or UploadPolicy()
         self._manager = key_manager
         self._image_id = image_id
-        self._multihash = hashlib.new(self._policy.hash_algo)
+        self._multihash = MULTIHASHES[self._policy.hash_algo].new()
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._head = bytearray()
         self._head_limit: int | None = None  # known once the first 4096 bytes are in

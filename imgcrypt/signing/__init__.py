@@ -20,7 +20,8 @@ See docs/signing.md for the property scheme.
 
 from __future__ import annotations
 
-from imgcrypt.signing.algorithms import GLANCE_HASHES, IMGCRYPT_ALGORITHMS, IMGCRYPT_HASHES
+from imgcrypt.digests import GLANCE_HASHES, IMGCRYPT_HASHES
+from imgcrypt.signing.algorithms import IMGCRYPT_ALGORITHMS
 from imgcrypt.signing.certs import (
     CertificatePolicy,
     CheckedCertificate,

@@ -38,7 +38,7 @@ from typing import Protocol, TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -52,7 +52,12 @@ from imgcrypt.errors import (
     WeakAlgorithmError,
     WrongCertificateTypeError,
 )
-from imgcrypt.signing.algorithms import PublicKey, check_hash_policy, check_key_policy
+from imgcrypt.signing.algorithms import (
+    PublicKey,
+    check_hash_policy,
+    check_key_policy,
+    family_of,
+)
 
 Clock = Callable[[], dt.datetime]
 MAX_CERTIFICATE_BYTES = 1 << 20
@@ -287,7 +292,8 @@ def _webpki_expressible(certificates: Sequence[x509.Certificate]) -> bool:
             key = certificate.public_key()
         except (ValueError, UnsupportedAlgorithm):
             return False
-        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        family = family_of(key)
+        if family is None or not family.webpki:
             return False
     return True
 

@@ -15,8 +15,6 @@ import base64
 import binascii
 from collections.abc import Mapping
 
-from cryptography.hazmat.primitives.asymmetric import dsa
-
 from imgcrypt.errors import (
     MalformedSignatureError,
     MissingPropertyError,
@@ -25,10 +23,11 @@ from imgcrypt.errors import (
     WeakAlgorithmError,
 )
 from imgcrypt.signing.algorithms import (
-    GLANCE_KEY_TYPES,
+    GLANCE_SIGNING_KEY_TYPES,
     PrivateKey,
     check_key_policy,
     check_matches,
+    family_named,
     glance_hash,
     glance_key_type_for,
     public_key_of,
@@ -36,7 +35,7 @@ from imgcrypt.signing.algorithms import (
     verify_prehashed,
 )
 from imgcrypt.signing.certs import CheckedCertificate
-from imgcrypt.signing.stream import ImageHasher, SchemeResult
+from imgcrypt.signing.stream import HashingConsumer, SchemeResult
 
 SIGNATURE_KEY = "img_signature"
 HASH_METHOD_KEY = "img_signature_hash_method"
@@ -51,7 +50,7 @@ def present(properties: Mapping[str, str]) -> bool:
     return any(key in properties for key in KEYS)
 
 
-class GlanceSigner:
+class GlanceSigner(HashingConsumer):
     """Streaming Glance-mode signer: ``update`` with the image bytes, then ``finalize``."""
 
     def __init__(
@@ -64,27 +63,22 @@ class GlanceSigner:
             self._key_type = glance_key_type_for(public_key)
         except UnknownAlgorithmError as exc:
             raise UsageError(str(exc)) from None
-        if self._key_type == "DSA":
-            raise UsageError("DSA is verify-only; sign with RSA, P-384 or P-521")
+        if self._key_type not in GLANCE_SIGNING_KEY_TYPES:
+            raise UsageError(f"{self._key_type} is verify-only; sign with RSA, P-384 or P-521")
         try:
             check_key_policy(public_key, allow_legacy=False)
         except WeakAlgorithmError as exc:
             raise UsageError(f"refusing to sign: {exc}") from None
-        self._spec = glance_hash(hash_method)
-        self._hash_method = hash_method
+        super().__init__(hash_method, glance_hash(hash_method))
         self._private_key = private_key
         self._certificate_uuid = certificate_uuid
-        self._hasher = ImageHasher(hash_method, self._spec)
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._hasher.update(data)
 
     def finalize(self) -> dict[str, str]:
-        digest = self._hasher.finalize()
+        digest = self._image_digest()
         signature = sign_prehashed(self._private_key, digest.value, self._spec)
         return {
             SIGNATURE_KEY: base64.b64encode(signature).decode("ascii"),
-            HASH_METHOD_KEY: self._hash_method,
+            HASH_METHOD_KEY: self._hash_name,
             KEY_TYPE_KEY: self._key_type,
             CERT_UUID_KEY: self._certificate_uuid,
         }
@@ -102,7 +96,7 @@ def _decode_signature(text: str) -> bytes:
     return signature
 
 
-class GlanceVerifier:
+class GlanceVerifier(HashingConsumer):
     """Streaming verifier of the ``img_signature*`` properties against a checked certificate."""
 
     def __init__(
@@ -116,27 +110,24 @@ class GlanceVerifier:
         if missing:
             raise MissingPropertyError(f"Glance signature property {missing[0]} is missing")
         key_type = properties[KEY_TYPE_KEY]
-        if key_type not in GLANCE_KEY_TYPES:
+        family = family_named(key_type)
+        if family is None or family.glance_name != key_type:
             raise UnknownAlgorithmError(f"unknown {KEY_TYPE_KEY} {key_type!r}")
-        if key_type == "DSA" and not allow_legacy:
-            raise WeakAlgorithmError("DSA is refused unless legacy algorithms are allowed")
-        self._spec = glance_hash(properties[HASH_METHOD_KEY])
-        self._hash_method = properties[HASH_METHOD_KEY]
+        if family.legacy and not allow_legacy:
+            raise WeakAlgorithmError(f"{key_type} is refused unless legacy algorithms are allowed")
+        hash_method = properties[HASH_METHOD_KEY]
+        super().__init__(hash_method, glance_hash(hash_method))
         check_matches(key_type, certificate.public_key)
-        if isinstance(certificate.public_key, dsa.DSAPublicKey):
+        if family.legacy:  # check_matches made the key this family's: its policy applies too
             check_key_policy(certificate.public_key, allow_legacy=allow_legacy)
         self._signature = _decode_signature(properties[SIGNATURE_KEY])
         self._key_type = key_type
         self._public_key = certificate.public_key
-        self._hasher = ImageHasher(self._hash_method, self._spec)
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._hasher.update(data)
 
     def finalize(self) -> SchemeResult:
-        digest = self._hasher.finalize()
+        digest = self._image_digest()
         verify_prehashed(self._public_key, self._signature, digest.value, self._spec)
-        return SchemeResult("glance", self._key_type, self._hash_method, digest)
+        return SchemeResult("glance", self._key_type, self._hash_name, digest)
 
 
 __all__ = [

@@ -61,7 +61,7 @@ from imgcrypt.signing.manifest import (
     bound_digest,
     bound_values,
 )
-from imgcrypt.signing.stream import ImageHasher, SchemeResult
+from imgcrypt.signing.stream import HashingConsumer, SchemeResult
 
 DEFAULT_HASH = "sha256"
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
@@ -71,7 +71,7 @@ def present(properties: Mapping[str, str]) -> bool:
     return any(key.startswith(PREFIX) for key in properties)
 
 
-class ImgcryptSigner:
+class ImgcryptSigner(HashingConsumer):
     """Streaming imgcrypt-mode signer; ``finalize`` returns the properties to attach.
 
     ``properties`` are the image's security-relevant properties to bind (only names in
@@ -115,19 +115,14 @@ class ImgcryptSigner:
         if certificate_uuid is not None and len(certificate_uuid) > max_value_length:
             raise UsageError("the certificate id is longer than the value limit")
         self._algorithm = actual
-        self._hash_name = hash_name
-        self._spec = imgcrypt_hash(hash_name)
+        super().__init__(hash_name, imgcrypt_hash(hash_name))
         self._private_key = private_key
         self._given = given
         self._certificate_uuid = certificate_uuid
         self._max_value_length = max_value_length
-        self._hasher = ImageHasher(hash_name, self._spec)
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._hasher.update(data)
 
     def finalize(self) -> dict[str, str]:
-        digest = self._hasher.finalize()
+        digest = self._image_digest()
         bound = bound_values(self._given)
         manifest = Manifest(self._algorithm, self._hash_name, digest.value, digest.size, bound)
         signature = sign_message(self._private_key, manifest.to_bytes(), self._spec)
@@ -157,7 +152,7 @@ def _required(properties: Mapping[str, str], key: str) -> str:
         raise MissingPropertyError(f"imgcrypt signature property {key} is missing") from None
 
 
-class ImgcryptVerifier:
+class ImgcryptVerifier(HashingConsumer):
     """Streaming verifier of the ``imgcrypt_sign_*`` properties against a checked certificate."""
 
     def __init__(self, properties: Mapping[str, str], certificate: CheckedCertificate) -> None:
@@ -168,8 +163,8 @@ class ImgcryptVerifier:
         if algorithm not in IMGCRYPT_ALGORITHMS:
             raise UnknownAlgorithmError(f"unknown {ALGORITHM_KEY} {algorithm!r}")
         check_matches(algorithm, certificate.public_key)
-        self._hash_name = _required(properties, HASH_KEY)
-        self._spec = imgcrypt_hash(self._hash_name)
+        hash_name = _required(properties, HASH_KEY)
+        super().__init__(hash_name, imgcrypt_hash(hash_name))
         size_text = _required(properties, SIZE_KEY)
         if not _SIZE.fullmatch(size_text):
             raise MalformedSignatureError(f"{SIZE_KEY} is not a decimal byte count")
@@ -183,13 +178,9 @@ class ImgcryptVerifier:
         self._algorithm = algorithm
         self._bound = bound_values(properties)
         self._public_key = certificate.public_key
-        self._hasher = ImageHasher(self._hash_name, self._spec)
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._hasher.update(data)
 
     def finalize(self) -> SchemeResult:
-        digest = self._hasher.finalize()
+        digest = self._image_digest()
         manifest = Manifest(
             self._algorithm, self._hash_name, digest.value, digest.size, self._bound
         )

@@ -72,6 +72,21 @@ class ImageHasher:
         return Digest(self._name, self._hash.digest(), self._size)
 
 
+class HashingConsumer:
+    """What every signer and verifier starts from: the image streams into one hash."""
+
+    def __init__(self, hash_name: str, spec: HashSpec) -> None:
+        self._hash_name = hash_name
+        self._spec = spec
+        self._hasher = ImageHasher(hash_name, spec)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(data)
+
+    def _image_digest(self) -> Digest:
+        return self._hasher.finalize()
+
+
 _T = TypeVar("_T")
 
 
@@ -99,6 +114,7 @@ __all__ = [
     "CHUNK_SIZE",
     "Consumer",
     "Digest",
+    "HashingConsumer",
     "ImageHasher",
     "SchemeResult",
     "feed_file",

@@ -1,0 +1,90 @@
+"""Digests outside LUKS headers: one table, with the name each protocol spells them by.
+
+Three vocabularies name the same functions and never mix:
+
+* cursive's ``img_signature_hash_method`` (Glance mode signatures): ``SHA-224`` .. ``SHA-512``;
+* imgcrypt's ``imgcrypt_sign_hash``: ``sha256`` .. ``sha3-512``, cryptsetup's spelling, which is
+  also the key of the LUKS hash table;
+* Glance's multihash ``os_hash_algo`` (the upload service): hashlib's names, ``sha3_256``.
+
+What a digest *is* (its hashlib name, its ``cryptography`` class) comes from the LUKS hash table
+(:mod:`imgcrypt.luks.backend`); this table only says which protocol may use which digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+
+from imgcrypt.luks import backend
+
+
+@dataclass(frozen=True)
+class HashSpec:
+    """One digest under each of its names, and where imgcrypt accepts it."""
+
+    name: str  # imgcrypt's (and cryptsetup's) spelling: "sha256", "sha3-256"
+    glance_name: str | None = None  # cursive's img_signature_hash_method, if Glance mode takes it
+    signs: bool = False  # imgcrypt-mode signatures may hash with it
+    multihash: bool = False  # the upload service computes os_hash_algo with it
+    legacy: bool = False  # refused in certificates unless legacy algorithms are allowed
+
+    @property
+    def hashlib_name(self) -> str:
+        return _luks_entry(self.name).hashlib_name
+
+    def make(self) -> hashes.HashAlgorithm:
+        make = _luks_entry(self.name).algorithm
+        assert make is not None  # every entry below has one (checked at import)
+        return make()
+
+    def new(self) -> Any:  # hashlib's hash object has no public type
+        return hashlib.new(self.hashlib_name)
+
+
+def _luks_entry(name: str) -> backend.HashInfo:
+    info = backend.lookup_hash(name)
+    if info is None or info.algorithm is None or not info.hashlib_name:
+        raise AssertionError(f"{name} is not a hash the LUKS table can compute")
+    return info
+
+
+DIGESTS = (
+    HashSpec("md5", legacy=True),
+    HashSpec("sha1", legacy=True),
+    HashSpec("sha224", glance_name="SHA-224"),
+    HashSpec("sha256", glance_name="SHA-256", signs=True, multihash=True),
+    HashSpec("sha384", glance_name="SHA-384", signs=True, multihash=True),
+    HashSpec("sha512", glance_name="SHA-512", signs=True, multihash=True),
+    HashSpec("sha3-256", signs=True, multihash=True),
+    # Not a multihash imgcrypt computes, though Glance allows any hashlib name there.
+    HashSpec("sha3-384", signs=True),
+    HashSpec("sha3-512", signs=True, multihash=True),
+)
+for _spec in DIGESTS:
+    _luks_entry(_spec.name)
+
+# Each protocol's view of the table, by its own spelling, in table order.
+GLANCE_HASHES: dict[str, HashSpec] = {d.glance_name: d for d in DIGESTS if d.glance_name}
+IMGCRYPT_HASHES: dict[str, HashSpec] = {d.name: d for d in DIGESTS if d.signs}
+MULTIHASHES: dict[str, HashSpec] = {d.hashlib_name: d for d in DIGESTS if d.multihash}
+DEFAULT_MULTIHASH = "sha512"  # Glance's default hashing_algorithm
+
+
+def is_legacy(algorithm: hashes.HashAlgorithm) -> bool:
+    """Is a `cryptography` hash (a certificate's signature hash) one of the weak ones?"""
+    return any(d.legacy and d.name == algorithm.name for d in DIGESTS)
+
+
+__all__ = [
+    "DEFAULT_MULTIHASH",
+    "DIGESTS",
+    "GLANCE_HASHES",
+    "IMGCRYPT_HASHES",
+    "MULTIHASHES",
+    "HashSpec",
+    "is_legacy",
+]
