@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from imgcrypt.errors import LimitExceededError, UnsupportedError
+from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
 from imgcrypt.luks.backend import hash_size
 
 # Price of one PBKDF2 iteration per output block, in SHA-256 iteration-blocks.
@@ -66,9 +66,10 @@ def check_cost(kdf: object, length: int, budget: int) -> None:
     """Refuse one derivation that alone costs more than ``budget``."""
     cost = kdf_cost(kdf, length)
     if cost > budget:
-        raise LimitExceededError(
+        raise FormatError(
             f"one KDF derivation would cost {cost:,} units, above the budget of {budget:,} "
-            "for a whole unlock"
+            "for a whole unlock",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
 
 
@@ -76,8 +77,9 @@ def check_unlock_cost(derivations: Iterable[tuple[object, int]], budget: int) ->
     """Refuse an unlock whose derivations (KDF, output length) cost more than ``budget``."""
     total = sum(kdf_cost(kdf, length) for kdf, length in derivations)
     if total > budget:
-        raise LimitExceededError(
+        raise FormatError(
             f"trying every keyslot would cost {total:,} units of KDF work, above the budget of "
-            f"{budget:,} per unlock"
+            f"{budget:,} per unlock",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
     return total

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgcrypt.errors import BadMagicError, FormatError, UnsupportedError
+from imgcrypt.errors import FormatError, FormatFault
 
 
 @dataclass(frozen=True)
@@ -19,20 +19,14 @@ class Rule:
 
 
 class HeaderRuleError(FormatError):
-    """The header breaks one of cryptsetup's validity rules."""
+    """Catch when a header breaks one of cryptsetup's validity rules; ``rule`` names it, and
+    ``reason`` is ``BAD_MAGIC`` (not LUKS here), ``UNSUPPORTED`` (a version cryptsetup does not
+    know) or ``CHECKSUM`` (a copy whose checksum does not match) where one of those applies."""
 
-    def __init__(self, rule: Rule, detail: str = "") -> None:
+    def __init__(self, rule: Rule, detail: str = "", *, reason: FormatFault | None = None) -> None:
         self.rule = rule
         text = f"header breaks rule {rule.name}: {rule.reason}"
-        super().__init__(f"{text} ({detail})" if detail else text)
-
-
-class MagicRuleError(HeaderRuleError, BadMagicError):
-    """No magic where one must be: both a broken rule and "not LUKS here"."""
-
-
-class VersionRuleError(HeaderRuleError, UnsupportedError):
-    """A LUKS version cryptsetup does not know."""
+        super().__init__(f"{text} ({detail})" if detail else text, reason=reason)
 
 
 def rule(registry: dict[str, Rule], name: str, reason: str) -> Rule:

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from imgcrypt.errors import (
-    AlgorithmMismatchError,
     BadSignatureError,
     UnknownAlgorithmError,
     UsageError,
+    VerificationError,
+    VerificationFault,
     WeakAlgorithmError,
 )
 
@@ -176,9 +177,10 @@ def check_matches(label: str, public_key: PublicKey) -> None:
     else:
         raise UnknownAlgorithmError(f"unknown key type or algorithm {label!r}")
     if not ok:
-        raise AlgorithmMismatchError(
+        raise VerificationError(
             f"the signature claims {label} but the certificate holds "
-            f"a {describe_key(public_key)} key"
+            f"a {describe_key(public_key)} key",
+            reason=VerificationFault.ALGORITHM_MISMATCH,
         )
 
 
