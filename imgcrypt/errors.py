@@ -106,16 +106,16 @@ class ImgcryptError(Exception):
 
 
 class ToolError(ImgcryptError):
-    """An external tool (qemu-img) or service (the image service) failed; the message quotes
-    its own words."""
+    """Catch when an external tool (qemu-img) or the image service failed (message quotes it)."""
 
 
 class UsageError(ImgcryptError):
-    """Catch for any contradictory or incomplete request or invalid setting (``reason`` says
-    which, if it is one a caller may act on; ``details`` lists the individual findings)."""
+    """Catch for any contradictory or incomplete request or invalid setting (see ``reason``)."""
 
     exit_code = 2
 
+    # ``details``: the individual findings the message joins (what holds a device, how a
+    # secret differs from the spec), for a caller that shows or checks them one by one.
     def __init__(self, *args: object, reason: UsageFault | None = None,
                  details: tuple[str, ...] = ()) -> None:
         super().__init__(*args)
@@ -124,8 +124,7 @@ class UsageError(ImgcryptError):
 
 
 class FormatError(ImgcryptError):
-    """Catch for input bytes that are malformed, truncated, too costly or unsupported
-    (``reason`` says which)."""
+    """Catch for input that is malformed, truncated, too costly or unsupported (see ``reason``)."""
 
     exit_code = 3
 
@@ -188,16 +187,16 @@ class PassphraseRequiredError(UsageError):
 
 
 class UnusableSecretError(UsageError):
-    """Catch when a secret is one the cloud's own code could not turn into a passphrase
-    (os-brick would raise)."""
+    """Catch when the cloud's code could not turn a secret into a passphrase (os-brick raises)."""
 
 
 # -- input ------------------------------------------------------------------------------------
 
 
+# Also raised with reason ``LUKS_VERSION_REFUSED`` when the deployment does not accept the
+# version (LUKS1 only by default, as Glance).
 class UnsupportedError(FormatError):
-    """Catch when input is well-formed but uses a version, cipher or feature imgcrypt does not
-    implement (or the deployment refuses: reason ``LUKS_VERSION_REFUSED``)."""
+    """Catch when well-formed input uses a version, cipher or feature imgcrypt cannot handle."""
 
 
 # -- verification -----------------------------------------------------------------------------

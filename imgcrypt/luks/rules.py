@@ -18,10 +18,11 @@ class Rule:
     reason: str
 
 
+# ``rule`` names the broken rule; ``reason`` is BAD_MAGIC (not LUKS here), UNSUPPORTED (a
+# version cryptsetup does not know) or CHECKSUM (a copy's checksum does not match) where one of
+# those applies, so a caller decides by reason or rule, never by a second base class.
 class HeaderRuleError(FormatError):
-    """Catch when a header breaks one of cryptsetup's validity rules; ``rule`` names it, and
-    ``reason`` is ``BAD_MAGIC`` (not LUKS here), ``UNSUPPORTED`` (a version cryptsetup does not
-    know) or ``CHECKSUM`` (a copy whose checksum does not match) where one of those applies."""
+    """Catch when a header breaks one of cryptsetup's validity rules (``rule`` names it)."""
 
     def __init__(self, rule: Rule, detail: str = "", *, reason: FormatFault | None = None) -> None:
         self.rule = rule
