@@ -18,7 +18,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from imgcrypt.errors import DeviceBusyError, UsageError
+from imgcrypt.errors import UsageError, UsageFault
 from imgcrypt.luks.base import MAGIC
 
 SECTOR = 512
@@ -368,12 +368,18 @@ def inspect_device(path: str | os.PathLike[str], *, use_udev: bool = True,
     )
 
 
+def busy_error(path: str, reasons: tuple[str, ...]) -> UsageError:
+    """The refusal of a device in use: reason ``DEVICE_BUSY``, ``details`` the uses found."""
+    return UsageError(f"{path} is in use, refusing to overwrite it: {'; '.join(reasons)}",
+                      reason=UsageFault.DEVICE_BUSY, details=reasons)
+
+
 def check_target_device(path: str | os.PathLike[str], *, required_size: int,
                         allow_signature: bool = False, use_udev: bool = True) -> DeviceInfo:
     """Refuse ``path`` as a write target unless it is unused and at least ``required_size``.
 
     A block device that is mounted, held, partitioned, used as swap or (unless
-    ``allow_signature``) carries a file-system or LUKS signature raises :class:`DeviceBusyError`
+    ``allow_signature``) carries a file-system or LUKS signature raises :func:`busy_error`
     naming each use. A regular file is only checked to exist and be large enough. Too small
     raises :class:`UsageError`.
     """
@@ -382,7 +388,7 @@ def check_target_device(path: str | os.PathLike[str], *, required_size: int,
     info = inspect_device(path, use_udev=use_udev)
     reasons = info.in_use_reasons(include_signature=not allow_signature)
     if reasons:
-        raise DeviceBusyError(info.path, tuple(reasons))
+        raise busy_error(info.path, tuple(reasons))
     if info.unreadable is not None:
         raise UsageError(f"cannot open {info.path}: {info.unreadable}")
     if info.size < required_size:

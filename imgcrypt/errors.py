@@ -1,21 +1,33 @@
 """The imgcrypt error family: every error imgcrypt raises on purpose, and its exit code.
 
-Seven classes decide the exit code; every other class here is one of them with a reason a
-caller can act on (which verification check failed, that a secret is still in use, that a
-device is busy). A class's ``exit_code`` is its family's, and :data:`EXIT_CODES` is the one
-table of codes the command line returns; README's exit-code table lists exactly these.
+Seven classes decide the exit code. A subclass exists only where a caller catches it to act
+differently, or it is the name a library user naturally catches (as pyca's InvalidSignature);
+every other fault is its family's class with a ``reason`` (a member of that family's
+:class:`Fault` enum: :class:`UsageFault`, :class:`FormatFault`, :class:`VerificationFault`,
+:class:`CertificateFault`, :class:`KeyManagerFault`), so a caller learns which check failed
+without a class for each. A class's ``exit_code`` is its family's, and :data:`EXIT_CODES` is
+the one table of codes the command line returns; README's exit-code table lists exactly these.
 
 ====  ==========================================================================
-code  meaning
+code  meaning and classes
 ====  ==========================================================================
 0     success
-1     unexpected failure (:class:`ImgcryptError` itself, :class:`ToolError`, I/O)
-2     usage error (:class:`UsageError` and family)
-3     malformed, truncated or unsupported input (:class:`FormatError` and family)
-4     wrong passphrase or key, failed verification (:class:`WrongPassphraseError`,
-      :class:`VerificationError` and family)
-5     key manager unreachable, secret not found, keystore not private
-      (:class:`KeyManagerError` family)
+1     unexpected failure, I/O: :class:`ImgcryptError` itself, :class:`ToolError`
+2     usage error: :class:`UsageError` (reason :class:`UsageFault`),
+      :class:`TargetExistsError`, :class:`NoTerminalError`,
+      :class:`PassphraseRequiredError`, :class:`UnusableSecretError`
+3     malformed, truncated or unsupported input: :class:`FormatError` (reason
+      :class:`FormatFault`), :class:`UnsupportedError`, and
+      :class:`imgcrypt.luks.rules.HeaderRuleError` (a header rule cryptsetup enforces)
+4     wrong passphrase or key, failed verification: :class:`WrongPassphraseError`,
+      :class:`VerificationError` (reason :class:`VerificationFault`),
+      :class:`BadSignatureError`, :class:`UnknownAlgorithmError`,
+      :class:`WeakAlgorithmError`, :class:`CertificateError` (reason
+      :class:`CertificateFault`)
+5     key manager unreachable, secret not found, keystore not private:
+      :class:`KeyManagerError` (reason :class:`KeyManagerFault`),
+      :class:`KeyManagerUnavailableError`, :class:`SecretNotFoundError`,
+      :class:`SecretInUseError`
 130   interrupted (Ctrl-C)
 141   the reader of standard output went away
 ====  ==========================================================================
@@ -25,51 +37,126 @@ Messages never contain secret material: callers pass descriptions, not values.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 SUCCESS_EXIT = 0
 INTERRUPTED_EXIT = 130
 # What a shell reports for a process killed by SIGPIPE (128 + 13), as `cat big | head` gives.
 CLOSED_PIPE_EXIT = 141
 
 
+class Fault(StrEnum):
+    """Base of the per-family reason enums; an error's ``reason`` is one of their members."""
+
+
+class UsageFault(Fault):
+    DEVICE_BUSY = "device-busy"  # ``details`` says by what
+    SPEC_MISMATCH = "spec-mismatch"  # ``details`` lists how the secret differs from the spec
+    VOLUME_TYPE_MISMATCH = "volume-type-mismatch"  # encrypted image, unencrypted volume type
+
+
+class FormatFault(Fault):
+    TRUNCATED = "truncated"  # input ended before a structure it announced was complete
+    BAD_MAGIC = "bad-magic"  # input does not start with the expected magic bytes
+    CHECKSUM = "checksum"  # a header checksum does not match its contents
+    UNSUPPORTED = "unsupported"  # a version (or feature) imgcrypt does not implement
+    LIMIT_EXCEEDED = "limit-exceeded"  # asks for more memory, time, size or count than the caps
+    ENCRYPTION_CLAIM = "encryption-claim"  # properties claim encryption the bytes do not show
+    LUKS_VERSION_REFUSED = "luks-version-refused"  # the deployment does not accept this version
+
+
+class VerificationFault(Fault):
+    KEY_BINDING = "key-binding"  # the key the properties name does not open the LUKS header
+    SIGNATURE_REQUIRED = "signature-required"  # the policy requires a signature, none given
+    MALFORMED_SIGNATURE = "malformed-signature"  # a signature property cannot be decoded
+    MISSING_PROPERTY = "missing-property"  # a property the scheme needs is absent
+    DUPLICATE_PROPERTY = "duplicate-property"  # a property name appears twice in a document
+    MALFORMED_PROPERTIES = "malformed-properties"  # not a flat JSON object of strings
+    ALGORITHM_MISMATCH = "algorithm-mismatch"  # declared algorithm is not the certificate's key
+    BOUND_PROPERTY_MISMATCH = "bound-property-mismatch"  # differs from the signed manifest
+    SIGNED_SIZE_MISMATCH = "signed-size-mismatch"  # image size differs from the signed size
+    # A value stored as numbered parts cannot be reassembled:
+    MISSING_PART = "missing-part"  # a part (or the count or digest record) is absent
+    EXTRA_PART = "extra-part"  # a part numbered beyond the announced count is present
+    DUPLICATE_PART = "duplicate-part"  # two parts carry the same number
+    REORDERED_PART = "reordered-part"  # parts all present but stored under the wrong numbers
+    MALFORMED_PART = "malformed-part"  # a part record is not in the documented form
+    CORRUPT_PARTS = "corrupt-parts"  # joined parts do not match the recorded digest
+
+
+class CertificateFault(Fault):
+    LOAD = "load"  # the bytes are neither a PEM nor a DER X.509 certificate
+    EXPIRED = "expired"  # notAfter lies before the verification time
+    NOT_YET_VALID = "not-yet-valid"  # notBefore lies after the verification time
+    KEY_USAGE = "key-usage"  # key usage does not allow digitalSignature
+    CA_CONSTRAINT = "ca-constraint"  # issuer not a CA, may not sign, or path length exceeded
+    UNTRUSTED_CHAIN = "untrusted-chain"  # no valid chain leads to the trust store
+    WRONG_TYPE = "wrong-type"  # the key manager secret is not of type ``certificate``
+
+
+class KeyManagerFault(Fault):
+    CONSUMERS_UNSUPPORTED = "consumers-unsupported"  # no consumer registration (API version)
+
+
 class ImgcryptError(Exception):
-    """Base class of every error imgcrypt raises deliberately."""
+    """Base class of every error imgcrypt raises deliberately; catch it to catch them all."""
 
     exit_code: int = 1
+    reason: Fault | None = None
 
 
 class ToolError(ImgcryptError):
-    """An external tool (qemu-img) or service (the image service) failed; the message quotes
-    its own words."""
+    """Catch when an external tool (qemu-img) or the image service failed (message quotes it)."""
 
 
 class UsageError(ImgcryptError):
-    """The caller asked for something contradictory or incomplete, or a setting is invalid."""
+    """Catch for any contradictory or incomplete request or invalid setting (see ``reason``)."""
 
     exit_code = 2
 
+    # ``details``: the individual findings the message joins (what holds a device, how a
+    # secret differs from the spec), for a caller that shows or checks them one by one.
+    def __init__(self, *args: object, reason: UsageFault | None = None,
+                 details: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.reason = reason
+        self.details = details
+
 
 class FormatError(ImgcryptError):
-    """Input bytes are malformed or truncated."""
+    """Catch for input that is malformed, truncated, too costly or unsupported (see ``reason``)."""
 
     exit_code = 3
 
+    def __init__(self, *args: object, reason: FormatFault | None = None) -> None:
+        super().__init__(*args)
+        self.reason = reason
+
 
 class WrongPassphraseError(ImgcryptError):
-    """No keyslot opens with the given passphrase or key."""
+    """Catch when no keyslot opens with the given passphrase or key (try another)."""
 
     exit_code = 4
 
 
 class VerificationError(ImgcryptError):
-    """A signature, digest or certificate check failed."""
+    """Catch for any failed signature, digest or certificate check (``reason`` says which)."""
 
     exit_code = 4
 
+    def __init__(self, *args: object, reason: VerificationFault | None = None) -> None:
+        super().__init__(*args)
+        self.reason = reason
+
 
 class KeyManagerError(ImgcryptError):
-    """The key manager failed or refused a request, or the local keystore is not private."""
+    """Catch for any key-manager failure or refusal, or a local keystore that is not private."""
 
     exit_code = 5
+
+    def __init__(self, *args: object, reason: KeyManagerFault | None = None) -> None:
+        super().__init__(*args)
+        self.reason = reason
 
 
 EXIT_CODES: dict[int, str] = {
@@ -88,198 +175,63 @@ EXIT_CODES: dict[int, str] = {
 
 
 class TargetExistsError(UsageError):
-    """The output already exists and overwriting was not requested."""
+    """Catch when the output already exists and overwriting was not requested."""
 
 
 class NoTerminalError(UsageError):
-    """A passphrase was needed, none was given, and there is no terminal to ask on."""
+    """Catch when a passphrase is needed and there is no terminal to ask on (ask otherwise)."""
 
 
 class PassphraseRequiredError(UsageError):
-    """The private key is encrypted and no passphrase was given."""
-
-
-class DeviceBusyError(UsageError):
-    """The target device is in use; ``reasons`` says by what."""
-
-    def __init__(self, path: str, reasons: tuple[str, ...]) -> None:
-        super().__init__(f"{path} is in use, refusing to overwrite it: {'; '.join(reasons)}")
-        self.path = path
-        self.reasons = reasons
+    """Catch when a private key is encrypted and no passphrase was given (then prompt)."""
 
 
 class UnusableSecretError(UsageError):
-    """A secret the cloud's own code could not turn into a passphrase (os-brick would raise)."""
-
-
-class SpecMismatchError(UsageError):
-    """A secret does not fit a volume type's encryption spec; ``mismatches`` lists how."""
-
-    def __init__(self, mismatches: tuple[str, ...]) -> None:
-        self.mismatches = mismatches
-        super().__init__("secret does not fit the encryption spec: " + "; ".join(mismatches))
-
-
-class VolumeTypeMismatchError(UsageError):
-    """An encrypted image was asked into an unencrypted volume type without an explicit decrypt."""
+    """Catch when the cloud's code could not turn a secret into a passphrase (os-brick raises)."""
 
 
 # -- input ------------------------------------------------------------------------------------
 
 
-class TruncatedError(FormatError):
-    """Input ended before a structure it announced was complete."""
-
-
-class BadMagicError(FormatError):
-    """Input does not start with the expected magic bytes."""
-
-
-class ChecksumError(FormatError):
-    """A header checksum does not match its contents."""
-
-
+# Also raised with reason ``LUKS_VERSION_REFUSED`` when the deployment does not accept the
+# version (LUKS1 only by default, as Glance).
 class UnsupportedError(FormatError):
-    """Input is well-formed but uses a version, cipher or feature imgcrypt does not implement."""
+    """Catch when well-formed input uses a version, cipher or feature imgcrypt cannot handle."""
 
 
-class LimitExceededError(FormatError):
-    """Input asks for more resources (memory, time, size, count) than the configured caps allow."""
-
-
-class EncryptionClaimError(FormatError):
-    """The properties claim encryption that the image bytes do not show (or contradict)."""
-
-
-class LuksVersionRefusedError(UnsupportedError):
-    """The deployment does not accept this LUKS version (LUKS1 only, as Glance, by default)."""
-
-
-# -- verification: one class a reason, so a person learns which check failed ------------------
-
-
-class KeyBindingError(VerificationError):
-    """The key the properties name does not open the image's LUKS header."""
-
-
-class SignatureRequiredError(VerificationError):
-    """The policy requires a signature and the properties carry none."""
+# -- verification -----------------------------------------------------------------------------
 
 
 class BadSignatureError(VerificationError):
-    """The signature does not match the image bytes, the manifest or the public key."""
-
-
-class MalformedSignatureError(VerificationError):
-    """A signature property is present but cannot be decoded (bad base64, bad number...)."""
-
-
-class MissingPropertyError(VerificationError):
-    """A property the scheme needs is absent."""
-
-
-class DuplicatePropertyError(VerificationError):
-    """The same property name appears more than once in a property document."""
-
-
-class MalformedPropertiesError(VerificationError):
-    """A property document is not a flat JSON object of strings."""
+    """Catch when the signature does not match the image bytes, the manifest or the key."""
 
 
 class UnknownAlgorithmError(VerificationError):
-    """A key type, algorithm or hash name is not one imgcrypt accepts."""
-
-
-class AlgorithmMismatchError(VerificationError):
-    """The declared key type or algorithm does not match the certificate's public key."""
+    """Catch when a key type, algorithm or hash name is not one imgcrypt accepts."""
 
 
 class WeakAlgorithmError(VerificationError):
-    """The policy refuses this algorithm (MD5, SHA-1, RSA under 2048 bits, DSA without legacy)."""
-
-
-class BoundPropertyMismatchError(VerificationError):
-    """A security-relevant property differs from the value the signed manifest binds."""
-
-
-class SignedSizeMismatchError(VerificationError):
-    """The image is shorter or longer than the size the signed manifest states."""
-
-
-class PartsError(VerificationError):
-    """A value stored as numbered parts cannot be reassembled."""
-
-
-class MissingPartError(PartsError):
-    """A numbered part (or the count or digest record) is absent."""
-
-
-class ExtraPartError(PartsError):
-    """A part numbered beyond the announced count is present."""
-
-
-class DuplicatePartError(PartsError):
-    """Two parts carry the same number."""
-
-
-class ReorderedPartError(PartsError):
-    """Parts are all present but stored under the wrong numbers."""
-
-
-class MalformedPartError(PartsError):
-    """A part record is not in the documented form."""
-
-
-class CorruptPartsError(PartsError):
-    """The parts join up, but the result does not match the recorded digest of the whole value."""
+    """Catch when the policy refuses an algorithm (MD5, SHA-1, RSA under 2048 bits, DSA)."""
 
 
 class CertificateError(VerificationError):
-    """The certificate cannot be used to verify a signature."""
+    """Catch when a certificate cannot be used to verify a signature (``reason`` says why)."""
 
-
-class CertificateLoadError(CertificateError):
-    """The certificate bytes are neither a PEM nor a DER X.509 certificate."""
-
-
-class CertificateExpiredError(CertificateError):
-    """The certificate's notAfter lies before the verification time."""
-
-
-class CertificateNotYetValidError(CertificateError):
-    """The certificate's notBefore lies after the verification time."""
-
-
-class KeyUsageError(CertificateError):
-    """The certificate's key usage does not allow digitalSignature."""
-
-
-class CAConstraintError(CertificateError):
-    """An issuer is not a CA, may not sign certificates, or its path length is exceeded."""
-
-
-class UntrustedChainError(CertificateError):
-    """No valid chain leads from the certificate to the trust store."""
-
-
-class WrongCertificateTypeError(CertificateError):
-    """The key manager secret is not of type ``certificate``."""
+    def __init__(self, *args: object, reason: CertificateFault | None = None) -> None:
+        super().__init__(*args)
+        self.reason = reason
 
 
 # -- key manager ------------------------------------------------------------------------------
 
 
 class KeyManagerUnavailableError(KeyManagerError):
-    """The key manager could not be reached."""
+    """Catch when the key manager could not be reached (retry later)."""
 
 
 class SecretNotFoundError(KeyManagerError):
-    """The key manager has no secret with the requested id."""
+    """Catch when the key manager has no secret with the requested id."""
 
 
 class SecretInUseError(KeyManagerError):
-    """The key manager refused to delete a secret that still has consumers."""
-
-
-class ConsumersUnsupportedError(KeyManagerError):
-    """The key manager (or its API version) has no consumer registration."""
+    """Catch when the key manager refused to delete a secret that still has consumers."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgcrypt.errors import BadMagicError, FormatError, TruncatedError, UnsupportedError
+from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
 from imgcrypt.luks.layout import Kind, Layout, fields
 
 MAGIC = b"QFI\xfb"
@@ -92,7 +92,8 @@ def _extensions(data: bytes, start: int, end: int) -> dict[int, bytes]:
     at = start
     while True:
         if at + EXTENSION_LAYOUT.size > end:
-            raise TruncatedError("qcow2 header extensions run past the first cluster")
+            raise FormatError("qcow2 header extensions run past the first cluster",
+                              reason=FormatFault.TRUNCATED)
         ext = EXTENSION_LAYOUT.unpack(data, at)
         at += EXTENSION_LAYOUT.size
         if ext["type"] == EXT_END:
@@ -110,9 +111,9 @@ def parse_header(data: bytes, file_size: int) -> Qcow2Header:
     """Parse the start of a qcow2 image (``data``: at least its header cluster, or the whole
     file if shorter) of ``file_size`` bytes."""
     if len(data) < 4 or not is_qcow2(data):
-        raise BadMagicError("not a qcow2 image (bad magic)")
+        raise FormatError("not a qcow2 image (bad magic)", reason=FormatFault.BAD_MAGIC)
     if len(data) < V2_LAYOUT.size:
-        raise TruncatedError("qcow2 header truncated")
+        raise FormatError("qcow2 header truncated", reason=FormatFault.TRUNCATED)
     head = V2_LAYOUT.unpack(data)
     version = head["version"]
     if version not in (2, 3):
@@ -158,7 +159,8 @@ def _crypt_header(data: bytes | None, cluster_size: int, file_size: int) -> Cryp
     if not 592 <= length <= MAX_CRYPT_HEADER:
         raise FormatError(f"qcow2 LUKS header length {length} out of range")
     if offset + length > file_size:
-        raise TruncatedError("qcow2 LUKS header lies beyond the end of the file")
+        raise FormatError("qcow2 LUKS header lies beyond the end of the file",
+                          reason=FormatFault.TRUNCATED)
     return CryptHeader(offset, length)
 
 

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from imgcrypt import devices
 from imgcrypt.devices import DeviceInfo
-from imgcrypt.errors import DeviceBusyError, UsageError
+from imgcrypt.errors import UsageError, UsageFault
 
 from .conftest import require_tool
+from .util import raises_fault
 
 MiB = 1 << 20
 KNOWN_SIGNATURES = {"crypto_LUKS", "xfs", "ext2", "ext3", "ext4", "jbd", "btrfs", "LVM2_member",
@@ -206,9 +207,9 @@ def test_every_block_device_here_is_inspected_alike_by_udev_and_sysfs() -> None:
         if findmnt_mounts:
             assert own_mounts == findmnt_mounts
         if via_udev.in_use_reasons(include_signature=False):
-            with pytest.raises(DeviceBusyError) as caught:
+            with raises_fault(UsageError, UsageFault.DEVICE_BUSY) as caught:
                 devices.check_target_device(node, required_size=0)
-            assert caught.value.reasons == tuple(via_udev.in_use_reasons())
+            assert caught.value.details == tuple(via_udev.in_use_reasons())
 
 
 def test_root_disk_refused() -> None:
@@ -222,9 +223,9 @@ def test_root_disk_refused() -> None:
     if not os.path.exists(node):
         pytest.skip(f"the root disk {name} has no device node in this container's /dev")
     for use_udev in (True, False):
-        with pytest.raises(DeviceBusyError, match="mounted at /") as caught:
+        with raises_fault(UsageError, UsageFault.DEVICE_BUSY, match="mounted at /") as caught:
             devices.check_target_device(node, required_size=1, use_udev=use_udev)
-        assert "mounted at /" in caught.value.reasons
+        assert "mounted at /" in caught.value.details
         assert caught.value.exit_code == 2
 
 
@@ -266,9 +267,10 @@ def test_holders_partitions_swap_from_sysfs(tmp_path: Path) -> None:
     assert reasons == ["mounted at /srv data", f"mounted at /boot ({name}p1)", "held by dm-0",
                        f"held by dm-1 (on {name}p1)", f"used as swap ({name})",
                        f"has partitions ({name}p1)"]
-    error = DeviceBusyError(node, tuple(reasons))
+    error = devices.busy_error(node, tuple(reasons))
     assert str(error).startswith(f"{node} is in use, refusing to overwrite it: mounted at /srv")
     assert isinstance(error, UsageError) and error.exit_code == 2
+    assert error.reason is UsageFault.DEVICE_BUSY and error.details == tuple(reasons)
 
     # a device sysfs does not know is refused, not guessed at
     with pytest.raises(UsageError, match="no sysfs entry"):
@@ -379,20 +381,20 @@ def test_mounted_ext4_loop_device_refused(tmp_path: Path, loops: Loops) -> None:
         info = devices.inspect_device(device, use_udev=use_udev)
         assert info.mountpoints == (str(mountpoint),)
         assert info.signature == "ext4" and info.busy
-        with pytest.raises(DeviceBusyError) as caught:
+        with raises_fault(UsageError, UsageFault.DEVICE_BUSY) as caught:
             devices.check_target_device(device, required_size=MiB, use_udev=use_udev)
-        assert caught.value.reasons == (f"mounted at {mountpoint}",
+        assert caught.value.details == (f"mounted at {mountpoint}",
                                         "carries an existing ext4 signature")
         assert f"mounted at {mountpoint}" in str(caught.value)
-        with pytest.raises(DeviceBusyError) as caught:
+        with raises_fault(UsageError, UsageFault.DEVICE_BUSY) as caught:
             devices.check_target_device(device, required_size=MiB, allow_signature=True)
-        assert caught.value.reasons == (f"mounted at {mountpoint}",)
+        assert caught.value.details == (f"mounted at {mountpoint}",)
 
     run(require_tool("umount"), str(mountpoint))
     loops.mounted.remove(str(mountpoint))
-    with pytest.raises(DeviceBusyError) as caught:
+    with raises_fault(UsageError, UsageFault.DEVICE_BUSY) as caught:
         devices.check_target_device(device, required_size=MiB)
-    assert caught.value.reasons == ("carries an existing ext4 signature",)
+    assert caught.value.details == ("carries an existing ext4 signature",)
     info = devices.check_target_device(device, required_size=MiB, allow_signature=True)
     assert not info.busy and info.signature == "ext4"
 
@@ -404,9 +406,10 @@ def test_luks_loop_device_refused(tmp_path: Path, loops: Loops, version: str) ->
     make_signed_file(version, image)
     device = loops.attach(image)
     for use_udev in (True, False):
-        with pytest.raises(DeviceBusyError, match="carries an existing LUKS header") as caught:
+        with raises_fault(UsageError, UsageFault.DEVICE_BUSY,
+                          match="carries an existing LUKS header") as caught:
             devices.check_target_device(device, required_size=MiB, use_udev=use_udev)
-        assert caught.value.reasons == ("carries an existing LUKS header",)
+        assert caught.value.details == ("carries an existing LUKS header",)
     assert devices.check_target_device(device, required_size=MiB,
                                        allow_signature=True).signature == "crypto_LUKS"
 
@@ -425,9 +428,9 @@ def test_partitioned_loop_device_refused(tmp_path: Path, loops: Loops) -> None:
         time.sleep(0.1)
     else:
         pytest.skip(f"partition nodes for {device} never appeared in /dev")
-    with pytest.raises(DeviceBusyError) as caught:
+    with raises_fault(UsageError, UsageFault.DEVICE_BUSY) as caught:
         devices.check_target_device(device, required_size=MiB, allow_signature=True)
-    assert caught.value.reasons == (f"has partitions ({name}p1, {name}p2)",)
+    assert caught.value.details == (f"has partitions ({name}p1, {name}p2)",)
 
     must(require_tool("mke2fs"), "-q", "-F", "-t", "ext4", f"{device}p1")
     mountpoint = loops.mount(f"{device}p1", "part")
@@ -436,15 +439,15 @@ def test_partitioned_loop_device_refused(tmp_path: Path, loops: Loops) -> None:
         assert info.partitions == (f"{name}p1", f"{name}p2")
         assert info.mountpoints == (f"{mountpoint} ({name}p1)",)
         assert info.signature == "dos"
-        with pytest.raises(DeviceBusyError) as caught:
+        with raises_fault(UsageError, UsageFault.DEVICE_BUSY) as caught:
             devices.check_target_device(device, required_size=MiB, use_udev=use_udev)
-        assert caught.value.reasons == (f"mounted at {mountpoint} ({name}p1)",
+        assert caught.value.details == (f"mounted at {mountpoint} ({name}p1)",
                                         f"has partitions ({name}p1, {name}p2)",
                                         "carries an existing dos partition table")
         # the partition itself: mounted, with its own signature
-        with pytest.raises(DeviceBusyError) as caught:
+        with raises_fault(UsageError, UsageFault.DEVICE_BUSY) as caught:
             devices.check_target_device(f"{device}p1", required_size=MiB, use_udev=use_udev)
-        assert caught.value.reasons == (f"mounted at {mountpoint}",
+        assert caught.value.details == (f"mounted at {mountpoint}",
                                         "carries an existing ext4 signature")
     with contextlib.suppress(Exception):
         run(require_tool("umount"), str(mountpoint))

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import TruncatedError
+from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.engine import (
     FileSource,
     FileTarget,
@@ -27,6 +27,7 @@ from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import decrypt_stream, encrypt_stream
 
 from .conftest import require_tool
+from .util import raises_fault
 
 FAST = FormatOptions(iterations=1000)
 PASS = b"engine passphrase"
@@ -102,10 +103,10 @@ def test_iter_transfer_closed_early_stops_its_workers() -> None:
 def test_an_error_in_one_worker_stops_all_and_is_raised() -> None:
     def failing(view: memoryview, at: int) -> None:
         if at == 8192:
-            raise TruncatedError("boom at 8192")
+            raise FormatError("boom at 8192", reason=FormatFault.TRUNCATED)
 
     plan = PayloadPlan(512, 0, None, None, pad_tail=True)
-    with pytest.raises(TruncatedError, match="boom"):
+    with raises_fault(FormatError, FormatFault.TRUNCATED, match="boom"):
         transfer(plan, StreamSource(io.BytesIO(bytes(1 << 20))), StreamTarget(io.BytesIO()),
                  failing, chunk_size=4096)
     assert transfer_threads() == []
@@ -216,7 +217,7 @@ def test_a_source_file_that_shrinks_is_truncated(tmp_path: Path) -> None:
     with open(path, "rb") as f:
         source = FileSource(f.fileno(), 0, 20000)
         plan = PayloadPlan(512, 0, 20000, None, pad_tail=True)
-        with pytest.raises(TruncatedError):
+        with raises_fault(FormatError, FormatFault.TRUNCATED):
             transfer(plan, source, StreamTarget(io.BytesIO()), position_xor, chunk_size=4096)
 
 

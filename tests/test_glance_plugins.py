@@ -14,10 +14,11 @@ import pytest
 from imgcrypt.cli.upload import collect_properties
 from imgcrypt.errors import (
     FormatError,
-    KeyBindingError,
-    LuksVersionRefusedError,
-    SignatureRequiredError,
+    FormatFault,
+    UnsupportedError,
     UsageError,
+    VerificationError,
+    VerificationFault,
 )
 from imgcrypt.glance.checks import (
     MAX_PROPERTY,
@@ -33,6 +34,8 @@ from imgcrypt.keys.manager import KeyOrder
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.luks.stream import decrypt_stream
 from imgcrypt.service.upload import UploadPolicy
+
+from .util import raises_fault
 
 
 @pytest.fixture
@@ -77,10 +80,10 @@ def test_encrypt_then_verify_round_trip(tmp_path: Path, store: LocalKeyStore) ->
     assert verdict.key_opens
     assert verdict.properties()["imgcrypt_key_check"] == "opens"
     assert verdict.properties()["imgcrypt_signature"] == "none"
-    with pytest.raises(LuksVersionRefusedError):
+    with raises_fault(UnsupportedError, FormatFault.LUKS_VERSION_REFUSED):
         verify_staged(outcome.path, outcome.properties, store, image_id="img-1",
                       policy=UploadPolicy(allowed_luks_versions=frozenset({2})))
-    with pytest.raises(SignatureRequiredError):
+    with raises_fault(VerificationError, VerificationFault.SIGNATURE_REQUIRED):
         verify_staged(outcome.path, outcome.properties, store, image_id="img-1",
                       policy=UploadPolicy(require_signature=True))
 
@@ -93,7 +96,8 @@ def test_verify_refuses_a_key_that_does_not_open(tmp_path: Path, store: LocalKey
     claimed = {**outcome.properties, "os_encrypt_key_id": other,
                "cinder_encryption_key_id": other}
     # The same fact as the upload hook's (one class, exit 4), whichever check finds it first.
-    with pytest.raises(KeyBindingError, match="does not open the image's LUKS header") as refused:
+    with raises_fault(VerificationError, VerificationFault.KEY_BINDING,
+                      match="does not open the image's LUKS header") as refused:
         verify_staged(outcome.path, claimed, store, image_id="img-2", policy=UploadPolicy())
     assert refused.value.exit_code == 4
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from imgcrypt.errors import (
-    ConsumersUnsupportedError,
     KeyManagerError,
+    KeyManagerFault,
     KeyManagerUnavailableError,
     SecretInUseError,
     SecretNotFoundError,
@@ -29,6 +29,8 @@ from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
 from imgcrypt.keys.rules import DeletionOutcome, apply_deletion_policy, passphrase_for
 from imgcrypt.keys.secret import Secret
 from tests.barbican_server import BarbicanServer, free_port
+
+from .util import raises_fault
 
 pytestmark = pytest.mark.barbican
 
@@ -230,11 +232,11 @@ def test_castellan_backend_without_consumers() -> None:
 
     vault = CastellanKeyManager(VaultKeyManager(cfg.ConfigOpts()), context=None)
     assert not vault.supports_consumers
-    with pytest.raises(ConsumersUnsupportedError):
+    with raises_fault(KeyManagerError, KeyManagerFault.CONSUMERS_UNSUPPORTED):
         vault.add_consumer(MISSING, IMAGE)
     forced = CastellanKeyManager(VaultKeyManager(cfg.ConfigOpts()), context=None,
                                  supports_consumers=True)
-    with pytest.raises(ConsumersUnsupportedError):
+    with raises_fault(KeyManagerError, KeyManagerFault.CONSUMERS_UNSUPPORTED):
         forced.add_consumer(MISSING, IMAGE)  # castellan itself raises NotImplementedError
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import FormatError, SpecMismatchError, UnusableSecretError, UsageError
+from imgcrypt.errors import FormatError, UnusableSecretError, UsageError, UsageFault
 from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo
 from imgcrypt.keys.properties import encryption_properties, parse_encrypt_format
@@ -20,6 +20,8 @@ from imgcrypt.keys.rules import (
     passphrase_for,
 )
 from imgcrypt.keys.secret import SECRET_TYPES, EncryptionSpec, KeySizeMeaning, Secret
+
+from .util import raises_fault
 
 # Private, public and certificate secrets are PEM documents (tests/test_keys_osbrick.py).
 NON_PASSPHRASE = [t for t in SECRET_TYPES if t in ("symmetric", "opaque")]
@@ -158,12 +160,12 @@ def test_matching_secret_passes_case_insensitively() -> None:
 
 
 def test_each_mismatch_is_named() -> None:
-    with pytest.raises(SpecMismatchError) as info:
+    with raises_fault(UsageError, UsageFault.SPEC_MISMATCH) as info:
         check_secret(key(bit_length=256), spec())
-    assert info.value.mismatches == ("bit length is 256, the spec needs 512",)
-    with pytest.raises(SpecMismatchError) as info:
+    assert info.value.details == ("bit length is 256, the spec needs 512",)
+    with raises_fault(UsageError, UsageFault.SPEC_MISMATCH) as info:
         check_secret(key(algorithm="Serpent", mode="CBC", bit_length=256), spec())
-    assert info.value.mismatches == (
+    assert info.value.details == (
         "algorithm is Serpent, the spec needs aes",
         "bit length is 256, the spec needs 512",
         "mode is CBC, the spec needs xts",
@@ -174,9 +176,9 @@ def test_each_mismatch_is_named() -> None:
 
 def test_unknown_metadata_is_a_mismatch_unless_allowed() -> None:
     castellan_key = key(mode=None)
-    with pytest.raises(SpecMismatchError) as info:
+    with raises_fault(UsageError, UsageFault.SPEC_MISMATCH) as info:
         check_secret(castellan_key, spec())
-    assert info.value.mismatches == ("mode is not recorded on the secret (spec needs xts)",)
+    assert info.value.details == ("mode is not recorded on the secret (spec needs xts)",)
     check_secret(castellan_key, spec(), allow_unknown=True)
 
 
@@ -185,9 +187,9 @@ def test_passphrase_secrets_have_nothing_to_compare() -> None:
 
 
 def test_non_symmetric_keys_do_not_fit() -> None:
-    with pytest.raises(SpecMismatchError) as info:
+    with raises_fault(UsageError, UsageFault.SPEC_MISMATCH) as info:
         check_secret(key(secret_type="opaque"), spec())
-    assert info.value.mismatches[0].startswith("secret type is opaque")
+    assert info.value.details[0].startswith("secret type is opaque")
 
 
 @settings(max_examples=100)
@@ -196,7 +198,7 @@ def test_bit_length_check_matches_equality(bits: int, want: int) -> None:
     if bits == want:
         check_secret(key(bit_length=bits), spec(want))
     else:
-        with pytest.raises(SpecMismatchError):
+        with raises_fault(UsageError, UsageFault.SPEC_MISMATCH):
             check_secret(key(bit_length=bits), spec(want))
 
 

@@ -10,10 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgcrypt.errors import (
-    BadMagicError,
     FormatError,
-    LimitExceededError,
-    TruncatedError,
+    FormatFault,
     UnsupportedError,
     UsageError,
     WrongPassphraseError,
@@ -22,6 +20,7 @@ from imgcrypt.luks import af, luks1
 from imgcrypt.luks.container import parse_header
 from imgcrypt.luks.kdf import KdfLimits, Pbkdf2
 from imgcrypt.luks.options import FormatOptions
+from imgcrypt.luks.rules import LUKS_VERSION, HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.stream import (
     decrypt_stream,
@@ -31,6 +30,8 @@ from imgcrypt.luks.stream import (
     rekey_file,
     unlock_stream,
 )
+
+from .util import raises_fault
 
 FAST = FormatOptions(iterations=1000)
 XTS = CipherSpec.parse("aes-xts-plain64")
@@ -167,7 +168,7 @@ def test_keyslot_far_beyond_any_real_layout_is_a_limit() -> None:
     data = bytearray(region())
     data[104:108] = (2**32 - 1).to_bytes(4, "big")
     data[208 + 40 : 208 + 44] = (2**31).to_bytes(4, "big")
-    with pytest.raises(LimitExceededError):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED):
         luks1.Luks1Header.parse(bytes(data))
 
 
@@ -175,18 +176,19 @@ def test_hostile_iterations_are_refused_before_any_work() -> None:
     data = bytearray(region())
     data[212:216] = (2**32 - 1).to_bytes(4, "big")
     header = luks1.Luks1Header.parse(bytes(data))
-    with pytest.raises(LimitExceededError):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED):
         header.unlock(bytes(data), b"pw", KdfLimits(max_pbkdf2_iterations=10_000_000))
 
 
 def test_bad_magic_truncation_and_version() -> None:
     data = region()
-    with pytest.raises(BadMagicError):
+    with raises_fault(FormatError, FormatFault.BAD_MAGIC):
         luks1.Luks1Header.parse(b"NOTLUKS" + data[7:])
-    with pytest.raises(TruncatedError):
+    with raises_fault(FormatError, FormatFault.TRUNCATED):
         luks1.Luks1Header.parse(data[:300])
-    with pytest.raises(UnsupportedError):
+    with raises_fault(HeaderRuleError, FormatFault.UNSUPPORTED) as unknown:
         parse_header(data[:6] + b"\x00\x07" + data[8:])
+    assert unknown.value.rule is LUKS_VERSION
 
 
 def test_unsupported_cipher_is_named() -> None:
@@ -268,7 +270,7 @@ def test_truncated_payload_with_declared_size_is_reported() -> None:
     image = io.BytesIO()
     encrypt_stream(io.BytesIO(os.urandom(4096)), image, b"pw", FAST)
     short = io.BytesIO(image.getvalue()[:-1024])
-    with pytest.raises(TruncatedError):
+    with raises_fault(FormatError, FormatFault.TRUNCATED):
         decrypt_stream(short, io.BytesIO(), b"pw", size=4096)
 
 
@@ -316,7 +318,7 @@ def test_keyslots_adding_up_beyond_the_total_budget_are_refused_before_work() ->
         hostile[208 + 48 * slot + 4 : 208 + 48 * slot + 8] = (90_000_000).to_bytes(4, "big")
     header = luks1.Luks1Header.parse(bytes(hostile))
     start = time.perf_counter()
-    with pytest.raises(LimitExceededError, match="in all"):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED, match="in all"):
         header.unlock(bytes(hostile), b"wrong")
     assert time.perf_counter() - start < 1.0
 
@@ -324,6 +326,6 @@ def test_keyslots_adding_up_beyond_the_total_budget_are_refused_before_work() ->
 def test_argon2_work_cap() -> None:
     from imgcrypt.luks.kdf import Argon2, check_limits
 
-    with pytest.raises(LimitExceededError, match="argon2 work"):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED, match="argon2 work"):
         check_limits(Argon2("argon2id", 100, 4 * 1024 * 1024, 4, bytes(16)), 32)
     check_limits(Argon2("argon2id", 4, 1024 * 1024, 4, bytes(16)), 32)  # cryptsetup-like

@@ -13,12 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgcrypt.errors import (
-    BadMagicError,
-    ChecksumError,
     FormatError,
+    FormatFault,
     ImgcryptError,
-    LimitExceededError,
-    TruncatedError,
     UnsupportedError,
     UsageError,
     WrongPassphraseError,
@@ -41,6 +38,7 @@ from .test_luks2_support import (
     make_region,
     rewrite_json,
 )
+from .util import raises_fault
 
 OTHER = b"another passphrase"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -338,7 +336,7 @@ def test_higher_seqid_wins(base: tuple[bytes, bytes]) -> None:
 def test_both_copies_damaged_is_a_checksum_error(base: tuple[bytes, bytes]) -> None:
     region, _ = base
     damaged = _flip(_flip(region, 4096 + 20), 16384 + 4096 + 20)
-    with pytest.raises(ChecksumError) as err:
+    with raises_fault(FormatError, FormatFault.CHECKSUM) as err:
         parse(damaged)
     assert err.value.exit_code == 3
 
@@ -348,16 +346,16 @@ def test_json_without_nul_is_a_format_error(base: tuple[bytes, bytes]) -> None:
     unterminated = rewrite_json(region, nul=False)
     with pytest.raises(FormatError, match="NUL") as err:
         parse(unterminated)
-    assert not isinstance(err.value, ChecksumError)
+    assert err.value.reason is not FormatFault.CHECKSUM
 
 
 def test_truncated_and_foreign_input() -> None:
-    with pytest.raises(TruncatedError):
+    with raises_fault(FormatError, FormatFault.TRUNCATED):
         Luks2Header.parse(b"LUKS\xba\xbe\x00\x02" + bytes(100))
-    with pytest.raises(BadMagicError):
+    with raises_fault(FormatError, FormatFault.BAD_MAGIC):
         Luks2Header.parse(bytes(65536))
     region, _ = make_region()
-    with pytest.raises(TruncatedError):
+    with raises_fault(FormatError, FormatFault.TRUNCATED):
         parse(region).unlock(region[:40000], PASS)
 
 
@@ -397,15 +395,15 @@ INVALID = [
 ]
 # Headers cryptsetup loads (luksDump shows them) but imgcrypt cannot open: refused on unlock.
 UNUSABLE = [
-    (_set("keyslots/0/key_size", 1 << 31), LimitExceededError),
-    (_set("keyslots/0/af/stripes", 10 ** 9), LimitExceededError),
-    (_set("keyslots/0/kdf/iterations", 1 << 40), LimitExceededError),
-    (_set("keyslots/0/kdf/salt", "!!"), UnsupportedError),
-    (_set("keyslots/0/kdf/type", "scrypt"), UnsupportedError),
-    (_set("segments/0/offset", "0"), UnsupportedError),
-    (_set("segments/0/sector_size", 8192), UnsupportedError),
-    (_set("digests/0/iterations", 1 << 40), LimitExceededError),
-    (_set("segments/0/type", "linear"), UnsupportedError),
+    (_set("keyslots/0/key_size", 1 << 31), FormatError, FormatFault.LIMIT_EXCEEDED),
+    (_set("keyslots/0/af/stripes", 10 ** 9), FormatError, FormatFault.LIMIT_EXCEEDED),
+    (_set("keyslots/0/kdf/iterations", 1 << 40), FormatError, FormatFault.LIMIT_EXCEEDED),
+    (_set("keyslots/0/kdf/salt", "!!"), UnsupportedError, None),
+    (_set("keyslots/0/kdf/type", "scrypt"), UnsupportedError, None),
+    (_set("segments/0/offset", "0"), UnsupportedError, None),
+    (_set("segments/0/sector_size", 8192), UnsupportedError, None),
+    (_set("digests/0/iterations", 1 << 40), FormatError, FormatFault.LIMIT_EXCEEDED),
+    (_set("segments/0/type", "linear"), UnsupportedError, None),
 ]
 
 
@@ -421,17 +419,19 @@ def test_invalid_metadata_is_refused_quickly(base: tuple[bytes, bytes], edit: An
     assert time.perf_counter() - start < 0.5
 
 
-@pytest.mark.parametrize(("edit", "error"), UNUSABLE)
+@pytest.mark.parametrize(("edit", "error", "reason"), UNUSABLE)
 def test_valid_but_unusable_metadata_loads_and_is_refused_on_unlock(
-        base: tuple[bytes, bytes], edit: Any, error: type[Exception]) -> None:
+        base: tuple[bytes, bytes], edit: Any, error: type[FormatError],
+        reason: FormatFault | None) -> None:
     region, _ = base
     hostile = rewrite_json(region, edit)
     header = parse(hostile)
     assert header.describe()["format"] == "luks2"
     start = time.perf_counter()
-    with pytest.raises(error):
+    with pytest.raises(error) as err:
         header.unlock(hostile, PASS)
         header.check_decryptable()  # what decrypt asks before any payload byte
+    assert type(err.value) is error and err.value.reason is reason
     assert time.perf_counter() - start < 0.5
 
 
@@ -447,8 +447,10 @@ def test_hostile_kdf_parameters_are_refused_before_any_work(base: tuple[bytes, b
     region, _ = base
     hostile = rewrite_json(region, lambda o: o["keyslots"]["0"]["kdf"].update(kdf))
     start = time.perf_counter()
-    with pytest.raises((LimitExceededError, UnsupportedError)) as err:
+    with pytest.raises(FormatError) as err:
         parse(hostile).unlock(hostile, PASS)
+    assert (type(err.value) is UnsupportedError
+            or err.value.reason is FormatFault.LIMIT_EXCEEDED), err.value
     assert err.value.exit_code == 3
     assert time.perf_counter() - start < 0.5
 
@@ -459,10 +461,10 @@ def test_unlock_checks_every_candidate_against_its_limits(base: tuple[bytes, byt
     header = parse(two.region)
     tight = KdfLimits(max_argon2_memory_kib=32768)
     start = time.perf_counter()
-    with pytest.raises(LimitExceededError):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED):
         header.unlock(two.region, PASS, tight)
     assert time.perf_counter() - start < 0.05
-    with pytest.raises(LimitExceededError):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED):
         parse(two.region, tight).unlock(two.region, PASS, tight)
 
 
@@ -471,7 +473,7 @@ def test_json_value_count_is_capped_before_parsing() -> None:
     flood = '{"a":[' + ",".join(["[]"] * 1_000_000) + "]}"
     hostile = rewrite_json(region, text=lambda _: flood)
     start = time.perf_counter()
-    with pytest.raises(LimitExceededError, match="too many values"):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED, match="too many values"):
         Luks2Header.parse(hostile)
     assert time.perf_counter() - start < 0.5
 
@@ -481,7 +483,8 @@ def test_json_escapes_and_comments_are_capped_before_parsing() -> None:
     for flood in ['{"a":"' + "\\n" * 1_000_000 + '"}', "{" + "/**/" * 500_000 + "}"]:
         hostile = rewrite_json(region, text=lambda _, f=flood: f)
         start = time.perf_counter()
-        with pytest.raises(LimitExceededError, match="too many escapes or comments"):
+        with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED,
+                          match="too many escapes or comments"):
             Luks2Header.parse(hostile)
         assert time.perf_counter() - start < 0.5
 
@@ -609,7 +612,7 @@ def test_packed_copies_parse_back(obj: dict[str, Any], seqid: int) -> None:
     assert header.seqid == seqid
     assert json.loads(header.json_text) == obj
     if seqid == 2**64 - 1:
-        with pytest.raises(LimitExceededError):
+        with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED):
             header.with_metadata(obj)
         return
     again = Luks2Header.parse(header.with_metadata(obj).pack_copies())

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from imgcrypt import qemu
 from imgcrypt.errors import (
     FormatError,
+    FormatFault,
     ImgcryptError,
-    LimitExceededError,
     TargetExistsError,
     ToolError,
     UnsupportedError,
@@ -29,7 +29,7 @@ from imgcrypt.errors import (
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.qemu import luks as qemu_luks
 
-from .util import qemu_secret_args, run_qemu_img, secret_file
+from .util import qemu_secret_args, raises_fault, run_qemu_img, secret_file
 
 pytestmark = pytest.mark.tools
 
@@ -449,9 +449,9 @@ def test_fake_huge_virtual_size_refused_before_converting(
     tool = qemu.QemuImg(fake_qemu_img(tmp_path, (
         "if sys.argv[1] != 'info':\n    sys.exit(99)\n"
         f"print('{{\"format\": \"qcow2\", \"virtual-size\": {2**62}}}')\n")))
-    with pytest.raises(LimitExceededError), qemu.raw_view(image, qemu_img=tool):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED), qemu.raw_view(image, qemu_img=tool):
         pass
-    with pytest.raises(LimitExceededError):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED):
         qemu.convert_to_raw(image, tmp_path / "out.raw", qemu_img=tool)
     assert calls(tmp_path) == 2 and not (tmp_path / "out.raw").exists()
 

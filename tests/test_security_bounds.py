@@ -21,11 +21,16 @@ import pytest
 
 from fuzz import seeds, targets
 from imgcrypt.errors import (
+    CertificateError,
+    CertificateFault,
+    Fault,
     FormatError,
-    LimitExceededError,
-    TruncatedError,
+    FormatFault,
+    ImgcryptError,
     UnsupportedError,
     UsageError,
+    VerificationError,
+    VerificationFault,
 )
 from imgcrypt.luks import luks1
 from imgcrypt.luks.container import parse_header
@@ -38,12 +43,15 @@ PW = seeds.PASSPHRASE
 
 
 @contextmanager
-def refused_fast(kind: type[BaseException], match: str | None = None) -> Iterator[None]:
+def refused_fast(kind: type[ImgcryptError], match: str | None = None, *,
+                 reason: Fault | None = None) -> Iterator[None]:
+    """Refused with exactly ``kind`` and ``reason`` (None: no reason), within FAST seconds."""
     start = time.perf_counter()
     with pytest.raises(kind, match=match) as info:
         yield
     elapsed = time.perf_counter() - start
     assert type(info.value) is kind, f"{type(info.value).__name__} instead of {kind.__name__}"
+    assert info.value.reason is reason, f"reason {info.value.reason!r}, not {reason!r}"
     assert elapsed < FAST, f"refusal took {elapsed:.2f} s"
 
 
@@ -74,18 +82,18 @@ def test_luks1_seed_opens() -> None:
 
 def test_luks1_keyslot_iterations_above_cap() -> None:
     data = luks1_with(slot_fields={"iterations": 0xFFFFFFFF})
-    with refused_fast(LimitExceededError, "pbkdf2 iterations"):
+    with refused_fast(FormatError, "pbkdf2 iterations", reason=FormatFault.LIMIT_EXCEEDED):
         unlock(data)
 
 
 def test_luks1_digest_iterations_above_cap() -> None:
     data = luks1_with({"mk_digest_iter": 0xFFFFFFFF})
-    with refused_fast(LimitExceededError, "pbkdf2 iterations"):
+    with refused_fast(FormatError, "pbkdf2 iterations", reason=FormatFault.LIMIT_EXCEEDED):
         unlock(data)
 
 
 def test_luks1_zero_iterations() -> None:
-    with refused_fast(LimitExceededError):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         unlock(luks1_with(slot_fields={"iterations": 0}))
 
 
@@ -93,7 +101,7 @@ def test_luks1_caps_checked_for_every_slot_before_any_work() -> None:
     """A good slot 0 and a hostile slot 1: refused before slot 0's KDF runs."""
     data = luks1_with(slot_fields={"active": luks1.KEYSLOT_ACTIVE, "iterations": 0xFFFFFFFF},
                       slot=1)
-    with refused_fast(LimitExceededError):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         unlock(data)
 
 
@@ -105,9 +113,9 @@ def test_luks1_stripes_above_cap() -> None:
 def test_luks1_keyslot_far_away() -> None:
     data = luks1_with({"payload_offset": 0xFFFFFFFF},
                       slot_fields={"key_material_offset": 0x7FFFFFFF})
-    with refused_fast(LimitExceededError, "beyond"):
+    with refused_fast(FormatError, "beyond", reason=FormatFault.LIMIT_EXCEEDED):
         parse_header(data)
-    with refused_fast(LimitExceededError):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         read_header(io.BytesIO(data))
 
 
@@ -119,7 +127,7 @@ def test_luks1_key_size_hostile() -> None:
 def test_luks1_payload_far_away_in_a_short_file() -> None:
     """A payload offset of 2 TiB in a 9 KiB file: the skip ends at end of file."""
     data = luks1_with({"payload_offset": 0xFFFFFFFF})
-    with refused_fast(TruncatedError):
+    with refused_fast(FormatError, reason=FormatFault.TRUNCATED):
         decrypt_stream(io.BytesIO(data), io.BytesIO(), PW)
 
 
@@ -163,26 +171,26 @@ def _argon(**changes: Any) -> dict[str, Any]:
     ("cpus", DEFAULT_LIMITS.max_argon2_parallel + 1, "argon2 parallelism"),
 ])
 def test_luks2_argon2_above_caps(field: str, value: int, message: str) -> None:
-    with refused_fast(LimitExceededError, message):
+    with refused_fast(FormatError, message, reason=FormatFault.LIMIT_EXCEEDED):
         unlock(luks2_with(_argon(**{field: value})))
 
 
 def test_luks2_argon2_beyond_u64() -> None:
-    with refused_fast(LimitExceededError):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         unlock(luks2_with(_argon(memory=2**70)))
 
 
 def test_luks2_pbkdf2_iterations_above_cap() -> None:
     obj = luks2_doc()
     obj["keyslots"]["0"]["kdf"]["iterations"] = DEFAULT_LIMITS.max_pbkdf2_iterations + 1
-    with refused_fast(LimitExceededError, "pbkdf2 iterations"):
+    with refused_fast(FormatError, "pbkdf2 iterations", reason=FormatFault.LIMIT_EXCEEDED):
         unlock(luks2_with(obj))
 
 
 def test_luks2_digest_iterations_above_cap() -> None:
     obj = luks2_doc()
     obj["digests"]["0"]["iterations"] = 2**40
-    with refused_fast(LimitExceededError, "pbkdf2 iterations"):
+    with refused_fast(FormatError, "pbkdf2 iterations", reason=FormatFault.LIMIT_EXCEEDED):
         unlock(luks2_with(obj))
 
 
@@ -215,16 +223,14 @@ def test_luks2_keyslot_area_far_away() -> None:
         parse_header(luks2_with(obj))
 
 
-@pytest.mark.parametrize(("field", "value", "error"), [
-    ("key_size", 513, LimitExceededError), ("stripes", 4001, LimitExceededError)])
-def test_luks2_key_size_and_stripes_above_cap(field: str, value: int,
-                                              error: type[Exception]) -> None:
+@pytest.mark.parametrize(("field", "value"), [("key_size", 513), ("stripes", 4001)])
+def test_luks2_key_size_and_stripes_above_cap(field: str, value: int) -> None:
     obj = luks2_doc()
     if field == "stripes":
         obj["keyslots"]["0"]["af"]["stripes"] = value
     else:
         obj["keyslots"]["0"]["key_size"] = value
-    with refused_fast(error):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         unlock(luks2_with(obj))
 
 
@@ -242,7 +248,7 @@ def test_luks2_json_nesting() -> None:
 def test_luks2_json_size_cap() -> None:
     from imgcrypt.luks.luks2.metadata import MAX_JSON_SIZE, load_json
 
-    with refused_fast(LimitExceededError):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         load_json(" " * (MAX_JSON_SIZE + 1))
 
 
@@ -269,7 +275,7 @@ def test_luks2_metadata_size_hostile() -> None:
 
 def test_luks2_largest_region_from_a_short_stream() -> None:
     """4 MiB metadata copies and 128 MiB of keyslots (the largest legal region) announced by a
-    stream that ends after the metadata: a TruncatedError, fast, within the stream cap."""
+    stream that ends after the metadata: a FormatError (TRUNCATED), fast, within the stream cap."""
     from imgcrypt.luks.luks2.disk import BINARY_SIZE, MAX_HDR_SIZE
     from imgcrypt.luks.stream import MAX_REGION_SIZE
 
@@ -312,9 +318,9 @@ def test_luks2_keyslots_size_cap_keeps_regions_within_the_stream_cap() -> None:
     Pbkdf2("sha256", 1, bytes(DEFAULT_LIMITS.max_salt_size + 1)),
 ])
 def test_derive_refuses_above_caps(kdf: Pbkdf2 | Argon2) -> None:
-    with refused_fast(LimitExceededError):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         derive(kdf, PW, 32)
-    with refused_fast(LimitExceededError):
+    with refused_fast(FormatError, reason=FormatFault.LIMIT_EXCEEDED):
         derive(Pbkdf2("sha256", 1, bytes(32)), PW, DEFAULT_LIMITS.max_key_size + 1)
 
 
@@ -330,59 +336,53 @@ def test_unknown_kdf_and_hash() -> None:
 
 
 def test_property_part_count_above_cap() -> None:
-    from imgcrypt.errors import MalformedPartError
     from imgcrypt.signing.storage import MAX_PARTS, join_value
 
     props = {"sig_count": str(MAX_PARTS + 1), "sig_sha256": "x"}
-    with refused_fast(MalformedPartError):
+    with refused_fast(VerificationError, reason=VerificationFault.MALFORMED_PART):
         join_value("sig", props)
 
 
 def test_property_part_flood() -> None:
     """Ten thousand part records: refused on the count, not after reading them all."""
-    from imgcrypt.errors import ExtraPartError
     from imgcrypt.signing.storage import join_value
 
     props = {"sig_count": "2", "sig_sha256": "x"}
     props.update({f"sig_{i}": f"{i}:AAAA" for i in range(1, 10_000)})
-    with refused_fast(ExtraPartError):
+    with refused_fast(VerificationError, reason=VerificationFault.EXTRA_PART):
         join_value("sig", props)
 
 
 def test_property_joined_length_above_cap() -> None:
-    from imgcrypt.errors import MalformedPartError
     from imgcrypt.signing.storage import MAX_JOINED_LENGTH, MAX_PARTS, join_value
 
     piece = "A" * (MAX_JOINED_LENGTH // MAX_PARTS + 10)
     props = {"sig_count": str(MAX_PARTS), "sig_sha256": "x"}
     props.update({f"sig_{i}": f"{i}:{piece}" for i in range(1, MAX_PARTS + 1)})
-    with refused_fast(MalformedPartError, "longer than"):
+    with refused_fast(VerificationError, "longer than", reason=VerificationFault.MALFORMED_PART):
         join_value("sig", props)
 
 
 def test_property_document_size_above_cap() -> None:
-    from imgcrypt.errors import MalformedPropertiesError
     from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, parse_properties
 
-    with refused_fast(MalformedPropertiesError):
+    with refused_fast(VerificationError, reason=VerificationFault.MALFORMED_PROPERTIES):
         parse_properties(b" " * (MAX_DOCUMENT_BYTES + 1))
 
 
 def test_glance_signature_length_above_cap() -> None:
-    from imgcrypt.errors import MalformedSignatureError
     from imgcrypt.signing.certs import check_certificate
     from imgcrypt.signing.glance import MAX_SIGNATURE_CHARS, GlanceVerifier
 
     props = dict(seeds.glance_properties(), img_signature="A" * (MAX_SIGNATURE_CHARS + 4))
     checked = check_certificate([seeds.p384_certificate()], clock=targets._now)
-    with refused_fast(MalformedSignatureError):
+    with refused_fast(VerificationError, reason=VerificationFault.MALFORMED_SIGNATURE):
         GlanceVerifier(props, checked)
 
 
 def test_certificate_bundle_count_and_size_above_caps() -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from imgcrypt.errors import CertificateLoadError
     from imgcrypt.signing.certs import (
         MAX_BUNDLE_CERTIFICATES,
         MAX_CERTIFICATE_BYTES,
@@ -390,9 +390,9 @@ def test_certificate_bundle_count_and_size_above_caps() -> None:
     )
 
     pem = seeds.ed25519_certificate().public_bytes(serialization.Encoding.PEM)
-    with refused_fast(CertificateLoadError, "too many"):
+    with refused_fast(CertificateError, "too many", reason=CertificateFault.LOAD):
         load_certificates(pem * (MAX_BUNDLE_CERTIFICATES + 1))
-    with refused_fast(CertificateLoadError, "larger than"):
+    with refused_fast(CertificateError, "larger than", reason=CertificateFault.LOAD):
         load_certificates(pem + b"\n" * MAX_CERTIFICATE_BYTES)
 
 
@@ -429,14 +429,13 @@ def _ca_chain(depth: int) -> tuple[list[Any], Any]:
 
 
 def test_certificate_chain_length_above_cap() -> None:
-    from imgcrypt.errors import UntrustedChainError
     from imgcrypt.signing.certs import CertificatePolicy, check_certificate
 
     policy = CertificatePolicy()
     ok, root = _ca_chain(2)
     check_certificate(ok, trust=[root], clock=targets._now)
     long, root = _ca_chain(policy.max_chain_depth + 2)
-    with refused_fast(UntrustedChainError):
+    with refused_fast(CertificateError, reason=CertificateFault.UNTRUSTED_CHAIN):
         check_certificate(long, trust=[root], clock=targets._now)
 
 
@@ -504,11 +503,10 @@ def test_qemu_info_size_and_values_above_caps() -> None:
 
 
 def test_decrypt_size_claim_above_cap() -> None:
-    from imgcrypt.errors import EncryptionClaimError
     from imgcrypt.service import claims
 
     props = {"os_encrypt_key_id": seeds.KEY_ID, "os_decrypt_size": str(claims.MAX_DECRYPT_SIZE + 1)}
-    with refused_fast(EncryptionClaimError, "byte count"):
+    with refused_fast(FormatError, "byte count", reason=FormatFault.ENCRYPTION_CLAIM):
         claims.encryption_claim(props)
-    with refused_fast(EncryptionClaimError, "byte count"):
+    with refused_fast(FormatError, "byte count", reason=FormatFault.ENCRYPTION_CLAIM):
         claims.encryption_claim({**props, "os_decrypt_size": "9" * 5000})

@@ -26,13 +26,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from fuzz.targets import _luks2_with_checksums
 from imgcrypt import fileio
 from imgcrypt.errors import (
-    CertificateExpiredError,
-    EncryptionClaimError,
-    KeyBindingError,
+    CertificateError,
+    CertificateFault,
+    FormatError,
+    FormatFault,
     KeyManagerError,
-    KeyUsageError,
-    LimitExceededError,
-    UntrustedChainError,
+    VerificationError,
+    VerificationFault,
 )
 from imgcrypt.keys.barbican import BarbicanKeyManager
 from imgcrypt.keys.local import LocalKeyStore
@@ -49,7 +49,7 @@ from imgcrypt.signing import GlanceSigner, ImgcryptSigner
 from imgcrypt.signing.certs import CertificatePolicy, check_certificate
 
 from .barbican_server import BarbicanServer
-from .util import IMGCRYPT, dump_volume_key, secret_file
+from .util import IMGCRYPT, dump_volume_key, raises_fault, secret_file
 
 SPEC = EncryptionSpec("luks", "aes-xts-plain64", 512, KeySizeMeaning.WHOLE_XTS_KEY)
 MIB = 1 << 20
@@ -182,7 +182,7 @@ def test_upload_refuses_a_header_only_image(tmp_path: Path, cryptsetup: str) -> 
     payload_offset = 2 * MIB  # cryptsetup's LUKS1 layout
     inspect_upload(chunked(data), properties, key_manager=manager)  # the honest one passes
     for cut in (4096, payload_offset):
-        with pytest.raises(EncryptionClaimError):
+        with raises_fault(FormatError, FormatFault.ENCRYPTION_CLAIM):
             inspect_upload(chunked(data[:cut]), properties, key_manager=manager)
 
 
@@ -193,7 +193,7 @@ def test_upload_refuses_a_payload_offset_beyond_the_image(tmp_path: Path,
     forged = bytearray(data[: 2 * MIB])  # header and keyslots, no payload of its own
     forged[104:108] = (0xFFFFFFFF).to_bytes(4, "big")  # payload offset: 2 TiB, in sectors
     unsized = {k: v for k, v in properties.items() if k != "os_decrypt_size"}
-    with pytest.raises(EncryptionClaimError, match="payload"):
+    with raises_fault(FormatError, FormatFault.ENCRYPTION_CLAIM, match="payload"):
         inspect_upload(chunked(bytes(forged)), unsized, key_manager=manager)
 
 
@@ -203,7 +203,7 @@ def test_upload_refuses_a_decrypt_size_beyond_the_payload(tmp_path: Path,
     data, properties = honest_upload(cryptsetup, tmp_path, manager)
     inspect_upload(chunked(data), {**properties, "os_decrypt_size": str(MIB)},
                    key_manager=manager)
-    with pytest.raises(EncryptionClaimError, match="os_decrypt_size"):
+    with raises_fault(FormatError, FormatFault.ENCRYPTION_CLAIM, match="os_decrypt_size"):
         inspect_upload(chunked(data), {**properties, "os_decrypt_size": str(MIB + 1)},
                        key_manager=manager)
 
@@ -219,7 +219,7 @@ def run_someone_elses_key(manager: KeyManager, cryptsetup: str, tmp_path: Path) 
     attacker_data, attacker_props = honest_upload(cryptsetup, tmp_path / "attacker", manager)
     hostile = {**attacker_props, "os_encrypt_key_id": victim_key,
                "cinder_encryption_key_id": victim_key}
-    with pytest.raises(KeyBindingError):
+    with raises_fault(VerificationError, VerificationFault.KEY_BINDING):
         inspect_upload(chunked(attacker_data), hostile, key_manager=manager, image_id="attacker")
     assert [c.resource_id for c in manager.list_consumers(victim_key)] == ["victim"]
     # Deleting an image that never consumed the key leaves the key alone ...
@@ -399,7 +399,7 @@ def test_cost_model_counts_blocks_and_hash_price() -> None:
     # blocks) with their digest checks; twelve do not.
     luks1 = [(Pbkdf2("sha256", 16_000_000, b"s"), 64), (Pbkdf2("sha256", 2_000_000, b"s"), 20)]
     assert check_unlock_cost(luks1 * 8, DEFAULT_LIMITS.max_unlock_cost) == 272_000_000
-    with pytest.raises(LimitExceededError):
+    with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED):
         check_unlock_cost(luks1 * 12, DEFAULT_LIMITS.max_unlock_cost)
 
 
@@ -605,18 +605,18 @@ def test_every_key_type_refuses_the_same_chains(kind: str) -> None:
     checked(root, leaf, inter)  # the honest chain passes
     # An intermediate with a critical extension nobody understands.
     root, inter, leaf = chain_of(kind, inter_extra=((UNKNOWN_CRITICAL, True),))
-    with pytest.raises(UntrustedChainError, match="critical"):
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN, match="critical"):
         checked(root, leaf, inter)
     # A leaf with one.
     root, inter, leaf = chain_of(kind, leaf_extra=((UNKNOWN_CRITICAL, True),))
-    with pytest.raises(UntrustedChainError, match="critical"):
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN, match="critical"):
         checked(root, leaf, inter)
     # The root may only vouch for example.com; the leaf names evil.org.
     constraint = x509.NameConstraints([x509.DNSName("example.com")], None)
     evil = x509.SubjectAlternativeName([x509.DNSName("evil.org")])
     root, inter, leaf = chain_of(kind, root_extra=((constraint, True),),
                                  leaf_extra=((evil, False),))
-    with pytest.raises(UntrustedChainError, match="name constraint"):
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN, match="name constraint"):
         checked(root, leaf, inter)
     # A code-signing CA (EKU on the intermediate) issuing a code-signing leaf is fine.
     root, inter, leaf = chain_of(kind, inter_extra=((CODE_SIGNING, False),),
@@ -624,27 +624,27 @@ def test_every_key_type_refuses_the_same_chains(kind: str) -> None:
     checked(root, leaf, inter)
     # A TLS-only CA is not.
     root, inter, leaf = chain_of(kind, inter_extra=((SERVER_ONLY, False),))
-    with pytest.raises(UntrustedChainError):
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN):
         checked(root, leaf, inter)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tls_server_certificates_sign_no_images(kind: str) -> None:
     _root, _inter, leaf = chain_of(kind, leaf_extra=((SERVER_ONLY, False),))
-    with pytest.raises(KeyUsageError, match="extended key usage"):
+    with raises_fault(CertificateError, CertificateFault.KEY_USAGE, match="extended key usage"):
         checked(None, leaf)
     root, inter, leaf = chain_of(kind, leaf_extra=((SERVER_ONLY, False),))
-    with pytest.raises(KeyUsageError, match="extended key usage"):
+    with raises_fault(CertificateError, CertificateFault.KEY_USAGE, match="extended key usage"):
         checked(root, leaf, inter)
     # A deployment that signs with its own EKU says so.
     own = x509.ObjectIdentifier("1.3.6.1.4.1.99999.2")
     _root, _inter, leaf = chain_of(kind, leaf_extra=((x509.ExtendedKeyUsage([own]), False),))
-    with pytest.raises(KeyUsageError):
+    with raises_fault(CertificateError, CertificateFault.KEY_USAGE):
         checked(None, leaf)
     checked(None, leaf, policy=CertificatePolicy(extended_key_usages=(own,)))
     # Without trust anchors too, a leaf's unknown critical extension is refused.
     _root, _inter, leaf = chain_of(kind, leaf_extra=((UNKNOWN_CRITICAL, True),))
-    with pytest.raises(UntrustedChainError, match="critical"):
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN, match="critical"):
         checked(None, leaf)
 
 
@@ -678,7 +678,7 @@ def test_each_scheme_checked_against_its_own_certificate(tmp_path: Path) -> None
     manager = LocalKeyStore(tmp_path / "keys")
     image, properties, valid, expired = both_schemes(tmp_path, manager)
     # The upload hook fetches both certificates: the Glance one has expired.
-    with pytest.raises(CertificateExpiredError):
+    with raises_fault(CertificateError, CertificateFault.EXPIRED):
         UploadInspector(properties, key_manager=manager, clock=lambda: NOW)
     # At the command line, --cert serves one scheme only.
     props = tmp_path / "props.json"

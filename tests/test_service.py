@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from imgcrypt.errors import (
-    EncryptionClaimError,
-    LuksVersionRefusedError,
+    FormatError,
+    FormatFault,
     SecretNotFoundError,
-    SpecMismatchError,
+    UnsupportedError,
+    UsageError,
+    UsageFault,
     VerificationError,
-    VolumeTypeMismatchError,
     WrongPassphraseError,
 )
 from imgcrypt.keys.barbican import BarbicanKeyManager
@@ -46,7 +47,7 @@ from imgcrypt.signing import ImgcryptSigner
 from imgcrypt.signing.manifest import BOUND_PROPERTIES
 
 from .barbican_server import BarbicanServer
-from .util import imgcrypt, secret_file
+from .util import imgcrypt, raises_fault, secret_file
 from .util import test_passphrase as cs_test_passphrase
 
 SPEC = EncryptionSpec("luks", "aes-xts-plain64", 512, KeySizeMeaning.WHOLE_XTS_KEY)
@@ -131,10 +132,10 @@ def run_upload_rejections(keystore: KeyManager) -> None:
 
     unsigned_image, unsigned = prepare_image(keystore, payload, sign=False)
     # Claims encryption but the bytes are a raw disk.
-    with pytest.raises(EncryptionClaimError, match="not a LUKS image"):
+    with raises_fault(FormatError, FormatFault.ENCRYPTION_CLAIM, match="not a LUKS image"):
         inspect_upload(chunked(payload), unsigned, key_manager=keystore)
     # Claims LUKSv2 but is LUKSv1.
-    with pytest.raises(EncryptionClaimError, match="claims LUKSv2"):
+    with raises_fault(FormatError, FormatFault.ENCRYPTION_CLAIM, match="claims LUKSv2"):
         inspect_upload(chunked(unsigned_image), {**unsigned, "os_encrypt_format": "LUKSv2"},
                        key_manager=keystore)
     # The key it names does not exist.
@@ -150,7 +151,7 @@ def run_upload_rejections(keystore: KeyManager) -> None:
 
 def test_luks2_refused_under_luks1_only_policy(keystore: KeyManager) -> None:
     image, properties = prepare_image(keystore, os.urandom(50_000), version=2, sign=False)
-    with pytest.raises(LuksVersionRefusedError):
+    with raises_fault(UnsupportedError, FormatFault.LUKS_VERSION_REFUSED):
         inspect_upload(chunked(image), properties, key_manager=keystore)
     policy = UploadPolicy(allowed_luks_versions=frozenset({1, 2}))
     verdict = inspect_upload(chunked(image), properties, key_manager=keystore, policy=policy)
@@ -247,7 +248,7 @@ def test_encrypted_image_into_unencrypted_type(keystore: LocalKeyStore, tmp_path
     payload = os.urandom(70_000)
     image, properties = prepare_image(keystore, payload, sign=False)
     target = tmp_path / "plain-volume"
-    with pytest.raises(VolumeTypeMismatchError):
+    with raises_fault(UsageError, UsageFault.VOLUME_TYPE_MISMATCH):
         create_volume_from_image(chunked(image), properties, str(target), spec=None,
                                  key_manager=keystore)
     assert not target.exists()
@@ -265,7 +266,7 @@ def test_secret_not_fitting_spec_is_refused_before_writing(keystore: LocalKeySto
                    FormatOptions(iterations=FAST))
     properties = encryption_properties(key_id, 1, 1000)
     target = tmp_path / "never"
-    with pytest.raises(SpecMismatchError, match="bit length is 256"):
+    with raises_fault(UsageError, UsageFault.SPEC_MISMATCH, match="bit length is 256"):
         create_volume_from_image(chunked(out.getvalue()), properties, str(target), spec=SPEC,
                                  key_manager=keystore, volume_key="clone")
     assert not target.exists()

@@ -9,13 +9,15 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import DuplicatePropertyError, ImgcryptError, MalformedPropertiesError
+from imgcrypt.errors import ImgcryptError, VerificationError, VerificationFault
 from imgcrypt.signing import certs, imgcrypt_mode
 from imgcrypt.signing.keyfile import load_private_key
 from imgcrypt.signing.propfile import dump_properties, parse_properties
 from imgcrypt.signing.stream import feed_iterable
 from imgcrypt.signing.verify import ImageVerifier
 from tests.test_signing_pki import NOW, cert_pem, key, make_cert
+
+from .util import raises_fault
 
 FUZZ = settings(max_examples=200, deadline=None)
 IMAGE = b"image bytes " * 100
@@ -33,8 +35,9 @@ def test_property_documents_round_trip(properties: dict[str, str]) -> None:
 def test_property_parser_on_garbage(data: bytes) -> None:
     try:
         parse_properties(data)
-    except (MalformedPropertiesError, DuplicatePropertyError):
-        pass
+    except VerificationError as exc:
+        assert exc.reason in (VerificationFault.MALFORMED_PROPERTIES,
+                              VerificationFault.DUPLICATE_PROPERTY), exc
 
 
 @pytest.mark.parametrize(
@@ -42,12 +45,12 @@ def test_property_parser_on_garbage(data: bytes) -> None:
     [b"[]", b'{"a": 1}', b'{"a": {"b": "c"}}', b"[" * 100000 + b"]" * 100000, b"\xff"],
 )
 def test_property_parser_refusals(document: bytes) -> None:
-    with pytest.raises(MalformedPropertiesError):
+    with raises_fault(VerificationError, VerificationFault.MALFORMED_PROPERTIES):
         parse_properties(document)
 
 
 def test_duplicate_keys() -> None:
-    with pytest.raises(DuplicatePropertyError):
+    with raises_fault(VerificationError, VerificationFault.DUPLICATE_PROPERTY):
         parse_properties(b'{"img_signature": "a", "img_signature": "b"}')
 
 

@@ -14,17 +14,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509 import Certificate
 
 from imgcrypt.errors import (
-    AlgorithmMismatchError,
     BadSignatureError,
-    MalformedSignatureError,
-    MissingPropertyError,
     UnknownAlgorithmError,
     UsageError,
+    VerificationError,
+    VerificationFault,
     WeakAlgorithmError,
 )
 from imgcrypt.signing import certs, glance
 from imgcrypt.signing.stream import feed_file, feed_iterable
 from tests.test_signing_pki import NOW, key, key_pem, make_cert
+
+from .util import raises_fault
 
 IMAGE = os.urandom(3 * 1024 * 1024 + 17)
 UUID = "4c1a3c6e-2f1e-4d8e-9a57-0a4c3e1f9b21"
@@ -264,26 +265,31 @@ def test_flipped_truncated_extended_and_swapped_certificate() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "error"),
+    ("change", "error", "reason"),
     [
-        ({"img_signature_key_type": "ECC_SECP521R1"}, AlgorithmMismatchError),
-        ({"img_signature_key_type": "RSA-PSS"}, AlgorithmMismatchError),
-        ({"img_signature_key_type": "DSA"}, WeakAlgorithmError),
-        ({"img_signature_key_type": "ECC_SECP256R1"}, UnknownAlgorithmError),
-        ({"img_signature_hash_method": "MD5"}, UnknownAlgorithmError),
-        ({"img_signature_hash_method": "SHA-512"}, BadSignatureError),
-        ({"img_signature": "not base64!"}, MalformedSignatureError),
-        ({"img_signature": ""}, MalformedSignatureError),
+        ({"img_signature_key_type": "ECC_SECP521R1"}, VerificationError,
+         VerificationFault.ALGORITHM_MISMATCH),
+        ({"img_signature_key_type": "RSA-PSS"}, VerificationError,
+         VerificationFault.ALGORITHM_MISMATCH),
+        ({"img_signature_key_type": "DSA"}, WeakAlgorithmError, None),
+        ({"img_signature_key_type": "ECC_SECP256R1"}, UnknownAlgorithmError, None),
+        ({"img_signature_hash_method": "MD5"}, UnknownAlgorithmError, None),
+        ({"img_signature_hash_method": "SHA-512"}, BadSignatureError, None),
+        ({"img_signature": "not base64!"}, VerificationError,
+         VerificationFault.MALFORMED_SIGNATURE),
+        ({"img_signature": ""}, VerificationError, VerificationFault.MALFORMED_SIGNATURE),
     ],
 )
-def test_property_tampering(change: dict[str, str], error: type[Exception]) -> None:
-    with pytest.raises(error):
+def test_property_tampering(change: dict[str, str], error: type[VerificationError],
+                            reason: VerificationFault | None) -> None:
+    with pytest.raises(error) as err:
         verify({**sign("p384"), **change})
+    assert type(err.value) is error and err.value.reason is reason
 
 
 @pytest.mark.parametrize("missing", glance.KEYS)
 def test_missing_property(missing: str) -> None:
     properties = sign("p384")
     del properties[missing]
-    with pytest.raises(MissingPropertyError):
+    with raises_fault(VerificationError, VerificationFault.MISSING_PROPERTY):
         verify(properties)

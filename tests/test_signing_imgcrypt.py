@@ -15,22 +15,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgcrypt.errors import (
-    AlgorithmMismatchError,
     BadSignatureError,
-    BoundPropertyMismatchError,
-    MalformedSignatureError,
-    MissingPartError,
-    MissingPropertyError,
-    ReorderedPartError,
-    SignedSizeMismatchError,
     UnknownAlgorithmError,
     UsageError,
+    VerificationError,
+    VerificationFault,
 )
 from imgcrypt.signing import certs, glance, imgcrypt_mode, storage
 from imgcrypt.signing.manifest import BOUND_PROPERTIES, SIGNATURE_NAME, Manifest, bound_values
 from imgcrypt.signing.stream import feed_file, feed_iterable
 from imgcrypt.signing.verify import ImageVerifier
 from tests.test_signing_pki import NOW, key, make_cert
+
+from .util import raises_fault
 
 IMAGE = os.urandom(2 * 1024 * 1024 + 3)
 BOUND = {
@@ -138,7 +135,7 @@ def test_flipped_byte() -> None:
 
 @pytest.mark.parametrize("data", [IMAGE[:-1], IMAGE + b"\0", IMAGE[: 1 << 20]])
 def test_truncated_or_extended_stream(data: bytes) -> None:
-    with pytest.raises(SignedSizeMismatchError):
+    with raises_fault(VerificationError, VerificationFault.SIGNED_SIZE_MISMATCH):
         verify(sign(), data)
 
 
@@ -153,7 +150,7 @@ def test_changed_added_or_removed_bound_property(name: str) -> None:
                 tampered[name] = "added"
         else:
             tampered[name] = tampered[name] + "x"
-        with pytest.raises(BoundPropertyMismatchError):
+        with raises_fault(VerificationError, VerificationFault.BOUND_PROPERTY_MISMATCH):
             verify(tampered)
 
 
@@ -173,23 +170,29 @@ def test_swapped_certificate() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "error"),
+    ("change", "error", "reason"),
     [
-        ({"imgcrypt_sign_algorithm": "ecdsa-p256"}, AlgorithmMismatchError),
-        ({"imgcrypt_sign_algorithm": "ed25519"}, AlgorithmMismatchError),
-        ({"imgcrypt_sign_algorithm": "rsa-pss"}, AlgorithmMismatchError),
-        ({"imgcrypt_sign_algorithm": "ed448"}, UnknownAlgorithmError),
-        ({"imgcrypt_sign_hash": "sha384"}, BadSignatureError),
-        ({"imgcrypt_sign_hash": "md5"}, UnknownAlgorithmError),
-        ({"imgcrypt_sign_version": "2"}, UnknownAlgorithmError),
-        ({"imgcrypt_sign_size": "-1"}, MalformedSignatureError),
-        ({"imgcrypt_sign_size": "12"}, SignedSizeMismatchError),
-        ({"imgcrypt_sign_bound_sha256": "x"}, BoundPropertyMismatchError),
+        ({"imgcrypt_sign_algorithm": "ecdsa-p256"}, VerificationError,
+         VerificationFault.ALGORITHM_MISMATCH),
+        ({"imgcrypt_sign_algorithm": "ed25519"}, VerificationError,
+         VerificationFault.ALGORITHM_MISMATCH),
+        ({"imgcrypt_sign_algorithm": "rsa-pss"}, VerificationError,
+         VerificationFault.ALGORITHM_MISMATCH),
+        ({"imgcrypt_sign_algorithm": "ed448"}, UnknownAlgorithmError, None),
+        ({"imgcrypt_sign_hash": "sha384"}, BadSignatureError, None),
+        ({"imgcrypt_sign_hash": "md5"}, UnknownAlgorithmError, None),
+        ({"imgcrypt_sign_version": "2"}, UnknownAlgorithmError, None),
+        ({"imgcrypt_sign_size": "-1"}, VerificationError, VerificationFault.MALFORMED_SIGNATURE),
+        ({"imgcrypt_sign_size": "12"}, VerificationError, VerificationFault.SIGNED_SIZE_MISMATCH),
+        ({"imgcrypt_sign_bound_sha256": "x"}, VerificationError,
+         VerificationFault.BOUND_PROPERTY_MISMATCH),
     ],
 )
-def test_property_tampering(change: dict[str, str], error: type[Exception]) -> None:
-    with pytest.raises(error):
+def test_property_tampering(change: dict[str, str], error: type[VerificationError],
+                            reason: VerificationFault | None) -> None:
+    with pytest.raises(error) as err:
         verify({**sign(), **change})
+    assert type(err.value) is error and err.value.reason is reason
 
 
 @pytest.mark.parametrize(
@@ -198,25 +201,25 @@ def test_property_tampering(change: dict[str, str], error: type[Exception]) -> N
 def test_missing_property(missing: str) -> None:
     properties = sign()
     del properties[missing]
-    with pytest.raises(MissingPropertyError):
+    with raises_fault(VerificationError, VerificationFault.MISSING_PROPERTY):
         verify(properties)
 
 
 def test_missing_and_reordered_signature_parts() -> None:
     properties = sign("mldsa44", max_value_length=255)
-    with pytest.raises(MissingPartError):
+    with raises_fault(VerificationError, VerificationFault.MISSING_PART):
         verify({k: v for k, v in properties.items() if k != f"{SIGNATURE_NAME}_3"}, kind="mldsa44")
     swapped = dict(properties)
     swapped[f"{SIGNATURE_NAME}_2"], swapped[f"{SIGNATURE_NAME}_5"] = (
         properties[f"{SIGNATURE_NAME}_5"],
         properties[f"{SIGNATURE_NAME}_2"],
     )
-    with pytest.raises(ReorderedPartError):
+    with raises_fault(VerificationError, VerificationFault.REORDERED_PART):
         verify(swapped, kind="mldsa44")
 
 
 def test_no_signature_at_all() -> None:
-    with pytest.raises(MissingPropertyError):
+    with raises_fault(VerificationError, VerificationFault.MISSING_PROPERTY):
         verify(dict(BOUND))
 
 

@@ -18,18 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, mldsa, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from imgcrypt.errors import (
-    CAConstraintError,
-    CertificateExpiredError,
-    CertificateLoadError,
-    CertificateNotYetValidError,
-    KeyUsageError,
-    UntrustedChainError,
-    WeakAlgorithmError,
-    WrongCertificateTypeError,
-)
+from imgcrypt.errors import CertificateError, CertificateFault, WeakAlgorithmError
 from imgcrypt.keys.secret import Secret
 from imgcrypt.signing import certs
+
+from .util import raises_fault
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -178,7 +171,7 @@ def test_load_pem_bundle_and_der() -> None:
     ],
 )
 def test_load_garbage_is_a_typed_error(data: bytes) -> None:
-    with pytest.raises(CertificateLoadError):
+    with raises_fault(CertificateError, CertificateFault.LOAD):
         certs.load_certificates(data)
 
 
@@ -202,7 +195,7 @@ def test_from_key_manager_pem_der_and_text() -> None:
     )
     assert certs.certificates_from_key_manager(manager, "der") == [leaf]
     assert certs.certificates_from_key_manager(manager, "pem") == [leaf]
-    with pytest.raises(WrongCertificateTypeError):
+    with raises_fault(CertificateError, CertificateFault.WRONG_TYPE):
         certs.certificates_from_key_manager(manager, "sym")
 
 
@@ -219,16 +212,16 @@ def test_valid_self_signed_certificate_passes() -> None:
 def test_expired_and_not_yet_valid() -> None:
     expired = make_cert(key("p384"), not_after=NOW - dt.timedelta(seconds=1))
     future = make_cert(key("p384"), not_before=NOW + dt.timedelta(seconds=1))
-    with pytest.raises(CertificateExpiredError):
+    with raises_fault(CertificateError, CertificateFault.EXPIRED):
         check([expired])
-    with pytest.raises(CertificateNotYetValidError):
+    with raises_fault(CertificateError, CertificateFault.NOT_YET_VALID):
         check([future])
     # The clock decides, not the wall time: the same certificate is fine a year earlier.
     certs.check_certificate([expired], clock=lambda: NOW - dt.timedelta(days=1))
 
 
 def test_key_usage_without_digital_signature() -> None:
-    with pytest.raises(KeyUsageError):
+    with raises_fault(CertificateError, CertificateFault.KEY_USAGE):
         check([make_cert(key("p384"), digital_signature=False)])
     # RFC 5280: no key usage extension at all means any usage.
     check([make_cert(key("p384"), key_usage=False)])
@@ -297,11 +290,13 @@ def test_chain_to_trust_store(kind: str, pss: bool) -> None:
 
 def test_untrusted_chain() -> None:
     chain, other = pki("p256"), pki("p384")
-    with pytest.raises(UntrustedChainError):
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN):
         check([chain["leaf"], chain["mid"]], trust=[other["root"]])
-    with pytest.raises(UntrustedChainError):  # the intermediate is missing
+    # the intermediate is missing
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN):
         check([chain["leaf"]], trust=[chain["root"]])
-    with pytest.raises(UntrustedChainError):  # a self-signed certificate not in the store
+    # a self-signed certificate not in the store
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN):
         check([make_cert(key("p384"))], trust=[chain["root"]])
 
 
@@ -315,7 +310,7 @@ def test_issuer_that_is_not_a_ca() -> None:
     root = make_cert(root_key, "root", ca=True)
     not_ca = make_cert(mid_key, "mid", issuer_key=root_key, issuer="root", ca=False)
     leaf = make_cert(key("p384"), "leaf", issuer_key=mid_key, issuer="mid")
-    with pytest.raises(CAConstraintError):
+    with raises_fault(CertificateError, CertificateFault.CA_CONSTRAINT):
         check([leaf, not_ca], trust=[root])
 
 
@@ -324,11 +319,12 @@ def test_issuer_without_key_cert_sign_and_path_length() -> None:
     root = make_cert(root_key, "root", ca=True, path_length=0)
     mid = make_cert(mid_key, "mid", issuer_key=root_key, issuer="root", ca=True)
     leaf = make_cert(key("p384"), "leaf", issuer_key=mid_key, issuer="mid")
-    with pytest.raises(CAConstraintError):  # root allows no intermediate CA below it
+    # root allows no intermediate CA below it
+    with raises_fault(CertificateError, CertificateFault.CA_CONSTRAINT):
         check([leaf, mid], trust=[root])
     root2 = make_cert(root_key, "root", ca=True, key_cert_sign=False)
     leaf2 = make_cert(key("p384"), "leaf", issuer_key=root_key, issuer="root")
-    with pytest.raises(CAConstraintError):
+    with raises_fault(CertificateError, CertificateFault.CA_CONSTRAINT):
         check([leaf2], trust=[root2])
 
 
@@ -339,5 +335,5 @@ def test_expired_intermediate_is_an_untrusted_chain() -> None:
         mid_key, "mid", issuer_key=root_key, issuer="root", ca=True, not_after=NOW - dt.timedelta(1)
     )
     leaf = make_cert(key("p384"), "leaf", issuer_key=mid_key, issuer="mid")
-    with pytest.raises(UntrustedChainError):
+    with raises_fault(CertificateError, CertificateFault.UNTRUSTED_CHAIN):
         check([leaf, mid], trust=[root])

@@ -6,19 +6,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.errors import (
-    CorruptPartsError,
-    DuplicatePartError,
-    ExtraPartError,
-    MalformedPartError,
-    MissingPartError,
-    PartsError,
-    ReorderedPartError,
-    UsageError,
-)
+from imgcrypt.errors import UsageError, VerificationError, VerificationFault
 from imgcrypt.signing import storage
 
+from .util import raises_fault
+
 NAME = "imgcrypt_sign_signature"
+# The faults of a value stored as numbered parts that cannot be reassembled.
+PARTS_FAULTS = {VerificationFault.MISSING_PART, VerificationFault.EXTRA_PART,
+                VerificationFault.DUPLICATE_PART, VerificationFault.REORDERED_PART,
+                VerificationFault.MALFORMED_PART, VerificationFault.CORRUPT_PARTS}
 limits = st.integers(min_value=storage.MIN_MAX_LENGTH, max_value=1024)
 values = st.text(max_size=7000)
 b64 = st.text(
@@ -77,7 +74,7 @@ def test_missing_part(value: str, limit: int, data: st.DataObject) -> None:
     records = storage.split_value(NAME, value, max_length=limit)
     index = data.draw(st.integers(1, count(records)))
     del records[f"{NAME}_{index}"]
-    with pytest.raises(MissingPartError):
+    with raises_fault(VerificationError, VerificationFault.MISSING_PART):
         storage.join_value(NAME, records)
 
 
@@ -85,7 +82,7 @@ def test_missing_part(value: str, limit: int, data: st.DataObject) -> None:
 def test_missing_count_or_digest(record: str) -> None:
     records = storage.split_value(NAME, "A" * 600)
     del records[f"{NAME}_{record}"]
-    with pytest.raises(MissingPartError):
+    with raises_fault(VerificationError, VerificationFault.MISSING_PART):
         storage.join_value(NAME, records)
 
 
@@ -95,7 +92,7 @@ def test_extra_part(value: str, limit: int) -> None:
     records = storage.split_value(NAME, value, max_length=limit)
     extra = count(records) + 1
     records[f"{NAME}_{extra}"] = f"{extra}:AAAA"
-    with pytest.raises(ExtraPartError):
+    with raises_fault(VerificationError, VerificationFault.EXTRA_PART):
         storage.join_value(NAME, records)
 
 
@@ -109,24 +106,25 @@ def test_duplicated_part(case: tuple[str, int], data: st.DataObject) -> None:
     source = data.draw(st.integers(1, n))
     target = data.draw(st.integers(1, n).filter(lambda i: i != source))
     records[f"{NAME}_{target}"] = records[f"{NAME}_{source}"]
-    with pytest.raises(DuplicatePartError):
+    with raises_fault(VerificationError, VerificationFault.DUPLICATE_PART):
         storage.join_value(NAME, records)
 
 
 @pytest.mark.parametrize("value", ["0:", "0:AAAA", "1:AAAA"])
 def test_part_zero_is_extra(value: str) -> None:
     records = {**storage.split_value(NAME, "A" * 600), f"{NAME}_0": value}
-    with pytest.raises((ExtraPartError, DuplicatePartError)):
+    with pytest.raises(VerificationError) as err:
         storage.join_value(NAME, records)
+    assert err.value.reason in (VerificationFault.EXTRA_PART, VerificationFault.DUPLICATE_PART)
     if value.startswith("0"):
-        with pytest.raises(ExtraPartError):
+        with raises_fault(VerificationError, VerificationFault.EXTRA_PART):
             storage.join_value(NAME, records)
 
 
 def test_duplicated_part_under_a_padded_number() -> None:
     records = storage.split_value(NAME, "A" * 600)
     records[f"{NAME}_01"] = records[f"{NAME}_1"]
-    with pytest.raises(DuplicatePartError):
+    with raises_fault(VerificationError, VerificationFault.DUPLICATE_PART):
         storage.join_value(NAME, records)
 
 
@@ -142,7 +140,7 @@ def test_reordered_parts(case: tuple[str, int], data: st.DataObject) -> None:
     originals = {i: records[f"{NAME}_{i}"] for i in range(1, n + 1)}
     for slot, source in zip(range(1, n + 1), order, strict=True):
         records[f"{NAME}_{slot}"] = originals[source]
-    with pytest.raises(ReorderedPartError):
+    with raises_fault(VerificationError, VerificationFault.REORDERED_PART):
         storage.join_value(NAME, records)
 
 
@@ -154,7 +152,7 @@ def test_corrupted_part(value: str, limit: int, data: st.DataObject) -> None:
     key = f"{NAME}_{index}"
     prefix, body = records[key].split(":", 1)
     records[key] = f"{prefix}:{body}!"
-    with pytest.raises(CorruptPartsError):
+    with raises_fault(VerificationError, VerificationFault.CORRUPT_PARTS):
         storage.join_value(NAME, records)
 
 
@@ -171,7 +169,7 @@ def test_corrupted_part(value: str, limit: int, data: st.DataObject) -> None:
 )
 def test_malformed_records(change: dict[str, str]) -> None:
     records = {**storage.split_value(NAME, "A" * 600), **change}
-    with pytest.raises(MalformedPartError):
+    with raises_fault(VerificationError, VerificationFault.MALFORMED_PART):
         storage.join_value(NAME, records)
 
 
@@ -190,12 +188,12 @@ def test_malformed_records(change: dict[str, str]) -> None:
 def test_hostile_records_give_parts_errors_only(records: dict[str, str]) -> None:
     try:
         storage.join_value(NAME, records)
-    except PartsError:
-        pass
+    except VerificationError as exc:
+        assert type(exc) is VerificationError and exc.reason in PARTS_FAULTS, exc
 
 
 def test_too_many_parts_is_bounded() -> None:
     records = {f"{NAME}_count": "3", f"{NAME}_sha256": "x"}
     records.update({f"{NAME}_{i}": f"{i}:A" for i in range(1, storage.MAX_PARTS + 10)})
-    with pytest.raises(ExtraPartError):
+    with raises_fault(VerificationError, VerificationFault.EXTRA_PART):
         storage.join_value(NAME, records)

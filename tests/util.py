@@ -6,7 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+
+from imgcrypt.errors import Fault, ImgcryptError
 
 IMGCRYPT = [sys.executable, "-m", "imgcrypt"]
 
@@ -18,6 +24,15 @@ def imgcrypt(*args: str | os.PathLike[str], input: bytes | None = None, check: b
     if check and proc.returncode != 0:
         raise AssertionError(f"imgcrypt {args} failed ({proc.returncode}): {proc.stderr.decode()}")
     return proc
+
+
+@contextmanager
+def raises_fault(kind: type[ImgcryptError], reason: Fault, match: str | None = None
+                 ) -> Iterator[pytest.ExceptionInfo[ImgcryptError]]:
+    """``pytest.raises(kind, match=match)`` that also requires the error's ``reason``."""
+    with pytest.raises(kind, match=match) as info:
+        yield info
+    assert info.value.reason is reason, f"reason {info.value.reason!r}, not {reason!r}"
 
 
 def secret_file(directory: Path, name: str, data: bytes) -> Path:

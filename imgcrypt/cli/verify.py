@@ -13,7 +13,7 @@ from cryptography import x509
 from imgcrypt.cli import keyopts
 from imgcrypt.cli.inputs import feed_image, key_manager, known_property
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import MalformedPropertiesError, UsageError
+from imgcrypt.errors import UsageError, VerificationError, VerificationFault
 from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing.certs import (
     CertificatePolicy,
@@ -113,7 +113,8 @@ IMAGE_FIELDS = frozenset({
 _CLIENT_PROPERTY_PREFIX = "owner_specified.openstack."
 
 _no_duplicates = unique_keys(
-    lambda key: MalformedPropertiesError(f"property {key[:64]!r} appears more than once")
+    lambda key: VerificationError(f"property {key[:64]!r} appears more than once",
+                                  reason=VerificationFault.MALFORMED_PROPERTIES)
 )
 
 
@@ -124,15 +125,18 @@ def image_show_properties(data: bytes) -> dict[str, str]:
     values imgcrypt reads) are left out. A property imgcrypt reads must be a string or an
     integer; one name with two values is refused."""
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise MalformedPropertiesError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes")
+        raise VerificationError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes",
+                                reason=VerificationFault.MALFORMED_PROPERTIES)
     try:
         document = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as exc:
-        raise MalformedPropertiesError(
-            f"not a JSON property document: {type(exc).__name__}"
+        raise VerificationError(
+            f"not a JSON property document: {type(exc).__name__}",
+            reason=VerificationFault.MALFORMED_PROPERTIES,
         ) from None
     if not isinstance(document, dict):
-        raise MalformedPropertiesError("a property document must be a JSON object")
+        raise VerificationError("a property document must be a JSON object",
+                                reason=VerificationFault.MALFORMED_PROPERTIES)
     nested = document.get("properties")
     layers = [document, nested] if isinstance(nested, dict) else [document]
     flat: dict[str, str] = {}
@@ -143,11 +147,13 @@ def image_show_properties(data: bytes) -> dict[str, str]:
             elif isinstance(value, int) and not isinstance(value, bool):
                 text = str(value)
             elif known_property(name) and value is not None:
-                raise MalformedPropertiesError(f"property {name!r} is not a string")
+                raise VerificationError(f"property {name!r} is not a string",
+                                        reason=VerificationFault.MALFORMED_PROPERTIES)
             else:
                 continue
             if flat.setdefault(name, text) != text:
-                raise MalformedPropertiesError(f"property {name!r} is given two values")
+                raise VerificationError(f"property {name!r} is given two values",
+                                        reason=VerificationFault.MALFORMED_PROPERTIES)
     return flat
 
 

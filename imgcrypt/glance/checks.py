@@ -12,7 +12,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from imgcrypt.errors import ImgcryptError, KeyBindingError, UsageError, WrongPassphraseError
+from imgcrypt.errors import (
+    ImgcryptError,
+    UsageError,
+    VerificationError,
+    VerificationFault,
+    WrongPassphraseError,
+)
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import passphrase_for
@@ -90,8 +96,9 @@ def verify_staged(path: str, properties: Mapping[str, str], key_manager: KeyMana
                 with open(path, "rb") as f:
                     unlock_stream(f, passphrase)
             except WrongPassphraseError:
-                raise KeyBindingError(
-                    f"key {claim.key_id} does not open the image's LUKS header"
+                raise VerificationError(
+                    f"key {claim.key_id} does not open the image's LUKS header",
+                    reason=VerificationFault.KEY_BINDING,
                 ) from None
             key_opens = True
         if policy.register_consumer and key_manager.supports_consumers:

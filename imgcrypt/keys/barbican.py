@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from imgcrypt.errors import (
-    ConsumersUnsupportedError,
     ImgcryptError,
     KeyManagerError,
+    KeyManagerFault,
     KeyManagerUnavailableError,
     UsageError,
 )
@@ -88,7 +88,8 @@ def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iter
         if mapped is not None:
             raise mapped from None
         if isinstance(exc, NotImplementedError):
-            raise ConsumersUnsupportedError(f"Barbican does not support this: {exc}") from None
+            raise KeyManagerError(f"Barbican does not support this: {exc}",
+                                  reason=KeyManagerFault.CONSUMERS_UNSUPPORTED) from None
         if isinstance(exc, ValueError):
             # barbicanclient raises ValueError for refs it cannot parse, secrets without
             # payload, and endpoints that speak no supported microversion.

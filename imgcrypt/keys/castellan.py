@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from imgcrypt.errors import (
-    ConsumersUnsupportedError,
     ImgcryptError,
     KeyManagerError,
+    KeyManagerFault,
     SecretNotFoundError,
     UsageError,
 )
@@ -47,8 +47,9 @@ def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iter
     except cexc.ManagedObjectNotFoundError:
         raise SecretNotFoundError(f"the key manager has no {what}") from None
     except NotImplementedError:
-        raise ConsumersUnsupportedError(
-            "this castellan backend does not support that operation"
+        raise KeyManagerError(
+            "this castellan backend does not support that operation",
+            reason=KeyManagerFault.CONSUMERS_UNSUPPORTED,
         ) from None
     except (cexc.CastellanException, KeyError) as exc:
         raise _classify(exc, what, redact) from None
@@ -178,8 +179,9 @@ class CastellanKeyManager:
 
     def _require_consumers(self) -> None:
         if not self._supports_consumers:
-            raise ConsumersUnsupportedError(
-                f"castellan backend {type(self._manager).__name__} has no consumer support"
+            raise KeyManagerError(
+                f"castellan backend {type(self._manager).__name__} has no consumer support",
+                reason=KeyManagerFault.CONSUMERS_UNSUPPORTED,
             )
 
     def add_consumer(self, key_id: str, consumer: Consumer) -> None:

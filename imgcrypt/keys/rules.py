@@ -21,9 +21,9 @@ from imgcrypt.errors import (
     KeyManagerError,
     KeyManagerUnavailableError,
     SecretNotFoundError,
-    SpecMismatchError,
     UnusableSecretError,
     UsageError,
+    UsageFault,
 )
 from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
 from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, EncryptionSpec, Secret
@@ -116,7 +116,8 @@ def pem_form(kind: str, payload: bytes) -> bytes:
 
 
 def check_secret(secret: Secret, spec: EncryptionSpec, *, allow_unknown: bool = False) -> None:
-    """Raise :class:`SpecMismatchError` naming each of algorithm, bit length, mode that differs.
+    """Raise :class:`UsageError` (reason ``SPEC_MISMATCH``, ``details`` one finding each)
+    naming each of algorithm, bit length, mode that differs.
 
     The secret's ``bit_length`` is compared with ``spec.key_size`` exactly as the volume type
     stores it, because that is the length Cinder orders for a volume's secret; what strength
@@ -144,7 +145,8 @@ def check_secret(secret: Secret, spec: EncryptionSpec, *, allow_unknown: bool = 
     compare("bit length", secret.bit_length, spec.key_size)
     compare("mode", secret.mode, spec.mode)
     if mismatches:
-        raise SpecMismatchError(tuple(mismatches))
+        raise UsageError("secret does not fit the encryption spec: " + "; ".join(mismatches),
+                         reason=UsageFault.SPEC_MISMATCH, details=tuple(mismatches))
 
 
 def generate_secret(order: KeyOrder) -> Secret:

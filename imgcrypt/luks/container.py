@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from imgcrypt.errors import TruncatedError
+from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
-from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, MagicRuleError, VersionRuleError
+from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec
 
 # RegionUpdate lives in the leaf module imgcrypt.luks.base; it is named here for callers.
@@ -72,16 +72,18 @@ class LuksHeader(Protocol):
 
 
 def detect_version(prefix: bytes) -> int:
-    """1 or 2 from the first bytes of an image; BadMagicError if it is not LUKS at all."""
+    """1 or 2 from the first bytes of an image; HeaderRuleError (BAD_MAGIC) if not LUKS at all."""
     if len(prefix) < 8:
-        raise TruncatedError("image is too short to hold a LUKS header")
+        raise FormatError("image is too short to hold a LUKS header", reason=FormatFault.TRUNCATED)
     if prefix[:6] != MAGIC:
-        raise MagicRuleError(LUKS_MAGIC, "not a LUKS image (bad magic)")
+        raise HeaderRuleError(LUKS_MAGIC, "not a LUKS image (bad magic)",
+                              reason=FormatFault.BAD_MAGIC)
     version = int.from_bytes(prefix[6:8], "big")
     if version == 0:  # cryptsetup reads it as a LUKS2 image whose primary copy is damaged
         return 2
     if version not in (1, 2):
-        raise VersionRuleError(LUKS_VERSION, f"unsupported LUKS version {version}")
+        raise HeaderRuleError(LUKS_VERSION, f"unsupported LUKS version {version}",
+                              reason=FormatFault.UNSUPPORTED)
     return version
 
 

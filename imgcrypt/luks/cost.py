@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from imgcrypt.errors import LimitExceededError, UnsupportedError
+from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
 from imgcrypt.luks.backend import hash_size
 from imgcrypt.luks.base import Argon2, Kdf, Pbkdf2
 
@@ -65,9 +65,10 @@ def check_cost(kdf: Kdf, length: int, budget: int) -> None:
     """Refuse one derivation that alone costs more than ``budget``."""
     cost = kdf_cost(kdf, length)
     if cost > budget:
-        raise LimitExceededError(
+        raise FormatError(
             f"one KDF derivation would cost {cost:,} units, above the budget of {budget:,} "
-            "for a whole unlock"
+            "for a whole unlock",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
 
 
@@ -75,8 +76,9 @@ def check_unlock_cost(derivations: Iterable[tuple[Kdf, int]], budget: int) -> in
     """Refuse an unlock whose derivations (KDF, output length) cost more than ``budget``."""
     total = sum(kdf_cost(kdf, length) for kdf, length in derivations)
     if total > budget:
-        raise LimitExceededError(
+        raise FormatError(
             f"trying every keyslot would cost {total:,} units of KDF work, above the budget of "
-            f"{budget:,} per unlock"
+            f"{budget:,} per unlock",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
     return total

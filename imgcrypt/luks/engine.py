@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from imgcrypt.errors import FormatError, TruncatedError
+from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.container import LuksHeader, whole_sectors
 
 try:
@@ -100,11 +100,13 @@ class PayloadPlan:
         sector = self.sector_size
         if read % sector and not self.pad_tail and (
                 self.output_limit is None or read < self.output_limit):
-            raise TruncatedError("encrypted payload ends inside a sector")
+            raise FormatError("encrypted payload ends inside a sector",
+                              reason=FormatFault.TRUNCATED)
         if self.output_limit is not None:
             if (self.padded(read) if self.pad_tail else read) < self.output_limit:
-                raise TruncatedError(
-                    f"image holds {read} payload bytes, {self.output_limit} expected")
+                raise FormatError(
+                    f"image holds {read} payload bytes, {self.output_limit} expected",
+                    reason=FormatFault.TRUNCATED)
             return self.output_limit
         return self.padded(read)
 
@@ -136,7 +138,7 @@ def plan_decrypt(header: LuksHeader, *, size: int | None, available: int | None)
     read_limit = None if limit is None else -(-limit // sector) * sector
     if available is not None:
         if available < 0:
-            raise TruncatedError("image ends before its payload starts")
+            raise FormatError("image ends before its payload starts", reason=FormatFault.TRUNCATED)
         if limit is None:
             available = whole_sectors(available)
         read_limit = available if read_limit is None else min(available, read_limit)
@@ -249,8 +251,9 @@ class FileSource:
             if exc.errno == errno.ENXIO:  # nothing but a hole up to the end of the file
                 size = os.fstat(self.fd).st_size
                 if size < end:
-                    raise TruncatedError(
-                        f"input ends {end - size} bytes before its end") from None
+                    raise FormatError(
+                        f"input ends {end - size} bytes before its end",
+                        reason=FormatFault.TRUNCATED) from None
                 return end, end
             self._holes = False  # a file system without SEEK_DATA: read everything
             return position, end
@@ -460,7 +463,8 @@ class _Engine:
         else:
             got = self.source.read(view[:want], start)
             if got < want:
-                raise TruncatedError(f"input ends {want - got} bytes before its end")
+                raise FormatError(f"input ends {want - got} bytes before its end",
+                                  reason=FormatFault.TRUNCATED)
         if got < want and plan.loop_sectors:
             got = whole_sectors(start + got) - start
         ends = got < want or (plan.read_limit is not None and start + got == plan.read_limit)
@@ -588,7 +592,8 @@ def _pread_full(fd: int, view: memoryview, offset: int) -> None:
     while done < len(view):
         got = os.preadv(fd, [view[done:]], offset + done)
         if got == 0:
-            raise TruncatedError(f"input ends {len(view) - done} bytes before its end")
+            raise FormatError(f"input ends {len(view) - done} bytes before its end",
+                              reason=FormatFault.TRUNCATED)
         done += got
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from imgcrypt.errors import LimitExceededError, UnsupportedError
+from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
 from imgcrypt.luks import backend
 from imgcrypt.luks.base import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.cost import check_cost
@@ -61,33 +61,40 @@ DEFAULT_LIMITS = KdfLimits()
 def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> None:
     """Refuse parameters above ``limits`` or outside what the algorithm accepts."""
     if not 1 <= length <= limits.max_key_size:
-        raise LimitExceededError(f"derived key length {length} outside 1..{limits.max_key_size}")
+        raise FormatError(f"derived key length {length} outside 1..{limits.max_key_size}",
+                          reason=FormatFault.LIMIT_EXCEEDED)
     if len(kdf.salt) > limits.max_salt_size:
-        raise LimitExceededError(f"KDF salt of {len(kdf.salt)} bytes exceeds the cap")
+        raise FormatError(f"KDF salt of {len(kdf.salt)} bytes exceeds the cap",
+                          reason=FormatFault.LIMIT_EXCEEDED)
     if isinstance(kdf, Pbkdf2):
         hash_algorithm(kdf.hash)
         if not 1 <= kdf.iterations <= limits.max_pbkdf2_iterations:
-            raise LimitExceededError(
-                f"pbkdf2 iterations {kdf.iterations} outside 1..{limits.max_pbkdf2_iterations}"
+            raise FormatError(
+                f"pbkdf2 iterations {kdf.iterations} outside 1..{limits.max_pbkdf2_iterations}",
+                reason=FormatFault.LIMIT_EXCEEDED,
             )
         _check_cost(kdf, length, limits)
         return
     if kdf.variant not in ("argon2i", "argon2id"):
         raise UnsupportedError(f"unsupported KDF {kdf.variant!r}")
     if not 1 <= kdf.time <= limits.max_argon2_time:
-        raise LimitExceededError(f"argon2 time cost {kdf.time} outside 1..{limits.max_argon2_time}")
+        raise FormatError(f"argon2 time cost {kdf.time} outside 1..{limits.max_argon2_time}",
+                          reason=FormatFault.LIMIT_EXCEEDED)
     if not 1 <= kdf.parallel <= limits.max_argon2_parallel:
-        raise LimitExceededError(
-            f"argon2 parallelism {kdf.parallel} outside 1..{limits.max_argon2_parallel}"
+        raise FormatError(
+            f"argon2 parallelism {kdf.parallel} outside 1..{limits.max_argon2_parallel}",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
     if not 8 * kdf.parallel <= kdf.memory_kib <= limits.max_argon2_memory_kib:
-        raise LimitExceededError(
+        raise FormatError(
             f"argon2 memory {kdf.memory_kib} KiB outside {8 * kdf.parallel}.."
-            f"{limits.max_argon2_memory_kib} KiB"
+            f"{limits.max_argon2_memory_kib} KiB",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
     if kdf.memory_kib * kdf.time > limits.max_argon2_work:
-        raise LimitExceededError(
-            f"argon2 work of {kdf.memory_kib} KiB x {kdf.time} passes exceeds the cap"
+        raise FormatError(
+            f"argon2 work of {kdf.memory_kib} KiB x {kdf.time} passes exceeds the cap",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
     if len(kdf.salt) < 8:
         raise UnsupportedError("argon2 salt shorter than 8 bytes")
@@ -107,12 +114,14 @@ def check_total(kdfs: Iterable[Kdf], limits: KdfLimits = DEFAULT_LIMITS) -> None
         else:
             argon2 += kdf.memory_kib * kdf.time
     if pbkdf2 > limits.max_total_pbkdf2_iterations:
-        raise LimitExceededError(
+        raise FormatError(
             f"the keyslots ask for {pbkdf2} pbkdf2 iterations in all, above the cap of "
-            f"{limits.max_total_pbkdf2_iterations}"
+            f"{limits.max_total_pbkdf2_iterations}",
+            reason=FormatFault.LIMIT_EXCEEDED,
         )
     if argon2 > limits.max_total_argon2_work:
-        raise LimitExceededError("the keyslots' argon2 work adds up beyond the cap")
+        raise FormatError("the keyslots' argon2 work adds up beyond the cap",
+                          reason=FormatFault.LIMIT_EXCEEDED)
 
 
 def derive(kdf: Kdf, secret: bytes, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> bytes:

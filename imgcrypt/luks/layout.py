@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from imgcrypt.errors import FormatError, TruncatedError
+from imgcrypt.errors import FormatError, FormatFault
 
 T = TypeVar("T")
 
@@ -104,8 +104,9 @@ class Layout:
     def _values(self, data: bytes, offset: int) -> list[Any]:
         """Every field's value, in declaration order."""
         if len(data) - offset < self.size:
-            raise TruncatedError(
-                f"{self.name} needs {self.size} bytes, only {max(len(data) - offset, 0)} present"
+            raise FormatError(
+                f"{self.name} needs {self.size} bytes, only {max(len(data) - offset, 0)} present",
+                reason=FormatFault.TRUNCATED,
             )
         values: list[Any]
         if self._struct.size == 0:

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 from imgcrypt.errors import (
-    BadMagicError,
     FormatError,
-    LimitExceededError,
-    TruncatedError,
+    FormatFault,
     UnsupportedError,
     UsageError,
     WrongPassphraseError,
@@ -83,9 +81,10 @@ class Luks1Header:
     def parse(cls, data: bytes) -> Luks1Header:
         """Parse and validate the 592-byte header at the start of ``data``."""
         if len(data) < 6 or data[:6] != MAGIC:
-            raise BadMagicError("not a LUKS image (bad magic)")
+            raise FormatError("not a LUKS image (bad magic)", reason=FormatFault.BAD_MAGIC)
         if len(data) < HEADER_SIZE:
-            raise TruncatedError(f"LUKS1 header truncated: {len(data)} of {HEADER_SIZE} bytes")
+            raise FormatError(f"LUKS1 header truncated: {len(data)} of {HEADER_SIZE} bytes",
+                              reason=FormatFault.TRUNCATED)
         slots = tuple(
             KEYSLOT_LAYOUT.unpack_record(Keyslot, data,
                                          HEADER_LAYOUT.size + i * KEYSLOT_LAYOUT.size)
@@ -106,7 +105,8 @@ class Luks1Header:
         """cryptsetup's rules (:mod:`imgcrypt.luks.luks1_rules`), then imgcrypt's own bound."""
         luks1_rules.check(self)
         if self.region_size > MAX_REGION and self.payload_offset_sectors:
-            raise LimitExceededError(f"LUKS1 keyslots reach beyond {MAX_REGION} bytes")
+            raise FormatError(f"LUKS1 keyslots reach beyond {MAX_REGION} bytes",
+                              reason=FormatFault.LIMIT_EXCEEDED)
 
     def unsupported(self) -> tuple[str, ...]:
         """Why imgcrypt cannot open or decrypt this valid header; empty if it can."""
@@ -208,7 +208,8 @@ class Luks1Header:
         """Try each active keyslot (or only ``slot``); return (slot, master key)."""
         self.check_decryptable()
         if len(region) < self.region_size:
-            raise TruncatedError("image ends inside the LUKS1 keyslot area")
+            raise FormatError("image ends inside the LUKS1 keyslot area",
+                              reason=FormatFault.TRUNCATED)
         if slot is not None and (not 0 <= slot < NUM_KEYSLOTS or not self.keyslots[slot].active):
             raise UsageError(f"keyslot {slot} is not active")
         candidates = self.active_keyslots() if slot is None else (slot,)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgcrypt.errors import BadMagicError, FormatError, UnsupportedError
+from imgcrypt.errors import FormatError, FormatFault
 
 
 @dataclass(frozen=True)
@@ -18,21 +18,16 @@ class Rule:
     reason: str
 
 
+# ``rule`` names the broken rule; ``reason`` is BAD_MAGIC (not LUKS here), UNSUPPORTED (a
+# version cryptsetup does not know) or CHECKSUM (a copy's checksum does not match) where one of
+# those applies, so a caller decides by reason or rule, never by a second base class.
 class HeaderRuleError(FormatError):
-    """The header breaks one of cryptsetup's validity rules."""
+    """Catch when a header breaks one of cryptsetup's validity rules (``rule`` names it)."""
 
-    def __init__(self, rule: Rule, detail: str = "") -> None:
+    def __init__(self, rule: Rule, detail: str = "", *, reason: FormatFault | None = None) -> None:
         self.rule = rule
         text = f"header breaks rule {rule.name}: {rule.reason}"
-        super().__init__(f"{text} ({detail})" if detail else text)
-
-
-class MagicRuleError(HeaderRuleError, BadMagicError):
-    """No magic where one must be: both a broken rule and "not LUKS here"."""
-
-
-class VersionRuleError(HeaderRuleError, UnsupportedError):
-    """A LUKS version cryptsetup does not know."""
+        super().__init__(f"{text} ({detail})" if detail else text, reason=reason)
 
 
 def rule(registry: dict[str, Rule], name: str, reason: str) -> Rule:

@@ -15,11 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
-from imgcrypt.errors import (
-    LimitExceededError,
-    TruncatedError,
-    UsageError,
-)
+from imgcrypt.errors import FormatError, FormatFault, UsageError
 from imgcrypt.fileio import read_full
 from imgcrypt.luks.container import (
     PROBE_SIZE,
@@ -90,12 +86,14 @@ def read_header(source: BinaryIO, limits: KdfLimits = DEFAULT_LIMITS) -> tuple[L
     data = read_full(source, PROBE_SIZE)
     needed = bytes_to_parse(data)
     if needed > MAX_REGION_SIZE:
-        raise LimitExceededError(f"LUKS header claims {needed} bytes of metadata")
+        raise FormatError(f"LUKS header claims {needed} bytes of metadata",
+                          reason=FormatFault.LIMIT_EXCEEDED)
     if needed > len(data):
         data += read_full(source, needed - len(data))
     header = parse_header(data, limits, image_size=_size_of(source))
     if header.region_size > MAX_REGION_SIZE:
-        raise LimitExceededError(f"LUKS keyslot area of {header.region_size} bytes is too large")
+        raise FormatError(f"LUKS keyslot area of {header.region_size} bytes is too large",
+                          reason=FormatFault.LIMIT_EXCEEDED)
     if header.region_size > len(data):
         data += read_full(source, header.region_size - len(data))
     if len(data) < header.region_size:
@@ -127,7 +125,7 @@ def _skip_to_payload(opened: Unlocked, source: BinaryIO) -> bytes:
     while skip > 0:
         got = read_full(source, min(skip, CHUNK_SIZE))
         if not got:
-            raise TruncatedError("image ends before its payload starts")
+            raise FormatError("image ends before its payload starts", reason=FormatFault.TRUNCATED)
         skip -= len(got)
     return opened.region[header.payload_offset :]
 
@@ -279,12 +277,13 @@ class PayloadReader(io.RawIOBase):
         available = raw.seek(0, io.SEEK_END) - header.payload_offset
         if header.payload_size is not None:
             if header.payload_size > available:
-                raise TruncatedError("image is shorter than its payload segment")
+                raise FormatError("image is shorter than its payload segment",
+                                  reason=FormatFault.TRUNCATED)
             available = header.payload_size
         else:
             available = whole_sectors(available)
         if available < 0:
-            raise TruncatedError("image ends before its payload starts")
+            raise FormatError("image ends before its payload starts", reason=FormatFault.TRUNCATED)
         self._size = available if size is None else min(size, available)
         self._pos = 0
 
@@ -325,7 +324,7 @@ class PayloadReader(io.RawIOBase):
         self._raw.seek(header.payload_offset + first * sector)
         data = read_full(self._raw, (last - first) * sector)
         if len(data) < (last - first) * sector:
-            raise TruncatedError("image ends inside its payload")
+            raise FormatError("image ends inside its payload", reason=FormatFault.TRUNCATED)
         plain = self._cipher.decrypt(data, header.iv_tweak + first * sector // 512)
         start = self._pos - first * sector
         view[:want] = plain[start : start + want]

@@ -27,7 +27,7 @@ from typing import Any
 
 from imgcrypt.errors import (
     FormatError,
-    LimitExceededError,
+    FormatFault,
     ToolError,
     UnsupportedError,
     UsageError,
@@ -164,5 +164,6 @@ def require_convertible(info: ImageInfo, path: str | os.PathLike[str]) -> None:
         raise UnsupportedError(f"{name}: format {info.format} is not supported (supported: "
                                f"{', '.join(sorted(CONVERTIBLE_FORMATS))})")
     if info.virtual_size > MAX_VIRTUAL_SIZE:
-        raise LimitExceededError(f"{name}: virtual size {info.virtual_size} bytes exceeds the "
-                                 f"limit of {MAX_VIRTUAL_SIZE} bytes")
+        raise FormatError(f"{name}: virtual size {info.virtual_size} bytes exceeds the "
+                          f"limit of {MAX_VIRTUAL_SIZE} bytes",
+                          reason=FormatFault.LIMIT_EXCEEDED)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from imgcrypt.errors import EncryptionClaimError
+from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.keys.manager import require_uuid
 from imgcrypt.keys.properties import parse_encrypt_format
 from imgcrypt.keys.rules import parse_deletion_policy
@@ -40,22 +40,26 @@ def encryption_claim(properties: Mapping[str, str]) -> EncryptionClaim | None:
     ids = {require_uuid(str(properties[name])) for name in KEY_ID_PROPERTIES
            if properties.get(name)}
     if not ids:
-        raise EncryptionClaimError("the image claims encryption but names no key id")
+        raise FormatError("the image claims encryption but names no key id",
+                          reason=FormatFault.ENCRYPTION_CLAIM)
     if len(ids) > 1:
-        raise EncryptionClaimError("os_encrypt_key_id and cinder_encryption_key_id disagree")
+        raise FormatError("os_encrypt_key_id and cinder_encryption_key_id disagree",
+                          reason=FormatFault.ENCRYPTION_CLAIM)
     version = None
     if properties.get("os_encrypt_format"):
         version = parse_encrypt_format(str(properties["os_encrypt_format"]))
     policies = {parse_deletion_policy(str(properties[name])) for name in POLICY_PROPERTIES
                 if properties.get(name)}
     if len(policies) > 1:
-        raise EncryptionClaimError("the two key deletion policy properties disagree")
+        raise FormatError("the two key deletion policy properties disagree",
+                          reason=FormatFault.ENCRYPTION_CLAIM)
     size = None
     raw_size = properties.get("os_decrypt_size")
     if raw_size not in (None, ""):
         text = str(raw_size)
         if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_DECRYPT_SIZE:
-            raise EncryptionClaimError("os_decrypt_size is not a byte count")
+            raise FormatError("os_decrypt_size is not a byte count",
+                              reason=FormatFault.ENCRYPTION_CLAIM)
         size = int(text)
     return EncryptionClaim(ids.pop(), version, policies.pop() if policies else
                            "on_image_deletion", size)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from imgcrypt.errors import UsageError, VolumeTypeMismatchError
+from imgcrypt.errors import UsageError, UsageFault
 from imgcrypt.fileio import ChunkReader, atomic_output
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
@@ -141,9 +141,10 @@ def create_volume_from_image(
     policy = policy or UploadPolicy(allowed_luks_versions=frozenset({1, 2}),
                                     register_consumer=False)
     if claim is not None and spec is None and not decrypt:
-        raise VolumeTypeMismatchError(
+        raise UsageError(
             "the image is encrypted and the volume type is not: refusing to write LUKS bytes "
-            "into an unencrypted volume (ask for an explicit decrypt)"
+            "into an unencrypted volume (ask for an explicit decrypt)",
+            reason=UsageFault.VOLUME_TYPE_MISMATCH,
         )
     size_text = str(properties.get("size", ""))
     required = int(size_text) if re.fullmatch(r"[0-9]{1,19}", size_text) else None

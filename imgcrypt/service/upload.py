@@ -16,12 +16,13 @@ from cryptography import x509
 
 from imgcrypt.digests import DEFAULT_MULTIHASH, MULTIHASHES
 from imgcrypt.errors import (
-    EncryptionClaimError,
+    FormatError,
+    FormatFault,
     ImgcryptError,
-    KeyBindingError,
-    LuksVersionRefusedError,
-    SignatureRequiredError,
+    UnsupportedError,
     UsageError,
+    VerificationError,
+    VerificationFault,
     WrongPassphraseError,
 )
 from imgcrypt.keys.manager import Consumer, KeyManager
@@ -119,7 +120,8 @@ class UploadInspector:
         self._passphrase: bytes | None = None
         if self._claim is not None:
             if key_manager is None:
-                raise EncryptionClaimError("an encrypted image needs a key manager to check")
+                raise FormatError("an encrypted image needs a key manager to check",
+                                  reason=FormatFault.ENCRYPTION_CLAIM)
             # SecretNotFoundError (exit 5) if absent; KeyManagerError if the key manager (with
             # the user's token) refuses a key of another project.
             self._passphrase = passphrase_for(key_manager.get(self._claim.key_id))
@@ -132,12 +134,14 @@ class UploadInspector:
                 glance_certificate=self._certificate(clock, glance_id) if glance_id else None,
             )
         elif self._policy.require_signature:
-            raise SignatureRequiredError("this deployment requires signed images")
+            raise VerificationError("this deployment requires signed images",
+                                    reason=VerificationFault.SIGNATURE_REQUIRED)
 
     def _certificate(self, clock: Clock, cert_id: str | None = None) -> CheckedCertificate:
         cert_id = cert_id or certificate_uuid(self._properties)
         if cert_id is None or self._manager is None:
-            raise SignatureRequiredError("the signature names no certificate in the key manager")
+            raise VerificationError("the signature names no certificate in the key manager",
+                                    reason=VerificationFault.SIGNATURE_REQUIRED)
         certificates = certificates_from_key_manager(self._manager, cert_id)
         return check_certificate(certificates, trust=self._policy.trust, clock=clock,
                                  policy=self._policy.certificate_policy)
@@ -191,27 +195,32 @@ class UploadInspector:
             return None
         needed = bytes_to_parse(head[:PROBE_SIZE])
         if needed > len(head):
-            raise EncryptionClaimError("the image ends inside its LUKS header")
+            raise FormatError("the image ends inside its LUKS header",
+                              reason=FormatFault.ENCRYPTION_CLAIM)
         # A malformed header is a FormatError, whatever is claimed.
         return parse_header(head, self._policy.unlock_limits)
 
     def _check_payload(self, header: LuksHeader, claim: EncryptionClaim) -> None:
         """The payload the header and the properties describe lies inside the image."""
         if _unlock_extent(header) > len(self._head):
-            raise EncryptionClaimError("the image ends inside its LUKS header or keyslots")
+            raise FormatError("the image ends inside its LUKS header or keyslots",
+                              reason=FormatFault.ENCRYPTION_CLAIM)
         if header.payload_offset >= self._size:
-            raise EncryptionClaimError(
+            raise FormatError(
                 f"the LUKS payload starts at byte {header.payload_offset}, at or beyond the end "
-                f"of the {self._size}-byte image: it holds no payload"
+                f"of the {self._size}-byte image: it holds no payload",
+                reason=FormatFault.ENCRYPTION_CLAIM,
             )
         payload = self._size - header.payload_offset
         if header.payload_size is not None:
             if header.payload_size > payload:
-                raise EncryptionClaimError("the LUKS2 segment's payload runs beyond the image")
+                raise FormatError("the LUKS2 segment's payload runs beyond the image",
+                                  reason=FormatFault.ENCRYPTION_CLAIM)
             payload = header.payload_size
         if claim.decrypt_size is not None and claim.decrypt_size > payload:
-            raise EncryptionClaimError(
-                f"os_decrypt_size {claim.decrypt_size} is larger than the {payload}-byte payload"
+            raise FormatError(
+                f"os_decrypt_size {claim.decrypt_size} is larger than the {payload}-byte payload",
+                reason=FormatFault.ENCRYPTION_CLAIM,
             )
 
     def _bind_key(self, header: LuksHeader) -> None:
@@ -222,8 +231,9 @@ class UploadInspector:
         try:
             header.unlock(region, self._passphrase, self._policy.unlock_limits)
         except WrongPassphraseError:
-            raise KeyBindingError(
-                f"key {self._claim.key_id} does not open the image's LUKS header"
+            raise VerificationError(
+                f"key {self._claim.key_id} does not open the image's LUKS header",
+                reason=VerificationFault.KEY_BINDING,
             ) from None
 
     def finalize(self) -> UploadVerdict:
@@ -241,15 +251,18 @@ class UploadInspector:
         registered = False
         if claim is not None:
             if header is None or version is None:
-                raise EncryptionClaimError("the image claims encryption but is not a LUKS image")
+                raise FormatError("the image claims encryption but is not a LUKS image",
+                                  reason=FormatFault.ENCRYPTION_CLAIM)
             if claim.version is not None and claim.version != version:
-                raise EncryptionClaimError(
-                    f"the image claims LUKSv{claim.version} but is LUKSv{version}"
+                raise FormatError(
+                    f"the image claims LUKSv{claim.version} but is LUKSv{version}",
+                    reason=FormatFault.ENCRYPTION_CLAIM,
                 )
             if version not in self._policy.allowed_luks_versions:
                 allowed = ", ".join(f"LUKSv{v}" for v in sorted(self._policy.allowed_luks_versions))
-                raise LuksVersionRefusedError(
-                    f"LUKSv{version} images are not accepted here (allowed: {allowed})"
+                raise UnsupportedError(
+                    f"LUKSv{version} images are not accepted here (allowed: {allowed})",
+                    reason=FormatFault.LUKS_VERSION_REFUSED,
                 )
             self._check_payload(header, claim)
             self._bind_key(header)

@@ -29,10 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from imgcrypt.digests import GLANCE_HASHES, IMGCRYPT_HASHES, HashSpec, is_legacy
 from imgcrypt.errors import (
-    AlgorithmMismatchError,
     BadSignatureError,
     UnknownAlgorithmError,
     UsageError,
+    VerificationError,
+    VerificationFault,
     WeakAlgorithmError,
 )
 
@@ -251,9 +252,10 @@ def check_matches(label: str, public_key: PublicKey) -> None:
     if claimed is None:
         raise UnknownAlgorithmError(f"unknown key type or algorithm {label!r}")
     if family_of(public_key) is not claimed:
-        raise AlgorithmMismatchError(
+        raise VerificationError(
             f"the signature claims {label} but the certificate holds "
-            f"a {describe_key(public_key)} key"
+            f"a {describe_key(public_key)} key",
+            reason=VerificationFault.ALGORITHM_MISMATCH,
         )
 
 

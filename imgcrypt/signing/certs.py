@@ -42,16 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from imgcrypt.errors import (
-    CAConstraintError,
-    CertificateExpiredError,
-    CertificateLoadError,
-    CertificateNotYetValidError,
-    KeyUsageError,
-    UntrustedChainError,
-    WeakAlgorithmError,
-    WrongCertificateTypeError,
-)
+from imgcrypt.errors import CertificateError, CertificateFault, WeakAlgorithmError
 from imgcrypt.signing.algorithms import (
     PublicKey,
     check_hash_policy,
@@ -97,18 +88,21 @@ class CertificateSource(Protocol):
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle, or the one DER certificate, first one first."""
     if len(data) > MAX_CERTIFICATE_BYTES:
-        raise CertificateLoadError(f"certificate data is larger than {MAX_CERTIFICATE_BYTES} bytes")
+        raise CertificateError(f"certificate data is larger than {MAX_CERTIFICATE_BYTES} bytes",
+                               reason=CertificateFault.LOAD)
     try:
         if _PEM_BLOCK.search(data):
             if len(_PEM_BLOCK.findall(data)) > MAX_BUNDLE_CERTIFICATES:
-                raise CertificateLoadError("too many certificates in one bundle")
+                raise CertificateError("too many certificates in one bundle",
+                                       reason=CertificateFault.LOAD)
             certificates = x509.load_pem_x509_certificates(data)
         else:
             certificates = [x509.load_der_x509_certificate(data)]
     except (ValueError, x509.InvalidVersion):
-        raise CertificateLoadError("not a PEM or DER X.509 certificate") from None
+        raise CertificateError("not a PEM or DER X.509 certificate",
+                               reason=CertificateFault.LOAD) from None
     if not certificates:
-        raise CertificateLoadError("no certificate found")
+        raise CertificateError("no certificate found", reason=CertificateFault.LOAD)
     for certificate in certificates:
         # cryptography parses names and dates lazily: a malformed one would otherwise fail
         # later, deep inside the checks, as a bare ValueError or TypeError.
@@ -117,7 +111,8 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             certificate.issuer.rfc4514_string()
             _ = certificate.not_valid_before_utc, certificate.not_valid_after_utc
         except (ValueError, TypeError):
-            raise CertificateLoadError("a certificate has a malformed name or date") from None
+            raise CertificateError("a certificate has a malformed name or date",
+                                   reason=CertificateFault.LOAD) from None
     return certificates
 
 
@@ -126,8 +121,8 @@ def load_certificate_file(path: str | Path) -> list[x509.Certificate]:
         data = handle.read(MAX_CERTIFICATE_BYTES + 1)
     try:
         return load_certificates(data)
-    except CertificateLoadError as exc:
-        raise CertificateLoadError(f"{path}: {exc}") from None
+    except CertificateError as exc:  # LOAD, the only fault load_certificates raises
+        raise CertificateError(f"{path}: {exc}", reason=CertificateFault.LOAD) from None
 
 
 def certificates_from_key_manager(
@@ -136,15 +131,16 @@ def certificates_from_key_manager(
     """The certificate stored as a ``certificate`` secret with this id (PEM or DER payload)."""
     secret = source.get(secret_id)
     if secret.secret_type != "certificate":  # noqa: S105 (a type name, not a password)
-        raise WrongCertificateTypeError(
-            f"secret {secret_id} is a {secret.secret_type} secret, not a certificate"
+        raise CertificateError(
+            f"secret {secret_id} is a {secret.secret_type} secret, not a certificate",
+            reason=CertificateFault.WRONG_TYPE,
         )
     payload = secret.payload
     data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     try:
         return load_certificates(data)
-    except CertificateLoadError as exc:
-        raise CertificateLoadError(f"secret {secret_id}: {exc}") from None
+    except CertificateError as exc:  # LOAD, the only fault load_certificates raises
+        raise CertificateError(f"secret {secret_id}: {exc}", reason=CertificateFault.LOAD) from None
 
 
 def describe(certificate: x509.Certificate) -> str:
@@ -178,14 +174,16 @@ def _check_algorithms(certificate: x509.Certificate, policy: CertificatePolicy) 
 
 def _check_dates(certificate: x509.Certificate, at: dt.datetime, role: str) -> None:
     if at < certificate.not_valid_before_utc:
-        raise CertificateNotYetValidError(
+        raise CertificateError(
             f"{role} {describe(certificate)} is not valid before "
-            f"{certificate.not_valid_before_utc.isoformat()}"
+            f"{certificate.not_valid_before_utc.isoformat()}",
+            reason=CertificateFault.NOT_YET_VALID,
         )
     if at > certificate.not_valid_after_utc:
-        raise CertificateExpiredError(
+        raise CertificateError(
             f"{role} {describe(certificate)} expired at "
-            f"{certificate.not_valid_after_utc.isoformat()}"
+            f"{certificate.not_valid_after_utc.isoformat()}",
+            reason=CertificateFault.EXPIRED,
         )
 
 
@@ -198,7 +196,8 @@ def _extension(certificate: x509.Certificate, kind: type[_E]) -> _E | None:
     except x509.ExtensionNotFound:
         return None
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
-        raise CertificateLoadError(f"{describe(certificate)} has malformed extensions") from None
+        raise CertificateError(f"{describe(certificate)} has malformed extensions",
+                               reason=CertificateFault.LOAD) from None
 
 
 def check_signing_certificate(
@@ -209,7 +208,10 @@ def check_signing_certificate(
     public_key = _check_algorithms(certificate, policy)
     usage = _extension(certificate, x509.KeyUsage)
     if usage is not None and not usage.digital_signature:
-        raise KeyUsageError(f"certificate {describe(certificate)} does not allow digitalSignature")
+        raise CertificateError(
+            f"certificate {describe(certificate)} does not allow digitalSignature",
+            reason=CertificateFault.KEY_USAGE,
+        )
     _check_leaf_eku(_extension(certificate, x509.ExtendedKeyUsage), policy,
                     describe(certificate))
     return public_key
@@ -219,8 +221,8 @@ def _check_leaf_eku(eku: x509.ExtendedKeyUsage | None, policy: CertificatePolicy
                     what: str) -> None:
     if eku is not None and not set(eku) & set(policy.extended_key_usages):
         names = ", ".join(oid.dotted_string for oid in policy.extended_key_usages)
-        raise KeyUsageError(f"certificate {what} has no extended key usage for signing images "
-                            f"(wanted one of {names})")
+        raise CertificateError(f"certificate {what} has no extended key usage for signing images "
+                               f"(wanted one of {names})", reason=CertificateFault.KEY_USAGE)
 
 
 def _check_issuer(
@@ -229,18 +231,21 @@ def _check_issuer(
     """``below`` counts the intermediate CA certificates between ``issuer`` and the leaf."""
     constraints = _extension(issuer, x509.BasicConstraints)
     if constraints is None or not constraints.ca:
-        raise CAConstraintError(f"issuer {describe(issuer)} is not a CA")
+        raise CertificateError(f"issuer {describe(issuer)} is not a CA",
+                               reason=CertificateFault.CA_CONSTRAINT)
     if constraints.path_length is not None and below > constraints.path_length:
-        raise CAConstraintError(
-            f"issuer {describe(issuer)} allows {constraints.path_length} intermediate CAs below it"
+        raise CertificateError(
+            f"issuer {describe(issuer)} allows {constraints.path_length} intermediate CAs below it",
+            reason=CertificateFault.CA_CONSTRAINT,
         )
     usage = _extension(issuer, x509.KeyUsage)
     if usage is not None and not usage.key_cert_sign:
-        raise CAConstraintError(f"issuer {describe(issuer)} may not sign certificates")
+        raise CertificateError(f"issuer {describe(issuer)} may not sign certificates",
+                               reason=CertificateFault.CA_CONSTRAINT)
     try:
         _check_dates(issuer, at, "issuer")
-    except (CertificateExpiredError, CertificateNotYetValidError) as exc:
-        raise UntrustedChainError(str(exc)) from None
+    except CertificateError as exc:  # expired or not yet valid, the only faults it raises
+        raise CertificateError(str(exc), reason=CertificateFault.UNTRUSTED_CHAIN) from None
     _check_algorithms(issuer, policy)
 
 
@@ -274,16 +279,18 @@ def _walk(
                 (c for c in intermediates if c not in chain and _issued_by(current, c)), None
             )
         if issuer is None:
-            raise UntrustedChainError(
+            raise CertificateError(
                 f"no trusted issuer found for {describe(current)} "
-                f"(issuer {current.issuer.rfc4514_string()})"
+                f"(issuer {current.issuer.rfc4514_string()})",
+                reason=CertificateFault.UNTRUSTED_CHAIN,
             )
         _check_issuer(issuer, at=at, below=depth, policy=policy)
         chain.append(issuer)
         if is_anchor:
             return chain
         current = issuer
-    raise UntrustedChainError(f"no trusted issuer within {policy.max_chain_depth} certificates")
+    raise CertificateError(f"no trusted issuer within {policy.max_chain_depth} certificates",
+                           reason=CertificateFault.UNTRUSTED_CHAIN)
 
 
 def _webpki_expressible(certificates: Sequence[x509.Certificate]) -> bool:
@@ -336,7 +343,8 @@ def _library_check(leaf: x509.Certificate, intermediates: Sequence[x509.Certific
     try:
         builder.build_client_verifier().verify(leaf, list(intermediates))
     except verification.VerificationError as exc:
-        raise UntrustedChainError(f"chain of {describe(leaf)} refused: {exc}") from None
+        raise CertificateError(f"chain of {describe(leaf)} refused: {exc}",
+                               reason=CertificateFault.UNTRUSTED_CHAIN) from None
 
 
 ANY_EKU = ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE
@@ -365,8 +373,9 @@ def _shadow(chain: Sequence[x509.Certificate]) -> list[x509.Certificate]:
             copies.append(builder.sign(signer, hashes.SHA256()))
         except (ValueError, TypeError, x509.DuplicateExtension,
                 x509.UnsupportedGeneralNameType):
-            raise UntrustedChainError(
-                f"{describe(certificate)} cannot be checked: its extensions are malformed"
+            raise CertificateError(
+                f"{describe(certificate)} cannot be checked: its extensions are malformed",
+                reason=CertificateFault.UNTRUSTED_CHAIN,
             ) from None
     return copies
 
@@ -403,9 +412,10 @@ def check_chain(
     at: dt.datetime,
     policy: CertificatePolicy,
 ) -> list[x509.Certificate]:
-    """The chain from ``leaf`` to a certificate in ``trust``, or :class:`UntrustedChainError`."""
+    """The chain from ``leaf`` to a certificate in ``trust``, or :class:`CertificateError`
+    (``UNTRUSTED_CHAIN``)."""
     if not trust:
-        raise UntrustedChainError("the trust store is empty")
+        raise CertificateError("the trust store is empty", reason=CertificateFault.UNTRUSTED_CHAIN)
     chain = _walk(leaf, intermediates, trust, at=at, policy=policy)
     if len(chain) == 1:
         _check_alone(leaf, at=at, policy=policy)
@@ -448,7 +458,7 @@ def check_certificate(
 ) -> CheckedCertificate:
     """Check the signing certificate (first of ``certificates``; the rest are intermediates)."""
     if not certificates:
-        raise CertificateLoadError("no certificate given")
+        raise CertificateError("no certificate given", reason=CertificateFault.LOAD)
     policy = policy or CertificatePolicy()
     at = clock()
     if at.tzinfo is None:

@@ -16,10 +16,10 @@ import binascii
 from collections.abc import Mapping
 
 from imgcrypt.errors import (
-    MalformedSignatureError,
-    MissingPropertyError,
     UnknownAlgorithmError,
     UsageError,
+    VerificationError,
+    VerificationFault,
     WeakAlgorithmError,
 )
 from imgcrypt.signing.algorithms import (
@@ -86,13 +86,16 @@ class GlanceSigner(HashingConsumer):
 
 def _decode_signature(text: str) -> bytes:
     if len(text) > MAX_SIGNATURE_CHARS:
-        raise MalformedSignatureError(f"{SIGNATURE_KEY} is longer than {MAX_SIGNATURE_CHARS}")
+        raise VerificationError(f"{SIGNATURE_KEY} is longer than {MAX_SIGNATURE_CHARS}",
+                                reason=VerificationFault.MALFORMED_SIGNATURE)
     try:
         signature = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        raise MalformedSignatureError(f"{SIGNATURE_KEY} is not base64 on one line") from None
+        raise VerificationError(f"{SIGNATURE_KEY} is not base64 on one line",
+                                reason=VerificationFault.MALFORMED_SIGNATURE) from None
     if not signature:
-        raise MalformedSignatureError(f"{SIGNATURE_KEY} is empty")
+        raise VerificationError(f"{SIGNATURE_KEY} is empty",
+                                reason=VerificationFault.MALFORMED_SIGNATURE)
     return signature
 
 
@@ -108,7 +111,8 @@ class GlanceVerifier(HashingConsumer):
     ) -> None:
         missing = [key for key in KEYS if key not in properties]
         if missing:
-            raise MissingPropertyError(f"Glance signature property {missing[0]} is missing")
+            raise VerificationError(f"Glance signature property {missing[0]} is missing",
+                                    reason=VerificationFault.MISSING_PROPERTY)
         key_type = properties[KEY_TYPE_KEY]
         family = family_named(key_type)
         if family is None or family.glance_name != key_type:

@@ -25,12 +25,10 @@ from collections.abc import Mapping
 
 from imgcrypt.errors import (
     BadSignatureError,
-    BoundPropertyMismatchError,
-    MalformedSignatureError,
-    MissingPropertyError,
-    SignedSizeMismatchError,
     UnknownAlgorithmError,
     UsageError,
+    VerificationError,
+    VerificationFault,
     WeakAlgorithmError,
 )
 from imgcrypt.signing import storage
@@ -149,7 +147,8 @@ def _required(properties: Mapping[str, str], key: str) -> str:
     try:
         return properties[key]
     except KeyError:
-        raise MissingPropertyError(f"imgcrypt signature property {key} is missing") from None
+        raise VerificationError(f"imgcrypt signature property {key} is missing",
+                                reason=VerificationFault.MISSING_PROPERTY) from None
 
 
 class ImgcryptVerifier(HashingConsumer):
@@ -167,14 +166,16 @@ class ImgcryptVerifier(HashingConsumer):
         super().__init__(hash_name, imgcrypt_hash(hash_name))
         size_text = _required(properties, SIZE_KEY)
         if not _SIZE.fullmatch(size_text):
-            raise MalformedSignatureError(f"{SIZE_KEY} is not a decimal byte count")
+            raise VerificationError(f"{SIZE_KEY} is not a decimal byte count",
+                                    reason=VerificationFault.MALFORMED_SIGNATURE)
         self._stated_size = int(size_text)
         self._stated_bound = _required(properties, BOUND_DIGEST_KEY)
         encoded = storage.join_value(SIGNATURE_NAME, properties)
         try:
             self._signature = base64.b64decode(encoded.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
-            raise MalformedSignatureError(f"{SIGNATURE_NAME} is not base64") from None
+            raise VerificationError(f"{SIGNATURE_NAME} is not base64",
+                                    reason=VerificationFault.MALFORMED_SIGNATURE) from None
         self._algorithm = algorithm
         self._bound = bound_values(properties)
         self._public_key = certificate.public_key
@@ -189,19 +190,23 @@ class ImgcryptVerifier(HashingConsumer):
         except BadSignatureError:
             # The signature failed; the unsigned hints only choose the most useful message.
             if digest.size != self._stated_size:
-                raise SignedSizeMismatchError(
-                    f"the image is {digest.size} bytes; the signature covers {self._stated_size}"
+                raise VerificationError(
+                    f"the image is {digest.size} bytes; the signature covers {self._stated_size}",
+                    reason=VerificationFault.SIGNED_SIZE_MISMATCH,
                 ) from None
             if bound_digest(self._bound) != self._stated_bound:
-                raise BoundPropertyMismatchError(
-                    "a signed property (one of " + ", ".join(BOUND_PROPERTIES) + ") was changed"
+                raise VerificationError(
+                    "a signed property (one of " + ", ".join(BOUND_PROPERTIES) + ") was changed",
+                    reason=VerificationFault.BOUND_PROPERTY_MISMATCH,
                 ) from None
             raise
         # A valid signature with altered hints still means someone edited the properties.
         if digest.size != self._stated_size:
-            raise SignedSizeMismatchError(f"{SIZE_KEY} does not match the signed size")
+            raise VerificationError(f"{SIZE_KEY} does not match the signed size",
+                                    reason=VerificationFault.SIGNED_SIZE_MISMATCH)
         if bound_digest(self._bound) != self._stated_bound:
-            raise BoundPropertyMismatchError(f"{BOUND_DIGEST_KEY} does not match the signed values")
+            raise VerificationError(f"{BOUND_DIGEST_KEY} does not match the signed values",
+                                    reason=VerificationFault.BOUND_PROPERTY_MISMATCH)
         return SchemeResult("imgcrypt", self._algorithm, self._hash_name, digest)
 
 

@@ -5,34 +5,39 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from imgcrypt.errors import DuplicatePropertyError, MalformedPropertiesError
+from imgcrypt.errors import VerificationError, VerificationFault
 from imgcrypt.jsonkeys import unique_keys
 
 MAX_DOCUMENT_BYTES = 4 << 20
 
 
 _no_duplicates = unique_keys(
-    lambda key: DuplicatePropertyError(f"property {key!r} appears more than once")
+    lambda key: VerificationError(f"property {key!r} appears more than once",
+                                  reason=VerificationFault.DUPLICATE_PROPERTY)
 )
 
 
 def parse_properties(data: bytes) -> dict[str, str]:
     """A property document, refusing duplicates, nesting and non-string values."""
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise MalformedPropertiesError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes")
+        raise VerificationError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes",
+                                reason=VerificationFault.MALFORMED_PROPERTIES)
     try:
         document = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, and
         # the ValueError of an integer literal longer than Python converts
-        raise MalformedPropertiesError(
-            f"not a JSON property document: {type(exc).__name__}"
+        raise VerificationError(
+            f"not a JSON property document: {type(exc).__name__}",
+            reason=VerificationFault.MALFORMED_PROPERTIES,
         ) from None
     if not isinstance(document, dict):
-        raise MalformedPropertiesError("a property document must be a JSON object")
+        raise VerificationError("a property document must be a JSON object",
+                                reason=VerificationFault.MALFORMED_PROPERTIES)
     result: dict[str, str] = {}
     for key, value in document.items():
         if not isinstance(value, str):
-            raise MalformedPropertiesError(f"property {key!r} is not a string")
+            raise VerificationError(f"property {key!r} is not a string",
+                                    reason=VerificationFault.MALFORMED_PROPERTIES)
         result[key] = value
     return result
 

@@ -23,15 +23,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-from imgcrypt.errors import (
-    CorruptPartsError,
-    DuplicatePartError,
-    ExtraPartError,
-    MalformedPartError,
-    MissingPartError,
-    ReorderedPartError,
-    UsageError,
-)
+from imgcrypt.errors import UsageError, VerificationError, VerificationFault
 
 DEFAULT_MAX_LENGTH = 255
 # The digest record is 43 characters; below this a useful part would hold almost nothing.
@@ -107,19 +99,23 @@ def _part_number(name: str, key: str) -> str | None:
 
 def _canonical_int(text: str, what: str) -> int:
     if not _DECIMAL.fullmatch(text) or (len(text) > 1 and text[0] == "0") or len(text) > 9:
-        raise MalformedPartError(f"{what} is not a canonical decimal number")
+        raise VerificationError(f"{what} is not a canonical decimal number",
+                                reason=VerificationFault.MALFORMED_PART)
     return int(text)
 
 
 def join_value(name: str, properties: Mapping[str, str]) -> str:
     """Reassemble the value stored under ``name``; each kind of damage has its own error."""
     if count_key(name) not in properties:
-        raise MissingPartError(f"{count_key(name)} is missing")
+        raise VerificationError(f"{count_key(name)} is missing",
+                                reason=VerificationFault.MISSING_PART)
     if digest_key(name) not in properties:
-        raise MissingPartError(f"{digest_key(name)} is missing")
+        raise VerificationError(f"{digest_key(name)} is missing",
+                                reason=VerificationFault.MISSING_PART)
     count = _canonical_int(properties[count_key(name)], count_key(name))
     if not 1 <= count <= MAX_PARTS:
-        raise MalformedPartError(f"{count_key(name)} must be between 1 and {MAX_PARTS}")
+        raise VerificationError(f"{count_key(name)} must be between 1 and {MAX_PARTS}",
+                                reason=VerificationFault.MALFORMED_PART)
 
     by_key: dict[int, str] = {}
     padded: list[tuple[str, int]] = []
@@ -128,7 +124,8 @@ def join_value(name: str, properties: Mapping[str, str]) -> str:
         if digits is None:
             continue
         if len(by_key) + len(padded) > MAX_PARTS:
-            raise ExtraPartError(f"more than {MAX_PARTS} parts of {name}")
+            raise VerificationError(f"more than {MAX_PARTS} parts of {name}",
+                                    reason=VerificationFault.EXTRA_PART)
         # Numbers too long to be real parts are kept as "beyond the count" without int().
         number = int(digits) if len(digits) <= 9 else MAX_PARTS + 1
         if len(digits) > 1 and digits[0] == "0":
@@ -137,33 +134,40 @@ def join_value(name: str, properties: Mapping[str, str]) -> str:
             by_key[number] = value
     for key, number in padded:
         if number in by_key:
-            raise DuplicatePartError(f"{key} duplicates {part_key(name, number)}")
-        raise MalformedPartError(f"{key} is not a canonical part number")
+            raise VerificationError(f"{key} duplicates {part_key(name, number)}",
+                                    reason=VerificationFault.DUPLICATE_PART)
+        raise VerificationError(f"{key} is not a canonical part number",
+                                reason=VerificationFault.MALFORMED_PART)
 
     claimed: dict[int, int] = {}
     for number, value in by_key.items():
         match = _PART_VALUE.fullmatch(value)
         if match is None:
-            raise MalformedPartError(f"{part_key(name, number)} does not start with its number")
+            raise VerificationError(f"{part_key(name, number)} does not start with its number",
+                                    reason=VerificationFault.MALFORMED_PART)
         own = _canonical_int(match.group(1), f"the number inside {part_key(name, number)}")
         if own in claimed:
-            raise DuplicatePartError(
-                f"{part_key(name, number)} and {part_key(name, claimed[own])} both hold part {own}"
+            raise VerificationError(
+                f"{part_key(name, number)} and {part_key(name, claimed[own])} both hold part {own}",
+                reason=VerificationFault.DUPLICATE_PART,
             )
         claimed[own] = number
 
     outside = [n for n in (*by_key, *claimed) if not 1 <= n <= count]
     extra = sorted(outside)
     if extra:
-        raise ExtraPartError(f"part {extra[0]} of {name} is outside 1..{count}")
+        raise VerificationError(f"part {extra[0]} of {name} is outside 1..{count}",
+                                reason=VerificationFault.EXTRA_PART)
     missing = [n for n in range(1, count + 1) if n not in by_key]
     if missing:
-        raise MissingPartError(f"part {missing[0]} of {name} is missing ({count} expected)")
+        raise VerificationError(f"part {missing[0]} of {name} is missing ({count} expected)",
+                                reason=VerificationFault.MISSING_PART)
     moved = [n for n, own in claimed.items() if own != n]
     if moved:
         first = min(moved)
-        raise ReorderedPartError(
-            f"{part_key(name, claimed[first])} holds part {first}: parts of {name} are reordered"
+        raise VerificationError(
+            f"{part_key(name, claimed[first])} holds part {first}: parts of {name} are reordered",
+            reason=VerificationFault.REORDERED_PART,
         )
 
     pieces: list[str] = []
@@ -172,11 +176,13 @@ def join_value(name: str, properties: Mapping[str, str]) -> str:
         piece = by_key[number].split(":", 1)[1]
         total += len(piece)
         if total > MAX_JOINED_LENGTH:
-            raise MalformedPartError(f"{name} is longer than {MAX_JOINED_LENGTH} characters")
+            raise VerificationError(f"{name} is longer than {MAX_JOINED_LENGTH} characters",
+                                    reason=VerificationFault.MALFORMED_PART)
         pieces.append(piece)
     joined = "".join(pieces)
     if _digest(joined) != properties[digest_key(name)]:
-        raise CorruptPartsError(f"the parts of {name} do not match {digest_key(name)}")
+        raise VerificationError(f"the parts of {name} do not match {digest_key(name)}",
+                                reason=VerificationFault.CORRUPT_PARTS)
     return joined
 
 

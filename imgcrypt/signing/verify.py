@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from imgcrypt.errors import MissingPropertyError
+from imgcrypt.errors import VerificationError, VerificationFault
 from imgcrypt.signing import glance, imgcrypt_mode
 from imgcrypt.signing.certs import CheckedCertificate
 from imgcrypt.signing.manifest import CERT_UUID_KEY
@@ -81,12 +81,14 @@ class ImageVerifier:
         own (see :func:`glance_certificate_uuid`); ``certificate`` checks everything else."""
         found = schemes_present(properties)
         if glance_certificate is None and glance_certificate_uuid(properties) is not None:
-            raise MissingPropertyError(
+            raise VerificationError(
                 "the Glance signature names a certificate of its own "
-                f"({glance.CERT_UUID_KEY}): it needs that certificate, not the imgcrypt one"
+                f"({glance.CERT_UUID_KEY}): it needs that certificate, not the imgcrypt one",
+                reason=VerificationFault.MISSING_PROPERTY,
             )
         if not found:
-            raise MissingPropertyError("the properties carry no image signature")
+            raise VerificationError("the properties carry no image signature",
+                                    reason=VerificationFault.MISSING_PROPERTY)
         self._verifiers: list[imgcrypt_mode.ImgcryptVerifier | glance.GlanceVerifier] = []
         if "imgcrypt" in found:
             self._verifiers.append(imgcrypt_mode.ImgcryptVerifier(properties, certificate))

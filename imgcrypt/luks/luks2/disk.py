@@ -16,17 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Generic, TypeVar
 
-from imgcrypt.errors import ChecksumError, FormatError, TruncatedError
+from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks import backend
 from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY
 from imgcrypt.luks.layout import declare, raw, uint_be
 from imgcrypt.luks.luks2 import rules as luks2_rules
 from imgcrypt.luks.luks2.rules import BINARY_SIZE, HDR_SIZES
-from imgcrypt.luks.rules import HeaderRuleError, MagicRuleError
+from imgcrypt.luks.rules import HeaderRuleError
 
 # BINARY_SIZE and HDR_SIZES are facts of the disk format, declared once beside the rules.
 __all__ = ["BINARY_SIZE", "CSUM_SIZE", "HDR_SIZES", "LAYOUT", "MAX_HDR_SIZE", "SALT_SIZE",
-           "BinaryHeader", "ChecksumRuleError", "Copies", "MetadataCopy", "checksum",
+           "BinaryHeader", "Copies", "MetadataCopy", "checksum",
            "find_copies", "needed_bytes", "pack_copy", "read_copy", "text", "text_field"]
 
 # The secondary copy sits at one of the HDR_SIZES offsets.
@@ -97,10 +97,6 @@ def checksum(binary: bytes, json_area: bytes, algorithm: str) -> bytes:
     return h.digest().ljust(CSUM_SIZE, b"\0")
 
 
-class ChecksumRuleError(HeaderRuleError, ChecksumError):
-    """A copy whose checksum does not match: both a rule and a checksum failure."""
-
-
 # What the caller's JSON check makes of a copy's JSON area besides its text.
 Checked = TypeVar("Checked")
 
@@ -124,10 +120,11 @@ def _sane(data: bytes, offset: int) -> BinaryHeader:
     """The binary header at ``offset`` if cryptsetup's pre-checksum sanity checks pass."""
     magic = MAGIC if offset == 0 else MAGIC_SECONDARY
     if len(data) < offset + BINARY_SIZE:
-        raise TruncatedError(f"LUKS2 header copy at {offset} is cut short")
+        raise FormatError(f"LUKS2 header copy at {offset} is cut short",
+                          reason=FormatFault.TRUNCATED)
     hdr = BinaryHeader.unpack(data, offset)
     if hdr.magic != magic:
-        raise MagicRuleError(luks2_rules.MAGIC, f"copy at {offset}")
+        raise HeaderRuleError(luks2_rules.MAGIC, f"copy at {offset}", reason=FormatFault.BAD_MAGIC)
     if hdr.version != 2:
         raise HeaderRuleError(luks2_rules.VERSION, f"copy at {offset} has {hdr.version}")
     if hdr.hdr_offset != offset:
@@ -136,7 +133,7 @@ def _sane(data: bytes, offset: int) -> BinaryHeader:
     if not HDR_SIZES[0] <= hdr.hdr_size <= MAX_HDR_SIZE or (offset and hdr.hdr_size != offset):
         raise HeaderRuleError(luks2_rules.HDR_SIZE, f"copy at {offset}: {hdr.hdr_size}")
     if len(data) < offset + hdr.hdr_size:
-        raise TruncatedError(f"LUKS2 metadata at {offset} is cut short")
+        raise FormatError(f"LUKS2 metadata at {offset} is cut short", reason=FormatFault.TRUNCATED)
     return hdr
 
 
@@ -146,7 +143,8 @@ def _summed(data: bytes, offset: int, hdr: BinaryHeader) -> bytes:
     expected = checksum(data[offset : offset + BINARY_SIZE], json_area, hdr.checksum_name)
     size = backend.hash_size(hdr.checksum_name) or CSUM_SIZE
     if not hmac.compare_digest(expected[:size], hdr.csum[:size]):
-        raise ChecksumRuleError(luks2_rules.CHECKSUM, f"copy at {offset}")
+        raise HeaderRuleError(luks2_rules.CHECKSUM, f"copy at {offset}",
+                              reason=FormatFault.CHECKSUM)
     return json_area
 
 
@@ -189,8 +187,10 @@ class Copies(Generic[Checked]):
             errors = [self.primary, self.secondary]
             assert isinstance(errors[0], FormatError) and isinstance(errors[1], FormatError)
             for err in errors:
-                if isinstance(err, ChecksumError) and not isinstance(errors[0], HeaderRuleError):
-                    raise ChecksumError("both LUKS2 header copies fail their checksums")
+                if (isinstance(err, FormatError) and err.reason is FormatFault.CHECKSUM
+                        and not isinstance(errors[0], HeaderRuleError)):
+                    raise FormatError("both LUKS2 header copies fail their checksums",
+                                      reason=FormatFault.CHECKSUM)
             raise errors[0]
         return max(valid, key=lambda c: c.binary.seqid)  # max keeps the first on a tie
 
@@ -218,12 +218,13 @@ def find_copies(data: bytes, check_json: JsonCheck[Checked]) -> Copies[Checked]:
         primary = _checked(0, hdr, primary_area, check_json)
     except FormatError as err:
         primary = err
-    secondary: MetadataCopy[Checked] | FormatError = MagicRuleError(luks2_rules.MAGIC,
-                                                                    "no secondary copy found")
+    secondary: MetadataCopy[Checked] | FormatError = HeaderRuleError(
+        luks2_rules.MAGIC, "no secondary copy found", reason=FormatFault.BAD_MAGIC)
     for offset in offsets:
         if len(data) < offset + BINARY_SIZE:
             if len(offsets) == 1:
-                secondary = TruncatedError(f"image ends before the secondary header at {offset}")
+                secondary = FormatError(f"image ends before the secondary header at {offset}",
+                                        reason=FormatFault.TRUNCATED)
             break
         try:
             hdr = _sane(data, offset)

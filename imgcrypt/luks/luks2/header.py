@@ -19,8 +19,7 @@ from typing import Any
 
 from imgcrypt.errors import (
     FormatError,
-    LimitExceededError,
-    TruncatedError,
+    FormatFault,
     UnsupportedError,
     UsageError,
     WrongPassphraseError,
@@ -282,7 +281,8 @@ class Luks2Header:
         """
         self.check_openable()
         if len(region) < self.region_size:
-            raise TruncatedError("image ends inside the LUKS2 keyslots area")
+            raise FormatError("image ends inside the LUKS2 keyslots area",
+                              reason=FormatFault.TRUNCATED)
         usable = self._segment_keyslots()
         if slot is not None:
             candidates = [ks for ks in usable if ks.id == slot]
@@ -350,7 +350,8 @@ class Luks2Header:
     def _write(self, region: bytes, obj: dict[str, Any], patch: tuple[int, bytes] | None, *,
                material_first: bool, slot: int) -> RegionUpdate:
         if len(region) < self.region_size:
-            raise TruncatedError("image ends inside the LUKS2 keyslots area")
+            raise FormatError("image ends inside the LUKS2 keyslots area",
+                              reason=FormatFault.TRUNCATED)
         new = self.with_metadata(obj)
         out = bytearray(region)
         steps: list[tuple[int, int]] = []
@@ -368,7 +369,8 @@ class Luks2Header:
         """This header with new JSON (validated again) and the next seqid."""
         parsed = validate(obj, self.hdr_size)
         if self.binary.seqid >= MAX_SEQID:
-            raise LimitExceededError("LUKS2 seqid is exhausted; this header cannot be rewritten")
+            raise FormatError("LUKS2 seqid is exhausted; this header cannot be rewritten",
+                              reason=FormatFault.LIMIT_EXCEEDED)
         first, second = (s if len(s) == SALT_SIZE else os.urandom(SALT_SIZE) for s in self.salts)
         return replace(
             self, binary=replace(self.binary, seqid=self.binary.seqid + 1),

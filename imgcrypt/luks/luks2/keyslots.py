@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgcrypt.errors import FormatError, LimitExceededError, UsageError
+from imgcrypt.errors import FormatError, FormatFault, UsageError
 from imgcrypt.luks import af
 from imgcrypt.luks.kdf import Argon2, Pbkdf2
 from imgcrypt.luks.keyslot import KEYSLOT_ALIGN, SlotMaterial
@@ -57,8 +57,9 @@ def material(ks: Keyslot) -> SlotMaterial:
     """Refuse a keyslot whose parameters imgcrypt cannot or will not compute, before any KDF;
     else where and how it keeps the master key."""
     if not 1 <= ks.key_size <= MAX_KEY_SIZE or not 1 <= ks.stripes <= MAX_STRIPES:
-        raise LimitExceededError(f"LUKS2 keyslot {ks.id}: key size {ks.key_size} or "
-                                 f"{ks.stripes} stripes out of range")
+        raise FormatError(f"LUKS2 keyslot {ks.id}: key size {ks.key_size} or "
+                                 f"{ks.stripes} stripes out of range",
+                                 reason=FormatFault.LIMIT_EXCEEDED)
     if ks.area_size is None or ks.material_size > ks.area_size:
         raise FormatError(f"LUKS2 keyslot {ks.id} area is smaller than its key material")
     cipher = CipherSpec.parse(ks.area_cipher)

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgcrypt.errors import FormatError, LimitExceededError
+from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.base import Segment
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest, material_size
@@ -99,12 +99,13 @@ class Metadata:
 
 def _cap(text: str | bytes) -> None:
     if len(text) > MAX_JSON_SIZE:
-        raise LimitExceededError("LUKS2 JSON metadata exceeds 4 MiB")
+        raise FormatError("LUKS2 JSON metadata exceeds 4 MiB", reason=FormatFault.LIMIT_EXCEEDED)
     # 4 MiB of "[[],[],..." would become millions of Python objects; real metadata has a few
     # hundred values. Counting separators (even inside strings) bounds memory before parsing.
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_JSON_VALUES:
-        raise LimitExceededError("LUKS2 JSON metadata has too many values")
+        raise FormatError("LUKS2 JSON metadata has too many values",
+                          reason=FormatFault.LIMIT_EXCEEDED)
 
 
 def load_json(text: str) -> dict[str, Any]:
@@ -137,7 +138,8 @@ def check_area(area: bytes, hdr_size: int) -> tuple[str, Metadata]:
     _cap(area)
     # Each escape and comment is a step of the json-c reader below; real metadata has a few.
     if area.count(b"\\") + area.count(b"/") > MAX_JSON_VALUES:
-        raise LimitExceededError("LUKS2 JSON metadata has too many escapes or comments")
+        raise FormatError("LUKS2 JSON metadata has too many escapes or comments",
+                          reason=FormatFault.LIMIT_EXCEEDED)
     try:
         # json-c's default reading (comments, trailing commas, single quotes, any bytes in
         # strings), rewritten as strict JSON; end is where json-c stops reading.
