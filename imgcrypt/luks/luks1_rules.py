@@ -14,7 +14,7 @@ from typing import Protocol
 
 from imgcrypt.luks import backend
 from imgcrypt.luks.keyslot import STRIPES, material_size
-from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError, Rule, rule
+from imgcrypt.luks.rules import HeaderRuleError, Rule, rule
 
 SECTOR = 512  # LUKS1 counts offsets in 512-byte sectors whatever the device's sector size
 MIN_DIGEST = 20
@@ -90,13 +90,6 @@ def check(header: RuledHeader) -> None:
             raise HeaderRuleError(DISJOINT, f"keyslots {prev} and {nxt}")
     if header.key_bytes == 0:
         raise HeaderRuleError(KEY_SIZE)
-
-
-def check_image_size(header: RuledHeader, image_size: int) -> None:
-    """The image must hold the farthest keyslot area (whole 512-byte sectors count)."""
-    if image_size // SECTOR < end_sectors(header):
-        raise HeaderRuleError(IMAGE_HOLDS_HEADER,
-                              f"{end_sectors(header) * SECTOR} bytes needed, {image_size} present")
 
 
 def end_sectors(header: RuledHeader) -> int:

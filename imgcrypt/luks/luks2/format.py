@@ -31,7 +31,7 @@ DIGEST_MS = 100
 
 def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, kdf: Kdf,
                   sector_size: int = 512, digest_iterations: int | None = None,
-                  uuid: str | None = None, label: str = "", metadata_size: int = 16384,
+                  uuid: str | None = None, label: str = "", metadata_size: int = HDR_SIZES[0],
                   keyslots_size: int | None = None, payload_align: int = PAYLOAD_ALIGN,
                   slot: int = 0) -> bytes:
     """A complete LUKS2 region: both copies, keyslot ``slot``, zero padding up to the payload.
