@@ -8,7 +8,7 @@ import io
 from typing import Any
 
 from imgcrypt.cli import common
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import FormatError, VerificationError
 from imgcrypt.fileio import ChunkReader, atomic_output
 
@@ -22,10 +22,10 @@ appears only if every check passed. Credentials as for imgcrypt upload."""
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "download", help="download an image from the image service, verify and decrypt it",
+    parser = common.command_parser(
+        sub, "download", summary="download an image from the image service, verify and decrypt it",
         description="Download image IMAGE_ID to TARGET, verifying and decrypting it.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
     parser.add_argument("image_id", metavar="IMAGE_ID")
     parser.add_argument("target", metavar="TARGET")
@@ -35,8 +35,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--os-cloud", metavar="NAME", default=None,
                         help="clouds.yaml entry (default: OS_CLOUD / the OS_* variables)")
     common.add_progress_argument(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,21 +58,28 @@ def read_passphrase_file(path: str) -> bytes:
     The one rule for every passphrase file imgcrypt reads (LUKS passphrases and private-key
     passphrases alike): a trailing newline is part of the passphrase, as it is for cryptsetup.
     """
+    return read_small_file(path, MAX_PASSPHRASE_FILE, name=f"passphrase file {path}",
+                           from_stdin=True)
+
+
+def read_small_file(path: str, limit: int, *, name: str, too_large: str = "",
+                    from_stdin: bool = False) -> bytes:
+    """The bytes of a file given on the command line that holds a secret: at most ``limit``,
+    never none. ``name`` says what the file is in the errors, ``too_large`` what a larger file
+    then is not; with ``from_stdin``, - is stdin."""
     try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_PASSPHRASE_FILE + 1)
+        if from_stdin and path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
         else:
             with open(path, "rb") as f:
-                data = f.read(MAX_PASSPHRASE_FILE + 1)
+                data = f.read(limit + 1)
     except OSError as exc:
-        raise UsageError(f"cannot read passphrase file {path}: {exc.strerror}") from None
-    if len(data) > MAX_PASSPHRASE_FILE:
-        raise UsageError(f"passphrase file {path} is larger than {MAX_PASSPHRASE_FILE} bytes")
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{name} is larger than {limit} bytes{too_large}")
     if not data:
-        raise UsageError(f"passphrase file {path} is empty")
+        raise UsageError(f"{name} is empty")
     return data
-
-
 
 
 def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-from pathlib import Path
 from typing import Any
 
+from imgcrypt.cli.inputs import read_small_file
 from imgcrypt.cli.keyopts import (
     LOCAL_CONSUMER_SERVICE,
     add_key_manager_arguments,
@@ -121,17 +121,7 @@ def _consumer_lines(consumers: list[dict[str, str]]) -> str:
 
 
 def _read_payload(path: str) -> bytes:
-    file = Path(path)
-    try:
-        with file.open("rb") as handle:
-            data = handle.read(MAX_PAYLOAD_FILE + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_PAYLOAD_FILE:
-        raise UsageError(f"{path} is larger than {MAX_PAYLOAD_FILE} bytes: not a secret")
-    if not data:
-        raise UsageError(f"{path} is empty")
-    return data
+    return read_small_file(path, MAX_PAYLOAD_FILE, name=path, too_large=": not a secret")
 
 
 def _run_create(args: argparse.Namespace) -> int:

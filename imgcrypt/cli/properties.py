@@ -10,9 +10,9 @@ import re
 import sys
 from typing import Any
 
-from imgcrypt.cli import keyopts
+from imgcrypt.cli import common, keyopts
 from imgcrypt.cli.inputs import FORMAT_NAMES, known_property
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
 from imgcrypt.luks.container import is_luks
@@ -31,17 +31,17 @@ MAX_SIGNATURE_FILE = 1 << 20
 # interpreted: a value must be one word that no shell splits or globs, or it is refused.
 SAFE_VALUE = re.compile(r"[A-Za-z0-9._:+/=-]*")
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "properties", help="print the image properties to attach",
+    parser = common.command_parser(
+        sub, "properties", summary="print the image properties to attach",
         description="Work out the properties an image service needs for IMAGE: the encryption "
         "properties from its LUKS header and key id (the key is fetched and must open IMAGE), "
         "plus any signature properties written by 'imgcrypt sign'. Prints '--property k=v' "
         "arguments for 'openstack image create/set' (or one JSON object with --json). Only "
         "property names imgcrypt knows are printed, and only values made of letters, digits "
         "and ._:+/=- (safe unquoted in $(...)); anything else is refused.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
-    parser.add_argument("image", metavar="IMAGE")
+    common.add_image_argument(parser)
     parser.add_argument("--deletion-policy", default="on_image_deletion",
                         choices=("on_image_deletion", "do_not_delete"),
                         help="what to do with the key when the image is deleted")
@@ -50,8 +50,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (default: the whole payload)")
     keyopts.add_key_arguments(parser, creating=False)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _check_key(args: argparse.Namespace, region: bytes) -> None:

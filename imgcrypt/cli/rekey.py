@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.luks.options import FormatOptions
@@ -20,13 +20,13 @@ EXAMPLE = """examples:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "rekey", help="add, change or remove a passphrase (header only)",
+    parser = common.command_parser(
+        sub, "rekey", summary="add, change or remove a passphrase (header only)",
         description="Change which passphrases open IMAGE. Only the LUKS header and keyslot "
         "areas are rewritten, in place, under a file lock; the payload is not touched.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
-    parser.add_argument("image", metavar="IMAGE")
+    common.add_image_argument(parser)
     common.add_passphrase_file_argument(parser, help_text="a passphrase that opens IMAGE, its "
                                         "bytes exactly (- = stdin)")
     action = parser.add_mutually_exclusive_group(required=True)
@@ -44,8 +44,7 @@ def register(sub: Any) -> None:
     keyopts.add_key_manager_arguments(parser)
     parser.add_argument("--key-id", help="key-manager secret that opens IMAGE")
     parser.add_argument("--new-key-id", help="key-manager secret for the new keyslot")
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _secret(args: argparse.Namespace, key_id: str | None, path: str | None, *, label: str,

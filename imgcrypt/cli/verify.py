@@ -10,9 +10,9 @@ from typing import Any
 
 from cryptography import x509
 
-from imgcrypt.cli import keyopts
+from imgcrypt.cli import common, keyopts
 from imgcrypt.cli.inputs import feed_image, key_manager, known_property
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import MalformedPropertiesError, UsageError
 from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing.certs import (
@@ -35,9 +35,9 @@ from imgcrypt.text import escape
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "verify",
-        help="verify an image's signature; exit 0 when valid, 4 when not",
+    parser = common.command_parser(
+        sub, "verify",
+        summary="verify an image's signature; exit 0 when valid, 4 when not",
         description=(
             "Verify IMAGE against the signature properties in --properties (a flat JSON "
             "object, as 'imgcrypt sign' writes it or as the image service shows it). Both "
@@ -46,10 +46,11 @@ def register(sub: Any) -> None:
             "the properties through the key manager; its dates, key usage and algorithms are "
             "checked, and with --trust its chain. Exits 0 when valid, 4 otherwise, saying why."
         ),
-        epilog="example: imgcrypt verify disk.raw --properties props.json --cert signer.crt "
+        example="example: imgcrypt verify disk.raw --properties props.json --cert signer.crt "
         "--trust ca.pem",
+        verbatim=False,
     )
-    parser.add_argument("image", metavar="IMAGE", help="image file, or - for stdin")
+    common.add_image_argument(parser, "image file, or - for stdin")
     parser.add_argument(
         "--properties", required=True, metavar="FILE", help="image properties (JSON object)"
     )
@@ -93,8 +94,7 @@ def register(sub: Any) -> None:
         help="check certificate dates at this ISO 8601 time instead of now",
     )
     keyopts.add_key_manager_arguments(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _read_properties(path: str) -> dict[str, str]:
