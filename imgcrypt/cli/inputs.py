@@ -12,7 +12,6 @@ import contextlib
 import errno
 import io
 import os
-import re
 import stat
 import sys
 import termios
@@ -23,28 +22,7 @@ from imgcrypt.cli import keyopts
 from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
-from imgcrypt.signing import glance
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
-
-# The image property names imgcrypt writes, which a property document (--properties,
-# --signature) may hold.
-ENCRYPTION_NAMES = frozenset({
-    "cinder_encryption_key_id", "cinder_encryption_key_deletion_policy", "os_encrypt_format",
-    "os_encrypt_key_id", "os_encrypt_key_deletion_policy", "os_decrypt_size",
-    "os_decrypt_container_format",
-})
-FORMAT_NAMES = frozenset({"disk_format", "container_format"})
-_IMGCRYPT_SIGN_NAME = re.compile(
-    r"imgcrypt_sign_(version|algorithm|hash|size|bound_sha256|certificate_uuid"
-    r"|signature_count|signature_sha256|signature_[1-9][0-9]{0,3})"
-)
-
-
-def known_property(name: str) -> bool:
-    """A property name imgcrypt writes (encryption, format, Glance or imgcrypt signature)."""
-    return (name in ENCRYPTION_NAMES or name in FORMAT_NAMES or name in glance.KEYS
-            or _IMGCRYPT_SIGN_NAME.fullmatch(name) is not None)
-
 
 # A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
 MAX_PASSPHRASE_FILE = 8 << 20

@@ -11,10 +11,11 @@ import sys
 from typing import Any
 
 from imgcrypt.cli import common, keyopts
-from imgcrypt.cli.inputs import FORMAT_NAMES, known_property
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
+from imgcrypt.imageprops import FORMAT_NAMES, known_property
+from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.luks.container import is_luks
 from imgcrypt.luks.stream import read_header, unlock_stream
 from imgcrypt.signing import imgcrypt_mode
@@ -100,8 +101,10 @@ def _read_signature(path: str) -> dict[str, str]:
         raw = s.read(MAX_SIGNATURE_FILE + 1)
     if len(raw) > MAX_SIGNATURE_FILE:
         raise FormatError(f"{path} is too large for a properties file")
+    # the duplicate-key rule every property document imgcrypt reads follows
+    twice = unique_keys(lambda key: FormatError(f"{path} sets {key[:64]!r} more than once"))
     try:
-        extra = json.loads(raw)
+        extra = json.loads(raw, object_pairs_hook=twice)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError(f"{path} is not a JSON object of properties") from None
     if not isinstance(extra, dict) or not all(

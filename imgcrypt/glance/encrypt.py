@@ -18,14 +18,8 @@ from imgcrypt.glance.checks import (
     is_already_encrypted,
     staged_path,
 )
-from imgcrypt.glance.taskbase import (
-    LOG,
-    ImportTask,
-    flow_of,
-    glance_conf,
-    key_manager_for,
-    remove_file,
-)
+from imgcrypt.glance.importtask import ImportTask, flow_of
+from imgcrypt.glance.taskbase import LOG, glance_conf, key_manager_for, remove_file
 
 # The encrypted image is one raw LUKS container.
 ENCRYPTED_DISK_FORMAT = "raw"

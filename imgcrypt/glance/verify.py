@@ -12,7 +12,8 @@ from typing import Any
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.glance import options
 from imgcrypt.glance.checks import staged_path, verify_staged
-from imgcrypt.glance.taskbase import LOG, ImportTask, flow_of, glance_conf, key_manager_for
+from imgcrypt.glance.importtask import ImportTask, flow_of
+from imgcrypt.glance.taskbase import LOG, glance_conf, key_manager_for
 from imgcrypt.service.upload import image_consumer
 
 
