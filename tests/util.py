@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 IMGCRYPT = [sys.executable, "-m", "imgcrypt"]
 
@@ -18,6 +23,36 @@ def imgcrypt(*args: str | os.PathLike[str], input: bytes | None = None, check: b
     if check and proc.returncode != 0:
         raise AssertionError(f"imgcrypt {args} failed ({proc.returncode}): {proc.stderr.decode()}")
     return proc
+
+
+@contextlib.contextmanager
+def large_source(name: str) -> Iterator[Path]:
+    """A 1 GiB random raw image in /dev/shm: encrypt is still writing it when interrupted.
+    Removed afterwards."""
+    src = Path("/dev/shm") / f"imgcrypt-{name}-{os.getpid()}.raw"
+    try:
+        with open(src, "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(16 << 20))
+        yield src
+    finally:
+        src.unlink(missing_ok=True)
+
+
+def interrupt_once_writing(proc: subprocess.Popen[bytes], directory: Path) -> bytes:
+    """Wait until the temporary output in ``directory`` exists and is growing, then send
+    SIGINT (Ctrl-C); the command's stderr."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        temps = [p for p in directory.iterdir() if p.name.endswith(".imgcrypt-tmp")]
+        if temps and temps[0].stat().st_size > (8 << 20):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("encrypt never started writing")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return err
 
 
 def secret_file(directory: Path, name: str, data: bytes) -> Path:
