@@ -6,12 +6,15 @@ is."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from collections.abc import Mapping
 
-from imgcrypt.errors import MalformedPropertiesError
+from imgcrypt.errors import FormatError, MalformedPropertiesError
 from imgcrypt.jsonkeys import unique_keys
-from imgcrypt.signing import glance
+from imgcrypt.signing import glance, imgcrypt_mode
+from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
 
 # The image property names imgcrypt writes, which a property document (--properties,
@@ -91,3 +94,32 @@ def unknown_properties(properties: dict[str, str]) -> list[str]:
         if not known_property(name) and name not in IMAGE_FIELDS
         and not name.startswith(_CLIENT_PROPERTY_PREFIX)
     )
+
+
+def drop_bound_as_absent(properties: dict[str, str], signature: Mapping[str, str],
+                         path: str) -> list[str]:
+    """An imgcrypt-mode signature binds each of BOUND_PROPERTIES to a value or to "absent".
+    Find which of this image's values it binds (the bound-digest hint tells), and leave out
+    the ones it binds as absent: attaching them would make verification fail. The names left
+    out of ``properties``; none for a signature of another scheme. ``path`` names the
+    signature's file in the errors."""
+    if not imgcrypt_mode.present(signature):
+        return []
+    stated = signature.get(BOUND_DIGEST_KEY)
+    if stated is None:
+        raise FormatError(f"{path} has no {BOUND_DIGEST_KEY}")
+    choices = [(name, (properties.get(name), None) if name in properties else (None,))
+               for name in BOUND_PROPERTIES]
+    for values in itertools.product(*(options for _name, options in choices)):
+        bound = tuple((name, value) for (name, _o), value in zip(choices, values, strict=True))
+        if bound_digest(bound) == stated:
+            break
+    else:
+        raise FormatError(
+            f"the signature in {path} binds other values than this image and key give to "
+            f"its signed properties ({', '.join(BOUND_PROPERTIES)}); sign the image again"
+        )
+    absent = [name for name, value in bound if value is None and name in properties]
+    for name in absent:
+        del properties[name]
+    return absent

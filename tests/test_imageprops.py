@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imgcrypt.errors import MalformedPropertiesError
+from imgcrypt.errors import FormatError, MalformedPropertiesError
 from imgcrypt.imageprops import (
     ENCRYPTION_NAMES,
+    drop_bound_as_absent,
     image_show_properties,
     known_property,
     unknown_properties,
 )
+from imgcrypt.keys.properties import encryption_properties
+from imgcrypt.signing.imgcrypt_mode import ImgcryptSigner
 from imgcrypt.signing.propfile import dump_properties
 
 # The shape of `openstack image show -f json` for an encrypted, signed image (Glance v2 record
@@ -76,3 +80,47 @@ def test_the_names_imgcrypt_writes_are_known_and_others_reported() -> None:
 @given(st.dictionaries(st.text(), st.text(), max_size=20))
 def test_a_document_imgcrypt_writes_reads_back_the_same(properties: dict[str, str]) -> None:
     assert image_show_properties(dump_properties(properties)) == properties
+
+
+def _signature(bound: dict[str, str]) -> dict[str, str]:
+    """The properties 'imgcrypt sign --mode imgcrypt' writes for an image, binding ``bound``."""
+    signer = ImgcryptSigner(ed25519.Ed25519PrivateKey.generate(), properties=bound)
+    signer.update(b"image bytes")
+    signed: dict[str, str] = signer.finalize()
+    return signed
+
+
+def _image() -> dict[str, str]:
+    return {"disk_format": "raw", "container_format": "bare",
+            **encryption_properties("5f0c0000-0000-4000-8000-000000000000", 1, 1 << 20)}
+
+
+def test_what_an_imgcrypt_signature_binds_as_absent_is_left_out() -> None:
+    """Signed without the encryption properties (no --bind): attaching them would make the
+    signature fail, so they are left out, and only they."""
+    image = _image()
+    signature = _signature({"disk_format": "raw", "container_format": "bare"})
+    absent = drop_bound_as_absent(image, signature, "sig.json")
+    assert absent and set(absent) == set(_image()) - {"disk_format", "container_format"}
+    assert image == {"disk_format": "raw", "container_format": "bare"}
+
+
+def test_what_an_imgcrypt_signature_binds_is_kept() -> None:
+    image = _image()
+    bound = dict(image)
+    assert drop_bound_as_absent(image, _signature(bound), "sig.json") == []
+    assert image == bound
+
+
+def test_a_signature_binding_other_values_is_refused() -> None:
+    image = _image()
+    signature = _signature({"disk_format": "qcow2", "container_format": "bare"})
+    with pytest.raises(FormatError, match=r"sig\.json binds other values"):
+        drop_bound_as_absent(image, signature, "sig.json")
+    assert image == _image()  # nothing dropped on the way
+
+
+def test_a_glance_signature_binds_nothing() -> None:
+    image = _image()
+    assert drop_bound_as_absent(image, {"img_signature": "c2ln"}, "sig.json") == []
+    assert image == _image()

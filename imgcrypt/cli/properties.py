@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import re
 import sys
@@ -14,12 +13,10 @@ from imgcrypt.cli import common, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
-from imgcrypt.imageprops import FORMAT_NAMES, known_property
+from imgcrypt.imageprops import FORMAT_NAMES, drop_bound_as_absent, known_property
 from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.luks.container import is_luks
 from imgcrypt.luks.stream import read_header, unlock_stream
-from imgcrypt.signing import imgcrypt_mode
-from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
 
 EXAMPLE = """example:
   imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json
@@ -127,41 +124,16 @@ def _check_safe(name: str, value: str, where: str) -> None:
 
 
 def _merge_signature(properties: dict[str, str], extra: dict[str, str], path: str) -> None:
-    if imgcrypt_mode.present(extra):
-        _drop_bound_as_absent(properties, extra, path)
-    for key, value in extra.items():
-        if key in properties and properties[key] != value:
-            raise FormatError(f"{path} sets {key} differently from the image")
-        properties[key] = value
-
-
-def _drop_bound_as_absent(properties: dict[str, str], signature: dict[str, str],
-                          path: str) -> None:
-    """An imgcrypt-mode signature binds each of BOUND_PROPERTIES to a value or to "absent".
-    Find which of this image's values it binds (the bound-digest hint tells), and leave out
-    the ones it binds as absent: attaching them would make verification fail."""
-    stated = signature.get(BOUND_DIGEST_KEY)
-    if stated is None:
-        raise FormatError(f"{path} has no {BOUND_DIGEST_KEY}")
-    choices = [(name, (properties.get(name), None) if name in properties else (None,))
-               for name in BOUND_PROPERTIES]
-    for values in itertools.product(*(options for _name, options in choices)):
-        bound = tuple((name, value) for (name, _o), value in zip(choices, values, strict=True))
-        if bound_digest(bound) == stated:
-            break
-    else:
-        raise FormatError(
-            f"the signature in {path} binds other values than this image and key give to "
-            f"its signed properties ({', '.join(BOUND_PROPERTIES)}); sign the image again"
-        )
-    absent = [name for name, value in bound if value is None and name in properties]
-    for name in absent:
-        del properties[name]
+    absent = drop_bound_as_absent(properties, extra, path)
     if absent:
         sys.stderr.write(
             f"imgcrypt: note: not attaching {', '.join(absent)}: the signature in {path} binds "
             "them as absent (sign with --bind FILE to bind them)\n"
         )
+    for key, value in extra.items():
+        if key in properties and properties[key] != value:
+            raise FormatError(f"{path} sets {key} differently from the image")
+        properties[key] = value
 
 
 def _remaining(f: Any) -> int:
