@@ -13,6 +13,7 @@ from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_output
+from imgcrypt.keys.rules import register_file_consumer
 from imgcrypt.luks.engine import Source
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream
@@ -99,7 +100,7 @@ def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
 
 
 def _register_consumer(resolved: Any, target: str) -> None:
-    keyopts.register_file_consumer(resolved.manager, resolved.key_id, target)
+    register_file_consumer(resolved.manager, resolved.key_id, target)
 
 
 def target_format(args: argparse.Namespace) -> str:

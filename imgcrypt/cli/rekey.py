@@ -9,7 +9,7 @@ from typing import Any
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.keys.rules import passphrase_for, register_file_consumer, unregister_file_consumer
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import RekeyResult, kdf_for, read_header, rekey_file
 
@@ -65,9 +65,9 @@ def _move_consumers(args: argparse.Namespace) -> None:
         return
     manager = inputs.key_manager(args)
     if new_id is not None:
-        keyopts.register_file_consumer(manager, new_id, args.image)
+        register_file_consumer(manager, new_id, args.image)
     if old_id is not None and args.change and old_id != new_id:
-        keyopts.unregister_file_consumer(manager, old_id, args.image)
+        unregister_file_consumer(manager, old_id, args.image)
 
 
 def run(args: argparse.Namespace) -> int:

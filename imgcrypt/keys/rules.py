@@ -20,6 +20,7 @@ from imgcrypt.errors import (
     FormatError,
     KeyManagerError,
     KeyManagerUnavailableError,
+    SecretInUseError,
     SecretNotFoundError,
     SpecMismatchError,
     UnusableSecretError,
@@ -285,3 +286,52 @@ def apply_deletion_policy(
         return report(DeletionOutcome.REFUSED, str(exc), removed)
     return report(DeletionOutcome.DELETED, f"policy is {policy} and nothing else uses the key",
                   removed)
+
+
+# How the local keystore names an image file that a key opens (Barbican's consumer triple).
+LOCAL_CONSUMER_SERVICE = "imgcrypt"
+LOCAL_CONSUMER_TYPE = "file"
+
+
+def file_consumer(path: str) -> Consumer:
+    """The consumer entry for an image file: its absolute path."""
+    return Consumer(LOCAL_CONSUMER_SERVICE, LOCAL_CONSUMER_TYPE, os.path.abspath(path))
+
+
+def register_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
+    """Record in the local keystore that ``key_id`` opens the image at ``path``.
+
+    Only the local keystore gets these entries: in a cloud the image service registers its own
+    consumers (image ids, not paths on one person's disk). Standard output has no path to
+    record. True when an entry was written.
+    """
+    if manager.name != "local" or path == "-":
+        return False
+    manager.add_consumer(key_id, file_consumer(path))
+    return True
+
+
+def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
+    if manager.name == "local" and path != "-":
+        manager.remove_consumer(key_id, file_consumer(path))
+
+
+def consumer_name(consumer: Consumer) -> str:
+    """The image file's path for the local keystore's own entries; Barbican's
+    service/type/id for the others."""
+    if consumer.service == LOCAL_CONSUMER_SERVICE:
+        return consumer.resource_id
+    return f"{consumer.service}/{consumer.resource_type}/{consumer.resource_id}"
+
+
+def delete_secret(manager: KeyManager, key_id: str, *, force: bool) -> None:
+    """Delete a secret, refusing while it still opens images (naming them), unless ``force``:
+    deleting it would lock them out."""
+    if not force and manager.supports_consumers:
+        consumers = manager.list_consumers(key_id)
+        if consumers:
+            raise SecretInUseError(
+                f"secret {key_id} still opens {', '.join(map(consumer_name, consumers))}; "
+                "deleting it would lock them out (use --force to delete it anyway)"
+            )
+    manager.delete(key_id, force=force)
