@@ -9,33 +9,18 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${here}/.venv-glance}"
-python="${PYTHON:-python3}"
+# shellcheck source=scripts/venv-install.sh
+. "${here}/scripts/venv-install.sh"
 
-check() {
-    "${venv}/bin/python" - <<'PY' >/dev/null 2>&1
-import importlib.util
 # glance.wsgi.api reads its configuration when imported: only look for it.
+install_service_venv glance "${venv}" '
+import importlib.util
 assert importlib.util.find_spec("glance.wsgi.api") is not None
 import glance.api.v2.router
 import glanceclient
 import gunicorn
 import glance.async_.flows.plugins
-PY
-}
-
-if [ -x "${venv}/bin/python" ] && check; then
-    echo "glance already installed in ${venv}"
-else
-    rm -rf "${venv}"
-    "${python}" -m venv "${venv}"
-    "${venv}/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
-    "${venv}/bin/python" -m pip install --quiet 'glance>=33,<34' python-glanceclient gunicorn
-    if ! check; then
-        echo "glance installed in ${venv} but does not import" >&2
-        exit 1
-    fi
-    echo "glance installed in ${venv}"
-fi
+' 'glance>=33,<34' python-glanceclient gunicorn
 
 # imgcrypt's plugins, refreshed every time (editable, so the tests run the work tree's code).
 "${venv}/bin/python" -m pip install --quiet -e "${here}[glance]"

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,25 +88,43 @@ paste.filter_factory = barbican.api.middleware.microversion:MicroversionMiddlewa
 paste.filter_factory = oslo_middleware.request_id:RequestId.factory
 """
 
-# Runs inside .venv-barbican. The unauthenticated pipeline reads ``req.request_id``, which
-# plain WebOb requests do not have: the wrapper provides it as an ad-hoc attribute. Requests
-# without X-Roles get ``admin,member`` because secret creation needs the member role.
-_SERVER = """\
+# The one server script of the test services (Barbican here, Keystone and the
+# Keystone-backed Barbican in tests.openstack_servers): the standard library's threaded WSGI
+# server on a loopback port, run by the service's own virtualenv's python.
+#   serve.py paste PASTE_INI PORT [DEFAULT_ROLES]   an app from a paste file
+#   serve.py app MODULE:ATTRIBUTE PORT              an app object (or MODULE.init_application())
+# Keystone and Barbican read sys.argv through oslo.config when their app is built, so only
+# the program name is left there. Barbican's paste pipelines read ``req.request_id``, which
+# plain WebOb requests do not have: the wrapper provides it as an ad-hoc attribute. With
+# DEFAULT_ROLES (the unauthenticated Barbican), requests without X-Roles get those roles,
+# because secret creation needs the member role.
+SERVE_SCRIPT = """\
+import importlib
 import sys
 import uuid
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from paste import deploy
+kind, target, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+default_roles = sys.argv[4] if len(sys.argv) > 4 else None
+sys.argv = sys.argv[:1]
 
-paste_ini, port = sys.argv[1], int(sys.argv[2])
-app = deploy.loadapp("config:" + paste_ini)
+if kind == "paste":
+    from paste import deploy
 
+    paste_app = deploy.loadapp("config:" + target)
 
-def wrapped(environ, start_response):
-    environ.setdefault("webob.adhoc_attrs", {})["request_id"] = "req-" + str(uuid.uuid4())
-    environ.setdefault("HTTP_X_ROLES", "admin,member")
-    return app(environ, start_response)
+    def app(environ, start_response):
+        environ.setdefault("webob.adhoc_attrs", {})["request_id"] = "req-" + str(uuid.uuid4())
+        if default_roles:
+            environ.setdefault("HTTP_X_ROLES", default_roles)
+        return paste_app(environ, start_response)
+else:
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    app = getattr(module, attribute)
+    if app is None and hasattr(module, "init_application"):
+        app = module.init_application()
 
 
 class Quiet(WSGIRequestHandler):
@@ -118,7 +136,7 @@ class Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-server = make_server("127.0.0.1", port, wrapped, server_class=Server, handler_class=Quiet)
+server = make_server("127.0.0.1", port, app, server_class=Server, handler_class=Quiet)
 print("ready", flush=True)
 server.serve_forever()
 """
@@ -144,25 +162,62 @@ def free_port() -> int:
         return port
 
 
-def _wait_ready(endpoint: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+def base_env(home: Path) -> dict[str, str]:
+    """The whole environment of a service process: its own HOME, nothing of ours."""
+    return {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8"}
+
+
+def write_serve_script(workdir: Path) -> Path:
+    script = workdir / "serve.py"
+    script.write_text(SERVE_SCRIPT)
+    return script
+
+
+def spawn(argv: list[str], log_path: Path, cwd: Path,
+          env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=cwd, env=dict(env))
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, *,
+               ok: tuple[int, ...] = (200,), headers: Mapping[str, str] | None = None,
+               timeout: float = STARTUP_TIMEOUT) -> None:
+    """Until ``url`` answers with a status in ``ok``; the server's log tail when it exits or
+    does not answer in time."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"barbican exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
-            )
+            raise RuntimeError(f"{url}: server exited with {process.returncode}:\n"
+                               f"{log_path.read_text(errors='replace')[-4000:]}")
         try:
-            request = urllib.request.Request(
-                endpoint + "/v1/secrets", headers={"X-Project-Id": "readiness"}
-            )
+            request = urllib.request.Request(url, headers=dict(headers or {}))
             with urllib.request.urlopen(request, timeout=5) as response:
-                if response.status == 200:
+                if response.status in ok:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"barbican did not answer within {STARTUP_TIMEOUT}s:\n"
-                       f"{log_path.read_text()[-4000:]}")
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n"
+                       f"{log_path.read_text(errors='replace')[-4000:]}")
+
+
+def start_server(argv: list[str], log_path: Path, cwd: Path, env: Mapping[str, str],
+                 url: str, *, ok: tuple[int, ...] = (200,),
+                 headers: Mapping[str, str] | None = None,
+                 timeout: float = STARTUP_TIMEOUT) -> subprocess.Popen[bytes]:
+    """A server process that answers at ``url``; stopped again when it does not."""
+    process = spawn(argv, log_path, cwd, env)
+    try:
+        wait_ready(url, process, log_path, ok=ok, headers=headers, timeout=timeout)
+    except BaseException:
+        stop_barbican(process)
+        raise
+    return process
 
 
 def start_barbican(workdir: Path) -> tuple[BarbicanServer, subprocess.Popen[bytes]]:
@@ -179,28 +234,11 @@ def start_barbican(workdir: Path) -> tuple[BarbicanServer, subprocess.Popen[byte
     )
     paste = workdir / "barbican-api-paste.ini"
     paste.write_text(_PASTE)
-    script = workdir / "serve.py"
-    script.write_text(_SERVER)
+    script = write_serve_script(workdir)
     log_path = workdir / "barbican.log"
-    env = {
-        "HOME": str(home),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(python), str(script), str(paste), str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            env=env,
-        )
-    try:
-        _wait_ready(endpoint, process, log_path)
-    except BaseException:
-        stop_barbican(process)
-        raise
+    process = start_server(
+        [str(python), str(script), "paste", str(paste), str(port), "admin,member"], log_path,
+        workdir, base_env(home), endpoint + "/v1/secrets", headers={"X-Project-Id": "readiness"})
     server = BarbicanServer(
         endpoint=endpoint, project_id=str(uuid.uuid4()), port=port, log_path=log_path
     )

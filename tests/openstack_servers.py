@@ -24,7 +24,6 @@ import base64
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -34,7 +33,15 @@ from pathlib import Path
 import pytest
 
 from tests.barbican_server import _CONF as BARBICAN_CONF
-from tests.barbican_server import BARBICAN_VENV, IN_CI, free_port, stop_barbican
+from tests.barbican_server import (
+    BARBICAN_VENV,
+    IN_CI,
+    base_env,
+    free_port,
+    start_server,
+    stop_barbican,
+    write_serve_script,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYSTONE_VENV = Path(os.environ.get("IMGCRYPT_KEYSTONE_VENV", ROOT / ".venv-keystone"))
@@ -42,37 +49,6 @@ GLANCE_VENV = Path(os.environ.get("IMGCRYPT_GLANCE_VENV", ROOT / ".venv-glance")
 STARTUP_TIMEOUT = 120.0
 ADMIN_PASSWORD = "imgcrypt-admin-" + base64.b32encode(os.urandom(10)).decode("ascii").lower()
 DEMO_PASSWORD = "imgcrypt-demo-" + base64.b32encode(os.urandom(10)).decode("ascii").lower()
-
-# Keystone reads sys.argv through oslo.config when its app is built, so the script that serves
-# it leaves only the program name there.
-_WSGIREF_SERVER = """\
-import importlib
-import sys
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-target, port = sys.argv[1], int(sys.argv[2])
-sys.argv = sys.argv[:1]
-module_name, _, attribute = target.partition(":")
-module = importlib.import_module(module_name)
-app = getattr(module, attribute)
-if app is None and hasattr(module, "init_application"):
-    app = module.init_application()
-
-
-class Quiet(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-server = make_server("127.0.0.1", port, app, server_class=Server, handler_class=Quiet)
-print("ready", flush=True)
-server.serve_forever()
-"""
 
 _KEYSTONE_CONF = """\
 [DEFAULT]
@@ -130,40 +106,6 @@ paste.filter_factory = barbican.api.middleware.microversion:MicroversionMiddlewa
 
 [filter:request_id]
 paste.filter_factory = oslo_middleware.request_id:RequestId.factory
-"""
-
-# The Barbican server script of tests.barbican_server, minus its default roles: here the
-# roles come from the Keystone token.
-_BARBICAN_SERVER = """\
-import sys
-import uuid
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-from paste import deploy
-
-paste_ini, port = sys.argv[1], int(sys.argv[2])
-sys.argv = sys.argv[:1]
-app = deploy.loadapp("config:" + paste_ini)
-
-
-def wrapped(environ, start_response):
-    environ.setdefault("webob.adhoc_attrs", {})["request_id"] = "req-" + str(uuid.uuid4())
-    return app(environ, start_response)
-
-
-class Quiet(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-server = make_server("127.0.0.1", port, wrapped, server_class=Server, handler_class=Quiet)
-print("ready", flush=True)
-server.serve_forever()
 """
 
 _GLANCE_CONF = """\
@@ -262,37 +204,8 @@ def require_venv(venv: Path, script: str) -> Path:
     return python
 
 
-def _spawn(argv: list[str], log_path: Path, cwd: Path,
-           env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=cwd, env=dict(env))
-
-
-def _base_env(home: Path) -> dict[str, str]:
-    return {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8"}
-
-
-def _wait(url: str, process: subprocess.Popen[bytes], log_path: Path,
-          ok: tuple[int, ...] = (200, 300, 401)) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: server exited with {process.returncode}:\n"
-                               f"{log_path.read_text(errors='replace')[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status in ok:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code in ok:
-                return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {STARTUP_TIMEOUT}s:\n"
-                       f"{log_path.read_text(errors='replace')[-4000:]}")
+# A Keystone or Glance that is up answers its version document (200/300) or asks for a token.
+_UP = (200, 300, 401)
 
 
 def _json_request(url: str, body: object | None = None, token: str | None = None,
@@ -327,7 +240,7 @@ def start_keystone(workdir: Path) -> tuple[Keystone, subprocess.Popen[bytes]]:
     conf.write_text(_KEYSTONE_CONF.format(dir=workdir))
     port = free_port()
     auth_url = f"http://127.0.0.1:{port}/v3"
-    env = _base_env(workdir / "home")
+    env = base_env(workdir / "home")
     log_path = workdir / "keystone.log"
     manage = [str(venv_bin / "keystone-manage"), "--config-file", str(conf)]
     owner = ["--keystone-user", str(os.getuid()), "--keystone-group", str(os.getgid())]
@@ -339,13 +252,12 @@ def start_keystone(workdir: Path) -> tuple[Keystone, subprocess.Popen[bytes]]:
         with log_path.open("ab") as log:
             subprocess.run([*manage, *step], check=True, stdout=log, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, env=env, cwd=workdir, timeout=300)
-    script = workdir / "serve.py"
-    script.write_text(_WSGIREF_SERVER)
-    process = _spawn([str(venv_bin / "python"), str(script), "keystone.wsgi.api:application",
-                      str(port)], log_path, workdir,
-                     {**env, "OS_KEYSTONE_CONFIG_DIR": str(workdir)})
+    script = write_serve_script(workdir)
+    process = start_server([str(venv_bin / "python"), str(script), "app",
+                            "keystone.wsgi.api:application", str(port)], log_path, workdir,
+                           {**env, "OS_KEYSTONE_CONFIG_DIR": str(workdir)}, auth_url, ok=_UP,
+                           timeout=STARTUP_TIMEOUT)
     try:
-        _wait(auth_url, process, log_path)
         admin = keystone_token(auth_url, "admin", ADMIN_PASSWORD, "admin")
         demo_project = _create_project_user(auth_url, admin, "demo", DEMO_PASSWORD)
         projects, _ = _json_request(auth_url + "/projects?name=admin", token=admin)
@@ -401,13 +313,12 @@ def start_keystone_barbican(workdir: Path, keystone: Keystone
     (home / ".barbican" / "barbican.conf").write_text(conf)
     paste = workdir / "barbican-api-paste.ini"
     paste.write_text(_BARBICAN_PASTE)
-    script = workdir / "serve.py"
-    script.write_text(_BARBICAN_SERVER)
+    script = write_serve_script(workdir)
     log_path = workdir / "barbican.log"
-    process = _spawn([str(python), str(script), str(paste), str(port)], log_path, workdir,
-                     _base_env(home))
+    process = start_server([str(python), str(script), "paste", str(paste), str(port)], log_path,
+                           workdir, base_env(home), endpoint + "/v1/secrets", ok=(401,),
+                           timeout=STARTUP_TIMEOUT)
     try:
-        _wait(endpoint + "/v1/secrets", process, log_path, ok=(401,))
         register_endpoint(keystone, "key-manager", "barbican", endpoint)
     except BaseException:
         stop(process)
@@ -438,7 +349,7 @@ def start_glance(workdir: Path, keystone: Keystone, barbican: KeystoneBarbican,
     venv_bin = require_venv(GLANCE_VENV, "install-glance.sh").parent
     glance_config(workdir, keystone, barbican, plugins, extra, default_extra)
     conf = workdir / "glance-api.conf"
-    env = {**_base_env(workdir / "home"), "OS_GLANCE_CONFIG_DIR": str(workdir)}
+    env = {**base_env(workdir / "home"), "OS_GLANCE_CONFIG_DIR": str(workdir)}
     log_path = workdir / "glance.log"
     with log_path.open("ab") as log:
         subprocess.run([str(venv_bin / "glance-manage"), "--config-file", str(conf), "db_sync"],
@@ -446,13 +357,13 @@ def start_glance(workdir: Path, keystone: Keystone, barbican: KeystoneBarbican,
                        stdin=subprocess.DEVNULL, timeout=300)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    process = _spawn([str(venv_bin / "gunicorn"), "--workers", "1", "--threads", "4",
-                      "--timeout", "300", "--bind", f"127.0.0.1:{port}",
-                      "--control-socket", str(workdir / "gunicorn.ctl"),
-                      "glance.wsgi.api:application"], log_path, workdir, env)
+    process = start_server([str(venv_bin / "gunicorn"), "--workers", "1", "--threads", "4",
+                            "--timeout", "300", "--bind", f"127.0.0.1:{port}",
+                            "--control-socket", str(workdir / "gunicorn.ctl"),
+                            "glance.wsgi.api:application"], log_path, workdir, env,
+                           endpoint + "/versions", ok=_UP, timeout=STARTUP_TIMEOUT)
     glance = Glance(endpoint, workdir, log_path, plugins, [process])
     try:
-        _wait(endpoint + "/versions", process, log_path)
         if register:
             register_endpoint(keystone, "image", "glance", endpoint)
     except BaseException:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .util import IMGCRYPT, imgcrypt, secret_file, test_passphrase
+from .util import (
+    IMGCRYPT,
+    imgcrypt,
+    interrupt_once_writing,
+    large_source,
+    secret_file,
+    test_passphrase,
+)
 
 
 @pytest.fixture
@@ -80,26 +85,11 @@ def test_failed_encrypt_deletes_the_key_it_created(tmp_path: Path, store: list[s
 
 
 def test_ctrl_c_during_encrypt_deletes_the_new_key(tmp_path: Path, store: list[str]) -> None:
-    src = Path("/dev/shm") / f"imgcrypt-consumer-{os.getpid()}.raw"
-    try:
-        with open(src, "wb") as f:
-            for _ in range(64):
-                f.write(os.urandom(16 << 20))
+    with large_source("consumer") as src:
         proc = subprocess.Popen([*IMGCRYPT, "encrypt", str(src), str(tmp_path / "out.luks"),
                                  "--new-key", "--iterations", "1000", *store],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            temps = [p for p in tmp_path.iterdir() if p.name.endswith(".imgcrypt-tmp")]
-            if temps and temps[0].stat().st_size > (8 << 20):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("encrypt never started writing")
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        interrupt_once_writing(proc, tmp_path)
         assert proc.returncode == 130
         assert keys_in(store) == []
         assert not (tmp_path / "out.luks").exists()
-    finally:
-        src.unlink(missing_ok=True)

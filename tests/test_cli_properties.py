@@ -145,3 +145,19 @@ def test_verify_names_unknown_properties_and_reads_openstack_image_show(
     proc = imgcrypt("verify", d / "disk.luks", "--properties", d / "show.json", "--cert",
                     d / "ed25519.crt", "--json")
     assert json.loads(proc.stdout)["ignored_properties"] == ["x_unsigned_extra"]
+
+
+def test_properties_refuses_a_signature_file_that_names_a_property_twice(
+        setup: dict[str, object]) -> None:
+    """One document, one meaning: Python's json would keep the last of two values silently,
+    so a reader that does not look (another tool, a reviewer) could see the first one."""
+    d = setup["dir"]
+    assert isinstance(d, Path)
+    signed = json.loads(sign_modern(setup).read_text())
+    name, value = "imgcrypt_sign_hash", signed["imgcrypt_sign_hash"]
+    body = json.dumps(signed)[:-1] + f', "{name}": "{value}"' + "}"
+    (d / "twice.json").write_text(body)
+    proc = attach(setup, "--signature", d / "twice.json")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == b""
+    assert f"{name!r} more than once".encode() in proc.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from .util import imgcrypt, secret_file, test_passphrase
+from .util import imgcrypt, large_source, secret_file, test_passphrase
 
 TYPED = "correct horse battery staple"
 
@@ -169,11 +169,7 @@ def test_rekey_prompts_for_the_current_and_twice_for_the_new(
 
 def test_ctrl_c_on_the_terminal_during_encrypt_with_a_new_key(tmp_path: Path) -> None:
     """Typed Ctrl-C while the progress bar runs: exit 130, no target, and no orphan key."""
-    src = Path("/dev/shm") / f"imgcrypt-tty-{os.getpid()}.raw"
-    try:
-        with open(src, "wb") as f:
-            for _ in range(64):
-                f.write(os.urandom(16 << 20))
+    with large_source("tty") as src:
         child = spawn("encrypt", src, "t.luks", "--new-key", "--keystore", "keys",
                       "--iterations", "1000", cwd=tmp_path)
         child.expect("encrypt: +[0-9]+%")  # the progress bar is running
@@ -184,5 +180,3 @@ def test_ctrl_c_on_the_terminal_during_encrypt_with_a_new_key(tmp_path: Path) ->
         assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
         listed = imgcrypt("keys", "list", "--json", "--keystore", tmp_path / "keys", check=True)
         assert b'"secrets": []' in listed.stdout
-    finally:
-        src.unlink(missing_ok=True)

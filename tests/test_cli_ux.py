@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import pty
 import select
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .util import IMGCRYPT, imgcrypt, secret_file
+from .util import IMGCRYPT, imgcrypt, interrupt_once_writing, large_source, secret_file
 
 COMMANDS = ["encrypt", "decrypt", "inspect", "rekey", "sign", "verify", "keys", "properties"]
 
@@ -77,32 +76,16 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_encrypt_leaves_nothing(tmp_path: Path) -> None:
-    src = Path("/dev/shm") / f"imgcrypt-sigint-{os.getpid()}.raw"
-    try:
-        with open(src, "wb") as f:
-            for _ in range(64):
-                f.write(os.urandom(16 << 20))
+    with large_source("sigint") as src:
         pw = secret_file(tmp_path, "pw", b"interrupt me")
         target = tmp_path / "out.luks"
         proc = subprocess.Popen([*IMGCRYPT, "encrypt", str(src), str(target),
                                  "--passphrase-file", str(pw), "--iterations", "1000"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        # Wait until the temporary output exists and is growing, then interrupt.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            temps = [p for p in tmp_path.iterdir() if p.name.endswith(".imgcrypt-tmp")]
-            if temps and temps[0].stat().st_size > (8 << 20):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("encrypt never started writing")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        err = interrupt_once_writing(proc, tmp_path)
         assert proc.returncode == 130
         assert err == b"imgcrypt: error: interrupted\n"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["pw"]
-    finally:
-        src.unlink(missing_ok=True)
 
 
 def test_public_api_names_resolve() -> None:

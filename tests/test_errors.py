@@ -33,7 +33,8 @@ from imgcrypt.service.upload import UploadInspector, UploadPolicy
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Modules that need the optional Glance/TaskFlow stack to import; they define no errors.
-OPTIONAL = ("imgcrypt.glance.encrypt", "imgcrypt.glance.verify", "imgcrypt.__main__")
+OPTIONAL = ("imgcrypt.glance.encrypt", "imgcrypt.glance.verify", "imgcrypt.glance.importtask",
+            "imgcrypt.__main__")
 
 
 def _family() -> set[type[ImgcryptError]]:

@@ -7,6 +7,7 @@ import flow; ``imgcrypt download`` brings the plaintext back. Every service is t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -484,3 +485,43 @@ def test_readme_glance_configuration_loads_in_glance(tmp_path: Path) -> None:
     assert result.stdout.split("\n")[0] == (
         "['image_conversion', 'imgcrypt_encrypt', 'imgcrypt_verify'] [1] False "
         "on_image_deletion")
+
+
+def test_the_library_download_decrypts_checks_and_refuses_tampering(
+        person: Person, keystone: Keystone, glance_verify: Glance, openssl: str) -> None:
+    """imgcrypt.service.download without the CLI, against the real Glance and Barbican: the
+    guest's bytes back, hash and both signatures checked; a stored byte changed behind
+    Glance's back fails ``write_to``."""
+    from imgcrypt.errors import VerificationError
+    from imgcrypt.service.download import open_download
+
+    plain = person.workdir / "plain.raw"
+    data = make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk.luks"
+    _key_id, files = encrypt_and_sign(person, plain, image, cert_id)
+    uploaded = person.json(*upload_args(image, "library", files), "--method", "upload")
+    conn = connection(keystone, glance_verify)
+
+    download = open_download(conn, uploaded["image_id"])
+    assert download.decrypt and download.size == image.stat().st_size
+    out = io.BytesIO()
+    result = download.write_to(out)
+    assert out.getvalue() == data and result.bytes_written == len(data)
+    assert result.decrypted and result.hash_checked
+    assert result.signature is not None
+    assert sorted(s.scheme for s in result.signature.schemes) == ["glance", "imgcrypt"]
+
+    kept = io.BytesIO()
+    assert not open_download(conn, uploaded["image_id"], keep_encrypted=True).write_to(
+        kept).decrypted
+    assert kept.getvalue() == image.read_bytes()
+
+    stored = glance_verify.workdir / "images" / uploaded["image_id"]
+    with stored.open("r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x80]))
+    with pytest.raises(VerificationError):
+        open_download(conn, uploaded["image_id"]).write_to(io.BytesIO())

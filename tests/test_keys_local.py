@@ -336,3 +336,31 @@ def test_cli_json_before_or_after_the_action(tmp_path: Path,
         assert json.loads(capsys.readouterr().out) == {"key_manager": "local", "secrets": []}
     assert main(["keys", "list", "--keystore", ks]) == 0
     assert capsys.readouterr().out == "no secrets\n"
+
+
+def test_a_key_that_opens_image_files_is_deleted_only_with_force(
+        store: LocalKeyStore, tmp_path: Path) -> None:
+    """imgcrypt.keys.rules: the consumer entries the local keystore keeps for image files,
+    and the refusal to delete a key that still opens one (naming the files)."""
+    from imgcrypt.errors import SecretInUseError
+    from imgcrypt.keys.rules import (
+        consumer_name,
+        delete_secret,
+        register_file_consumer,
+        unregister_file_consumer,
+    )
+
+    key_id = store.create_key(KeyOrder(secret_type="passphrase", mode=None))
+    assert register_file_consumer(store, key_id, "a.luks")
+    assert register_file_consumer(store, key_id, str(tmp_path / "b.luks"))
+    assert not register_file_consumer(store, key_id, "-")  # stdout has no path to record
+    names = sorted(consumer_name(c) for c in store.list_consumers(key_id))
+    assert names == sorted([os.path.abspath("a.luks"), str(tmp_path / "b.luks")])
+    with pytest.raises(SecretInUseError, match=r"still opens .*b\.luks"):
+        delete_secret(store, key_id, force=False)
+    unregister_file_consumer(store, key_id, "a.luks")
+    assert [consumer_name(c) for c in store.list_consumers(key_id)] == [str(tmp_path / "b.luks")]
+    delete_secret(store, key_id, force=True)
+    assert store.list() == []
+    other = Consumer("glance", "image", "0f3e")
+    assert consumer_name(other) == "glance/image/0f3e"

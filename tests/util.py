@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,43 @@ def imgcrypt(*args: str | os.PathLike[str], input: bytes | None = None, check: b
     return proc
 
 
-@contextmanager
+@contextlib.contextmanager
 def raises_fault(kind: type[ImgcryptError], reason: Fault, match: str | None = None
                  ) -> Iterator[pytest.ExceptionInfo[ImgcryptError]]:
     """``pytest.raises(kind, match=match)`` that also requires the error's ``reason``."""
     with pytest.raises(kind, match=match) as info:
         yield info
     assert info.value.reason is reason, f"reason {info.value.reason!r}, not {reason!r}"
+
+
+@contextlib.contextmanager
+def large_source(name: str) -> Iterator[Path]:
+    """A 1 GiB random raw image in /dev/shm: encrypt is still writing it when interrupted.
+    Removed afterwards."""
+    src = Path("/dev/shm") / f"imgcrypt-{name}-{os.getpid()}.raw"
+    try:
+        with open(src, "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(16 << 20))
+        yield src
+    finally:
+        src.unlink(missing_ok=True)
+
+
+def interrupt_once_writing(proc: subprocess.Popen[bytes], directory: Path) -> bytes:
+    """Wait until the temporary output in ``directory`` exists and is growing, then send
+    SIGINT (Ctrl-C); the command's stderr."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        temps = [p for p in directory.iterdir() if p.name.endswith(".imgcrypt-tmp")]
+        if temps and temps[0].stat().st_size > (8 << 20):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("encrypt never started writing")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return err
 
 
 def secret_file(directory: Path, name: str, data: bytes) -> Path:

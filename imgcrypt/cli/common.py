@@ -6,10 +6,39 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+from imgcrypt.cli.output import add_json_argument
 from imgcrypt.luks.options import DEFAULT_ITER_TIME_MS, FormatOptions
 from imgcrypt.luks.stream import Progress
+
+
+def command_parser(sub: Any, name: str, *, summary: str, description: str, example: str,
+                   verbatim: bool = True) -> argparse.ArgumentParser:
+    """The parser of command ``name``. ``verbatim`` keeps the description's and examples' own
+    line breaks; without it argparse wraps them (sign and verify are written for that)."""
+    formatter = argparse.RawDescriptionHelpFormatter if verbatim else argparse.HelpFormatter
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description, epilog=example, formatter_class=formatter)
+    return parser
+
+
+def finish_command(parser: argparse.ArgumentParser,
+                   run: Callable[[argparse.Namespace], int]) -> None:
+    """What every command ends with: --json, and the function main() calls."""
+    add_json_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def add_image_argument(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    parser.add_argument("image", metavar="IMAGE", help=help_text)
+
+
+def add_source_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE and TARGET, either of them - for stdin/stdout."""
+    parser.add_argument("source", metavar="SOURCE")
+    parser.add_argument("target", metavar="TARGET")
 
 
 def add_passphrase_file_argument(

@@ -10,7 +10,7 @@ import tempfile
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
 from imgcrypt.luks.stream import decrypt_payload, unlock_stream
@@ -21,14 +21,13 @@ EXAMPLE = """example:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "decrypt", help="decrypt a LUKS image to its raw payload",
+    parser = common.command_parser(
+        sub, "decrypt", summary="decrypt a LUKS image to its raw payload",
         description="Decrypt the LUKS1/LUKS2 image SOURCE (- for stdin) to TARGET (- for stdout). "
         "A qcow2 with qemu's built-in LUKS becomes the guest's raw disk (through qemu-img).",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
-    parser.add_argument("source", metavar="SOURCE")
-    parser.add_argument("target", metavar="TARGET")
+    common.add_source_target_arguments(parser)
     common.add_passphrase_file_argument(parser)
     common.add_key_slot_argument(parser, "try only keyslot N (as cryptsetup open --key-slot)")
     parser.add_argument("--size", type=int, metavar="BYTES",
@@ -40,8 +39,7 @@ def register(sub: Any) -> None:
                         "plaintext is readable by its owner only)")
     keyopts.add_key_arguments(parser, creating=False)
     common.add_progress_argument(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _payload_total(header: Any, size: int | None, image_size: int | None) -> int | None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import hmac
-import io
 from typing import Any
 
 from imgcrypt.cli import common
-from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import FormatError, VerificationError
-from imgcrypt.fileio import ChunkReader, atomic_output
+from imgcrypt.cli.output import emit
+from imgcrypt.fileio import atomic_output
 
 EXAMPLE = """example:
   imgcrypt download 0f3e... disk.raw             # verified and decrypted
@@ -22,10 +19,10 @@ appears only if every check passed. Credentials as for imgcrypt upload."""
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "download", help="download an image from the image service, verify and decrypt it",
+    parser = common.command_parser(
+        sub, "download", summary="download an image from the image service, verify and decrypt it",
         description="Download image IMAGE_ID to TARGET, verifying and decrypting it.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
     parser.add_argument("image_id", metavar="IMAGE_ID")
     parser.add_argument("target", metavar="TARGET")
@@ -35,64 +32,25 @@ def register(sub: Any) -> None:
     parser.add_argument("--os-cloud", metavar="NAME", default=None,
                         help="clouds.yaml entry (default: OS_CLOUD / the OS_* variables)")
     common.add_progress_argument(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:
     from imgcrypt import imageservice
-    from imgcrypt.digests import DEFAULT_MULTIHASH
-    from imgcrypt.keys.rules import passphrase_for
-    from imgcrypt.luks.stream import CHUNK_SIZE, iter_payload, unlock_stream
-    from imgcrypt.service.claims import encryption_claim
-    from imgcrypt.service.upload import HASH_ALGORITHMS, UploadInspector, UploadPolicy
-    from imgcrypt.signing import schemes_present
+    from imgcrypt.service.download import open_download
 
-    conn = imageservice.connect(args.os_cloud)
-    images = imageservice.ImageService(conn)
-    image = images.get(args.image_id)
-    properties = imageservice.extra_properties(image)
-    claim = encryption_claim(properties)
-    manager = (imageservice.key_manager(conn)
-               if claim is not None or schemes_present(properties) else None)
-    expected_algo = str(properties.get("os_hash_algo") or DEFAULT_MULTIHASH)
-    if expected_algo not in HASH_ALGORITHMS:  # the image record's value: malformed input
-        raise FormatError(f"unsupported os_hash_algo {expected_algo!r}")
-    inspector = UploadInspector(properties, key_manager=manager, policy=UploadPolicy(
-        allowed_luks_versions=frozenset({1, 2}), register_consumer=False,
-        hash_algo=expected_algo))
-    size = image.properties.get("size")
-    decrypt = claim is not None and not args.encrypted
-    written = 0
+    download = open_download(imageservice.connect(args.os_cloud), args.image_id,
+                             keep_encrypted=args.encrypted)
     with atomic_output(args.target, force=args.force) as out, \
-            common.progress_bar(args, size if isinstance(size, int) else None,
-                                "download") as progress:
-        stream = inspector.wrap(images.download(args.image_id))
-        if decrypt:
-            assert claim is not None and manager is not None
-            reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
-            opened = unlock_stream(reader, passphrase_for(manager.get(claim.key_id)))
-            chunks = iter_payload(opened, reader, size=claim.decrypt_size)
-        else:
-            chunks = stream
-        for chunk in chunks:
-            out.write(chunk)
-            written += len(chunk)
-            if progress:
-                progress(len(chunk))
-        if decrypt:
-            for _ in stream:  # the padding after os_decrypt_size still counts for the hash
-                pass
-        verdict = inspector.finalize()  # a bad signature raises: the target never appears
-        expected = str(properties.get("os_hash_value") or "")
-        if expected and not hmac.compare_digest(expected, verdict.os_hash_value):
-            raise VerificationError(
-                f"image {args.image_id}: the downloaded bytes do not match its os_hash_value")
-    signature = verdict.signature
-    data = {"image_id": args.image_id, "target": args.target, "bytes_written": written,
-            "decrypted": decrypt, "hash_checked": bool(expected),
+            common.progress_bar(args, download.size, "download") as progress:
+        result = download.write_to(out, progress)  # a failed check: the target never appears
+    signature = result.signature
+    data = {"image_id": args.image_id, "target": args.target,
+            "bytes_written": result.bytes_written, "decrypted": result.decrypted,
+            "hash_checked": result.hash_checked,
             "signature": sorted(s.scheme for s in signature.schemes) if signature else None}
-    emit(args, data, f"downloaded {args.image_id} -> {args.target}: {written} bytes"
-         + (", decrypted" if decrypt else "") + (", signature verified" if signature else ""),
+    emit(args, data, f"downloaded {args.image_id} -> {args.target}: {result.bytes_written} "
+         "bytes" + (", decrypted" if result.decrypted else "")
+         + (", signature verified" if signature else ""),
          to_stderr=args.target == "-")
     return 0

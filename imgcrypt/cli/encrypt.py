@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from imgcrypt.cli import common, inputs, keyopts
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_output
+from imgcrypt.keys.rules import register_file_consumer
 from imgcrypt.luks.engine import Source
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream
@@ -25,14 +26,13 @@ EXAMPLE = """example:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "encrypt", help="encrypt a disk image into a LUKS container",
+    parser = common.command_parser(
+        sub, "encrypt", summary="encrypt a disk image into a LUKS container",
         description="Encrypt SOURCE (a raw image, or - for stdin) into a LUKS1 or LUKS2 "
         "container at TARGET (- for stdout).",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
-    parser.add_argument("source", metavar="SOURCE")
-    parser.add_argument("target", metavar="TARGET")
+    common.add_source_target_arguments(parser)
     common.add_passphrase_file_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing TARGET")
     parser.add_argument("--source-format", metavar="FORMAT",
@@ -48,8 +48,7 @@ def register(sub: Any) -> None:
                                  "cryptsetup luksFormat --key-slot)")
     keyopts.add_key_arguments(parser, creating=True)
     common.add_progress_argument(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 @contextlib.contextmanager
@@ -61,17 +60,10 @@ def source_stream(source: str, source_format: str | None
             raise UsageError("a source on stdin must be raw")
         yield inputs.stdin_source(explicit_raw=source_format == "raw"), "raw", None
         return
-    from imgcrypt.qemu import SNIFF_SIZE, guest_source, image_info, sniff_format
+    from imgcrypt.qemu import guest_source, image_info
 
     if source_format is None:
-        # Going by magic (rather than letting qemu probe) means a raw guest disk is never
-        # reinterpreted, and raw sources need no qemu-img at all.
-        with open(source, "rb") as f:
-            source_format = sniff_format(f.read(SNIFF_SIZE)) or "raw"
-        if source_format == "luks":
-            raise UnsupportedError(
-                f"{source} is already a LUKS image; give --source-format raw to encrypt it again"
-            )
+        source_format = _format_by_magic(source)
     if source_format == "raw":
         with open(source, "rb") as f:
             yield f, "raw", os.fstat(f.fileno()).st_size
@@ -86,6 +78,21 @@ def source_stream(source: str, source_format: str | None
         yield guest, info.format, info.virtual_size
 
 
+def _format_by_magic(source: str) -> str:
+    """SOURCE's format by its magic bytes, raw when none. Going by magic (rather than letting
+    qemu probe) means a raw guest disk is never reinterpreted, and raw sources need no
+    qemu-img at all. A LUKS image is refused: encrypting it again needs --source-format raw."""
+    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
+
+    with open(source, "rb") as f:
+        found = sniff_format(f.read(SNIFF_SIZE)) or "raw"
+    if found == "luks":
+        raise UnsupportedError(
+            f"{source} is already a LUKS image; give --source-format raw to encrypt it again"
+        )
+    return found
+
+
 def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
     if resolved is None:
         return contextlib.nullcontext()
@@ -93,7 +100,7 @@ def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
 
 
 def _register_consumer(resolved: Any, target: str) -> None:
-    keyopts.register_file_consumer(resolved.manager, resolved.key_id, target)
+    register_file_consumer(resolved.manager, resolved.key_id, target)
 
 
 def target_format(args: argparse.Namespace) -> str:
@@ -152,24 +159,13 @@ def run(args: argparse.Namespace) -> int:
         f"  image size  {result.image_size} bytes",
     ]
     if resolved is not None:
-        from imgcrypt.keys.properties import encryption_properties
-
-        properties = encryption_properties(resolved.key_id, header.version, result.payload_size)
-        data["key_id"] = resolved.key_id
-        data["key_manager"] = resolved.manager_name
-        data["key_created"] = resolved.created
-        data["properties"] = properties
-        lines.append(f"  key         {resolved.key_id} ({resolved.manager_name}"
-                     f"{', new' if resolved.created else ''})")
-        lines.append("  properties to attach:")
-        lines += [f"    {k}={v}" for k, v in sorted(properties.items())]
+        _report_key(resolved, header.version, result.payload_size, data, lines)
     emit(args, data, "\n".join(lines), to_stderr=args.target == "-")
     return 0
 
 
 def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     """SOURCE's guest content into a qcow2 with qemu's built-in LUKS, written by qemu-img."""
-    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
     from imgcrypt.qemu import luks as qemu_luks
 
     if "-" in (args.source, args.target):
@@ -178,11 +174,7 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     qemu_luks.qemu_encrypt_options(options)  # refuse what qemu cannot make before any key
     source_format = args.source_format
     if source_format is None:
-        with open(args.source, "rb") as f:
-            source_format = sniff_format(f.read(SNIFF_SIZE)) or "raw"
-        if source_format == "luks":
-            raise UnsupportedError(f"{args.source} is already a LUKS image; give "
-                                   "--source-format raw to encrypt it again")
+        source_format = _format_by_magic(args.source)
     passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
     with _key_cleanup(resolved):
         info = qemu_luks.encrypt(args.source, args.target, passphrase, options,
@@ -200,14 +192,20 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
              f"{header.key_bytes * 8}-bit key (written by qemu-img)",
              f"  virtual size {info.virtual_size} bytes (disk_format=qcow2)"]
     if resolved is not None:
-        from imgcrypt.keys.properties import encryption_properties
-
-        properties = encryption_properties(resolved.key_id, header.version, info.virtual_size)
-        data.update(key_id=resolved.key_id, key_manager=resolved.manager_name,
-                    key_created=resolved.created, properties=properties)
-        lines.append(f"  key         {resolved.key_id} ({resolved.manager_name}"
-                     f"{', new' if resolved.created else ''})")
-        lines.append("  properties to attach:")
-        lines += [f"    {k}={v}" for k, v in sorted(properties.items())]
+        _report_key(resolved, header.version, info.virtual_size, data, lines)
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _report_key(resolved: Any, version: int, payload_size: int, data: dict[str, Any],
+                lines: list[str]) -> None:
+    """The key the image was encrypted with, and the image properties that name it."""
+    from imgcrypt.keys.properties import encryption_properties
+
+    properties = encryption_properties(resolved.key_id, version, payload_size)
+    data.update(key_id=resolved.key_id, key_manager=resolved.manager_name,
+                key_created=resolved.created, properties=properties)
+    lines.append(f"  key         {resolved.key_id} ({resolved.manager_name}"
+                 f"{', new' if resolved.created else ''})")
+    lines.append("  properties to attach:")
+    lines += [f"    {k}={v}" for k, v in sorted(properties.items())]

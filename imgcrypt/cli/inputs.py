@@ -12,7 +12,6 @@ import contextlib
 import errno
 import io
 import os
-import re
 import stat
 import sys
 import termios
@@ -23,28 +22,7 @@ from imgcrypt.cli import keyopts
 from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
-from imgcrypt.signing import glance
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
-
-# The image property names imgcrypt writes, which a property document (--properties,
-# --signature) may hold.
-ENCRYPTION_NAMES = frozenset({
-    "cinder_encryption_key_id", "cinder_encryption_key_deletion_policy", "os_encrypt_format",
-    "os_encrypt_key_id", "os_encrypt_key_deletion_policy", "os_decrypt_size",
-    "os_decrypt_container_format",
-})
-FORMAT_NAMES = frozenset({"disk_format", "container_format"})
-_IMGCRYPT_SIGN_NAME = re.compile(
-    r"imgcrypt_sign_(version|algorithm|hash|size|bound_sha256|certificate_uuid"
-    r"|signature_count|signature_sha256|signature_[1-9][0-9]{0,3})"
-)
-
-
-def known_property(name: str) -> bool:
-    """A property name imgcrypt writes (encryption, format, Glance or imgcrypt signature)."""
-    return (name in ENCRYPTION_NAMES or name in FORMAT_NAMES or name in glance.KEYS
-            or _IMGCRYPT_SIGN_NAME.fullmatch(name) is not None)
-
 
 # A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
 MAX_PASSPHRASE_FILE = 8 << 20
@@ -58,21 +36,28 @@ def read_passphrase_file(path: str) -> bytes:
     The one rule for every passphrase file imgcrypt reads (LUKS passphrases and private-key
     passphrases alike): a trailing newline is part of the passphrase, as it is for cryptsetup.
     """
+    return read_small_file(path, MAX_PASSPHRASE_FILE, name=f"passphrase file {path}",
+                           from_stdin=True)
+
+
+def read_small_file(path: str, limit: int, *, name: str, too_large: str = "",
+                    from_stdin: bool = False) -> bytes:
+    """The bytes of a file given on the command line that holds a secret: at most ``limit``,
+    never none. ``name`` says what the file is in the errors, ``too_large`` what a larger file
+    then is not; with ``from_stdin``, - is stdin."""
     try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_PASSPHRASE_FILE + 1)
+        if from_stdin and path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
         else:
             with open(path, "rb") as f:
-                data = f.read(MAX_PASSPHRASE_FILE + 1)
+                data = f.read(limit + 1)
     except OSError as exc:
-        raise UsageError(f"cannot read passphrase file {path}: {exc.strerror}") from None
-    if len(data) > MAX_PASSPHRASE_FILE:
-        raise UsageError(f"passphrase file {path} is larger than {MAX_PASSPHRASE_FILE} bytes")
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{name} is larger than {limit} bytes{too_large}")
     if not data:
-        raise UsageError(f"passphrase file {path} is empty")
+        raise UsageError(f"{name} is empty")
     return data
-
-
 
 
 def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:

@@ -5,27 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from imgcrypt.cli import inputs
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli import common, inputs
+from imgcrypt.cli.output import emit
 from imgcrypt.luks.stream import read_header
 from imgcrypt.text import escape
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "inspect", help="show a LUKS image's header",
+    parser = common.command_parser(
+        sub, "inspect", summary="show a LUKS image's header",
         description="Print the LUKS header of IMAGE (- for stdin): version, cipher, key size, "
         "sector size, payload offset, UUID and active keyslots. Needs no passphrase. Every "
         "header cryptsetup loads is shown, marked NOT DECRYPTABLE where imgcrypt cannot decrypt "
         "it (other ciphers, integrity, several segments); a header cryptsetup refuses exits 3 "
         "naming the rule it breaks. A qcow2 "
         "with qemu's built-in LUKS shows the LUKS header inside it.",
-        epilog="example:\n  imgcrypt inspect disk.luks --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="example:\n  imgcrypt inspect disk.luks --json",
     )
-    parser.add_argument("image", metavar="IMAGE")
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.add_image_argument(parser)
+    common.finish_command(parser, run)
 
 
 # luksDump counts LUKS1 offsets in 512-byte sectors, whatever the encryption sector size.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 import platformdirs
 
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
+from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, Secret
 
@@ -192,34 +191,6 @@ def resolve_key(args: argparse.Namespace, *, creating: bool) -> ResolvedKey | No
         created=created,
         manager=manager,
     )
-
-
-# How the local keystore names an image file that a key opens (Barbican's consumer triple).
-LOCAL_CONSUMER_SERVICE = "imgcrypt"
-LOCAL_CONSUMER_TYPE = "file"
-
-
-def file_consumer(path: str) -> Consumer:
-    """The consumer entry for an image file: its absolute path."""
-    return Consumer(LOCAL_CONSUMER_SERVICE, LOCAL_CONSUMER_TYPE, os.path.abspath(path))
-
-
-def register_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
-    """Record in the local keystore that ``key_id`` opens the image at ``path``.
-
-    Only the local keystore gets these entries: in a cloud the image service registers its own
-    consumers (image ids, not paths on one person's disk). Standard output has no path to
-    record. True when an entry was written.
-    """
-    if manager.name != "local" or path == "-":
-        return False
-    manager.add_consumer(key_id, file_consumer(path))
-    return True
-
-
-def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
-    if manager.name == "local" and path != "-":
-        manager.remove_consumer(key_id, file_consumer(path))
 
 
 @contextlib.contextmanager

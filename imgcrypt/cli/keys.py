@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import base64
-from pathlib import Path
 from typing import Any
 
-from imgcrypt.cli.keyopts import (
-    LOCAL_CONSUMER_SERVICE,
-    add_key_manager_arguments,
-    key_manager_from_args,
-)
+from imgcrypt.cli.inputs import read_small_file
+from imgcrypt.cli.keyopts import add_key_manager_arguments, key_manager_from_args
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import SecretInUseError, UnusableSecretError, UsageError
-from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo
-from imgcrypt.keys.rules import passphrase_for, pem_form
+from imgcrypt.errors import UnusableSecretError, UsageError
+from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder, SecretInfo
+from imgcrypt.keys.rules import (
+    LOCAL_CONSUMER_SERVICE,
+    consumer_name,
+    delete_secret,
+    passphrase_for,
+    pem_form,
+)
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
 
 MAX_PAYLOAD_FILE = 64 * 1024
@@ -114,24 +116,13 @@ def _describe(info: SecretInfo) -> str:
     return "\n".join(parts)
 
 
-def _consumer_lines(consumers: list[dict[str, str]]) -> str:
-    return "".join(f"\nopens: {c['resource_id']}" if c["service"] == LOCAL_CONSUMER_SERVICE
-                   else f"\nconsumer: {c['service']}/{c['resource_type']}/{c['resource_id']}"
-                   for c in consumers)
+def _consumer_lines(consumers: list[Consumer]) -> str:
+    return "".join(f"\nopens: {consumer_name(c)}" if c.service == LOCAL_CONSUMER_SERVICE
+                   else f"\nconsumer: {consumer_name(c)}" for c in consumers)
 
 
 def _read_payload(path: str) -> bytes:
-    file = Path(path)
-    try:
-        with file.open("rb") as handle:
-            data = handle.read(MAX_PAYLOAD_FILE + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_PAYLOAD_FILE:
-        raise UsageError(f"{path} is larger than {MAX_PAYLOAD_FILE} bytes: not a secret")
-    if not data:
-        raise UsageError(f"{path} is empty")
-    return data
+    return read_small_file(path, MAX_PAYLOAD_FILE, name=path, too_large=": not a secret")
 
 
 def _run_create(args: argparse.Namespace) -> int:
@@ -173,7 +164,8 @@ def _run_show(args: argparse.Namespace) -> int:
     if not args.reveal:
         info = manager.describe(args.key_id)
         consumers = _consumers(manager, args.key_id)
-        data = {"key_manager": manager.name, "secret": _info_json(info), "consumers": consumers}
+        data = {"key_manager": manager.name, "secret": _info_json(info),
+                "consumers": [c.as_dict() for c in consumers]}
         emit(args, data, _describe(info) + _consumer_lines(consumers))
         return 0
     secret = manager.get(args.key_id)
@@ -210,30 +202,15 @@ def _run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _consumer_names(consumers: list[Consumer]) -> str:
-    return ", ".join(
-        c.resource_id if c.service == LOCAL_CONSUMER_SERVICE
-        else f"{c.service}/{c.resource_type}/{c.resource_id}"
-        for c in consumers
-    )
-
-
-def _consumers(manager: Any, key_id: str) -> list[dict[str, str]]:
+def _consumers(manager: KeyManager, key_id: str) -> list[Consumer]:
     if not manager.supports_consumers:
         return []
-    return [c.as_dict() for c in manager.list_consumers(key_id)]
+    return manager.list_consumers(key_id)
 
 
 def _run_delete(args: argparse.Namespace) -> int:
     manager = key_manager_from_args(args)
-    if not args.force and manager.supports_consumers:
-        consumers = manager.list_consumers(args.key_id)
-        if consumers:
-            raise SecretInUseError(
-                f"secret {args.key_id} still opens {_consumer_names(consumers)}; deleting it "
-                "would lock them out (use --force to delete it anyway)"
-            )
-    manager.delete(args.key_id, force=args.force)
+    delete_secret(manager, args.key_id, force=args.force)
     emit(args, {"key_manager": manager.name, "key_id": args.key_id.lower(), "deleted": True},
          f"deleted secret {args.key_id} from {manager.name}")
     return 0

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import re
 import sys
 from typing import Any
 
-from imgcrypt.cli import keyopts
-from imgcrypt.cli.inputs import FORMAT_NAMES, known_property
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli import common, keyopts
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
+from imgcrypt.imageprops import FORMAT_NAMES, drop_bound_as_absent, known_property
+from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.luks.container import is_luks
 from imgcrypt.luks.stream import read_header, unlock_stream
-from imgcrypt.signing import imgcrypt_mode
-from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
 
 EXAMPLE = """example:
   imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json
@@ -31,17 +29,17 @@ MAX_SIGNATURE_FILE = 1 << 20
 # interpreted: a value must be one word that no shell splits or globs, or it is refused.
 SAFE_VALUE = re.compile(r"[A-Za-z0-9._:+/=-]*")
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "properties", help="print the image properties to attach",
+    parser = common.command_parser(
+        sub, "properties", summary="print the image properties to attach",
         description="Work out the properties an image service needs for IMAGE: the encryption "
         "properties from its LUKS header and key id (the key is fetched and must open IMAGE), "
         "plus any signature properties written by 'imgcrypt sign'. Prints '--property k=v' "
         "arguments for 'openstack image create/set' (or one JSON object with --json). Only "
         "property names imgcrypt knows are printed, and only values made of letters, digits "
         "and ._:+/=- (safe unquoted in $(...)); anything else is refused.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
-    parser.add_argument("image", metavar="IMAGE")
+    common.add_image_argument(parser)
     parser.add_argument("--deletion-policy", default="on_image_deletion",
                         choices=("on_image_deletion", "do_not_delete"),
                         help="what to do with the key when the image is deleted")
@@ -50,8 +48,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--size", type=int, metavar="BYTES",
                         help="true payload size (default: the whole payload)")
     keyopts.add_key_arguments(parser, creating=False)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _check_key(args: argparse.Namespace, region: bytes) -> None:
@@ -101,8 +98,10 @@ def _read_signature(path: str) -> dict[str, str]:
         raw = s.read(MAX_SIGNATURE_FILE + 1)
     if len(raw) > MAX_SIGNATURE_FILE:
         raise FormatError(f"{path} is too large for a properties file")
+    # the duplicate-key rule every property document imgcrypt reads follows
+    twice = unique_keys(lambda key: FormatError(f"{path} sets {key[:64]!r} more than once"))
     try:
-        extra = json.loads(raw)
+        extra = json.loads(raw, object_pairs_hook=twice)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError(f"{path} is not a JSON object of properties") from None
     if not isinstance(extra, dict) or not all(
@@ -125,41 +124,16 @@ def _check_safe(name: str, value: str, where: str) -> None:
 
 
 def _merge_signature(properties: dict[str, str], extra: dict[str, str], path: str) -> None:
-    if imgcrypt_mode.present(extra):
-        _drop_bound_as_absent(properties, extra, path)
-    for key, value in extra.items():
-        if key in properties and properties[key] != value:
-            raise FormatError(f"{path} sets {key} differently from the image")
-        properties[key] = value
-
-
-def _drop_bound_as_absent(properties: dict[str, str], signature: dict[str, str],
-                          path: str) -> None:
-    """An imgcrypt-mode signature binds each of BOUND_PROPERTIES to a value or to "absent".
-    Find which of this image's values it binds (the bound-digest hint tells), and leave out
-    the ones it binds as absent: attaching them would make verification fail."""
-    stated = signature.get(BOUND_DIGEST_KEY)
-    if stated is None:
-        raise FormatError(f"{path} has no {BOUND_DIGEST_KEY}")
-    choices = [(name, (properties.get(name), None) if name in properties else (None,))
-               for name in BOUND_PROPERTIES]
-    for values in itertools.product(*(options for _name, options in choices)):
-        bound = tuple((name, value) for (name, _o), value in zip(choices, values, strict=True))
-        if bound_digest(bound) == stated:
-            break
-    else:
-        raise FormatError(
-            f"the signature in {path} binds other values than this image and key give to "
-            f"its signed properties ({', '.join(BOUND_PROPERTIES)}); sign the image again"
-        )
-    absent = [name for name, value in bound if value is None and name in properties]
-    for name in absent:
-        del properties[name]
+    absent = drop_bound_as_absent(properties, extra, path)
     if absent:
         sys.stderr.write(
             f"imgcrypt: note: not attaching {', '.join(absent)}: the signature in {path} binds "
             "them as absent (sign with --bind FILE to bind them)\n"
         )
+    for key, value in extra.items():
+        if key in properties and properties[key] != value:
+            raise FormatError(f"{path} sets {key} differently from the image")
+        properties[key] = value
 
 
 def _remaining(f: Any) -> int:

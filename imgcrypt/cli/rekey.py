@@ -7,9 +7,9 @@ import dataclasses
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.keys.rules import passphrase_for, register_file_consumer, unregister_file_consumer
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import RekeyResult, kdf_for, read_header, rekey_file
 
@@ -20,13 +20,13 @@ EXAMPLE = """examples:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "rekey", help="add, change or remove a passphrase (header only)",
+    parser = common.command_parser(
+        sub, "rekey", summary="add, change or remove a passphrase (header only)",
         description="Change which passphrases open IMAGE. Only the LUKS header and keyslot "
         "areas are rewritten, in place, under a file lock; the payload is not touched.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
-    parser.add_argument("image", metavar="IMAGE")
+    common.add_image_argument(parser)
     common.add_passphrase_file_argument(parser, help_text="a passphrase that opens IMAGE, its "
                                         "bytes exactly (- = stdin)")
     action = parser.add_mutually_exclusive_group(required=True)
@@ -44,8 +44,7 @@ def register(sub: Any) -> None:
     keyopts.add_key_manager_arguments(parser)
     parser.add_argument("--key-id", help="key-manager secret that opens IMAGE")
     parser.add_argument("--new-key-id", help="key-manager secret for the new keyslot")
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _secret(args: argparse.Namespace, key_id: str | None, path: str | None, *, label: str,
@@ -66,9 +65,9 @@ def _move_consumers(args: argparse.Namespace) -> None:
         return
     manager = inputs.key_manager(args)
     if new_id is not None:
-        keyopts.register_file_consumer(manager, new_id, args.image)
+        register_file_consumer(manager, new_id, args.image)
     if old_id is not None and args.change and old_id != new_id:
-        keyopts.unregister_file_consumer(manager, old_id, args.image)
+        unregister_file_consumer(manager, old_id, args.image)
 
 
 def run(args: argparse.Namespace) -> int:

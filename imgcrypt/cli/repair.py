@@ -5,23 +5,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli import common
+from imgcrypt.cli.output import emit
 from imgcrypt.luks.repair import repair_file
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "repair", help="rewrite a damaged LUKS2 header copy from the good one",
+    parser = common.command_parser(
+        sub, "repair", summary="rewrite a damaged LUKS2 header copy from the good one",
         description="Check both LUKS2 metadata copies of IMAGE and rewrite a damaged or stale "
         "one from the other, in place, under the file lock rekey uses, as cryptsetup repair "
         "does. Needed when a foreign signature keeps imgcrypt and cryptsetup from recovering "
         "automatically. Header only: the payload is not touched. Exit 3 when no copy is valid.",
-        epilog="example:\n  imgcrypt repair disk.luks",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="example:\n  imgcrypt repair disk.luks",
     )
-    parser.add_argument("image", metavar="IMAGE")
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.add_image_argument(parser)
+    common.finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

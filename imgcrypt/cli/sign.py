@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from imgcrypt.cli import inputs, keyopts
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli import common, inputs, keyopts
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import (
     NoTerminalError,
     PassphraseRequiredError,
@@ -90,9 +90,9 @@ def load_signing_key(args: argparse.Namespace) -> PrivateKey:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "sign",
-        help="sign an image and print the properties to attach",
+    parser = common.command_parser(
+        sub, "sign",
+        summary="sign an image and print the properties to attach",
         description=(
             "Sign IMAGE and print the image properties that carry the signature, as one flat "
             "JSON object of strings. --mode glance (default) writes the img_signature* "
@@ -102,12 +102,13 @@ def register(sub: Any) -> None:
             "properties given with --property, with Ed25519, ECDSA, RSA-PSS or ML-DSA, and "
             "keeps every value within --max-value-length."
         ),
-        epilog=(
+        example=(
             "example: imgcrypt sign disk.raw --key signer.pem --cert signer.crt --cert-uuid "
             "$CERT_ID --properties-out props.json"
         ),
+        verbatim=False,
     )
-    parser.add_argument("image", metavar="IMAGE", help="image file, or - for stdin")
+    common.add_image_argument(parser, "image file, or - for stdin")
     parser.add_argument("--key", required=True, metavar="KEY", help="private key (PEM or DER)")
     parser.add_argument(
         "--key-passphrase-file",
@@ -159,8 +160,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--properties-out", metavar="FILE", help="write the properties here")
     parser.add_argument("--force", action="store_true", help="replace --properties-out")
     keyopts.add_key_manager_arguments(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _certificate_uuid(args: argparse.Namespace) -> str | None:

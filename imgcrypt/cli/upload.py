@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from imgcrypt.cli import common
-from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.cli.output import emit
 from imgcrypt.errors import FormatError, ImgcryptError, UsageError
 
 EXAMPLE = """example:
@@ -26,12 +26,12 @@ imgcrypt_verdict when imgcrypt_verify refused it) and removes the consumer."""
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "upload", help="create an image in the image service (Glance) with its properties",
+    parser = common.command_parser(
+        sub, "upload", summary="create an image in the image service (Glance) with its properties",
         description="Upload IMAGE to the cloud's image service with the properties given.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        example=EXAMPLE,
     )
-    parser.add_argument("image", metavar="IMAGE", help="the image file")
+    common.add_image_argument(parser, "the image file")
     parser.add_argument("--name", required=True, help="image name")
     parser.add_argument("--properties", metavar="FILE", action="append", default=[],
                         help="JSON object of properties (imgcrypt properties --json, "
@@ -49,8 +49,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--os-cloud", metavar="NAME", default=None,
                         help="clouds.yaml entry (default: OS_CLOUD / the OS_* variables)")
     common.add_progress_argument(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def collect_properties(files: list[str], pairs: list[str]) -> dict[str, str]:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from typing import Any
 
 from cryptography import x509
 
-from imgcrypt.cli import keyopts
-from imgcrypt.cli.inputs import feed_image, key_manager, known_property
-from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import UsageError, VerificationError, VerificationFault
-from imgcrypt.jsonkeys import unique_keys
+from imgcrypt.cli import common, keyopts
+from imgcrypt.cli.inputs import feed_image, key_manager
+from imgcrypt.cli.output import emit
+from imgcrypt.errors import UsageError
+from imgcrypt.imageprops import image_show_properties, unknown_properties
 from imgcrypt.signing.certs import (
     CertificatePolicy,
     certificates_from_key_manager,
@@ -35,9 +34,9 @@ from imgcrypt.text import escape
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "verify",
-        help="verify an image's signature; exit 0 when valid, 4 when not",
+    parser = common.command_parser(
+        sub, "verify",
+        summary="verify an image's signature; exit 0 when valid, 4 when not",
         description=(
             "Verify IMAGE against the signature properties in --properties (a flat JSON "
             "object, as 'imgcrypt sign' writes it or as the image service shows it). Both "
@@ -46,10 +45,11 @@ def register(sub: Any) -> None:
             "the properties through the key manager; its dates, key usage and algorithms are "
             "checked, and with --trust its chain. Exits 0 when valid, 4 otherwise, saying why."
         ),
-        epilog="example: imgcrypt verify disk.raw --properties props.json --cert signer.crt "
+        example="example: imgcrypt verify disk.raw --properties props.json --cert signer.crt "
         "--trust ca.pem",
+        verbatim=False,
     )
-    parser.add_argument("image", metavar="IMAGE", help="image file, or - for stdin")
+    common.add_image_argument(parser, "image file, or - for stdin")
     parser.add_argument(
         "--properties", required=True, metavar="FILE", help="image properties (JSON object)"
     )
@@ -93,78 +93,12 @@ def register(sub: Any) -> None:
         help="check certificate dates at this ISO 8601 time instead of now",
     )
     keyopts.add_key_manager_arguments(parser)
-    add_json_argument(parser)
-    parser.set_defaults(func=run)
+    common.finish_command(parser, run)
 
 
 def _read_properties(path: str) -> dict[str, str]:
     with open(path, "rb") as handle:
         return image_show_properties(handle.read(MAX_DOCUMENT_BYTES + 1))
-
-
-# Fields of a Glance image record (and what `openstack image show` adds) that are not custom
-# properties: present in image-service output, never signed, not worth a warning.
-IMAGE_FIELDS = frozenset({
-    "checksum", "container_format", "created_at", "direct_url", "disk_format", "file", "id",
-    "locations", "min_disk", "min_ram", "name", "os_hash_algo", "os_hash_value", "os_hidden",
-    "owner", "properties", "protected", "schema", "self", "size", "status", "stores", "tags",
-    "updated_at", "virtual_size", "visibility",
-})
-_CLIENT_PROPERTY_PREFIX = "owner_specified.openstack."
-
-_no_duplicates = unique_keys(
-    lambda key: VerificationError(f"property {key[:64]!r} appears more than once",
-                                  reason=VerificationFault.MALFORMED_PROPERTIES)
-)
-
-
-def image_show_properties(data: bytes) -> dict[str, str]:
-    """Image properties from a flat object of strings (what 'imgcrypt sign' writes) or from
-    'openstack image show -f json' / the image API: integers (min_disk, size) become strings,
-    the nested 'properties' object is merged in, and nulls, booleans and lists (not property
-    values imgcrypt reads) are left out. A property imgcrypt reads must be a string or an
-    integer; one name with two values is refused."""
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise VerificationError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes",
-                                reason=VerificationFault.MALFORMED_PROPERTIES)
-    try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise VerificationError(
-            f"not a JSON property document: {type(exc).__name__}",
-            reason=VerificationFault.MALFORMED_PROPERTIES,
-        ) from None
-    if not isinstance(document, dict):
-        raise VerificationError("a property document must be a JSON object",
-                                reason=VerificationFault.MALFORMED_PROPERTIES)
-    nested = document.get("properties")
-    layers = [document, nested] if isinstance(nested, dict) else [document]
-    flat: dict[str, str] = {}
-    for layer in layers:
-        for name, value in layer.items():
-            if isinstance(value, str):
-                text = value
-            elif isinstance(value, int) and not isinstance(value, bool):
-                text = str(value)
-            elif known_property(name) and value is not None:
-                raise VerificationError(f"property {name!r} is not a string",
-                                        reason=VerificationFault.MALFORMED_PROPERTIES)
-            else:
-                continue
-            if flat.setdefault(name, text) != text:
-                raise VerificationError(f"property {name!r} is given two values",
-                                        reason=VerificationFault.MALFORMED_PROPERTIES)
-    return flat
-
-
-def unknown_properties(properties: dict[str, str]) -> list[str]:
-    """Names that are neither imgcrypt's nor the image service's own: verify ignores them, so
-    they are not covered by any signature, and it says so."""
-    return sorted(
-        name for name in properties
-        if not known_property(name) and name not in IMAGE_FIELDS
-        and not name.startswith(_CLIENT_PROPERTY_PREFIX)
-    )
 
 
 def _clock(text: str | None) -> dt.datetime:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from taskflow import task
-from taskflow.patterns import linear_flow
-
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.glance.checks import (
     check_plugin_order,
@@ -21,35 +18,22 @@ from imgcrypt.glance.checks import (
     is_already_encrypted,
     staged_path,
 )
-from imgcrypt.glance.taskbase import (
-    LOG,
-    glance_conf,
-    import_failure,
-    key_manager_for,
-    mark_failed,
-    remove_file,
-)
-from imgcrypt.keys.manager import KeyManager
+from imgcrypt.glance.importtask import ImportTask, flow_of
+from imgcrypt.glance.taskbase import LOG, glance_conf, key_manager_for, remove_file
 
 # The encrypted image is one raw LUKS container.
 ENCRYPTED_DISK_FORMAT = "raw"
 
 
-class _ImgcryptEncrypt(task.Task):  # type: ignore[misc]
+class _ImgcryptEncrypt(ImportTask):
     default_provides = "file_path"
 
     def __init__(self, context: Any, task_id: str, task_type: str, action_wrapper: Any,
                  stores: list[str] | None, misconfigured: str | None = None) -> None:
         self.misconfigured = misconfigured
-        self.context = context
-        self.action_wrapper = action_wrapper
-        self.image_id = str(action_wrapper.image_id)
-        self.stores = stores
-        self.refusal: str | None = None
         self.key_id: str | None = None
         self.target: str | None = None
-        self.manager: KeyManager | None = None
-        super().__init__(name=f"{task_type}-ImgcryptEncrypt-{task_id}")
+        super().__init__("ImgcryptEncrypt", context, task_id, task_type, action_wrapper, stores)
 
     def execute(self, file_path: str) -> str:
         conf = glance_conf()
@@ -74,9 +58,7 @@ class _ImgcryptEncrypt(task.Task):  # type: ignore[misc]
                 iterations=conf.imgcrypt.encrypt_pbkdf2_iterations,
                 register_consumer=conf.imgcrypt.register_consumer)
         except (ImgcryptError, OSError) as exc:
-            self.refusal = f"imgcrypt_encrypt failed: {exc}"
-            LOG.warning("image %s: %s", self.image_id, self.refusal)
-            raise import_failure(self.refusal) from None
+            raise self.refuse(f"imgcrypt_encrypt failed: {exc}") from None
         self.key_id, self.target = outcome.key_id, outcome.path
         with self.action_wrapper as action:
             action.set_image_attribute(size=outcome.image_size,
@@ -93,9 +75,7 @@ class _ImgcryptEncrypt(task.Task):  # type: ignore[misc]
         if self.key_id is not None and self.manager is not None:
             with contextlib.suppress(ImgcryptError):
                 self.manager.delete(self.key_id, force=True)
-        if self.refusal is not None and file_path:
-            remove_file(staged_path(file_path))
-        mark_failed(self.action_wrapper, self.stores, self.refusal)
+        self.fail_import(file_path)
 
 
 def get_flow(**kwargs: Any) -> Any:
@@ -112,7 +92,4 @@ def get_flow(**kwargs: Any) -> Any:
     except Exception as exc:  # any failure here must fail the import, not skip the plugin
         misconfigured = str(exc) if isinstance(exc, ImgcryptError) else \
             f"imgcrypt_encrypt is misconfigured ({type(exc).__name__}: {exc})"
-    task_type = kwargs.get("task_type")
-    return linear_flow.Flow(task_type).add(_ImgcryptEncrypt(
-        kwargs.get("context"), str(kwargs.get("task_id")), str(task_type),
-        kwargs.get("action_wrapper"), kwargs.get("backend"), misconfigured))
+    return flow_of(_ImgcryptEncrypt, kwargs, misconfigured)

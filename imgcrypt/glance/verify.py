@@ -9,35 +9,19 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from taskflow import task
-from taskflow.patterns import linear_flow
-
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.glance import options
 from imgcrypt.glance.checks import staged_path, verify_staged
-from imgcrypt.glance.taskbase import (
-    LOG,
-    glance_conf,
-    import_failure,
-    key_manager_for,
-    mark_failed,
-    remove_file,
-)
-from imgcrypt.keys.manager import KeyManager
+from imgcrypt.glance.importtask import ImportTask, flow_of
+from imgcrypt.glance.taskbase import LOG, glance_conf, key_manager_for
 from imgcrypt.service.upload import image_consumer
 
 
-class _ImgcryptVerify(task.Task):  # type: ignore[misc]
+class _ImgcryptVerify(ImportTask):
     def __init__(self, context: Any, task_id: str, task_type: str, action_wrapper: Any,
                  stores: list[str] | None) -> None:
-        self.context = context
-        self.action_wrapper = action_wrapper
-        self.image_id = str(action_wrapper.image_id)
-        self.stores = stores
-        self.refusal: str | None = None
         self.registered_key: str | None = None
-        self.manager: KeyManager | None = None
-        super().__init__(name=f"{task_type}-ImgcryptVerify-{task_id}")
+        super().__init__("ImgcryptVerify", context, task_id, task_type, action_wrapper, stores)
 
     def execute(self, file_path: str) -> None:
         path = staged_path(file_path)
@@ -54,9 +38,7 @@ class _ImgcryptVerify(task.Task):  # type: ignore[misc]
         except Exception as exc:  # whatever goes wrong, the image is not accepted unchecked
             reason = str(exc) if isinstance(exc, ImgcryptError | OSError) else \
                 f"{type(exc).__name__}: {exc}"
-            self.refusal = f"imgcrypt_verify refused the image: {reason}"
-            LOG.warning("image %s: %s", self.image_id, self.refusal)
-            raise import_failure(self.refusal) from None
+            raise self.refuse(f"imgcrypt_verify refused the image: {reason}") from None
         if outcome.consumer_registered and outcome.verdict.encryption is not None:
             self.registered_key = outcome.verdict.encryption.key_id
         with self.action_wrapper as action:
@@ -67,9 +49,7 @@ class _ImgcryptVerify(task.Task):  # type: ignore[misc]
         if self.registered_key is not None and self.manager is not None:
             with contextlib.suppress(ImgcryptError):
                 self.manager.remove_consumer(self.registered_key, image_consumer(self.image_id))
-        if self.refusal is not None and file_path:
-            remove_file(staged_path(file_path))  # a refused image leaves no data behind
-        mark_failed(self.action_wrapper, self.stores, self.refusal)
+        self.fail_import(file_path)
 
 
 def get_flow(**kwargs: Any) -> Any:
@@ -79,7 +59,4 @@ def get_flow(**kwargs: Any) -> Any:
     fails to load and imports without it. Configuration is read when the task runs, where a
     failure fails the import.
     """
-    task_type = kwargs.get("task_type")
-    return linear_flow.Flow(task_type).add(_ImgcryptVerify(
-        kwargs.get("context"), str(kwargs.get("task_id")), str(task_type),
-        kwargs.get("action_wrapper"), kwargs.get("backend")))
+    return flow_of(_ImgcryptVerify, kwargs)

@@ -26,7 +26,7 @@ from imgcrypt.errors import (
     KeyManagerUnavailableError,
     UsageError,
 )
-from imgcrypt.keys.clienterrors import client_error
+from imgcrypt.keys.clienterrors import client_error, subject
 from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, require_uuid
 from imgcrypt.keys.rules import generate_secret
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, Secret
@@ -78,7 +78,7 @@ def _check_installed() -> None:
 def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iterator[None]:
     """Turn barbicanclient/keystoneauth exceptions into imgcrypt's typed errors
     (:func:`imgcrypt.keys.clienterrors.client_error`)."""
-    what = f"secret {key_id}" if key_id else "request"
+    what = subject(key_id)
     try:
         yield
     except ImgcryptError:

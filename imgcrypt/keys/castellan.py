@@ -26,7 +26,7 @@ from imgcrypt.errors import (
     SecretNotFoundError,
     UsageError,
 )
-from imgcrypt.keys.clienterrors import client_error, exception_chain
+from imgcrypt.keys.clienterrors import client_error, exception_chain, subject
 from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, require_uuid
 from imgcrypt.keys.rules import generate_secret
 from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
@@ -41,7 +41,7 @@ def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iter
     (:func:`imgcrypt.keys.clienterrors.client_error`)."""
     from castellan.common import exception as cexc
 
-    what = f"secret {key_id}" if key_id else "request"
+    what = subject(key_id)
     try:
         yield
     except cexc.ManagedObjectNotFoundError:

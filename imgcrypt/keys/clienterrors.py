@@ -26,6 +26,11 @@ from imgcrypt.errors import (
 _UNAVAILABLE_STATUS = (502, 503, 504)
 
 
+def subject(key_id: str | None) -> str:
+    """What an error names: the secret a call was about, or the request when none."""
+    return f"secret {key_id}" if key_id else "request"
+
+
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, then what it was raised from or during, without looping."""
     seen: set[int] = set()

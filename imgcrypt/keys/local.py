@@ -139,17 +139,7 @@ class LocalKeyStore:
         info = os.stat(self.directory, follow_symlinks=False)
         if not stat.S_ISDIR(info.st_mode):
             raise KeyManagerError(f"keystore {self.directory} is not a directory")
-        if info.st_uid != os.geteuid():
-            # Root included: root can read anyone's files, which is no reason to trust them.
-            raise KeyManagerError(
-                f"keystore {self.directory} is owned by uid {info.st_uid}, not by the user "
-                f"running imgcrypt (uid {os.geteuid()})"
-            )
-        if info.st_mode & 0o077:
-            raise KeyManagerError(
-                f"keystore {self.directory} is accessible by other users "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 700 {self.directory}"
-            )
+        _check_private(info, f"keystore {self.directory}", f"chmod 700 {self.directory}")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -221,20 +211,27 @@ class LocalKeyStore:
             raise FormatError(f"{path} is not a regular file")
         with os.fdopen(fd, "rb") as handle:
             # Not private: the same fault as a keystore directory that is not (exit 5).
-            if info.st_uid != os.geteuid():
-                raise KeyManagerError(
-                    f"{path} is owned by uid {info.st_uid}, not by the user running imgcrypt "
-                    f"(uid {os.geteuid()})"
-                )
-            if info.st_mode & 0o077:
-                raise KeyManagerError(
-                    f"{path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
-                    f"run: chmod 600 {path}"
-                )
+            _check_private(info, str(path), f"chmod 600 {path}")
             raw = handle.read(MAX_FILE_BYTES + 1)
         if len(raw) > MAX_FILE_BYTES:
             raise FormatError(f"{path} is larger than {MAX_FILE_BYTES} bytes: not a secret file")
         return _parse(raw, key_id, path)
+
+
+def _check_private(info: os.stat_result, what: str, fix: str) -> None:
+    """The keystore directory and its files: owned by the user running imgcrypt (root
+    included: root can read anyone's files, which is no reason to trust them) and closed to
+    everyone else. ``fix`` is the command that closes ``what``."""
+    if info.st_uid != os.geteuid():
+        raise KeyManagerError(
+            f"{what} is owned by uid {info.st_uid}, not by the user running imgcrypt "
+            f"(uid {os.geteuid()})"
+        )
+    if info.st_mode & 0o077:
+        raise KeyManagerError(
+            f"{what} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"run: {fix}"
+        )
 
 
 def _parse(raw: bytes, key_id: str, path: Path) -> tuple[Secret, str | None, list[Consumer]]:

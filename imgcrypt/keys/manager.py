@@ -8,6 +8,7 @@ Adapters (:mod:`imgcrypt.keys.local`, :mod:`imgcrypt.keys.barbican`,
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -79,15 +80,8 @@ class SecretInfo:
                       name=self.name)
 
     def as_dict(self) -> dict[str, str | int | None]:
-        return {
-            "secret_id": self.secret_id,
-            "secret_type": self.secret_type,
-            "name": self.name,
-            "algorithm": self.algorithm,
-            "bit_length": self.bit_length,
-            "mode": self.mode,
-            "created": self.created,
-        }
+        """Every field by its name, in declaration order."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

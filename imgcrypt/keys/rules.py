@@ -20,6 +20,7 @@ from imgcrypt.errors import (
     FormatError,
     KeyManagerError,
     KeyManagerUnavailableError,
+    SecretInUseError,
     SecretNotFoundError,
     UnusableSecretError,
     UsageError,
@@ -63,22 +64,11 @@ def der_form(kind: str, payload: bytes) -> bytes:
     """The DER bytes castellan hands os-brick for a ``private``/``public``/``certificate``
     secret: Barbican's PEM converted, or the payload itself when it already is DER (as
     imgcrypt's castellan adapter returns it)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     try:
         if not payload.lstrip().startswith(b"-----BEGIN"):
             pem_form(kind, payload)  # DER already: check that it parses, hand it over as is
             return payload
-        if kind == "certificate":
-            return x509.load_pem_x509_certificate(payload).public_bytes(
-                serialization.Encoding.DER)
-        if kind == "public":
-            return serialization.load_pem_public_key(payload).public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return serialization.load_pem_private_key(payload, password=None).private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
+        return _reencode(kind, payload, to_pem=False)
     except (ValueError, TypeError, FormatError):
         raise UnusableSecretError(
             f"a {kind} secret must hold an unencrypted PEM (or DER) {kind}, as Barbican "
@@ -89,30 +79,40 @@ def der_form(kind: str, payload: bytes) -> bytes:
 def pem_form(kind: str, payload: bytes) -> bytes:
     """A ``private``/``public``/``certificate`` payload as PEM, converting DER; the image
     service and castellan read these secrets as PEM only. Other types are returned as given."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     if kind not in _DER_TYPES:
         return payload
     if payload.lstrip().startswith(b"-----BEGIN"):
         der_form(kind, payload)  # refuses PEM that castellan could not read
         return payload
     try:
-        if kind == "certificate":
-            return x509.load_der_x509_certificate(payload).public_bytes(
-                serialization.Encoding.PEM)
-        if kind == "public":
-            return serialization.load_der_public_key(payload).public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return serialization.load_der_private_key(payload, password=None).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
+        return _reencode(kind, payload, to_pem=True)
     except (ValueError, TypeError):
         raise FormatError(
             f"not a PEM or DER {kind} (an unencrypted one for a private key)"
         ) from None
 
 
+def _reencode(kind: str, payload: bytes, *, to_pem: bool) -> bytes:
+    """A certificate (X.509), public key (SubjectPublicKeyInfo) or unencrypted private key
+    (PKCS#8) read from DER and written as PEM (``to_pem``), or the other way round.
+    cryptography's ValueError/TypeError on bytes that are no such thing pass through."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    target = serialization.Encoding.PEM if to_pem else serialization.Encoding.DER
+    if kind == "certificate":
+        load_certificate = (x509.load_der_x509_certificate if to_pem
+                            else x509.load_pem_x509_certificate)
+        return load_certificate(payload).public_bytes(target)
+    if kind == "public":
+        load_public = (serialization.load_der_public_key if to_pem
+                       else serialization.load_pem_public_key)
+        return load_public(payload).public_bytes(
+            target, serialization.PublicFormat.SubjectPublicKeyInfo)
+    load_private = (serialization.load_der_private_key if to_pem
+                    else serialization.load_pem_private_key)
+    return load_private(payload, password=None).private_bytes(
+        target, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def check_secret(secret: Secret, spec: EncryptionSpec, *, allow_unknown: bool = False) -> None:
@@ -288,3 +288,52 @@ def apply_deletion_policy(
         return report(DeletionOutcome.REFUSED, str(exc), removed)
     return report(DeletionOutcome.DELETED, f"policy is {policy} and nothing else uses the key",
                   removed)
+
+
+# How the local keystore names an image file that a key opens (Barbican's consumer triple).
+LOCAL_CONSUMER_SERVICE = "imgcrypt"
+LOCAL_CONSUMER_TYPE = "file"
+
+
+def file_consumer(path: str) -> Consumer:
+    """The consumer entry for an image file: its absolute path."""
+    return Consumer(LOCAL_CONSUMER_SERVICE, LOCAL_CONSUMER_TYPE, os.path.abspath(path))
+
+
+def register_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
+    """Record in the local keystore that ``key_id`` opens the image at ``path``.
+
+    Only the local keystore gets these entries: in a cloud the image service registers its own
+    consumers (image ids, not paths on one person's disk). Standard output has no path to
+    record. True when an entry was written.
+    """
+    if manager.name != "local" or path == "-":
+        return False
+    manager.add_consumer(key_id, file_consumer(path))
+    return True
+
+
+def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
+    if manager.name == "local" and path != "-":
+        manager.remove_consumer(key_id, file_consumer(path))
+
+
+def consumer_name(consumer: Consumer) -> str:
+    """The image file's path for the local keystore's own entries; Barbican's
+    service/type/id for the others."""
+    if consumer.service == LOCAL_CONSUMER_SERVICE:
+        return consumer.resource_id
+    return f"{consumer.service}/{consumer.resource_type}/{consumer.resource_id}"
+
+
+def delete_secret(manager: KeyManager, key_id: str, *, force: bool) -> None:
+    """Delete a secret, refusing while it still opens images (naming them), unless ``force``:
+    deleting it would lock them out."""
+    if not force and manager.supports_consumers:
+        consumers = manager.list_consumers(key_id)
+        if consumers:
+            raise SecretInUseError(
+                f"secret {key_id} still opens {', '.join(map(consumer_name, consumers))}; "
+                "deleting it would lock them out (use --force to delete it anyway)"
+            )
+    manager.delete(key_id, force=force)

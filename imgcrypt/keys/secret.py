@@ -55,18 +55,6 @@ class Secret:
             return self.payload.encode("utf-8")
         return self.payload
 
-    def metadata(self) -> dict[str, str | int | None]:
-        """Everything but the payload, for display and JSON output."""
-        return {
-            "secret_id": self.secret_id,
-            "name": self.name,
-            "secret_type": self.secret_type,
-            "algorithm": self.algorithm,
-            "bit_length": self.bit_length,
-            "mode": self.mode,
-            "payload_length": len(self.payload_bytes),
-        }
-
     def with_id(self, secret_id: str) -> Secret:
         return dataclasses.replace(self, secret_id=secret_id)
 
