@@ -32,6 +32,14 @@ def test_imgcrypt_luks_has_no_import_cycle() -> None:
     assert walker.cycles(edges) == []
 
 
+def test_imgcrypt_has_no_import_cycle() -> None:
+    """The whole package, CLI, hooks and edges included: every layer imports only downward."""
+    walker = _walker()
+    edges = walker.import_edges("imgcrypt")
+    assert {"imgcrypt.cli.encrypt", "imgcrypt.qemu.luks", "imgcrypt.glance.verify"} <= set(edges)
+    assert walker.cycles(edges) == []
+
+
 def test_the_walker_finds_lazy_typing_and_package_cycles(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
