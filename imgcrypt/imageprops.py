@@ -7,15 +7,13 @@ is."""
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Mapping
 
 from imgcrypt.errors import FormatError, VerificationError, VerificationFault
-from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing import glance, imgcrypt_mode
 from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
-from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
+from imgcrypt.signing.propfile import load_document
 
 # The image property names imgcrypt writes, which a property document (--properties,
 # --signature) may hold.
@@ -47,11 +45,6 @@ IMAGE_FIELDS = frozenset({
 })
 _CLIENT_PROPERTY_PREFIX = "owner_specified.openstack."
 
-_no_duplicates = unique_keys(
-    lambda key: VerificationError(f"property {key[:64]!r} appears more than once",
-                                  reason=VerificationFault.MALFORMED_PROPERTIES)
-)
-
 
 def image_show_properties(data: bytes) -> dict[str, str]:
     """Image properties from a flat object of strings (what 'imgcrypt sign' writes) or from
@@ -59,18 +52,7 @@ def image_show_properties(data: bytes) -> dict[str, str]:
     the nested 'properties' object is merged in, and nulls, booleans and lists (not property
     values imgcrypt reads) are left out. A property imgcrypt reads must be a string or an
     integer; one name with two values is refused."""
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise VerificationError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes",
-                                reason=VerificationFault.MALFORMED_PROPERTIES)
-    try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise VerificationError(
-            f"not a JSON property document: {type(exc).__name__}",
-            reason=VerificationFault.MALFORMED_PROPERTIES) from None
-    if not isinstance(document, dict):
-        raise VerificationError("a property document must be a JSON object",
-                                reason=VerificationFault.MALFORMED_PROPERTIES)
+    document = load_document(data)
     nested = document.get("properties")
     layers = [document, nested] if isinstance(nested, dict) else [document]
     flat: dict[str, str] = {}
@@ -89,6 +71,21 @@ def image_show_properties(data: bytes) -> dict[str, str]:
                 raise VerificationError(f"property {name!r} is given two values",
                                         reason=VerificationFault.MALFORMED_PROPERTIES)
     return flat
+
+
+def upload_properties(data: bytes) -> dict[str, str]:
+    """The properties an upload sets, from a flat JSON object of strings ('imgcrypt sign
+    --properties-out') or from the ``properties`` object of 'imgcrypt properties --json';
+    read as every property document is (no name twice, bounded)."""
+    document = load_document(data)
+    nested = document.get("properties")
+    if isinstance(nested, dict):
+        document = nested
+    for name, value in document.items():
+        if not isinstance(value, str):
+            raise VerificationError(f"property {name[:64]!r} is not a string",
+                                    reason=VerificationFault.MALFORMED_PROPERTIES)
+    return dict(document)
 
 
 def unknown_properties(properties: dict[str, str]) -> list[str]:

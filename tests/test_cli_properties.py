@@ -161,3 +161,28 @@ def test_properties_refuses_a_signature_file_that_names_a_property_twice(
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == b""
     assert f"{name!r} more than once".encode() in proc.stderr
+
+
+def test_upload_reads_property_files_and_pairs_as_sign_and_verify_do(tmp_path: Path) -> None:
+    """Refused before any request to a cloud (none is configured here): a document naming a
+    property twice is refused as verify and sign --bind refuse it, and so is --property NAME
+    given twice, as sign refuses it. Before, upload kept the last value of either silently."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(4096))
+    (tmp_path / "twice.json").write_bytes(b'{"os_encrypt_key_id": "a", "os_encrypt_key_id": "b"}')
+    signer = key("ed25519")
+    (tmp_path / "signer.key").write_bytes(key_pem(signer))
+    (tmp_path / "signer.crt").write_bytes(cert_pem(make_cert(signer)))
+    sign = ["sign", image, "--key", tmp_path / "signer.key", "--cert", tmp_path / "signer.crt",
+            "--mode", "imgcrypt"]
+    for command in (["upload", image, "--name", "x", "--properties"],
+                    ["verify", image, "--cert", tmp_path / "signer.crt", "--properties"],
+                    [*sign, "--bind"]):
+        proc = imgcrypt(*command, tmp_path / "twice.json")
+        assert proc.returncode == 4, (command[0], proc.stderr)
+        assert proc.stderr == b"imgcrypt: error: property 'os_encrypt_key_id' appears more " \
+                              b"than once\n", command[0]
+    for command in (["upload", image, "--name", "x"], sign):
+        proc = imgcrypt(*command, "--property", "a=1", "--property", "a=2")
+        assert proc.returncode == 2, (command[0], proc.stderr)
+        assert proc.stderr == b"imgcrypt: error: --property a given twice\n", command[0]

@@ -4,10 +4,11 @@ checked on the documents the image service and the openstack client really produ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from imgcrypt.errors import FormatError, VerificationError, VerificationFault
@@ -17,10 +18,11 @@ from imgcrypt.imageprops import (
     image_show_properties,
     known_property,
     unknown_properties,
+    upload_properties,
 )
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.signing.imgcrypt_mode import ImgcryptSigner
-from imgcrypt.signing.propfile import dump_properties
+from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties, parse_properties
 
 from .util import raises_fault
 
@@ -52,7 +54,8 @@ def test_an_image_show_record_becomes_flat_strings() -> None:
 
 
 def test_a_name_given_twice_is_refused() -> None:
-    with raises_fault(VerificationError, MALFORMED, match="more than once"):
+    with raises_fault(VerificationError, VerificationFault.DUPLICATE_PROPERTY,
+                      match="more than once"):
         image_show_properties(b'{"os_encrypt_key_id": "a", "os_encrypt_key_id": "b"}')
 
 
@@ -128,3 +131,37 @@ def test_a_glance_signature_binds_nothing() -> None:
     image = _image()
     assert drop_bound_as_absent(image, {"img_signature": "c2ln"}, "sig.json") == []
     assert image == _image()
+
+
+# Every reader of property documents starts from one strict loader: the same bytes get the
+# same verdict whether sign --bind, verify --properties or upload --properties reads them.
+READERS = [parse_properties, image_show_properties, upload_properties]
+REFUSED = [
+    (b'{"a": "1", "a": "2"}', VerificationFault.DUPLICATE_PROPERTY),
+    (b'{"properties": {"a": "1", "a": "1"}}', VerificationFault.DUPLICATE_PROPERTY),
+    (b"[]", MALFORMED), (b"\xff", MALFORMED), (b"{", MALFORMED), (b"1" * 5000, MALFORMED),
+    (b" " * (MAX_DOCUMENT_BYTES + 1), MALFORMED),
+]
+
+
+@pytest.mark.parametrize("reader", READERS, ids=lambda r: r.__name__)
+@pytest.mark.parametrize(("data", "reason"), REFUSED, ids=lambda v: repr(v)[:24])
+def test_every_reader_refuses_the_same_documents(
+        reader: Callable[[bytes], dict[str, str]], data: bytes, reason: VerificationFault) -> None:
+    with raises_fault(VerificationError, reason):
+        reader(data)
+
+
+def test_upload_takes_sign_output_and_the_properties_json_wrapper() -> None:
+    flat = {"os_encrypt_key_id": "5f0c", "os_decrypt_size": "1048576"}
+    assert upload_properties(dump_properties(flat)) == flat
+    assert upload_properties(json.dumps({"properties": flat, "image": "x"}).encode()) == flat
+    with raises_fault(VerificationError, MALFORMED, match="not a string"):
+        upload_properties(b'{"os_decrypt_size": 1048576}')
+
+
+@given(st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=8))
+def test_upload_properties_round_trip(properties: dict[str, str]) -> None:
+    assume(not isinstance(properties.get("properties"), dict))
+    assert upload_properties(dump_properties(properties)) == properties
+    assert parse_properties(dump_properties(properties)) == properties

@@ -60,6 +60,20 @@ def read_small_file(path: str, limit: int, *, name: str, too_large: str = "",
     return data
 
 
+def property_assignments(items: list[str]) -> dict[str, str]:
+    """``--property NAME=VALUE`` arguments as properties; a name given twice is refused (which
+    value was meant is not ours to guess)."""
+    result: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--property wants NAME=VALUE, not {item!r}")
+        if name in result:
+            raise UsageError(f"--property {name} given twice")
+        result[name] = value
+    return result
+
+
 def prompt_passphrase(prompt: str, *, confirm: bool) -> bytes:
     """Ask on the controlling terminal without echo; twice when creating.
 

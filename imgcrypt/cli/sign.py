@@ -48,18 +48,6 @@ def normalize_hash(name: str, mode: str) -> str:
     raise UsageError(f"imgcrypt mode hashes are {', '.join(IMGCRYPT_HASHES)}, not {name!r}")
 
 
-def parse_assignments(items: list[str]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--property wants NAME=VALUE, not {item!r}")
-        if name in result:
-            raise UsageError(f"--property {name} given twice")
-        result[name] = value
-    return result
-
-
 def load_signing_key(args: argparse.Namespace) -> PrivateKey:
     with open(args.key, "rb") as handle:
         data = handle.read()
@@ -182,7 +170,7 @@ def _check_certificate_matches(args: argparse.Namespace, private_key: PrivateKey
 
 def build_signer(args: argparse.Namespace, private_key: PrivateKey) -> Consumer[dict[str, str]]:
     uuid = _certificate_uuid(args)
-    bound = parse_assignments(args.property)
+    bound = inputs.property_assignments(args.property)
     if args.bind:
         for name, value in _bound_from_file(args.bind).items():
             if bound.setdefault(name, value) != value:

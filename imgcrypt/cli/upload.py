@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 from typing import Any
 
-from imgcrypt.cli import common
+from imgcrypt.cli import common, inputs
 from imgcrypt.cli.output import emit
-from imgcrypt.errors import FormatError, ImgcryptError, UsageError
+from imgcrypt.errors import ImgcryptError
 
 EXAMPLE = """example:
   imgcrypt sign disk.luks --key signer.key --cert-id CERT_ID --properties-out sig.json
@@ -53,24 +52,16 @@ def register(sub: Any) -> None:
 
 
 def collect_properties(files: list[str], pairs: list[str]) -> dict[str, str]:
+    """Properties from each --properties FILE in turn, then --property NAME=VALUE (which wins
+    over a file's value: it is the more explicit of the two)."""
+    from imgcrypt.imageprops import upload_properties
+    from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
+
     properties: dict[str, str] = {}
     for path in files:
-        with open(path, "rb") as f:
-            try:
-                loaded = json.loads(f.read(1 << 20))
-            except (ValueError, UnicodeDecodeError):
-                raise FormatError(f"{path} is not a JSON object of properties") from None
-        if isinstance(loaded, dict) and isinstance(loaded.get("properties"), dict):
-            loaded = loaded["properties"]  # the --json output of imgcrypt properties
-        if not isinstance(loaded, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()):
-            raise FormatError(f"{path} is not a flat JSON object of string properties")
-        properties.update(loaded)
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--property takes NAME=VALUE, not {pair!r}")
-        properties[name] = value
+        properties.update(upload_properties(inputs.read_small_file(
+            path, MAX_DOCUMENT_BYTES, name=f"properties file {path}")))
+    properties.update(inputs.property_assignments(pairs))
     return properties
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from imgcrypt.errors import VerificationError, VerificationFault
 from imgcrypt.jsonkeys import unique_keys
@@ -12,13 +13,14 @@ MAX_DOCUMENT_BYTES = 4 << 20
 
 
 _no_duplicates = unique_keys(
-    lambda key: VerificationError(f"property {key!r} appears more than once",
+    lambda key: VerificationError(f"property {key[:64]!r} appears more than once",
                                   reason=VerificationFault.DUPLICATE_PROPERTY)
 )
 
 
-def parse_properties(data: bytes) -> dict[str, str]:
-    """A property document, refusing duplicates, nesting and non-string values."""
+def load_document(data: bytes) -> dict[str, Any]:
+    """A JSON object, read strictly: bounded, UTF-8, no name twice. Every reader of property
+    documents (sign --bind, verify --properties, upload --properties) starts here."""
     if len(data) > MAX_DOCUMENT_BYTES:
         raise VerificationError(f"property document larger than {MAX_DOCUMENT_BYTES} bytes",
                                 reason=VerificationFault.MALFORMED_PROPERTIES)
@@ -33,8 +35,13 @@ def parse_properties(data: bytes) -> dict[str, str]:
     if not isinstance(document, dict):
         raise VerificationError("a property document must be a JSON object",
                                 reason=VerificationFault.MALFORMED_PROPERTIES)
+    return document
+
+
+def parse_properties(data: bytes) -> dict[str, str]:
+    """A property document, refusing duplicates, nesting and non-string values."""
     result: dict[str, str] = {}
-    for key, value in document.items():
+    for key, value in load_document(data).items():
         if not isinstance(value, str):
             raise VerificationError(f"property {key!r} is not a string",
                                     reason=VerificationFault.MALFORMED_PROPERTIES)
@@ -46,4 +53,4 @@ def dump_properties(properties: Mapping[str, str]) -> bytes:
     return (json.dumps(dict(properties), sort_keys=True, indent=2) + "\n").encode("utf-8")
 
 
-__all__ = ["dump_properties", "parse_properties"]
+__all__ = ["dump_properties", "load_document", "parse_properties"]
