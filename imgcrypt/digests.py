@@ -5,10 +5,13 @@ Three vocabularies name the same functions and never mix:
 * cursive's ``img_signature_hash_method`` (Glance mode signatures): ``SHA-224`` .. ``SHA-512``;
 * imgcrypt's ``imgcrypt_sign_hash``: ``sha256`` .. ``sha3-512``, cryptsetup's spelling, which is
   also the key of the LUKS hash table;
-* Glance's multihash ``os_hash_algo`` (the upload service): hashlib's names, ``sha3_256``.
+* Glance's multihash ``os_hash_algo``: whatever ``hashlib.new()`` takes (Glance's
+  ``hashing_algorithm`` option, computed by glance_store's ``get_hasher``), ``sha3_256``.
 
 What a digest *is* (its hashlib name, its ``cryptography`` class) comes from the LUKS hash table
 (:mod:`imgcrypt.luks.backend`); this table only says which protocol may use which digest.
+The multihash is not in the table: Glance's rule is hashlib's own list, so imgcrypt takes
+hashlib's guaranteed names as they are.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ class HashSpec:
     name: str  # imgcrypt's (and cryptsetup's) spelling: "sha256", "sha3-256"
     glance_name: str | None = None  # cursive's img_signature_hash_method, if Glance mode takes it
     signs: bool = False  # imgcrypt-mode signatures may hash with it
-    multihash: bool = False  # the upload service computes os_hash_algo with it
     legacy: bool = False  # refused in certificates unless legacy algorithms are allowed
 
     @property
@@ -56,13 +58,12 @@ DIGESTS = (
     HashSpec("md5", legacy=True),
     HashSpec("sha1", legacy=True),
     HashSpec("sha224", glance_name="SHA-224"),
-    HashSpec("sha256", glance_name="SHA-256", signs=True, multihash=True),
-    HashSpec("sha384", glance_name="SHA-384", signs=True, multihash=True),
-    HashSpec("sha512", glance_name="SHA-512", signs=True, multihash=True),
-    HashSpec("sha3-256", signs=True, multihash=True),
-    # Not a multihash imgcrypt computes, though Glance allows any hashlib name there.
+    HashSpec("sha256", glance_name="SHA-256", signs=True),
+    HashSpec("sha384", glance_name="SHA-384", signs=True),
+    HashSpec("sha512", glance_name="SHA-512", signs=True),
+    HashSpec("sha3-256", signs=True),
     HashSpec("sha3-384", signs=True),
-    HashSpec("sha3-512", signs=True, multihash=True),
+    HashSpec("sha3-512", signs=True),
 )
 for _spec in DIGESTS:
     _luks_entry(_spec.name)
@@ -70,8 +71,18 @@ for _spec in DIGESTS:
 # Each protocol's view of the table, by its own spelling, in table order.
 GLANCE_HASHES: dict[str, HashSpec] = {d.glance_name: d for d in DIGESTS if d.glance_name}
 IMGCRYPT_HASHES: dict[str, HashSpec] = {d.name: d for d in DIGESTS if d.signs}
-MULTIHASHES: dict[str, HashSpec] = {d.hashlib_name: d for d in DIGESTS if d.multihash}
+# Glance recommends hashlib.algorithms_guaranteed for interoperability; the shake digests have
+# no fixed length, so no hexdigest() Glance could store.
+MULTIHASHES: frozenset[str] = frozenset(
+    name for name in hashlib.algorithms_guaranteed if not name.startswith("shake_"))
 DEFAULT_MULTIHASH = "sha512"  # Glance's default hashing_algorithm
+
+
+def new_multihash(name: str) -> Any:  # hashlib's hash object has no public type
+    """The hasher for an ``os_hash_algo`` value, as glance_store makes it."""
+    if name not in MULTIHASHES:
+        raise KeyError(name)
+    return hashlib.new(name)
 
 
 def is_legacy(algorithm: hashes.HashAlgorithm) -> bool:
@@ -87,4 +98,5 @@ __all__ = [
     "MULTIHASHES",
     "HashSpec",
     "is_legacy",
+    "new_multihash",
 ]

@@ -8,6 +8,7 @@ same name, refusal and message in both modes whichever call asks.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -25,6 +26,7 @@ from imgcrypt.errors import (
 from imgcrypt.service.upload import UploadPolicy, inspect_upload
 from imgcrypt.signing import algorithms, certs, glance, imgcrypt_mode
 from imgcrypt.signing.stream import feed_iterable
+from tests.openstack_servers import GLANCE_VENV, require_venv
 from tests.test_signing_pki import NOW, key, make_cert
 
 IMAGE = os.urandom(256 * 1024 + 3)
@@ -32,17 +34,21 @@ UUID = "0d3c6f5e-6a49-4d1e-9d57-6f2b2f0b6a11"
 
 GLANCE_NAMES = ["SHA-224", "SHA-256", "SHA-384", "SHA-512"]
 IMGCRYPT_NAMES = ["sha256", "sha384", "sha512", "sha3-256", "sha3-384", "sha3-512"]
-MULTIHASH_NAMES = ["sha256", "sha384", "sha512", "sha3_256", "sha3_512"]
+# Glance's os_hash_algo: any name hashlib.new() takes; imgcrypt follows Glance's advice and takes
+# hashlib's guaranteed ones (shake has no fixed-length hexdigest).
+MULTIHASH_NAMES = ["blake2b", "blake2s", "md5", "sha1", "sha224", "sha256", "sha384", "sha3_224",
+                   "sha3_256", "sha3_384", "sha3_512", "sha512"]
 # Spellings of real digests that some protocol or other uses: each refused where not listed.
 SPELLINGS = sorted({*GLANCE_NAMES, *IMGCRYPT_NAMES, *MULTIHASH_NAMES, "sha224", "sha3_384",
                     "sha3-224", "sha3_224", "SHA-1", "sha1", "md5", "MD5", "sha-256", "SHA256",
-                    "SHA3-256", "blake2b", "sha512_256", ""})
+                    "SHA3-256", "blake2b", "sha512_256", "shake_128", "SHA512", ""})
 # The openssl dgst option for each digest, whatever the protocol calls it.
 OPENSSL_DIGEST = {
     "SHA-224": "-sha224", "SHA-256": "-sha256", "SHA-384": "-sha384", "SHA-512": "-sha512",
     "sha256": "-sha256", "sha384": "-sha384", "sha512": "-sha512", "sha3-256": "-sha3-256",
     "sha3-384": "-sha3-384", "sha3-512": "-sha3-512", "sha3_256": "-sha3-256",
-    "sha3_512": "-sha3-512",
+    "sha3_512": "-sha3-512", "blake2b": "-blake2b512", "blake2s": "-blake2s256", "md5": "-md5",
+    "sha1": "-sha1", "sha224": "-sha224", "sha3_224": "-sha3-224", "sha3_384": "-sha3-384",
 }
 
 
@@ -114,6 +120,28 @@ def test_multihash_names_compute_what_openssl_does(
     verdict = inspect_upload([IMAGE], {}, policy=UploadPolicy(hash_algo=name))
     assert verdict.properties()["os_hash_algo"] == name
     assert verdict.os_hash_value == _openssl_digest(openssl, OPENSSL_DIGEST[name], image_file)
+
+
+def test_multihash_values_are_what_glance_store_computes(image_file: Path) -> None:
+    """Glance stores os_hash_value from glance_store's get_hasher(hashing_algorithm): for every
+    os_hash_algo imgcrypt takes, Glance's own code (in its virtualenv) gives the same value."""
+    python = require_venv(GLANCE_VENV, "install-glance.sh")
+    script = ("import json, sys\n"
+              "from glance_store.common.utils import get_hasher\n"
+              "data = open(sys.argv[1], 'rb').read()\n"
+              "out = {}\n"
+              "for name in sys.argv[2:]:\n"
+              "    h = get_hasher(name, False)\n"
+              "    h.update(data)\n"
+              "    out[name] = h.hexdigest()\n"
+              "print(json.dumps(out))\n")
+    glance_values = json.loads(subprocess.run(
+        [str(python), "-c", script, str(image_file), *MULTIHASH_NAMES], check=True,
+        capture_output=True, text=True).stdout)
+    for name in MULTIHASH_NAMES:
+        verdict = inspect_upload([IMAGE[:5000], IMAGE[5000:]], {},
+                                 policy=UploadPolicy(hash_algo=name))
+        assert verdict.os_hash_value == glance_values[name], name
 
 
 # kind -> (imgcrypt algorithm or refusal, Glance key type or refusal, description)

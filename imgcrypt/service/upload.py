@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from imgcrypt.digests import DEFAULT_MULTIHASH, MULTIHASHES
+from imgcrypt.digests import DEFAULT_MULTIHASH, MULTIHASHES, new_multihash
 from imgcrypt.errors import (
     FormatError,
     FormatFault,
@@ -50,8 +50,8 @@ from imgcrypt.signing.verify import glance_certificate_uuid
 # The header and the keyslot material the named key must open: cryptsetup's LUKS2 default
 # region (16 MiB) at most; a LUKS1 header with all eight keyslots of 512-bit keys is ~2 MiB.
 MAX_HEADER_CAPTURE = 16 << 20
-# The os_hash_algo values imgcrypt computes, by hashlib name (the one digest table).
-HASH_ALGORITHMS = tuple(MULTIHASHES)
+# The os_hash_algo values imgcrypt computes: those Glance can (hashlib's guaranteed names).
+HASH_ALGORITHMS = tuple(sorted(MULTIHASHES))
 # The upload hook pays one unlock on every upload: half the general budget (about 24 s of one
 # core here: two cryptsetup-default keyslots with their digests, or two 2-second LUKS1 keyslots
 # from a machine three times as fast) and cryptsetup's default argon2 memory (1 GiB).
@@ -110,7 +110,7 @@ class UploadInspector:
         self._policy = policy or UploadPolicy()
         self._manager = key_manager
         self._image_id = image_id
-        self._multihash = MULTIHASHES[self._policy.hash_algo].new()
+        self._multihash = new_multihash(self._policy.hash_algo)
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._head = bytearray()
         self._head_limit: int | None = None  # known once the first 4096 bytes are in
