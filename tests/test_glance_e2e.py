@@ -525,3 +525,41 @@ def test_the_library_download_decrypts_checks_and_refuses_tampering(
     flip_stored_byte(glance_verify, uploaded["image_id"])
     with pytest.raises(VerificationError):
         open_download(conn, uploaded["image_id"]).write_to(io.BytesIO())
+
+
+def test_the_library_upload_registers_the_consumer_and_takes_it_back_on_failure(
+        person: Person, keystone: Keystone, glance_verify: Glance, openssl: str) -> None:
+    """imgcrypt.service.publish without the CLI, against the real Glance and Barbican: a staged
+    import through imgcrypt_verify ends active with the image as the key's consumer; an upload
+    whose bytes were changed after signing is refused by imgcrypt_verify during the import, and
+    the refused image does not stay a consumer."""
+    from imgcrypt.errors import ImgcryptError
+    from imgcrypt.imageprops import upload_properties
+    from imgcrypt.service.publish import open_upload
+
+    plain = person.workdir / "plain.raw"
+    make_plain(plain)
+    cert_id = make_signer(person.workdir, person, openssl)
+    image = person.workdir / "disk.luks"
+    key_id, files = encrypt_and_sign(person, plain, image, cert_id)
+    properties: dict[str, str] = {}
+    for f in files:
+        properties.update(upload_properties(Path(f).read_bytes()))
+    conn = connection(keystone, glance_verify)
+    barbican = barbican_of(keystone)
+
+    upload = open_upload(properties, lambda: conn)
+    assert upload.staged and upload.method == "glance-direct"
+    with image.open("rb") as f:
+        result = upload.send(f, image.stat().st_size, name="library-upload", disk_format="raw",
+                             container_format="bare", timeout=300)
+    assert result.image.status == "active" and result.consumer_registered
+    assert [c.resource_id for c in barbican.list_consumers(key_id)] == [result.image.image_id]
+
+    tampered = bytearray(image.read_bytes())
+    tampered[-5000] ^= 1
+    with pytest.raises(ImgcryptError, match="imgcrypt_verify refused the image"):
+        open_upload(properties, lambda: conn).send(
+            io.BytesIO(tampered), len(tampered), name="tampered", disk_format="raw",
+            container_format="bare", timeout=300)
+    assert [c.resource_id for c in barbican.list_consumers(key_id)] == [result.image.image_id]

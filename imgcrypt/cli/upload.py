@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from typing import Any
 
 from imgcrypt.cli import common, inputs
 from imgcrypt.cli.output import emit
-from imgcrypt.errors import ImgcryptError
 
 EXAMPLE = """example:
   imgcrypt sign disk.luks --key signer.key --cert-id CERT_ID --properties-out sig.json
@@ -67,43 +65,21 @@ def collect_properties(files: list[str], pairs: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from imgcrypt import imageservice
-    from imgcrypt.service.claims import encryption_claim
-    from imgcrypt.service.upload import image_consumer
+    from imgcrypt.service.publish import open_upload
 
     properties = collect_properties(args.properties, args.property)
-    claim = encryption_claim(properties)  # a malformed claim is refused before any request
     size = os.stat(args.image).st_size
-    conn = imageservice.connect(args.os_cloud)
-    images = imageservice.ImageService(conn)
-    stage = args.method == "glance-direct" or (
-        args.method == "auto" and "glance-direct" in images.import_methods())
-    manager = imageservice.key_manager(conn) if claim is not None else None
-    if manager is not None and claim is not None:
-        manager.describe(claim.key_id)  # the key exists and this user may read it
-    image = images.create(args.name, args.disk_format, args.container_format, properties)
-    consumer = False
-    try:
-        if manager is not None and claim is not None and manager.supports_consumers:
-            manager.add_consumer(claim.key_id, image_consumer(image.image_id))
-            consumer = True
-        with open(args.image, "rb") as f, \
-                common.progress_bar(args, size, "stage" if stage else "upload") as progress:
-            images.upload(image.image_id, f, size, stage=stage, progress=progress)
-        if stage:
-            images.start_import(image.image_id)
-            image = images.wait_for_import(image.image_id, args.timeout)
-        else:
-            image = images.get(image.image_id)
-    except BaseException:
-        if consumer:  # the failed image must not keep the key alive
-            assert manager is not None and claim is not None
-            with contextlib.suppress(ImgcryptError):
-                manager.remove_consumer(claim.key_id, image_consumer(image.image_id))
-        raise
+    upload = open_upload(properties, lambda: imageservice.connect(args.os_cloud),
+                         method=args.method)
+    with open(args.image, "rb") as f, \
+            common.progress_bar(args, size, "stage" if upload.staged else "upload") as progress:
+        result = upload.send(f, size, name=args.name, disk_format=args.disk_format,
+                             container_format=args.container_format, timeout=args.timeout,
+                             progress=progress)
+    image, consumer = result.image, result.consumer_registered
     data = {"image_id": image.image_id, "name": args.name, "status": image.status,
-            "method": "glance-direct" if stage else "upload", "size": size,
-            "consumer_registered": consumer,
+            "method": upload.method, "size": size, "consumer_registered": consumer,
             "verdict": image.properties.get("imgcrypt_verdict")}
     emit(args, data, f"uploaded {args.image} as image {image.image_id} ({image.status}, "
-         f"{data['method']})" + (", key consumer registered" if consumer else ""))
+         f"{upload.method})" + (", key consumer registered" if consumer else ""))
     return 0

@@ -1,0 +1,95 @@
+"""An image sent to the image service the way ``imgcrypt upload`` sends it: the record created
+with its properties, the encryption key told about its new consumer, the data staged and
+imported through the deployment's import plugins when glance-direct is offered (plain upload
+otherwise), and the consumer taken back when any of it fails.
+
+:func:`open_upload` reads the encryption claim before anything reaches the cloud, then decides
+staging and checks the key; :meth:`Upload.send` creates the image and sends the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from imgcrypt import imageservice
+from imgcrypt.errors import ImgcryptError, UsageError
+from imgcrypt.keys.manager import KeyManager
+from imgcrypt.service.claims import EncryptionClaim, encryption_claim
+from imgcrypt.service.upload import image_consumer
+
+METHODS = ("auto", "glance-direct", "upload")
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    image: imageservice.Image  # as the service shows it after the upload or the import
+    consumer_registered: bool  # the key now lists the image as a consumer
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload ready to send: where to, how (``staged``: glance-direct import) and which key
+    it must register with."""
+
+    images: imageservice.ImageService
+    properties: dict[str, str]
+    staged: bool
+    claim: EncryptionClaim | None
+    manager: KeyManager | None
+
+    @property
+    def method(self) -> str:
+        return "glance-direct" if self.staged else "upload"
+
+    def send(self, data: BinaryIO, size: int, *, name: str, disk_format: str,
+             container_format: str, timeout: float,
+             progress: Callable[[int], None] | None = None) -> UploadResult:
+        """Create the image and send ``size`` bytes of ``data``; after a staged upload, import
+        it and wait up to ``timeout`` seconds. A failure leaves the image record (queued, the
+        reason in its task) and removes the consumer: a failed image must not keep the key
+        alive."""
+        image = self.images.create(name, disk_format, container_format, self.properties)
+        registered = False
+        try:
+            if self.claim is not None and self.manager is not None \
+                    and self.manager.supports_consumers:
+                self.manager.add_consumer(self.claim.key_id, image_consumer(image.image_id))
+                registered = True
+            self.images.upload(image.image_id, data, size, stage=self.staged, progress=progress)
+            if self.staged:
+                self.images.start_import(image.image_id)
+                image = self.images.wait_for_import(image.image_id, timeout)
+            else:
+                image = self.images.get(image.image_id)
+        except BaseException:
+            if registered:
+                assert self.claim is not None and self.manager is not None
+                with contextlib.suppress(ImgcryptError):
+                    self.manager.remove_consumer(self.claim.key_id,
+                                                 image_consumer(image.image_id))
+            raise
+        return UploadResult(image, registered)
+
+
+def open_upload(properties: dict[str, str], connect: Callable[[], Any], *,
+                method: str = "auto") -> Upload:
+    """Prepare an upload of an image with ``properties``. A malformed encryption claim is
+    refused before ``connect`` is called (so before any request); then the import methods are
+    asked for, and an encrypted image's key must exist and be readable by this user."""
+    if method not in METHODS:
+        raise UsageError(f"upload method {method!r} is not one of {', '.join(METHODS)}")
+    claim = encryption_claim(properties)
+    conn = connect()
+    images = imageservice.ImageService(conn)
+    staged = method == "glance-direct" or (
+        method == "auto" and "glance-direct" in images.import_methods())
+    manager = imageservice.key_manager(conn) if claim is not None else None
+    if manager is not None and claim is not None:
+        manager.describe(claim.key_id)  # the key exists and this user may read it
+    return Upload(images, dict(properties), staged, claim, manager)
+
+
+__all__ = ["METHODS", "Upload", "UploadResult", "open_upload"]
