@@ -13,7 +13,6 @@ import pytest
 
 from imgcrypt.cli.upload import collect_properties
 from imgcrypt.errors import (
-    FormatError,
     FormatFault,
     UnsupportedError,
     UsageError,
@@ -120,7 +119,9 @@ def test_collect_properties(tmp_path: Path) -> None:
         "os_encrypt_format": "LUKSv1", "img_signature": "abc", "x": "1=2"}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"n": 1}))
-    with pytest.raises(FormatError):
+    # read as sign --bind and verify --properties read a property document
+    with raises_fault(VerificationError, VerificationFault.MALFORMED_PROPERTIES,
+                      match="'n' is not a string"):
         collect_properties([str(bad)], [])
     with pytest.raises(UsageError):
         collect_properties([], ["novalue"])
