@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
@@ -104,13 +101,7 @@ def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -
         written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force,
                                      mode=args.mode)
     else:
-        # qemu-img cannot write to a pipe: convert into a private directory, then copy out
-        with tempfile.TemporaryDirectory(prefix="imgcrypt-raw-") as directory:
-            raw = os.path.join(directory, "guest.raw")
-            written = qemu_luks.decrypt(args.source, passphrase, raw)
-            with open(raw, "rb") as f:
-                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-            sys.stdout.buffer.flush()
+        written = qemu_luks.decrypt_to(args.source, passphrase, sys.stdout.buffer)
     data = {"source": args.source, "target": args.target, "format": "qcow2",
             "encryption": f"luks{found.luks.version}", "bytes_written": written}
     if resolved is not None:

@@ -16,13 +16,16 @@ import stat
 import sys
 import termios
 from collections.abc import Iterator
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from imgcrypt.cli import keyopts
 from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
+
+if TYPE_CHECKING:
+    from imgcrypt.luks.engine import Source
 
 # A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
 MAX_PASSPHRASE_FILE = 8 << 20
@@ -218,6 +221,22 @@ def stdin_source(*, explicit_raw: bool) -> BinaryIO:
             found, "not a raw disk: give it as a file (qemu-img cannot read it from a pipe), "
             "or --source-format raw to encrypt its bytes as they are")
     return stream
+
+
+@contextlib.contextmanager
+def guest_input(source: str, source_format: str | None
+                ) -> Iterator[tuple[BinaryIO | Source, str, int | None]]:
+    """(raw guest bytes, the source's format, its size when known) for SOURCE: stdin as a raw
+    disk (:func:`stdin_source`), a file through :func:`imgcrypt.qemu.guest.open_guest`."""
+    if source == "-":
+        if source_format not in (None, "raw"):
+            raise UsageError("a source on stdin must be raw")
+        yield stdin_source(explicit_raw=source_format == "raw"), "raw", None
+        return
+    from imgcrypt.qemu.guest import open_guest
+
+    with open_guest(source, source_format) as opened:
+        yield opened
 
 
 def _regular_file(stream: BinaryIO) -> bool:

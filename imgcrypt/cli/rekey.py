@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.keys.rules import passphrase_for, register_file_consumer, unregister_file_consumer
-from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import RekeyResult, kdf_for, read_header, rekey_file
+from imgcrypt.luks.options import KdfOptions
+from imgcrypt.luks.stream import RekeyResult, rekey_file
 
 EXAMPLE = """examples:
   imgcrypt rekey disk.luks --passphrase-file old.txt --add --new-passphrase-file new.txt
@@ -110,25 +109,18 @@ def _rekey_qcow2(args: argparse.Namespace, old: bytes, new: bytes | None) -> Rek
     """qemu's built-in LUKS lives inside the qcow2: qemu-img amend rewrites its keyslots."""
     from imgcrypt.qemu import luks as qemu_luks
 
-    if args.iterations is not None or args.pbkdf not in (None, "pbkdf2") \
-            or args.pbkdf_memory is not None or args.pbkdf_parallel is not None:
-        raise UsageError("qemu's qcow2 encryption takes --iter-time only (pbkdf2, LUKS1)")
     return qemu_luks.rekey(args.image, old, new_passphrase=new, remove_old=args.change,
-                           remove_slot=args.remove_slot, iter_time_ms=args.iter_time)
+                           remove_slot=args.remove_slot, kdf=_kdf_options(args))
 
 
 def _rekey_luks(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
-    kdf = None
-    if new is not None:
-        with open(args.image, "rb") as f:
-            header, _ = read_header(f)
-        options = dataclasses.replace(
-            FormatOptions(), version=header.version, iter_time_ms=args.iter_time,
-            iterations=args.iterations, pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
-            pbkdf_parallel=args.pbkdf_parallel,
-        )
-        kdf = kdf_for(header, options)
     return rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
-                      remove_slot=args.remove_slot, kdf=kdf,
+                      remove_slot=args.remove_slot, kdf=_kdf_options(args),
                       opened_slot=args.key_slot if args.change else None,
                       new_slot=args.key_slot if args.add else None)
+
+
+def _kdf_options(args: argparse.Namespace) -> KdfOptions:
+    return KdfOptions(iter_time_ms=args.iter_time, iterations=args.iterations,
+                      pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
+                      pbkdf_parallel=args.pbkdf_parallel)
