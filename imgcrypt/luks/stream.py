@@ -68,6 +68,18 @@ class Unlocked:
         self.header.check_decryptable()
         return SectorCipher(self.header.cipher, self.master_key, self.header.sector_size)
 
+    def output_size(self, size: int | None, image_size: int | None) -> int | None:
+        """Bytes :func:`decrypt_payload` will write, for a progress total: ``size``
+        (os_decrypt_size), the header's payload size, or what follows the payload offset in an
+        image of ``image_size`` bytes; None on a stream that tells neither."""
+        if size is not None:
+            return size
+        if self.header.payload_size is not None:
+            return int(self.header.payload_size)
+        if image_size is not None:
+            return max(image_size - int(self.header.payload_offset), 0)
+        return None
+
 
 @dataclass(frozen=True)
 class EncryptResult:
