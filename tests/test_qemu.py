@@ -933,3 +933,34 @@ def test_qcow2_rekey_with_a_time_budget(tmp_path: Path, qemu_img: str,
     with pytest.raises(UsageError, match="out of range"):
         qemu_luks.rekey(str(image), b"other", new_passphrase=b"third",
                         kdf=KdfOptions(iter_time_ms=0))
+
+
+def test_rekey_image_goes_by_the_container(tmp_path: Path, qemu_img: str,
+                                           guest: tuple[Path, bytes]) -> None:
+    raw, data = guest
+    image = tmp_path / "enc.qcow2"
+    qemu_luks.encrypt(str(raw), str(image), PASSPHRASE, luks_options(20), source_format="raw")
+    before = image.read_bytes()
+    for slots in ({"opened_slot": 0}, {"new_slot": 3}):
+        with pytest.raises(UsageError, match="qemu-img amend picks the keyslot"):
+            qemu_luks.rekey_image(str(image), PASSPHRASE, new_passphrase=b"other", **slots)
+    assert image.read_bytes() == before
+    result = qemu_luks.rekey_image(str(image), PASSPHRASE, new_passphrase=b"other",
+                                   kdf=KdfOptions(iter_time_ms=20))
+    assert (result.opened_slot, result.added_slot, result.removed_slot) == (0, 1, None)
+    assert list(qemu_luks.read_qcow2_luks(str(image)).luks.active_keyslots()) == [0, 1]
+
+    # a LUKS container made by qemu-img: imgcrypt rewrites its header, qemu-img then opens it
+    keyfile = secret_file(tmp_path, "key", PASSPHRASE)
+    luks = tmp_path / "disk.luks"
+    run_qemu_img(["convert", "-f", "raw", *qemu_secret_args(keyfile), "-O", "luks", "-o",
+                  "key-secret=s0,iter-time=10", str(raw), str(luks)])
+    result = qemu_luks.rekey_image(str(luks), PASSPHRASE, new_passphrase=b"other",
+                                   remove_old=True, new_slot=5,
+                                   kdf=KdfOptions(iterations=1000))
+    assert (result.opened_slot, result.added_slot, result.removed_slot) == (0, 5, 0)
+    other = secret_file(tmp_path, "other", b"other")
+    out = tmp_path / "out.raw"
+    run_qemu_img(["convert", *qemu_secret_args(other), "--image-opts",
+                  f"driver=luks,file.filename={luks},key-secret=s0", "-O", "raw", str(out)])
+    assert out.read_bytes() == data

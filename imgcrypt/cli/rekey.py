@@ -10,7 +10,6 @@ from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.keys.rules import passphrase_for, register_file_consumer, unregister_file_consumer
 from imgcrypt.luks.options import KdfOptions
-from imgcrypt.luks.stream import RekeyResult, rekey_file
 
 EXAMPLE = """examples:
   imgcrypt rekey disk.luks --passphrase-file old.txt --add --new-passphrase-file new.txt
@@ -84,15 +83,12 @@ def run(args: argparse.Namespace) -> int:
     if adding:
         new = _secret(args, getattr(args, "new_key_id", None), args.new_passphrase_file,
                       label="new", confirm=True)
-    from imgcrypt.qemu.luks import is_qcow2_file
+    from imgcrypt.qemu.luks import rekey_image
 
-    if is_qcow2_file(args.image):
-        if args.key_slot is not None:
-            raise UsageError("--key-slot is for LUKS images; qemu-img amend picks the keyslot "
-                             "of a qcow2")
-        result = _rekey_qcow2(args, old, new)
-    else:
-        result = _rekey_luks(args, old, new)
+    result = rekey_image(args.image, old, new_passphrase=new, remove_old=args.change,
+                         remove_slot=args.remove_slot, kdf=_kdf_options(args),
+                         opened_slot=args.key_slot if args.change else None,
+                         new_slot=args.key_slot if args.add else None)
     _move_consumers(args)
     data = {"target": args.image, "opened_slot": result.opened_slot,
             "added_slot": result.added_slot, "removed_slot": result.removed_slot}
@@ -103,21 +99,6 @@ def run(args: argparse.Namespace) -> int:
         parts.append(f"removed keyslot {result.removed_slot}")
     emit(args, data, f"{args.image}: " + ", ".join(parts) + " (header only)")
     return 0
-
-
-def _rekey_qcow2(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
-    """qemu's built-in LUKS lives inside the qcow2: qemu-img amend rewrites its keyslots."""
-    from imgcrypt.qemu import luks as qemu_luks
-
-    return qemu_luks.rekey(args.image, old, new_passphrase=new, remove_old=args.change,
-                           remove_slot=args.remove_slot, kdf=_kdf_options(args))
-
-
-def _rekey_luks(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
-    return rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
-                      remove_slot=args.remove_slot, kdf=_kdf_options(args),
-                      opened_slot=args.key_slot if args.change else None,
-                      new_slot=args.key_slot if args.add else None)
 
 
 def _kdf_options(args: argparse.Namespace) -> KdfOptions:

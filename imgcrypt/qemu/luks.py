@@ -35,7 +35,7 @@ from imgcrypt.fileio import atomic_path
 from imgcrypt.luks.container import LuksHeader
 from imgcrypt.luks.options import FormatOptions, KdfOptions
 from imgcrypt.luks.sectors import CipherSpec
-from imgcrypt.luks.stream import RekeyResult, read_header
+from imgcrypt.luks.stream import RekeyResult, read_header, rekey_file
 from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
 from imgcrypt.qemu.source import image_info, require_convertible, source_spec
 from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, QemuImg, secret_object
@@ -265,5 +265,29 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
     return RekeyResult(opened_slot=opened, added_slot=added.pop(),
                        removed_slot=opened if remove_old else None)
 
+
+
+def rekey_image(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
+                remove_old: bool = False, remove_slot: int | None = None,
+                kdf: KdfOptions | None = None, opened_slot: int | None = None,
+                new_slot: int | None = None,
+                qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> RekeyResult:
+    """Add, change or remove a passphrase of the image at ``path``, a LUKS container
+    (:func:`imgcrypt.luks.stream.rekey_file`) or a qcow2 with qemu's built-in LUKS
+    (:func:`rekey`, by its magic): the header only, in place. ``kdf`` describes the new
+    keyslot (default :class:`KdfOptions`); qemu-img amend picks a qcow2's keyslots itself, so
+    ``opened_slot`` and ``new_slot`` are for LUKS images only."""
+    kdf = KdfOptions() if kdf is None else kdf
+    if is_qcow2_file(path):
+        if opened_slot is not None or new_slot is not None:
+            raise UsageError("--key-slot is for LUKS images; qemu-img amend picks the keyslot "
+                             "of a qcow2")
+        return rekey(path, passphrase, new_passphrase=new_passphrase, remove_old=remove_old,
+                     remove_slot=remove_slot, kdf=kdf, qemu_img=qemu_img)
+    return rekey_file(path, passphrase, new_passphrase=new_passphrase, remove_old=remove_old,
+                      remove_slot=remove_slot, kdf=kdf, opened_slot=opened_slot,
+                      new_slot=new_slot)
+
+
 __all__ = ["Qcow2Luks", "create", "decrypt", "decrypt_to", "encrypt", "is_qcow2_file",
-           "qemu_encrypt_options", "qemu_iter_time", "read_qcow2_luks", "rekey"]
+           "qemu_encrypt_options", "qemu_iter_time", "read_qcow2_luks", "rekey", "rekey_image"]
