@@ -22,6 +22,7 @@ from imgcrypt.cli import keyopts
 from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
+from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
 
 if TYPE_CHECKING:
@@ -134,6 +135,17 @@ def passphrase_from(path: str | None, *, confirm: bool, prompt: str = "Passphras
     if path is not None:
         return read_passphrase_file(path)
     return prompt_passphrase(prompt, confirm=confirm)
+
+
+def passphrase_by_id_or_file(args: argparse.Namespace, key_id: str | None, path: str | None,
+                             *, label: str, confirm: bool) -> bytes:
+    """One passphrase given either as a key-manager secret id or as a file (or typed: the
+    prompt names it by ``label``), as rekey's current and new passphrases are."""
+    if key_id is not None and path is not None:
+        raise UsageError(f"give either a file or a key id for the {label} passphrase")
+    if key_id is not None:
+        return passphrase_for(key_manager(args).get(key_id))
+    return passphrase_from(path, confirm=confirm, prompt=f"{label.capitalize()} passphrase: ")
 
 
 def check_target(target: str, *, force: bool) -> None:

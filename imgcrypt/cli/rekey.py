@@ -8,7 +8,7 @@ from typing import Any
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.rules import passphrase_for, register_file_consumer, unregister_file_consumer
+from imgcrypt.keys.rules import register_file_consumer, unregister_file_consumer
 from imgcrypt.luks.options import KdfOptions
 
 EXAMPLE = """examples:
@@ -45,16 +45,6 @@ def register(sub: Any) -> None:
     common.finish_command(parser, run)
 
 
-def _secret(args: argparse.Namespace, key_id: str | None, path: str | None, *, label: str,
-            confirm: bool) -> bytes:
-    if key_id is not None and path is not None:
-        raise UsageError(f"give either a file or a key id for the {label} passphrase")
-    if key_id is not None:
-        return passphrase_for(inputs.key_manager(args).get(key_id))
-    prompt = f"{label.capitalize()} passphrase: "
-    return inputs.passphrase_from(path, confirm=confirm, prompt=prompt)
-
-
 def _move_consumers(args: argparse.Namespace) -> None:
     """The local keystore learns that the new key opens IMAGE and, after --change, that the
     old one no longer does."""
@@ -77,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
                          "and --change")
     if not adding and (args.new_passphrase_file or getattr(args, "new_key_id", None)):
         raise UsageError("--remove-slot takes no new passphrase")
-    old = _secret(args, getattr(args, "key_id", None), args.passphrase_file, label="current",
-                  confirm=False)
+    old = inputs.passphrase_by_id_or_file(args, getattr(args, "key_id", None),
+                                          args.passphrase_file, label="current", confirm=False)
     new = None
     if adding:
-        new = _secret(args, getattr(args, "new_key_id", None), args.new_passphrase_file,
-                      label="new", confirm=True)
+        new = inputs.passphrase_by_id_or_file(args, getattr(args, "new_key_id", None),
+                                              args.new_passphrase_file, label="new", confirm=True)
     from imgcrypt.qemu.luks import rekey_image
 
     result = rekey_image(args.image, old, new_passphrase=new, remove_old=args.change,
