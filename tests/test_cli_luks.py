@@ -249,6 +249,23 @@ def test_rekey_with_key_manager_ids(files: dict[str, Path], cryptsetup: str) -> 
     assert proc.returncode == 4
 
 
+def test_rekey_refuses_a_file_and_a_key_id_for_one_passphrase(files: dict[str, Path]) -> None:
+    out = encrypt(files)
+    before = out.read_bytes()
+    for extra, which in ((["--key-id", "00000000-0000-4000-8000-000000000000",
+                           "--passphrase-file", str(files["pw"]),
+                           "--new-passphrase-file", str(files["pw2"])], "current"),
+                         (["--passphrase-file", str(files["pw"]),
+                           "--new-key-id", "00000000-0000-4000-8000-000000000000",
+                           "--new-passphrase-file", str(files["pw2"])], "new")):
+        proc = imgcrypt("rekey", out, "--add", *extra, "--keystore", files["dir"] / "keys",
+                        *FAST)
+        assert proc.returncode == 2
+        assert proc.stderr.decode().strip() == (
+            f"imgcrypt: error: give either a file or a key id for the {which} passphrase")
+    assert out.read_bytes() == before
+
+
 def test_decrypt_to_a_file_leaves_holes_like_qemu_img(tmp_path: Path, qemu_img: str) -> None:
     plain = bytearray(16 << 20)
     plain[5 << 20 : 6 << 20] = os.urandom(1 << 20)

@@ -23,6 +23,7 @@ from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.rules import LUKS_VERSION, HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.stream import (
+    decrypt_payload,
     decrypt_stream,
     encrypt_stream,
     open_payload,
@@ -329,3 +330,23 @@ def test_argon2_work_cap() -> None:
     with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED, match="argon2 work"):
         check_limits(Argon2("argon2id", 100, 4 * 1024 * 1024, 4, bytes(16)), 32)
     check_limits(Argon2("argon2id", 4, 1024 * 1024, 4, bytes(16)), 32)  # cryptsetup-like
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("length", [1, 4096, 100_000])
+def test_output_size_is_what_decrypt_payload_writes(tmp_path: pytest.TempPathFactory,
+                                                    version: int, length: int) -> None:
+    path = os.path.join(str(tmp_path), "img.luks")
+    payload = os.urandom(length)
+    with open(path, "wb") as f:
+        encrypt_stream(io.BytesIO(payload), f, b"pw",
+                       FormatOptions(version=version, iterations=1000 if version == 1 else 4,
+                                     pbkdf_memory_kib=32, pbkdf_parallel=1))
+    image_size = os.path.getsize(path)
+    for size in (None, length):
+        with open(path, "rb") as f:
+            opened = unlock_stream(f, b"pw")
+            expected = opened.output_size(size, image_size)
+            out = io.BytesIO()
+            assert decrypt_payload(opened, f, out, size=size) == expected
+    assert out.getvalue()[:length] == payload

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from imgcrypt.errors import UnsupportedError, WrongPassphraseError
+from imgcrypt.errors import UnsupportedError, UsageError, WrongPassphraseError
 from imgcrypt.luks.container import RegionUpdate, bytes_to_parse, parse_header
 from imgcrypt.luks.luks2 import Luks2Header
+from imgcrypt.luks.options import KdfOptions
 from imgcrypt.luks.sectors import SectorCipher
+from imgcrypt.luks.stream import rekey_file
 
+from .luksdump import parse_luks1
 from .test_luks2_support import PASS, cheap_kdf, make_region, rewrite_json
 from .util import dump_volume_key, secret_file
 from .util import test_passphrase as cs_test_passphrase
@@ -349,3 +353,68 @@ def test_reencryption_requirement_reads_but_refuses_writes(
         header.add_keyslot(region, mk, OTHER, cheap_kdf())
     with pytest.raises(UnsupportedError, match="online-reencrypt-v2"):
         header.remove_keyslot(region, 0)
+
+
+# --- rekey_file completes the new keyslot's KDF from the image's own header -----------------
+
+
+@pytest.mark.parametrize("pbkdf", [None, "argon2i", "pbkdf2"])
+def test_rekey_file_kdf_options_on_a_cryptsetup_luks2_image(
+        tmp_path: Path, keyfile: Path, cryptsetup: str, pbkdf: str | None) -> None:
+    image = tmp_path / "cs.img"
+    cs_format(cryptsetup, image, keyfile, *kdf_flags("pbkdf2"), "--hash", "sha512")
+    payload = image.read_bytes()[16 << 20:]
+    iterations = 1000 if pbkdf == "pbkdf2" else 4
+    options = KdfOptions(iterations=iterations, pbkdf=pbkdf, pbkdf_memory_kib=32768,
+                         pbkdf_parallel=1)
+    result = rekey_file(str(image), PASS, new_passphrase=OTHER, kdf=options)
+    assert (result.opened_slot, result.added_slot, result.removed_slot) == (0, 1, None)
+    metadata = json.loads(cs(cryptsetup, "luksDump", "--dump-json-metadata", image).stdout)
+    kdf = metadata["keyslots"]["1"]["kdf"]
+    # a LUKS2 image's default is argon2id, whatever FormatOptions' LUKS1 default says
+    assert kdf["type"] == (pbkdf or "argon2id")
+    if pbkdf == "pbkdf2":
+        # LUKS2 keyslots take the hash asked (FormatOptions' sha256), not the header's sha512
+        assert (kdf["hash"], kdf["iterations"]) == ("sha256", 1000)
+    else:
+        assert (kdf["time"], kdf["memory"], kdf["cpus"]) == (4, 32768, 1)
+    other = secret_file(tmp_path, "other", OTHER)
+    assert cs_test_passphrase(cryptsetup, image, other) == 0
+    assert dump_volume_key(cryptsetup, image, other) == dump_volume_key(cryptsetup, image,
+                                                                        keyfile)
+    assert image.read_bytes()[16 << 20:] == payload
+
+
+def test_rekey_file_kdf_options_on_a_cryptsetup_luks1_image(
+        tmp_path: Path, keyfile: Path, cryptsetup: str) -> None:
+    image = tmp_path / "cs1.img"
+    with open(image, "wb") as f:
+        f.truncate(4 << 20)
+    proc = cs(cryptsetup, "luksFormat", "--type", "luks1", "--batch-mode", "--key-file",
+              keyfile, "--hash", "sha512", "--pbkdf-force-iterations", "1000", image)
+    assert proc.returncode == 0, proc.stderr
+    result = rekey_file(str(image), PASS, new_passphrase=OTHER, remove_old=True,
+                        kdf=KdfOptions(iterations=1234))
+    assert (result.opened_slot, result.added_slot, result.removed_slot) == (0, 1, 0)
+    dump = parse_luks1(cs(cryptsetup, "luksDump", image).stdout)
+    # LUKS1: pbkdf2 with the header's one hash
+    assert dump["hash"] == "sha512"
+    assert [(s["slot"], s["iterations"]) for s in dump["keyslots"]] == [(1, 1234)]
+    other = secret_file(tmp_path, "other", OTHER)
+    assert cs_test_passphrase(cryptsetup, image, other) == 0
+    assert cs_test_passphrase(cryptsetup, image, keyfile) != 0
+
+
+def test_rekey_file_kdf_options_refused_for_luks1_argon2(
+        tmp_path: Path, keyfile: Path, cryptsetup: str) -> None:
+    image = tmp_path / "cs1.img"
+    with open(image, "wb") as f:
+        f.truncate(4 << 20)
+    proc = cs(cryptsetup, "luksFormat", "--type", "luks1", "--batch-mode", "--key-file",
+              keyfile, "--pbkdf-force-iterations", "1000", image)
+    assert proc.returncode == 0, proc.stderr
+    before = image.read_bytes()
+    with pytest.raises(UsageError, match="LUKS1 keyslots use pbkdf2"):
+        rekey_file(str(image), PASS, new_passphrase=OTHER,
+                   kdf=KdfOptions(iterations=4, pbkdf="argon2id", pbkdf_memory_kib=32768))
+    assert image.read_bytes() == before

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,8 +29,9 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks.options import FormatOptions
+from imgcrypt.luks.options import FormatOptions, KdfOptions
 from imgcrypt.qemu import luks as qemu_luks
+from imgcrypt.qemu.guest import GuestSource
 
 from .util import qemu_secret_args, raises_fault, run_qemu_img, secret_file
 
@@ -781,3 +785,182 @@ def test_subprocess_is_real_qemu_img(qemu_img: str) -> None:
     version = subprocess.run([qemu_img, "--version"], capture_output=True, text=True, check=True)
     assert qemu.DEFAULT_QEMU_IMG.run(["--version"], what="version").stdout.decode() \
         == version.stdout
+
+
+# --- open_guest: a source by its format, for the transfer engine ------------------------------
+
+
+def read_guest(source: BinaryIO | GuestSource) -> bytes:
+    if isinstance(source, GuestSource):
+        out = bytearray(source.length)
+        view = memoryview(out)
+        for at in range(0, len(out), 1 << 20):
+            assert source.read(view[at : at + (1 << 20)], at) == len(view[at : at + (1 << 20)])
+        return bytes(out)
+    return source.read()
+
+
+@pytest.mark.parametrize("fmt", ["raw", *FORMATS])
+@pytest.mark.parametrize("named", [False, True])
+def test_open_guest_reads_what_qemu_img_converts(tmp_path: Path, qemu_img: str,
+                                                 guest: tuple[Path, bytes], fmt: str,
+                                                 named: bool) -> None:
+    raw, data = guest
+    image = raw if fmt == "raw" else make_image(qemu_img, raw, fmt, tmp_path / f"disk.{fmt}")
+    reference = data if fmt == "raw" else reference_raw(image, fmt, tmp_path / "ref.raw")
+    with qemu.open_guest(str(image), fmt if named else None) as (source, found, size):
+        assert found == fmt
+        # raw: the file itself, no qemu-nbd; the size is the file's, else the virtual size
+        assert isinstance(source, GuestSource) == (fmt != "raw")
+        assert size == len(reference)
+        assert read_guest(source) == reference
+
+
+def test_open_guest_by_magic_never_probes(tmp_path: Path, qemu_img: str) -> None:
+    # no magic: raw, read as it is, even where qemu's probe might see something else
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(b"\x00" * 512 + b"QFI\xfb" + bytes(4096))
+    assert qemu.format_by_magic(plain) == "raw"
+    with qemu.open_guest(str(plain)) as (source, found, size):
+        assert (found, size) == ("raw", plain.stat().st_size)
+        assert read_guest(source) == plain.read_bytes()
+    # a qcow2 header naming a host file: read as raw bytes when said raw, refused otherwise
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"TOPSECRET" * 100)
+    tricky = tmp_path / "tricky.img"
+    run_qemu_img(["create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(tricky)])
+    with qemu.open_guest(str(tricky), "raw") as (source, found, _size):
+        assert (found, read_guest(source)) == ("raw", tricky.read_bytes())
+    with pytest.raises(UnsupportedError, match="other host files"), \
+            qemu.open_guest(str(tricky)):
+        pass
+
+
+def test_open_guest_refuses_a_luks_image_unless_said_raw(tmp_path: Path, qemu_img: str,
+                                                         guest: tuple[Path, bytes]) -> None:
+    raw, _ = guest
+    keyfile = secret_file(tmp_path, "key", PASSPHRASE)
+    luks = tmp_path / "disk.luks"
+    run_qemu_img(["convert", "-f", "raw", *qemu_secret_args(keyfile), "-O", "luks", "-o",
+                  "key-secret=s0,iter-time=10", str(raw), str(luks)])
+    message = f"{luks} is already a LUKS image; give --source-format raw to encrypt it again"
+    with pytest.raises(UnsupportedError) as caught:
+        qemu.format_by_magic(luks)
+    assert str(caught.value) == message
+    with pytest.raises(UnsupportedError, match="already a LUKS image"), \
+            qemu.open_guest(str(luks)):
+        pass
+    with qemu.open_guest(str(luks), "raw") as (source, found, size):
+        assert (found, size) == ("raw", luks.stat().st_size)
+        assert read_guest(source)[:6] == b"LUKS\xba\xbe"
+
+
+# --- decrypt_to: a LUKS-encrypted qcow2 to a pipe ----------------------------------------------
+
+
+def test_decrypt_to_a_pipe_matches_qemu_img(tmp_path: Path, qemu_img: str,
+                                            guest: tuple[Path, bytes], secrets_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, data = guest
+    keyfile = secret_file(tmp_path, "key", PASSPHRASE)
+    image = tmp_path / "theirs.qcow2"
+    run_qemu_img(["convert", "-f", "raw", *qemu_secret_args(keyfile), "-O", "qcow2", "-o",
+                  "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=20",
+                  str(raw), str(image)])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    # where the private directory goes, to see it removed (other processes share /tmp)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    tool = qemu.QemuImg(secret_dir=str(secrets_dir))
+    read_fd, write_fd = os.pipe()
+    received = bytearray()
+
+    def drain() -> None:
+        with open(read_fd, "rb") as reader:
+            while chunk := reader.read(1 << 16):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    with open(write_fd, "wb") as pipe:
+        assert qemu_luks.decrypt_to(str(image), PASSPHRASE, pipe, qemu_img=tool) == len(data)
+    reader.join(timeout=60)
+    assert bytes(received) == data
+    assert list(scratch.iterdir()) == [] and list(secrets_dir.iterdir()) == []
+
+    out = io.BytesIO()
+    with pytest.raises(WrongPassphraseError):
+        qemu_luks.decrypt_to(str(image), PASSPHRASE[:-1], out, qemu_img=tool)
+    assert out.getvalue() == b"" and list(scratch.iterdir()) == []
+    plain = make_image(qemu_img, raw, "qcow2", tmp_path / "plain.qcow2")
+    with pytest.raises(UnsupportedError, match="not encrypted"):
+        qemu_luks.decrypt_to(str(plain), PASSPHRASE, out, qemu_img=tool)
+    assert out.getvalue() == b""
+
+
+# --- rekey of a qcow2 with KdfOptions: qemu takes a time budget only --------------------------
+
+
+@pytest.mark.parametrize("kdf", [KdfOptions(iterations=1000), KdfOptions(pbkdf="argon2id"),
+                                 KdfOptions(pbkdf_memory_kib=65536),
+                                 KdfOptions(pbkdf_parallel=1)])
+def test_qcow2_rekey_refuses_what_qemu_cannot_do(tmp_path: Path, qemu_img: str,
+                                                 guest: tuple[Path, bytes],
+                                                 kdf: KdfOptions) -> None:
+    raw, _ = guest
+    image = tmp_path / "enc.qcow2"
+    qemu_luks.encrypt(str(raw), str(image), PASSPHRASE, luks_options(20), source_format="raw")
+    before = image.read_bytes()
+    with pytest.raises(UsageError, match="takes --iter-time only"):
+        qemu_luks.rekey(str(image), PASSPHRASE, new_passphrase=b"other", kdf=kdf)
+    assert image.read_bytes() == before
+
+
+def test_qcow2_rekey_with_a_time_budget(tmp_path: Path, qemu_img: str,
+                                        guest: tuple[Path, bytes]) -> None:
+    raw, data = guest
+    image = tmp_path / "enc.qcow2"
+    qemu_luks.encrypt(str(raw), str(image), PASSPHRASE, luks_options(20), source_format="raw")
+    result = qemu_luks.rekey(str(image), PASSPHRASE, new_passphrase=b"other", remove_old=True,
+                             kdf=KdfOptions(iter_time_ms=20, pbkdf="pbkdf2"))
+    assert (result.opened_slot, result.removed_slot) == (0, 0)
+    keyfile = secret_file(tmp_path, "new", b"other")
+    direct = tmp_path / "direct.raw"
+    run_qemu_img(["convert", *qemu_secret_args(keyfile), "--image-opts",
+                  f"driver=qcow2,file.filename={image},encrypt.key-secret=s0",
+                  "-O", "raw", str(direct)])
+    assert direct.read_bytes() == data
+    with pytest.raises(UsageError, match="out of range"):
+        qemu_luks.rekey(str(image), b"other", new_passphrase=b"third",
+                        kdf=KdfOptions(iter_time_ms=0))
+
+
+def test_rekey_image_goes_by_the_container(tmp_path: Path, qemu_img: str,
+                                           guest: tuple[Path, bytes]) -> None:
+    raw, data = guest
+    image = tmp_path / "enc.qcow2"
+    qemu_luks.encrypt(str(raw), str(image), PASSPHRASE, luks_options(20), source_format="raw")
+    before = image.read_bytes()
+    for slots in ({"opened_slot": 0}, {"new_slot": 3}):
+        with pytest.raises(UsageError, match="qemu-img amend picks the keyslot"):
+            qemu_luks.rekey_image(str(image), PASSPHRASE, new_passphrase=b"other", **slots)
+    assert image.read_bytes() == before
+    result = qemu_luks.rekey_image(str(image), PASSPHRASE, new_passphrase=b"other",
+                                   kdf=KdfOptions(iter_time_ms=20))
+    assert (result.opened_slot, result.added_slot, result.removed_slot) == (0, 1, None)
+    assert list(qemu_luks.read_qcow2_luks(str(image)).luks.active_keyslots()) == [0, 1]
+
+    # a LUKS container made by qemu-img: imgcrypt rewrites its header, qemu-img then opens it
+    keyfile = secret_file(tmp_path, "key", PASSPHRASE)
+    luks = tmp_path / "disk.luks"
+    run_qemu_img(["convert", "-f", "raw", *qemu_secret_args(keyfile), "-O", "luks", "-o",
+                  "key-secret=s0,iter-time=10", str(raw), str(luks)])
+    result = qemu_luks.rekey_image(str(luks), PASSPHRASE, new_passphrase=b"other",
+                                   remove_old=True, new_slot=5,
+                                   kdf=KdfOptions(iterations=1000))
+    assert (result.opened_slot, result.added_slot, result.removed_slot) == (0, 5, 0)
+    other = secret_file(tmp_path, "other", b"other")
+    out = tmp_path / "out.raw"
+    run_qemu_img(["convert", *qemu_secret_args(other), "--image-opts",
+                  f"driver=luks,file.filename={luks},key-secret=s0", "-O", "raw", str(out)])
+    assert out.read_bytes() == data

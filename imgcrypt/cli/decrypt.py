@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
@@ -42,18 +39,6 @@ def register(sub: Any) -> None:
     common.finish_command(parser, run)
 
 
-def _payload_total(header: Any, size: int | None, image_size: int | None) -> int | None:
-    """Bytes decrypt will write, for the progress bar: --size, the header's payload size, or
-    what follows the payload offset in a file; unknown on a stream without either."""
-    if size is not None:
-        return size
-    if header.payload_size is not None:
-        return int(header.payload_size)
-    if image_size is not None:
-        return max(image_size - int(header.payload_offset), 0)
-    return None
-
-
 def _octal_mode(text: str) -> int:
     try:
         mode = int(text, 8)
@@ -76,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     with inputs.luks_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase, slot=args.key_slot)
-        total = _payload_total(opened.header, args.size, inputs.input_size(args.source))
+        total = opened.output_size(args.size, inputs.input_size(args.source))
         with atomic_output(args.target, force=args.force, source=args.source,
                            mode=args.mode) as dst, \
                 common.progress_bar(args, total, "decrypt") as progress:
@@ -104,13 +89,7 @@ def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -
         written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force,
                                      mode=args.mode)
     else:
-        # qemu-img cannot write to a pipe: convert into a private directory, then copy out
-        with tempfile.TemporaryDirectory(prefix="imgcrypt-raw-") as directory:
-            raw = os.path.join(directory, "guest.raw")
-            written = qemu_luks.decrypt(args.source, passphrase, raw)
-            with open(raw, "rb") as f:
-                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-            sys.stdout.buffer.flush()
+        written = qemu_luks.decrypt_to(args.source, passphrase, sys.stdout.buffer)
     data = {"source": args.source, "target": args.target, "format": "qcow2",
             "encryption": f"luks{found.luks.version}", "bytes_written": written}
     if resolved is not None:

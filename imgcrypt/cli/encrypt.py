@@ -6,15 +6,13 @@ import argparse
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
-from imgcrypt.errors import UnsupportedError, UsageError
+from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
 from imgcrypt.keys.rules import register_file_consumer
-from imgcrypt.luks.engine import Source
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream
 
@@ -49,48 +47,6 @@ def register(sub: Any) -> None:
     keyopts.add_key_arguments(parser, creating=True)
     common.add_progress_argument(parser)
     common.finish_command(parser, run)
-
-
-@contextlib.contextmanager
-def source_stream(source: str, source_format: str | None
-                  ) -> Iterator[tuple[BinaryIO | Source, str, int | None]]:
-    """(raw guest bytes, the source's format, its size when known) for SOURCE."""
-    if source == "-":
-        if source_format not in (None, "raw"):
-            raise UsageError("a source on stdin must be raw")
-        yield inputs.stdin_source(explicit_raw=source_format == "raw"), "raw", None
-        return
-    from imgcrypt.qemu import guest_source, image_info
-
-    if source_format is None:
-        source_format = _format_by_magic(source)
-    if source_format == "raw":
-        with open(source, "rb") as f:
-            yield f, "raw", os.fstat(f.fileno()).st_size
-        return
-    info = image_info(source, source_format=source_format)
-    if info.format == "raw":
-        with open(source, "rb") as f:
-            yield f, "raw", os.fstat(f.fileno()).st_size
-        return
-    # Read through qemu-nbd: no temporary copy of the guest, zeros not even sent.
-    with guest_source(source, info) as guest:
-        yield guest, info.format, info.virtual_size
-
-
-def _format_by_magic(source: str) -> str:
-    """SOURCE's format by its magic bytes, raw when none. Going by magic (rather than letting
-    qemu probe) means a raw guest disk is never reinterpreted, and raw sources need no
-    qemu-img at all. A LUKS image is refused: encrypting it again needs --source-format raw."""
-    from imgcrypt.qemu import SNIFF_SIZE, sniff_format
-
-    with open(source, "rb") as f:
-        found = sniff_format(f.read(SNIFF_SIZE)) or "raw"
-    if found == "luks":
-        raise UnsupportedError(
-            f"{source} is already a LUKS image; give --source-format raw to encrypt it again"
-        )
-    return found
 
 
 def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
@@ -128,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return _encrypt_qcow2(args, options)
     passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
     with _key_cleanup(resolved):
-        with source_stream(args.source, args.source_format) as (src, source_format, size), \
+        with inputs.guest_input(args.source, args.source_format) as (src, source_format, size), \
                 atomic_output(args.target, force=args.force, source=args.source) as dst, \
                 common.progress_bar(args, size, "encrypt") as progress:
             result = encrypt_stream(src, dst, passphrase, options, progress=progress)
@@ -167,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     """SOURCE's guest content into a qcow2 with qemu's built-in LUKS, written by qemu-img."""
     from imgcrypt.qemu import luks as qemu_luks
+    from imgcrypt.qemu.source import format_by_magic
 
     if "-" in (args.source, args.target):
         raise UsageError("qemu-img writes a qcow2 from a file to a file: no - for SOURCE or "
@@ -174,7 +131,7 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     qemu_luks.qemu_encrypt_options(options)  # refuse what qemu cannot make before any key
     source_format = args.source_format
     if source_format is None:
-        source_format = _format_by_magic(args.source)
+        source_format = format_by_magic(args.source)
     passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
     with _key_cleanup(resolved):
         info = qemu_luks.encrypt(args.source, args.target, passphrase, options,

@@ -16,13 +16,17 @@ import stat
 import sys
 import termios
 from collections.abc import Iterator
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from imgcrypt.cli import keyopts
 from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
+from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
+
+if TYPE_CHECKING:
+    from imgcrypt.luks.engine import Source
 
 # A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
 MAX_PASSPHRASE_FILE = 8 << 20
@@ -133,6 +137,17 @@ def passphrase_from(path: str | None, *, confirm: bool, prompt: str = "Passphras
     return prompt_passphrase(prompt, confirm=confirm)
 
 
+def passphrase_by_id_or_file(args: argparse.Namespace, key_id: str | None, path: str | None,
+                             *, label: str, confirm: bool) -> bytes:
+    """One passphrase given either as a key-manager secret id or as a file (or typed: the
+    prompt names it by ``label``), as rekey's current and new passphrases are."""
+    if key_id is not None and path is not None:
+        raise UsageError(f"give either a file or a key id for the {label} passphrase")
+    if key_id is not None:
+        return passphrase_for(key_manager(args).get(key_id))
+    return passphrase_from(path, confirm=confirm, prompt=f"{label.capitalize()} passphrase: ")
+
+
 def check_target(target: str, *, force: bool) -> None:
     """Refuse an output before any work (or any new key): it exists, or its directory does
     not. The error names the target, not the temporary file that would sit beside it."""
@@ -218,6 +233,22 @@ def stdin_source(*, explicit_raw: bool) -> BinaryIO:
             found, "not a raw disk: give it as a file (qemu-img cannot read it from a pipe), "
             "or --source-format raw to encrypt its bytes as they are")
     return stream
+
+
+@contextlib.contextmanager
+def guest_input(source: str, source_format: str | None
+                ) -> Iterator[tuple[BinaryIO | Source, str, int | None]]:
+    """(raw guest bytes, the source's format, its size when known) for SOURCE: stdin as a raw
+    disk (:func:`stdin_source`), a file through :func:`imgcrypt.qemu.guest.open_guest`."""
+    if source == "-":
+        if source_format not in (None, "raw"):
+            raise UsageError("a source on stdin must be raw")
+        yield stdin_source(explicit_raw=source_format == "raw"), "raw", None
+        return
+    from imgcrypt.qemu.guest import open_guest
+
+    with open_guest(source, source_format) as opened:
+        yield opened
 
 
 def _regular_file(stream: BinaryIO) -> bool:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.rules import passphrase_for, register_file_consumer, unregister_file_consumer
-from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import RekeyResult, kdf_for, read_header, rekey_file
+from imgcrypt.keys.rules import register_file_consumer, unregister_file_consumer
+from imgcrypt.luks.options import KdfOptions
 
 EXAMPLE = """examples:
   imgcrypt rekey disk.luks --passphrase-file old.txt --add --new-passphrase-file new.txt
@@ -47,16 +45,6 @@ def register(sub: Any) -> None:
     common.finish_command(parser, run)
 
 
-def _secret(args: argparse.Namespace, key_id: str | None, path: str | None, *, label: str,
-            confirm: bool) -> bytes:
-    if key_id is not None and path is not None:
-        raise UsageError(f"give either a file or a key id for the {label} passphrase")
-    if key_id is not None:
-        return passphrase_for(inputs.key_manager(args).get(key_id))
-    prompt = f"{label.capitalize()} passphrase: "
-    return inputs.passphrase_from(path, confirm=confirm, prompt=prompt)
-
-
 def _move_consumers(args: argparse.Namespace) -> None:
     """The local keystore learns that the new key opens IMAGE and, after --change, that the
     old one no longer does."""
@@ -79,21 +67,18 @@ def run(args: argparse.Namespace) -> int:
                          "and --change")
     if not adding and (args.new_passphrase_file or getattr(args, "new_key_id", None)):
         raise UsageError("--remove-slot takes no new passphrase")
-    old = _secret(args, getattr(args, "key_id", None), args.passphrase_file, label="current",
-                  confirm=False)
+    old = inputs.passphrase_by_id_or_file(args, getattr(args, "key_id", None),
+                                          args.passphrase_file, label="current", confirm=False)
     new = None
     if adding:
-        new = _secret(args, getattr(args, "new_key_id", None), args.new_passphrase_file,
-                      label="new", confirm=True)
-    from imgcrypt.qemu.luks import is_qcow2_file
+        new = inputs.passphrase_by_id_or_file(args, getattr(args, "new_key_id", None),
+                                              args.new_passphrase_file, label="new", confirm=True)
+    from imgcrypt.qemu.luks import rekey_image
 
-    if is_qcow2_file(args.image):
-        if args.key_slot is not None:
-            raise UsageError("--key-slot is for LUKS images; qemu-img amend picks the keyslot "
-                             "of a qcow2")
-        result = _rekey_qcow2(args, old, new)
-    else:
-        result = _rekey_luks(args, old, new)
+    result = rekey_image(args.image, old, new_passphrase=new, remove_old=args.change,
+                         remove_slot=args.remove_slot, kdf=_kdf_options(args),
+                         opened_slot=args.key_slot if args.change else None,
+                         new_slot=args.key_slot if args.add else None)
     _move_consumers(args)
     data = {"target": args.image, "opened_slot": result.opened_slot,
             "added_slot": result.added_slot, "removed_slot": result.removed_slot}
@@ -106,29 +91,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rekey_qcow2(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
-    """qemu's built-in LUKS lives inside the qcow2: qemu-img amend rewrites its keyslots."""
-    from imgcrypt.qemu import luks as qemu_luks
-
-    if args.iterations is not None or args.pbkdf not in (None, "pbkdf2") \
-            or args.pbkdf_memory is not None or args.pbkdf_parallel is not None:
-        raise UsageError("qemu's qcow2 encryption takes --iter-time only (pbkdf2, LUKS1)")
-    return qemu_luks.rekey(args.image, old, new_passphrase=new, remove_old=args.change,
-                           remove_slot=args.remove_slot, iter_time_ms=args.iter_time)
-
-
-def _rekey_luks(args: argparse.Namespace, old: bytes, new: bytes | None) -> RekeyResult:
-    kdf = None
-    if new is not None:
-        with open(args.image, "rb") as f:
-            header, _ = read_header(f)
-        options = dataclasses.replace(
-            FormatOptions(), version=header.version, iter_time_ms=args.iter_time,
-            iterations=args.iterations, pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
-            pbkdf_parallel=args.pbkdf_parallel,
-        )
-        kdf = kdf_for(header, options)
-    return rekey_file(args.image, old, new_passphrase=new, remove_old=args.change,
-                      remove_slot=args.remove_slot, kdf=kdf,
-                      opened_slot=args.key_slot if args.change else None,
-                      new_slot=args.key_slot if args.add else None)
+def _kdf_options(args: argparse.Namespace) -> KdfOptions:
+    return KdfOptions(iter_time_ms=args.iter_time, iterations=args.iterations,
+                      pbkdf=args.pbkdf, pbkdf_memory_kib=args.pbkdf_memory,
+                      pbkdf_parallel=args.pbkdf_parallel)

@@ -104,6 +104,27 @@ class FormatOptions:
         return max(1000, pbkdf2_iterations_for(self.hash, 20, max(1, self.iter_time_ms // 8)))
 
 
+@dataclass(frozen=True)
+class KdfOptions:
+    """The KDF asked for a new keyslot in an existing image (``rekey``'s --iter-time,
+    --iterations, --pbkdf...); the image's own header supplies the rest: its version decides the
+    default KDF, LUKS1 keeps its header hash."""
+
+    iter_time_ms: int = DEFAULT_ITER_TIME_MS
+    iterations: int | None = None
+    pbkdf: str | None = None
+    pbkdf_memory_kib: int | None = None
+    pbkdf_parallel: int | None = None
+
+    def format_options(self) -> FormatOptions:
+        """These KDF choices over :class:`FormatOptions`' defaults (the header overrides
+        version, hash, cipher and key size: :func:`imgcrypt.luks.stream.kdf_for`)."""
+        return FormatOptions(
+            iter_time_ms=self.iter_time_ms, iterations=self.iterations, pbkdf=self.pbkdf,
+            pbkdf_memory_kib=self.pbkdf_memory_kib, pbkdf_parallel=self.pbkdf_parallel,
+        )
+
+
 def new_region(options: FormatOptions, master_key: bytes, passphrase: bytes) -> bytes:
     """The header region of a new container holding ``master_key`` behind ``passphrase``."""
     spec = options.validate()

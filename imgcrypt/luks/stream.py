@@ -41,7 +41,7 @@ from imgcrypt.luks.engine import (
     transfer,
 )
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
-from imgcrypt.luks.options import FormatOptions, new_region
+from imgcrypt.luks.options import FormatOptions, KdfOptions, new_region
 from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError
 from imgcrypt.luks.sectors import SectorCipher
 
@@ -67,6 +67,18 @@ class Unlocked:
         whose data is under two keys at once."""
         self.header.check_decryptable()
         return SectorCipher(self.header.cipher, self.master_key, self.header.sector_size)
+
+    def output_size(self, size: int | None, image_size: int | None) -> int | None:
+        """Bytes :func:`decrypt_payload` will write, for a progress total: ``size``
+        (os_decrypt_size), the header's payload size, or what follows the payload offset in an
+        image of ``image_size`` bytes; None on a stream that tells neither."""
+        if size is not None:
+            return size
+        if self.header.payload_size is not None:
+            return int(self.header.payload_size)
+        if image_size is not None:
+            return max(image_size - int(self.header.payload_offset), 0)
+        return None
 
 
 @dataclass(frozen=True)
@@ -358,7 +370,7 @@ class RekeyResult:
 
 def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
                remove_old: bool = False, remove_slot: int | None = None,
-               kdf: Kdf | None = None, limits: KdfLimits = DEFAULT_LIMITS,
+               kdf: Kdf | KdfOptions | None = None, limits: KdfLimits = DEFAULT_LIMITS,
                opened_slot: int | None = None, new_slot: int | None = None,
                remove_others: bool = False) -> RekeyResult:
     """Change which passphrases open the image at ``path`` by rewriting its header only.
@@ -366,6 +378,8 @@ def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = N
     With ``new_passphrase``, a keyslot for it is added (``kdf`` gives its parameters); with
     ``remove_old`` the keyslot ``passphrase`` opened is then removed, so a crash between the two
     steps leaves both passphrases valid, never neither. ``remove_slot`` removes that slot.
+    ``kdf`` as :class:`KdfOptions` is completed from the image's header (:func:`kdf_for`) before
+    the passphrase is tried.
     ``opened_slot`` restricts which keyslot ``passphrase`` may open, ``new_slot`` chooses the
     new keyslot's number (cryptsetup's ``--key-slot`` for luksChangeKey and luksAddKey).
     ``remove_others`` removes every keyslot but the new one (or, without ``new_passphrase``, the
@@ -378,6 +392,8 @@ def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = N
     with open(path, "r+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         header, region = read_header(f, limits)
+        if isinstance(kdf, KdfOptions):
+            kdf = kdf_for(header, kdf.format_options()) if new_passphrase is not None else None
         slot, master_key = header.unlock(region, passphrase, limits, slot=opened_slot)
         added = removed = None
         if new_passphrase is not None:

@@ -16,14 +16,21 @@ tool and info at the bottom, source over them, guest and luks over source:
   imported where first used), images naming other host files refused, the format always named
   to qemu.
 * :mod:`imgcrypt.qemu.guest` — guest content: ``qemu-img convert`` to raw, or read in place
-  through ``qemu-nbd`` (:func:`guest_source`, :func:`raw_view`).
+  through ``qemu-nbd`` (:func:`guest_source`, :func:`raw_view`, :func:`open_guest`).
 * :mod:`imgcrypt.qemu.luks` — qcow2 with qemu's built-in LUKS: inspect, create, encrypt,
   decrypt, re-key (not imported here: it pulls in imgcrypt's LUKS code).
 """
 
 from __future__ import annotations
 
-from imgcrypt.qemu.guest import GuestReader, GuestSource, convert_to_raw, guest_source, raw_view
+from imgcrypt.qemu.guest import (
+    GuestReader,
+    GuestSource,
+    convert_to_raw,
+    guest_source,
+    open_guest,
+    raw_view,
+)
 from imgcrypt.qemu.info import MAX_INFO_JSON, MAX_SIZE, ImageInfo, parse_image_info
 from imgcrypt.qemu.source import (
     BACKING_DRIVERS,
@@ -31,6 +38,7 @@ from imgcrypt.qemu.source import (
     MAX_VIRTUAL_SIZE,
     SNIFF_SIZE,
     detect_format,
+    format_by_magic,
     image_info,
     sniff_format,
     source_spec,
@@ -65,8 +73,10 @@ __all__ = [
     "ResourceLimits",
     "convert_to_raw",
     "detect_format",
+    "format_by_magic",
     "guest_source",
     "image_info",
+    "open_guest",
     "parse_image_info",
     "raw_view",
     "secret_file",

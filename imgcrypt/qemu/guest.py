@@ -25,10 +25,16 @@ from typing import Any, BinaryIO
 
 from imgcrypt.errors import ToolError
 from imgcrypt.fileio import atomic_path
-from imgcrypt.luks.engine import zero_fill
+from imgcrypt.luks.engine import Source, zero_fill
 from imgcrypt.nbd import NbdClient
 from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
-from imgcrypt.qemu.source import image_info, require_convertible, resolve_format, source_spec
+from imgcrypt.qemu.source import (
+    format_by_magic,
+    image_info,
+    require_convertible,
+    resolve_format,
+    source_spec,
+)
 from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, INFO_LIMITS, QemuImg, stderr_line
 
 
@@ -69,6 +75,29 @@ def raw_view(source: str | os.PathLike[str], *, source_format: str | None = None
         return
     with guest_source(source, info, qemu_img=qemu_img) as guest:
         yield io.BufferedReader(GuestReader(guest), buffer_size=1 << 20), info
+
+
+@contextlib.contextmanager
+def open_guest(path: str | os.PathLike[str], source_format: str | None = None, *,
+               qemu_img: QemuImg = DEFAULT_QEMU_IMG
+               ) -> Iterator[tuple[BinaryIO | Source, str, int]]:
+    """(the guest content of ``path`` as a transfer-engine source, its format, its size).
+
+    ``source_format`` None means by its magic bytes (:func:`format_by_magic`: raw when none, a
+    LUKS image refused). A raw image is the file itself, read without qemu-img; qcow2, vmdk,
+    vhdx, vpc and vdi are read in place through qemu-nbd (:func:`guest_source`): no temporary
+    copy of the guest, zeros not even sent. The size is the file's, or the virtual size.
+    """
+    if source_format is None:
+        source_format = format_by_magic(path)
+    if source_format != "raw":
+        info = image_info(path, source_format=source_format, qemu_img=qemu_img)
+        if info.format != "raw":
+            with guest_source(path, info, qemu_img=qemu_img) as guest:
+                yield guest, info.format, info.virtual_size
+            return
+    with open(path, "rb") as f:
+        yield f, "raw", os.fstat(f.fileno()).st_size
 
 
 # More merged data extents than this and the map is dropped: everything is read instead, so

@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from imgcrypt import qcow2
 from imgcrypt.errors import ToolError, UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_path
 from imgcrypt.luks.container import LuksHeader
-from imgcrypt.luks.options import FormatOptions
+from imgcrypt.luks.options import FormatOptions, KdfOptions
 from imgcrypt.luks.sectors import CipherSpec
-from imgcrypt.luks.stream import RekeyResult, read_header
+from imgcrypt.luks.stream import RekeyResult, read_header, rekey_file
 from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
 from imgcrypt.qemu.source import image_info, require_convertible, source_spec
 from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, QemuImg, secret_object
@@ -105,6 +107,23 @@ def decrypt(path: str, passphrase: bytes, target: str, *, force: bool = False,
     return info.virtual_size
 
 
+def decrypt_to(path: str, passphrase: bytes, stream: BinaryIO, *,
+               qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> int:
+    """Write the guest content of the LUKS-encrypted qcow2 ``path`` as raw to ``stream`` (a pipe
+    or standard output); returns the bytes written (the virtual size).
+
+    qemu-img cannot write to a pipe: it converts into a private directory (0700, the raw file
+    0600) removed afterwards, and the result is copied out.
+    """
+    with tempfile.TemporaryDirectory(prefix="imgcrypt-raw-") as directory:
+        raw = os.path.join(directory, "guest.raw")
+        written = decrypt(path, passphrase, raw, qemu_img=qemu_img)
+        with open(raw, "rb") as f:
+            shutil.copyfileobj(f, stream, 1 << 20)
+        stream.flush()
+    return written
+
+
 def _checked_info(path: str, qemu_img: QemuImg) -> ImageInfo:
     info = image_info(path, source_format="qcow2", qemu_img=qemu_img)
     if info.encryption_format != "luks":
@@ -132,6 +151,15 @@ def qemu_encrypt_options(options: FormatOptions) -> str:
     return ",".join(["encrypt.format=luks", "encrypt.key-secret=s0", *_cipher_options(spec,
                      options.key_size), f"encrypt.hash-alg={options.hash.lower()}",
                      f"encrypt.iter-time={options.iter_time_ms}"])
+
+
+def qemu_iter_time(kdf: KdfOptions) -> int:
+    """The time budget ``qemu-img amend`` takes for a new keyslot; the rest of ``kdf`` is
+    imgcrypt's own and refused here."""
+    if kdf.iterations is not None or kdf.pbkdf not in (None, "pbkdf2") \
+            or kdf.pbkdf_memory_kib is not None or kdf.pbkdf_parallel is not None:
+        raise UsageError("qemu's qcow2 encryption takes --iter-time only (pbkdf2, LUKS1)")
+    return kdf.iter_time_ms
 
 
 def _cipher_options(spec: CipherSpec, key_bits: int) -> list[str]:
@@ -194,9 +222,16 @@ def _active(found: Qcow2Luks) -> set[int]:
 
 def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
           remove_old: bool = False, remove_slot: int | None = None,
-          iter_time_ms: int = 2000, qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> RekeyResult:
+          iter_time_ms: int = 2000, kdf: KdfOptions | None = None,
+          qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> RekeyResult:
     """Add, change or remove a passphrase of the LUKS-encrypted qcow2 ``path`` in place,
-    through ``qemu-img amend`` (qemu rewrites the header inside the qcow2)."""
+    through ``qemu-img amend`` (qemu rewrites the header inside the qcow2).
+
+    ``kdf``, when given, replaces ``iter_time_ms``: qemu takes a time budget only, so anything
+    else it asks for (iterations, argon2, memory, lanes) is a :class:`UsageError`.
+    """
+    if kdf is not None:
+        iter_time_ms = qemu_iter_time(kdf)
     if (new_passphrase is None) == (remove_slot is None):
         raise UsageError("give a new passphrase or a keyslot to remove")
     if new_passphrase is not None and new_passphrase == passphrase:
@@ -230,5 +265,29 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
     return RekeyResult(opened_slot=opened, added_slot=added.pop(),
                        removed_slot=opened if remove_old else None)
 
-__all__ = ["Qcow2Luks", "create", "decrypt", "encrypt", "is_qcow2_file", "qemu_encrypt_options",
-           "read_qcow2_luks", "rekey"]
+
+
+def rekey_image(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
+                remove_old: bool = False, remove_slot: int | None = None,
+                kdf: KdfOptions | None = None, opened_slot: int | None = None,
+                new_slot: int | None = None,
+                qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> RekeyResult:
+    """Add, change or remove a passphrase of the image at ``path``, a LUKS container
+    (:func:`imgcrypt.luks.stream.rekey_file`) or a qcow2 with qemu's built-in LUKS
+    (:func:`rekey`, by its magic): the header only, in place. ``kdf`` describes the new
+    keyslot (default :class:`KdfOptions`); qemu-img amend picks a qcow2's keyslots itself, so
+    ``opened_slot`` and ``new_slot`` are for LUKS images only."""
+    kdf = KdfOptions() if kdf is None else kdf
+    if is_qcow2_file(path):
+        if opened_slot is not None or new_slot is not None:
+            raise UsageError("--key-slot is for LUKS images; qemu-img amend picks the keyslot "
+                             "of a qcow2")
+        return rekey(path, passphrase, new_passphrase=new_passphrase, remove_old=remove_old,
+                     remove_slot=remove_slot, kdf=kdf, qemu_img=qemu_img)
+    return rekey_file(path, passphrase, new_passphrase=new_passphrase, remove_old=remove_old,
+                      remove_slot=remove_slot, kdf=kdf, opened_slot=opened_slot,
+                      new_slot=new_slot)
+
+
+__all__ = ["Qcow2Luks", "create", "decrypt", "decrypt_to", "encrypt", "is_qcow2_file",
+           "qemu_encrypt_options", "qemu_iter_time", "read_qcow2_luks", "rekey", "rekey_image"]

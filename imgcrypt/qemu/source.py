@@ -62,6 +62,22 @@ def sniff_format(head: bytes) -> str | None:
     return inspector.sniff(head)
 
 
+def format_by_magic(path: str | os.PathLike[str]) -> str:
+    """``path``'s format by its magic bytes (:func:`sniff_format`), raw when none.
+
+    Going by magic rather than letting qemu probe means a raw guest disk is never reinterpreted,
+    and raw sources need no qemu-img at all. A LUKS image is refused: encrypting it again
+    needs the source format said (raw).
+    """
+    with open(path, "rb") as f:
+        found = sniff_format(f.read(SNIFF_SIZE)) or "raw"
+    if found == "luks":
+        raise UnsupportedError(
+            f"{os.fspath(path)} is already a LUKS image; give --source-format raw to encrypt it "
+            "again")
+    return found
+
+
 def check_format_name(source_format: str | None) -> None:
     if source_format is not None and not FORMAT_NAME.fullmatch(source_format):
         raise UsageError(f"not a qemu format name: {source_format!r}")
