@@ -18,6 +18,7 @@ from imgcrypt.keys.rules import (
     check_secret,
     generate_secret,
     passphrase_for,
+    secret_from_payload,
 )
 from imgcrypt.keys.secret import SECRET_TYPES, EncryptionSpec, KeySizeMeaning, Secret
 
@@ -311,3 +312,47 @@ def test_deletion_policy(tmp_path: object) -> None:
     assert gone.outcome is DeletionOutcome.ALREADY_GONE and not gone.deleted
     with pytest.raises(UsageError):
         apply_deletion_policy(store, key_id, "whenever")
+
+
+# -- secret_from_payload (keys create --payload-file) ------------------------------------------
+
+
+def test_secret_from_payload_symmetric_takes_its_length_from_the_bytes() -> None:
+    secret = secret_from_payload("symmetric", bytes(range(32)), name="k", algorithm="AES",
+                                 mode="XTS")
+    assert (secret.secret_type, secret.algorithm, secret.bit_length, secret.mode, secret.name) == (
+        "symmetric", "AES", 256, "XTS", "k")
+    assert secret.payload == bytes(range(32))
+    assert secret.secret_id is None
+    # An empty mode is no mode.
+    assert secret_from_payload("symmetric", b"\x01" * 16, mode="").mode is None
+
+
+@pytest.mark.parametrize("secret_type", ["passphrase", "opaque"])
+def test_secret_from_payload_other_types_carry_no_cipher_metadata(secret_type: str) -> None:
+    secret = secret_from_payload(secret_type, b"text", name="n", algorithm="AES", mode="XTS")
+    assert (secret.secret_type, secret.algorithm, secret.bit_length, secret.mode, secret.name) == (
+        secret_type, None, None, None, "n")
+    assert secret.payload == b"text"
+
+
+def test_secret_from_payload_stores_der_as_pem() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public = ec.generate_private_key(ec.SECP384R1()).public_key()
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = public.public_bytes(serialization.Encoding.PEM,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert secret_from_payload("public", der).payload == pem
+    assert secret_from_payload("public", pem).payload == pem
+    with pytest.raises(FormatError):
+        secret_from_payload("public", b"not a key")
+
+
+def test_secret_from_payload_refuses_a_passphrase_the_cloud_cannot_decode() -> None:
+    with pytest.raises(UnusableSecretError):
+        secret_from_payload("passphrase", b"\xff\xfe")
+    with pytest.raises(UsageError):
+        secret_from_payload("nonsense", b"x")

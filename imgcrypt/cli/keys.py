@@ -16,9 +16,9 @@ from imgcrypt.keys.rules import (
     consumer_name,
     delete_secret,
     passphrase_for,
-    pem_form,
+    secret_from_payload,
 )
-from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
+from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC
 
 MAX_PAYLOAD_FILE = 64 * 1024
 
@@ -128,16 +128,10 @@ def _read_payload(path: str) -> bytes:
 def _run_create(args: argparse.Namespace) -> int:
     manager = key_manager_from_args(args)
     if args.payload_file:
-        # Stored the way the cloud reads it: PEM for private/public/certificate (DER converted).
-        data = pem_form(args.secret_type, _read_payload(args.payload_file))
-        if args.secret_type == PASSPHRASE:
-            secret = Secret(payload=data, secret_type=PASSPHRASE, name=args.name)
-        elif args.secret_type != SYMMETRIC:
-            secret = Secret(payload=data, secret_type=args.secret_type, name=args.name)
-        else:
-            secret = Secret(payload=data, secret_type=SYMMETRIC, algorithm=args.algorithm,
-                            bit_length=len(data) * 8, mode=args.mode or None, name=args.name)
-        passphrase_for(secret)  # refuses what os-brick could not use (non-UTF-8 passphrases)
+        secret = secret_from_payload(
+            args.secret_type, _read_payload(args.payload_file),
+            name=args.name, algorithm=args.algorithm, mode=args.mode,
+        )
         key_id = manager.store(secret)
     else:
         if args.secret_type not in (SYMMETRIC, PASSPHRASE):

@@ -177,6 +177,31 @@ def generate_secret(order: KeyOrder) -> Secret:
     )
 
 
+def secret_from_payload(
+    secret_type: str,
+    payload: bytes,
+    *,
+    name: str | None = None,
+    algorithm: str | None = None,
+    mode: str | None = None,
+) -> Secret:
+    """A secret of given bytes, stored the way the cloud reads it, or refused if it cannot.
+
+    ``private``/``public``/``certificate`` payloads are kept as PEM (DER converted, see
+    :func:`pem_form`). Only a symmetric key carries algorithm, mode and a bit length, which is
+    the payload's own length. A secret the cloud could never turn into a LUKS passphrase (a
+    non-UTF-8 passphrase) is refused with :class:`UnusableSecretError`.
+    """
+    data = pem_form(secret_type, payload)
+    if secret_type == SYMMETRIC:
+        secret = Secret(payload=data, secret_type=SYMMETRIC, algorithm=algorithm,
+                        bit_length=len(data) * 8, mode=mode or None, name=name)
+    else:
+        secret = Secret(payload=data, secret_type=secret_type, name=name)
+    passphrase_for(secret)
+    return secret
+
+
 def parse_deletion_policy(value: str) -> str:
     policy = value.strip().lower()
     if policy not in DELETION_POLICIES:
