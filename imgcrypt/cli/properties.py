@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import re
 import sys
 from typing import Any
 
@@ -13,8 +11,14 @@ from imgcrypt.cli import common, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
-from imgcrypt.imageprops import FORMAT_NAMES, drop_bound_as_absent, known_property
-from imgcrypt.jsonkeys import unique_keys
+from imgcrypt.imageprops import (
+    FORMAT_NAMES,
+    MAX_SIGNATURE_DOCUMENT,
+    check_attachable,
+    merge_signature,
+    payload_size,
+    signature_document,
+)
 from imgcrypt.luks.container import is_luks
 from imgcrypt.luks.stream import read_header, unlock_stream
 
@@ -23,11 +27,7 @@ EXAMPLE = """example:
   openstack image create --file disk.luks --disk-format raw --container-format bare \\
       $(imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json) my-image"""
 
-MAX_SIGNATURE_FILE = 1 << 20
 
-# The output is pasted unquoted into a shell command line ($(...)), where quotes are not
-# interpreted: a value must be one word that no shell splits or globs, or it is refused.
-SAFE_VALUE = re.compile(r"[A-Za-z0-9._:+/=-]*")
 def register(sub: Any) -> None:
     parser = common.command_parser(
         sub, "properties", summary="print the image properties to attach",
@@ -78,9 +78,7 @@ def image_properties(args: argparse.Namespace) -> dict[str, str]:
             rest = io.BytesIO(prefix + f.read(128 << 20))
             header, region = read_header(rest)
             _check_key(args, region)
-            payload = header.payload_size
-            if payload is None:
-                payload = len(rest.getvalue()) - header.payload_offset + _remaining(f)
+            payload = payload_size(header, f, len(rest.getvalue()))
             size = args.size if args.size is not None else payload
             if not 0 <= size <= payload:
                 raise UsageError(f"--size {size} does not fit the payload of {payload} bytes")
@@ -89,65 +87,28 @@ def image_properties(args: argparse.Namespace) -> dict[str, str]:
     for path in args.signature:
         _merge_signature(properties, _read_signature(path), path)
     for name, value in properties.items():
-        _check_safe(name, value, "the image")
+        check_attachable(name, value, "the image")
     return properties
 
 
 def _read_signature(path: str) -> dict[str, str]:
     with open(path, "rb") as s:
-        raw = s.read(MAX_SIGNATURE_FILE + 1)
-    if len(raw) > MAX_SIGNATURE_FILE:
-        raise FormatError(f"{path} is too large for a properties file")
-    # the duplicate-key rule every property document imgcrypt reads follows
-    twice = unique_keys(lambda key: FormatError(f"{path} sets {key[:64]!r} more than once"))
-    try:
-        extra = json.loads(raw, object_pairs_hook=twice)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise FormatError(f"{path} is not a JSON object of properties") from None
-    if not isinstance(extra, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
-    ):
-        raise FormatError(f"{path} is not a flat JSON object of strings")
-    for name, value in extra.items():
-        _check_safe(name, value, path)
-    return extra
-
-
-def _check_safe(name: str, value: str, where: str) -> None:
-    """Refuse, never escape: a name imgcrypt does not write, or a value a shell would split."""
-    if not known_property(name):
-        raise FormatError(f"{where} sets {name[:64]!r}, not a property imgcrypt knows")
-    if SAFE_VALUE.fullmatch(value) is None:
-        raise FormatError(
-            f"{where}: the value of {name} has characters outside letters, digits and ._:+/=-"
-        )
+        return signature_document(s.read(MAX_SIGNATURE_DOCUMENT + 1), path)
 
 
 def _merge_signature(properties: dict[str, str], extra: dict[str, str], path: str) -> None:
-    absent = drop_bound_as_absent(properties, extra, path)
-    if absent:
+    def note(absent: list[str]) -> None:
         sys.stderr.write(
             f"imgcrypt: note: not attaching {', '.join(absent)}: the signature in {path} binds "
             "them as absent (sign with --bind FILE to bind them)\n"
         )
-    for key, value in extra.items():
-        if key in properties and properties[key] != value:
-            raise FormatError(f"{path} sets {key} differently from the image")
-        properties[key] = value
 
-
-def _remaining(f: Any) -> int:
-    total = 0
-    while True:
-        chunk = f.read(1 << 20)
-        if not chunk:
-            return total
-        total += len(chunk)
+    merge_signature(properties, extra, path, dropped=note)
 
 
 def run(args: argparse.Namespace) -> int:
     properties = image_properties(args)
-    # Every value passed _check_safe, so no quoting is needed (and quotes would not survive
+    # Every value passed check_attachable, so no quoting is needed (and quotes would not survive
     # an unquoted $(...) anyway).
     arguments = " ".join(
         f"--property {k}={v}" for k, v in sorted(properties.items())
