@@ -16,7 +16,7 @@ from imgcrypt.errors import FormatError, VerificationError, VerificationFault
 from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing import glance, imgcrypt_mode
 from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
-from imgcrypt.signing.propfile import load_document
+from imgcrypt.signing.propfile import load_document, parse_properties
 
 if TYPE_CHECKING:
     from imgcrypt.luks.container import LuksHeader
@@ -77,6 +77,13 @@ def image_show_properties(data: bytes) -> dict[str, str]:
                 raise VerificationError(f"property {name!r} is given two values",
                                         reason=VerificationFault.MALFORMED_PROPERTIES)
     return flat
+
+
+def bound_properties(data: bytes) -> dict[str, str]:
+    """The properties an imgcrypt-mode signature binds, taken from a property document (the
+    output of 'imgcrypt properties --json', say): other names in it, such as signature
+    properties, are not bound and are left out. Read as every property document is."""
+    return {k: v for k, v in parse_properties(data).items() if k in BOUND_PROPERTIES}
 
 
 def upload_properties(data: bytes) -> dict[str, str]:

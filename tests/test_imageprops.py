@@ -18,6 +18,7 @@ from imgcrypt.errors import FormatError, VerificationError, VerificationFault
 from imgcrypt.imageprops import (
     ENCRYPTION_NAMES,
     MAX_SIGNATURE_DOCUMENT,
+    bound_properties,
     check_attachable,
     drop_bound_as_absent,
     image_show_properties,
@@ -280,3 +281,13 @@ def test_payload_size_is_what_cryptsetup_puts_after_the_header(
     assert payload_size(header, proc.stdout, len(region)) == expected
     proc.stdout.close()
     assert proc.wait() == 0
+
+
+def test_bound_properties_keeps_only_what_a_signature_binds() -> None:
+    encryption = encryption_properties(KEY_ID, 1, 5, "on_image_deletion")
+    document = {**encryption, "img_signature": "abc=", "disk_format": "raw"}
+    bound = bound_properties(dump_properties(document))
+    assert bound == {k: v for k, v in document.items() if k in BOUND_PROPERTIES}
+    assert bound and "img_signature" not in bound
+    with raises_fault(VerificationError, VerificationFault.DUPLICATE_PROPERTY):
+        bound_properties(b'{"os_decrypt_size": "1", "os_decrypt_size": "1"}')

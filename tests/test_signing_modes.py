@@ -118,3 +118,16 @@ def test_a_given_value_length_limit_is_enforced_for_glance_signatures() -> None:
     split = _sign(mode="imgcrypt", max_value_length=64)
     assert max(len(v) for v in split.values()) <= 64
 
+
+
+# -- the key and its certificate -------------------------------------------------------------
+
+def test_a_key_signs_only_with_its_own_certificate() -> None:
+    from imgcrypt.signing.certs import check_key_matches
+    from tests.test_signing_pki import key, make_cert
+
+    own = make_cert(key("p384"))
+    check_key_matches([own, make_cert(key("p384-b"))], key("p384"))  # the first one counts
+    with pytest.raises(UsageError, match=r"^the private key does not belong to the "
+                                         r"certificate$"):
+        check_key_matches([make_cert(key("p384-b")), own], key("p384"))

@@ -15,15 +15,16 @@ from imgcrypt.errors import (
     WrongPassphraseError,
 )
 from imgcrypt.fileio import atomic_output
+from imgcrypt.imageprops import bound_properties
 from imgcrypt.signing import glance, imgcrypt_mode, storage
-from imgcrypt.signing.algorithms import IMGCRYPT_ALGORITHMS, PrivateKey, public_key_of
+from imgcrypt.signing.algorithms import IMGCRYPT_ALGORITHMS, PrivateKey
 from imgcrypt.signing.certs import (
     certificates_from_key_manager,
+    check_key_matches,
     load_certificate_file,
 )
 from imgcrypt.signing.keyfile import load_private_key
-from imgcrypt.signing.manifest import BOUND_PROPERTIES
-from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties, parse_properties
+from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties
 from imgcrypt.signing.signer import MODES, make_signer
 
 
@@ -138,13 +139,10 @@ def _certificate_uuid(args: argparse.Namespace) -> str | None:
 
 def _check_certificate_matches(args: argparse.Namespace, private_key: PrivateKey) -> None:
     if args.cert:
-        certificates = load_certificate_file(args.cert)
+        check_key_matches(load_certificate_file(args.cert), private_key)
     elif args.cert_id:
-        certificates = certificates_from_key_manager(inputs.key_manager(args), args.cert_id)
-    else:
-        return
-    if certificates[0].public_key() != public_key_of(private_key):
-        raise UsageError("the private key does not belong to the certificate")
+        check_key_matches(certificates_from_key_manager(inputs.key_manager(args), args.cert_id),
+                          private_key)
 
 
 def _bound_properties(args: argparse.Namespace) -> dict[str, str]:
@@ -157,11 +155,8 @@ def _bound_properties(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _bound_from_file(path: str) -> dict[str, str]:
-    """The properties a signature binds, taken from a property document (other names in it,
-    such as signature properties, are not bound and are left out)."""
     with open(path, "rb") as handle:
-        document = parse_properties(handle.read(MAX_DOCUMENT_BYTES + 1))
-    return {k: v for k, v in document.items() if k in BOUND_PROPERTIES}
+        return bound_properties(handle.read(MAX_DOCUMENT_BYTES + 1))
 
 
 def run(args: argparse.Namespace) -> int:
