@@ -6,13 +6,20 @@ is."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, BinaryIO
 
-from imgcrypt.errors import FormatError, VerificationError, VerificationFault
+from imgcrypt.errors import (
+    FormatError,
+    UsageError,
+    VerificationError,
+    VerificationFault,
+    WrongPassphraseError,
+)
 from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing import glance, imgcrypt_mode
 from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
@@ -207,3 +214,52 @@ def payload_size(header: LuksHeader, stream: BinaryIO, position: int) -> int:
     while chunk := stream.read(1 << 20):
         total += len(chunk)
     return total - header.payload_offset
+
+
+# How much of an image is read at once to find its LUKS header (a LUKS2 header region is at
+# most a few MiB; the rest of the image is only counted, see payload_size).
+_HEADER_READ = 128 << 20
+
+
+def attach_properties(
+    stream: BinaryIO,
+    *,
+    image: str,
+    key_id: str | None,
+    open_key: Callable[[], tuple[str, bytes]],
+    size: int | None,
+    deletion_policy: str,
+) -> dict[str, str]:
+    """The properties an image service needs for the image read from ``stream`` (named
+    ``image`` in errors): its disk and container format and, for a LUKS image, the encryption
+    properties naming ``key_id``, which must open it. ``open_key`` gives the key's resolved id
+    and the LUKS passphrase it stands for; it is called only for a LUKS image, after its header
+    has been read. ``size`` is the true payload size (None: the whole payload)."""
+    # Imported here: sign, verify and upload read property documents through this module and
+    # need neither the LUKS code nor the key manager's property rules (start-up time).
+    from imgcrypt.keys.properties import encryption_properties
+    from imgcrypt.luks.container import is_luks
+    from imgcrypt.luks.stream import read_header, unlock_stream
+
+    properties: dict[str, str] = {"disk_format": "raw", "container_format": "bare"}
+    prefix = stream.read(8)
+    if not is_luks(prefix):
+        if key_id:
+            raise FormatError(f"{image} is not a LUKS image, yet a key id was given")
+        return properties
+    if not key_id:
+        raise UsageError("IMAGE is encrypted: give --key-id, the secret that opens it")
+    start = io.BytesIO(prefix + stream.read(_HEADER_READ))
+    header, region = read_header(start)
+    resolved_id, passphrase = open_key()
+    try:
+        unlock_stream(io.BytesIO(region), passphrase)
+    except WrongPassphraseError:
+        raise WrongPassphraseError(f"key {resolved_id} does not open {image}") from None
+    payload = payload_size(header, stream, len(start.getvalue()))
+    if size is None:
+        size = payload
+    if not 0 <= size <= payload:
+        raise UsageError(f"--size {size} does not fit the payload of {payload} bytes")
+    properties.update(encryption_properties(key_id, header.version, size, deletion_policy))
+    return properties

@@ -14,10 +14,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from imgcrypt.errors import FormatError, VerificationError, VerificationFault
+from imgcrypt.errors import (
+    FormatError,
+    UsageError,
+    VerificationError,
+    VerificationFault,
+    WrongPassphraseError,
+)
 from imgcrypt.imageprops import (
     ENCRYPTION_NAMES,
     MAX_SIGNATURE_DOCUMENT,
+    attach_properties,
     bound_properties,
     check_attachable,
     drop_bound_as_absent,
@@ -291,3 +298,69 @@ def test_bound_properties_keeps_only_what_a_signature_binds() -> None:
     assert bound and "img_signature" not in bound
     with raises_fault(VerificationError, VerificationFault.DUPLICATE_PROPERTY):
         bound_properties(b'{"os_decrypt_size": "1", "os_decrypt_size": "1"}')
+
+
+def _luks1_image(cryptsetup: str, directory: Path, passphrase: bytes) -> tuple[Path, int]:
+    """A LUKS1 image cryptsetup made, and the payload bytes luksDump says follow its header."""
+    image = directory / "disk.luks"
+    image.write_bytes(bytes(6 << 20))
+    key = directory / "key"
+    key.write_bytes(passphrase)
+    subprocess.run([cryptsetup, "luksFormat", "--batch-mode", "--type", "luks1", "--key-file",
+                    str(key), "--pbkdf-force-iterations", "1000", str(image)],
+                   check=True, capture_output=True)
+    dump = subprocess.run([cryptsetup, "luksDump", str(image)], check=True,
+                          capture_output=True, text=True).stdout
+    found = re.search(r"Payload offset:\s*(\d+)", dump)
+    assert found is not None
+    return image, (6 << 20) - int(found.group(1)) * 512
+
+
+def test_attach_properties_of_a_luks_image_the_key_opens(cryptsetup: str, tmp_path: Path) -> None:
+    image, payload = _luks1_image(cryptsetup, tmp_path, b"open sesame")
+    asked: list[int] = []
+
+    def open_key(passphrase: bytes = b"open sesame") -> tuple[str, bytes]:
+        asked.append(1)
+        return KEY_ID, passphrase
+
+    def attach(size: int | None = None, key: Callable[[], tuple[str, bytes]] = open_key,
+               key_id: str | None = KEY_ID) -> dict[str, str]:
+        with open(image, "rb") as f:
+            return attach_properties(f, image="disk.luks", key_id=key_id, open_key=key,
+                                     size=size, deletion_policy="on_image_deletion")
+
+    assert attach() == {"disk_format": "raw", "container_format": "bare",
+                        **encryption_properties(KEY_ID, 1, payload, "on_image_deletion")}
+    assert attach(size=4096)["os_decrypt_size"] == "4096"
+    assert attach(size=payload)["os_decrypt_size"] == str(payload)
+    for size in (payload + 1, -1):
+        with pytest.raises(UsageError) as info:
+            attach(size=size)
+        assert str(info.value) == f"--size {size} does not fit the payload of {payload} bytes"
+    with pytest.raises(WrongPassphraseError) as wrong:
+        attach(key=lambda: ("other-id", b"wrong"))
+    assert str(wrong.value) == "key other-id does not open disk.luks"
+    asked.clear()
+    with pytest.raises(UsageError, match=r"^IMAGE is encrypted: give --key-id"):
+        attach(key_id=None)
+    assert asked == []  # no key manager asked for a key that was not named
+
+
+def test_attach_properties_of_a_plain_image_and_a_broken_header(tmp_path: Path) -> None:
+    def never() -> tuple[str, bytes]:
+        raise AssertionError("the key was fetched")
+
+    def attach(data: bytes, key_id: str | None) -> dict[str, str]:
+        path = tmp_path / "img"
+        path.write_bytes(data)
+        with open(path, "rb") as f:
+            return attach_properties(f, image="img", key_id=key_id, open_key=never, size=None,
+                                     deletion_policy="on_image_deletion")
+
+    assert attach(bytes(8192), None) == {"disk_format": "raw", "container_format": "bare"}
+    with pytest.raises(FormatError, match=r"^img is not a LUKS image, yet a key id was given$"):
+        attach(bytes(8192), KEY_ID)
+    # A LUKS magic over garbage: refused as a header before any key is fetched.
+    with pytest.raises(FormatError):
+        attach(b"LUKS\xba\xbe\x00\x01" + b"\xff" * 8192, KEY_ID)

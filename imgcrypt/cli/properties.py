@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from typing import Any
 
 from imgcrypt.cli import common, keyopts
 from imgcrypt.cli.output import emit
-from imgcrypt.errors import FormatError, UsageError, WrongPassphraseError
 from imgcrypt.fileio import open_input
 from imgcrypt.imageprops import (
     FORMAT_NAMES,
     MAX_SIGNATURE_DOCUMENT,
+    attach_properties,
     check_attachable,
     merge_signature,
-    payload_size,
     signature_document,
 )
-from imgcrypt.luks.container import is_luks
-from imgcrypt.luks.stream import read_header, unlock_stream
 
 EXAMPLE = """example:
   imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json
@@ -51,39 +47,19 @@ def register(sub: Any) -> None:
     common.finish_command(parser, run)
 
 
-def _check_key(args: argparse.Namespace, region: bytes) -> None:
-    """The key exists in the key manager and opens a keyslot of IMAGE's header."""
+def _open_key(args: argparse.Namespace) -> tuple[str, bytes]:
+    """The key --key-id names, from the key manager: its id and LUKS passphrase."""
     resolved = keyopts.resolve_key(args, creating=False)
     assert resolved is not None
-    try:
-        unlock_stream(io.BytesIO(region), resolved.passphrase)
-    except WrongPassphraseError:
-        raise WrongPassphraseError(
-            f"key {resolved.key_id} does not open {args.image}"
-        ) from None
+    return resolved.key_id, resolved.passphrase
 
 
 def image_properties(args: argparse.Namespace) -> dict[str, str]:
-    properties: dict[str, str] = {"disk_format": "raw", "container_format": "bare"}
     with open_input(args.image) as f:
-        prefix = f.read(8)
-        if not is_luks(prefix):
-            if args.key_id:
-                raise FormatError(f"{args.image} is not a LUKS image, yet a key id was given")
-        else:
-            if not args.key_id:
-                raise UsageError("IMAGE is encrypted: give --key-id, the secret that opens it")
-            from imgcrypt.keys.properties import encryption_properties
-
-            rest = io.BytesIO(prefix + f.read(128 << 20))
-            header, region = read_header(rest)
-            _check_key(args, region)
-            payload = payload_size(header, f, len(rest.getvalue()))
-            size = args.size if args.size is not None else payload
-            if not 0 <= size <= payload:
-                raise UsageError(f"--size {size} does not fit the payload of {payload} bytes")
-            properties.update(encryption_properties(args.key_id, header.version, size,
-                                                    args.deletion_policy))
+        properties = attach_properties(
+            f, image=args.image, key_id=args.key_id, open_key=lambda: _open_key(args),
+            size=args.size, deletion_policy=args.deletion_policy,
+        )
     for path in args.signature:
         _merge_signature(properties, _read_signature(path), path)
     for name, value in properties.items():
