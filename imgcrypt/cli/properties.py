@@ -17,6 +17,7 @@ from imgcrypt.imageprops import (
     merge_signature,
     signature_document,
 )
+from imgcrypt.keys.rules import DELETION_POLICIES
 
 EXAMPLE = """example:
   imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json
@@ -37,7 +38,7 @@ def register(sub: Any) -> None:
     )
     common.add_image_argument(parser)
     parser.add_argument("--deletion-policy", default="on_image_deletion",
-                        choices=("on_image_deletion", "do_not_delete"),
+                        choices=DELETION_POLICIES,
                         help="what to do with the key when the image is deleted")
     parser.add_argument("--signature", action="append", default=[], metavar="FILE",
                         help="properties JSON from 'imgcrypt sign' (repeatable)")
