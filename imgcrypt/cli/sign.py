@@ -8,12 +8,7 @@ from typing import Any
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.digests import GLANCE_HASHES, IMGCRYPT_HASHES, abbreviated
-from imgcrypt.errors import (
-    NoTerminalError,
-    PassphraseRequiredError,
-    UsageError,
-    WrongPassphraseError,
-)
+from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
 from imgcrypt.imageprops import bound_properties
 from imgcrypt.signing import glance, imgcrypt_mode, storage
@@ -23,38 +18,8 @@ from imgcrypt.signing.certs import (
     check_key_matches,
     load_certificate_file,
 )
-from imgcrypt.signing.keyfile import load_private_key
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties
 from imgcrypt.signing.signer import MODES, make_signer
-
-
-def load_signing_key(args: argparse.Namespace) -> PrivateKey:
-    with open(args.key, "rb") as handle:
-        data = handle.read()
-    if args.key_passphrase_file:
-        # The one passphrase-file rule (the bytes exactly, as cryptsetup's --key-file).
-        passphrase = inputs.read_passphrase_file(args.key_passphrase_file)
-        try:
-            return load_private_key(data, passphrase)
-        except WrongPassphraseError:
-            if passphrase.endswith(b"\n"):
-                raise WrongPassphraseError(
-                    f"the passphrase does not decrypt {args.key}; {args.key_passphrase_file} "
-                    "ends in a newline, which is part of the passphrase (write it with "
-                    "printf '%s', not echo)"
-                ) from None
-            raise
-    try:
-        return load_private_key(data, None)
-    except PassphraseRequiredError:
-        pass
-    try:
-        typed = inputs.prompt_passphrase(f"passphrase for {args.key}: ", confirm=False)
-    except NoTerminalError:
-        raise PassphraseRequiredError(
-            "the private key is encrypted; give --key-passphrase-file"
-        ) from None
-    return load_private_key(data, typed)
 
 
 def register(sub: Any) -> None:
@@ -164,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         storage.check_max_length(args.max_value_length)
     if args.properties_out:
         inputs.check_target(args.properties_out, force=args.force)
-    private_key = load_signing_key(args)
+    private_key = inputs.signing_key(args.key, args.key_passphrase_file)
     _check_certificate_matches(args, private_key)
     uuid = _certificate_uuid(args)
     signer = make_signer(
