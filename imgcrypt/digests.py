@@ -17,11 +17,14 @@ hashlib's guaranteed names as they are.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
+from imgcrypt.errors import UsageError
 from imgcrypt.luks import backend
 
 
@@ -78,6 +81,44 @@ MULTIHASHES: frozenset[str] = frozenset(
 DEFAULT_MULTIHASH = "sha512"  # Glance's default hashing_algorithm
 
 
+def _flat_spelling(name: str) -> str:
+    """``SHA-256``, ``sha_256`` and ``sha256`` alike: lower case, ``_`` read as ``-``, and no
+    dash straight after ``sha`` (so ``sha-3-256`` reads as ``sha3-256``)."""
+    flat = name.strip().lower().replace("_", "-")
+    return "sha" + flat[4:] if flat.startswith("sha-") else flat
+
+
+def signing_hash_name(name: str, mode: str) -> str:
+    """A hash name as a person spells it, in the vocabulary of a signature ``mode``:
+    ``"glance"`` gives cursive's ``SHA-256``, ``"imgcrypt"`` gives ``sha256`` / ``sha3-256``.
+    Refused (:class:`UsageError`) when that mode does not sign with it."""
+    flat = _flat_spelling(name)
+    if mode == "glance":
+        for glance_name in GLANCE_HASHES:
+            if glance_name.lower().replace("-", "") == flat:
+                return glance_name
+        raise UsageError(f"Glance mode hashes are {', '.join(GLANCE_HASHES)}, not {name!r}")
+    if flat in IMGCRYPT_HASHES:
+        return flat
+    raise UsageError(f"imgcrypt mode hashes are {', '.join(IMGCRYPT_HASHES)}, not {name!r}")
+
+
+def abbreviated(names: Iterable[str]) -> str:
+    """Names of one family written once: ``sha256/384/512, sha3-256/384/512``."""
+    groups: list[tuple[str, list[str]]] = []
+    for name in names:
+        match = _FAMILY_SIZE.fullmatch(name)
+        family, size = match.groups() if match else (name, "")
+        if groups and groups[-1][0] == family:
+            groups[-1][1].append(size)
+        else:
+            groups.append((family, [family + size]))
+    return ", ".join("/".join(members) for _family, members in groups)
+
+
+_FAMILY_SIZE = re.compile(r"(.*?)([0-9]+)")
+
+
 def new_multihash(name: str) -> Any:  # hashlib's hash object has no public type
     """The hasher for an ``os_hash_algo`` value, as glance_store makes it."""
     if name not in MULTIHASHES:
@@ -97,6 +138,8 @@ __all__ = [
     "IMGCRYPT_HASHES",
     "MULTIHASHES",
     "HashSpec",
+    "abbreviated",
     "is_legacy",
     "new_multihash",
+    "signing_hash_name",
 ]

@@ -6,14 +6,27 @@ is."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, BinaryIO
 
-from imgcrypt.errors import FormatError, VerificationError, VerificationFault
+from imgcrypt.errors import (
+    FormatError,
+    UsageError,
+    VerificationError,
+    VerificationFault,
+    WrongPassphraseError,
+)
+from imgcrypt.jsonkeys import unique_keys
 from imgcrypt.signing import glance, imgcrypt_mode
 from imgcrypt.signing.manifest import BOUND_DIGEST_KEY, BOUND_PROPERTIES, bound_digest
-from imgcrypt.signing.propfile import load_document
+from imgcrypt.signing.propfile import load_document, parse_properties
+
+if TYPE_CHECKING:
+    from imgcrypt.luks.container import LuksHeader
 
 # The image property names imgcrypt writes, which a property document (--properties,
 # --signature) may hold.
@@ -73,6 +86,13 @@ def image_show_properties(data: bytes) -> dict[str, str]:
     return flat
 
 
+def bound_properties(data: bytes) -> dict[str, str]:
+    """The properties an imgcrypt-mode signature binds, taken from a property document (the
+    output of 'imgcrypt properties --json', say): other names in it, such as signature
+    properties, are not bound and are left out. Read as every property document is."""
+    return {k: v for k, v in parse_properties(data).items() if k in BOUND_PROPERTIES}
+
+
 def upload_properties(data: bytes) -> dict[str, str]:
     """The properties an upload sets, from a flat JSON object of strings ('imgcrypt sign
     --properties-out') or from the ``properties`` object of 'imgcrypt properties --json';
@@ -125,3 +145,121 @@ def drop_bound_as_absent(properties: dict[str, str], signature: Mapping[str, str
     for name in absent:
         del properties[name]
     return absent
+
+
+# What 'imgcrypt properties' prints is pasted unquoted into a shell command line ($(...)),
+# where quotes are not interpreted: a value must be one word that no shell splits or globs.
+SAFE_VALUE = re.compile(r"[A-Za-z0-9._:+/=-]*")
+
+
+def check_attachable(name: str, value: str, where: str) -> None:
+    """Refuse, never escape: a name imgcrypt does not write, or a value a shell would split
+    (:data:`SAFE_VALUE`). ``where`` names the document in the error."""
+    if not known_property(name):
+        raise FormatError(f"{where} sets {name[:64]!r}, not a property imgcrypt knows")
+    if SAFE_VALUE.fullmatch(value) is None:
+        raise FormatError(
+            f"{where}: the value of {name} has characters outside letters, digits and ._:+/=-"
+        )
+
+
+MAX_SIGNATURE_DOCUMENT = 1 << 20
+
+
+def signature_document(data: bytes, where: str) -> dict[str, str]:
+    """The properties of a signature file ('imgcrypt sign' output) to attach with an image:
+    a flat JSON object of strings, no name twice, every entry attachable. Every fault is a
+    :class:`FormatError` naming ``where`` (the document is input to attach, not a signature
+    being verified, so it is not read with :func:`load_document`'s VerificationError)."""
+    if len(data) > MAX_SIGNATURE_DOCUMENT:
+        raise FormatError(f"{where} is too large for a properties file")
+    # the duplicate-key rule every property document imgcrypt reads follows
+    twice = unique_keys(lambda key: FormatError(f"{where} sets {key[:64]!r} more than once"))
+    try:
+        document = json.loads(data, object_pairs_hook=twice)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise FormatError(f"{where} is not a JSON object of properties") from None
+    if not isinstance(document, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in document.items()
+    ):
+        raise FormatError(f"{where} is not a flat JSON object of strings")
+    for name, value in document.items():
+        check_attachable(name, value, where)
+    return document
+
+
+def merge_signature(properties: dict[str, str], signature: Mapping[str, str], where: str,
+                    *, dropped: Callable[[list[str]], None] | None = None) -> None:
+    """Add a signature's properties to an image's, in place. Values the signature binds as
+    absent are dropped first (see :func:`drop_bound_as_absent`) and their names, when there
+    are any, given to ``dropped``; then a property the signature sets differently from the
+    image is refused."""
+    absent = drop_bound_as_absent(properties, signature, where)
+    if absent and dropped is not None:
+        dropped(absent)
+    for key, value in signature.items():
+        if key in properties and properties[key] != value:
+            raise FormatError(f"{where} sets {key} differently from the image")
+        properties[key] = value
+
+
+def payload_size(header: LuksHeader, stream: BinaryIO, position: int) -> int:
+    """The bytes of payload an encrypted image carries: the header's own figure, or (LUKS1,
+    and LUKS2's "dynamic" segment) everything from the payload offset to the image's end.
+    ``stream`` is the image after its first ``position`` bytes; it is read to its end in
+    bounded pieces (it may be a pipe), never seeked."""
+    if header.payload_size is not None:
+        return header.payload_size
+    total = position
+    while chunk := stream.read(1 << 20):
+        total += len(chunk)
+    return total - header.payload_offset
+
+
+# How much of an image is read at once to find its LUKS header (a LUKS2 header region is at
+# most a few MiB; the rest of the image is only counted, see payload_size).
+_HEADER_READ = 128 << 20
+
+
+def attach_properties(
+    stream: BinaryIO,
+    *,
+    image: str,
+    key_id: str | None,
+    open_key: Callable[[], tuple[str, bytes]],
+    size: int | None,
+    deletion_policy: str,
+) -> dict[str, str]:
+    """The properties an image service needs for the image read from ``stream`` (named
+    ``image`` in errors): its disk and container format and, for a LUKS image, the encryption
+    properties naming ``key_id``, which must open it. ``open_key`` gives the key's resolved id
+    and the LUKS passphrase it stands for; it is called only for a LUKS image, after its header
+    has been read. ``size`` is the true payload size (None: the whole payload)."""
+    # Imported here: sign, verify and upload read property documents through this module and
+    # need neither the LUKS code nor the key manager's property rules (start-up time).
+    from imgcrypt.keys.properties import encryption_properties
+    from imgcrypt.luks.container import is_luks
+    from imgcrypt.luks.stream import read_header, unlock_stream
+
+    properties: dict[str, str] = {"disk_format": "raw", "container_format": "bare"}
+    prefix = stream.read(8)
+    if not is_luks(prefix):
+        if key_id:
+            raise FormatError(f"{image} is not a LUKS image, yet a key id was given")
+        return properties
+    if not key_id:
+        raise UsageError("IMAGE is encrypted: give --key-id, the secret that opens it")
+    start = io.BytesIO(prefix + stream.read(_HEADER_READ))
+    header, region = read_header(start)
+    resolved_id, passphrase = open_key()
+    try:
+        unlock_stream(io.BytesIO(region), passphrase)
+    except WrongPassphraseError:
+        raise WrongPassphraseError(f"key {resolved_id} does not open {image}") from None
+    payload = payload_size(header, stream, len(start.getvalue()))
+    if size is None:
+        size = payload
+    if not 0 <= size <= payload:
+        raise UsageError(f"--size {size} does not fit the payload of {payload} bytes")
+    properties.update(encryption_properties(key_id, header.version, size, deletion_policy))
+    return properties

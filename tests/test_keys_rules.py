@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,8 +17,12 @@ from imgcrypt.keys.rules import (
     DeletionOutcome,
     apply_deletion_policy,
     check_secret,
+    consumers_of,
     generate_secret,
+    generation_order,
+    luks_passphrase_text,
     passphrase_for,
+    secret_from_payload,
 )
 from imgcrypt.keys.secret import SECRET_TYPES, EncryptionSpec, KeySizeMeaning, Secret
 
@@ -311,3 +316,90 @@ def test_deletion_policy(tmp_path: object) -> None:
     assert gone.outcome is DeletionOutcome.ALREADY_GONE and not gone.deleted
     with pytest.raises(UsageError):
         apply_deletion_policy(store, key_id, "whenever")
+
+
+# -- secret_from_payload (keys create --payload-file) ------------------------------------------
+
+
+def test_secret_from_payload_symmetric_takes_its_length_from_the_bytes() -> None:
+    secret = secret_from_payload("symmetric", bytes(range(32)), name="k", algorithm="AES",
+                                 mode="XTS")
+    assert (secret.secret_type, secret.algorithm, secret.bit_length, secret.mode, secret.name) == (
+        "symmetric", "AES", 256, "XTS", "k")
+    assert secret.payload == bytes(range(32))
+    assert secret.secret_id is None
+    # An empty mode is no mode.
+    assert secret_from_payload("symmetric", b"\x01" * 16, mode="").mode is None
+
+
+@pytest.mark.parametrize("secret_type", ["passphrase", "opaque"])
+def test_secret_from_payload_other_types_carry_no_cipher_metadata(secret_type: str) -> None:
+    secret = secret_from_payload(secret_type, b"text", name="n", algorithm="AES", mode="XTS")
+    assert (secret.secret_type, secret.algorithm, secret.bit_length, secret.mode, secret.name) == (
+        secret_type, None, None, None, "n")
+    assert secret.payload == b"text"
+
+
+def test_secret_from_payload_stores_der_as_pem() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public = ec.generate_private_key(ec.SECP384R1()).public_key()
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = public.public_bytes(serialization.Encoding.PEM,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert secret_from_payload("public", der).payload == pem
+    assert secret_from_payload("public", pem).payload == pem
+    with pytest.raises(FormatError):
+        secret_from_payload("public", b"not a key")
+
+
+def test_secret_from_payload_refuses_a_passphrase_the_cloud_cannot_decode() -> None:
+    with pytest.raises(UnusableSecretError):
+        secret_from_payload("passphrase", b"\xff\xfe")
+    with pytest.raises(UsageError):
+        secret_from_payload("nonsense", b"x")
+
+
+# -- generation_order, luks_passphrase_text, consumers_of (keys create / show) ---------------
+
+
+def test_generation_order_gives_a_mode_to_symmetric_keys_only() -> None:
+    order = generation_order("symmetric", algorithm="AES", bit_length=256, mode="XTS", name="n")
+    assert order == KeyOrder(secret_type="symmetric", algorithm="AES", bit_length=256,
+                             mode="XTS", name="n")
+    assert generation_order("symmetric", mode="").mode is None
+    assert generation_order("passphrase", mode="XTS").mode is None
+
+
+@pytest.mark.parametrize("secret_type", ["private", "public", "certificate", "opaque"])
+def test_generation_order_refuses_types_that_are_given_not_generated(secret_type: str) -> None:
+    with pytest.raises(UsageError) as info:
+        generation_order(secret_type)
+    assert str(info.value) == f"a {secret_type} secret cannot be generated: give --payload-file"
+
+
+def test_luks_passphrase_text_is_none_where_the_cloud_could_not_open_luks() -> None:
+    assert luks_passphrase_text(Secret(payload=b"pass word", secret_type="passphrase")) == \
+        "pass word"
+    assert luks_passphrase_text(Secret(payload=b"\x01\xff")) == "01ff"
+    assert luks_passphrase_text(Secret(payload=b"\xff", secret_type="passphrase")) is None
+
+
+def test_consumers_of_a_real_local_keystore(tmp_path: Path) -> None:
+    store = LocalKeyStore(tmp_path / "keys")
+    key_id = store.create_key(KeyOrder())
+    assert consumers_of(store, key_id) == []
+    consumer = Consumer(service="imgcrypt", resource_type="file", resource_id="/x")
+    store.add_consumer(key_id, consumer)
+    assert consumers_of(store, key_id) == store.list_consumers(key_id) != []
+    # A manager that keeps no consumers is not asked for them.
+
+    class NoConsumers(LocalKeyStore):
+        supports_consumers = False
+
+        def list_consumers(self, key_id: str) -> list[Consumer]:
+            raise AssertionError("asked a manager without consumers for its consumers")
+
+    assert consumers_of(NoConsumers(tmp_path / "keys"), key_id) == []

@@ -19,10 +19,19 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from imgcrypt.cli import keyopts
-from imgcrypt.errors import NoTerminalError, TargetExistsError, UnsupportedError, UsageError
+from imgcrypt.errors import (
+    NoTerminalError,
+    PassphraseRequiredError,
+    TargetExistsError,
+    UnsupportedError,
+    UsageError,
+    WrongPassphraseError,
+)
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.signing.algorithms import PrivateKey
+from imgcrypt.signing.keyfile import load_private_key
 from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
 
 if TYPE_CHECKING:
@@ -284,3 +293,34 @@ def luks_input(source: str) -> Iterator[BinaryIO]:
         raise refuse_image_on_stdin(found, "give it as a file (qemu-img cannot read it from a "
                                     "pipe)")
     yield stream
+
+
+def signing_key(path: str, passphrase_file: str | None) -> PrivateKey:
+    """The private key in ``path`` (PEM or DER), decrypted with the passphrase in
+    ``passphrase_file`` (the one passphrase-file rule: the bytes exactly), or with one typed at
+    the terminal when the key is encrypted and no file is given."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if passphrase_file:
+        passphrase = read_passphrase_file(passphrase_file)
+        try:
+            return load_private_key(data, passphrase)
+        except WrongPassphraseError:
+            if passphrase.endswith(b"\n"):
+                raise WrongPassphraseError(
+                    f"the passphrase does not decrypt {path}; {passphrase_file} "
+                    "ends in a newline, which is part of the passphrase (write it with "
+                    "printf '%s', not echo)"
+                ) from None
+            raise
+    try:
+        return load_private_key(data, None)
+    except PassphraseRequiredError:
+        pass
+    try:
+        typed = prompt_passphrase(f"passphrase for {path}: ", confirm=False)
+    except NoTerminalError:
+        raise PassphraseRequiredError(
+            "the private key is encrypted; give --key-passphrase-file"
+        ) from None
+    return load_private_key(data, typed)

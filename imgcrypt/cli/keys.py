@@ -9,16 +9,17 @@ from typing import Any
 from imgcrypt.cli.inputs import read_small_file
 from imgcrypt.cli.keyopts import add_key_manager_arguments, key_manager_from_args
 from imgcrypt.cli.output import add_json_argument, emit
-from imgcrypt.errors import UnusableSecretError, UsageError
-from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder, SecretInfo
+from imgcrypt.keys.manager import Consumer, SecretInfo
 from imgcrypt.keys.rules import (
     LOCAL_CONSUMER_SERVICE,
     consumer_name,
+    consumers_of,
     delete_secret,
-    passphrase_for,
-    pem_form,
+    generation_order,
+    luks_passphrase_text,
+    secret_from_payload,
 )
-from imgcrypt.keys.secret import PASSPHRASE, SECRET_TYPES, SYMMETRIC, Secret
+from imgcrypt.keys.secret import SECRET_TYPES, SYMMETRIC
 
 MAX_PAYLOAD_FILE = 64 * 1024
 
@@ -128,29 +129,14 @@ def _read_payload(path: str) -> bytes:
 def _run_create(args: argparse.Namespace) -> int:
     manager = key_manager_from_args(args)
     if args.payload_file:
-        # Stored the way the cloud reads it: PEM for private/public/certificate (DER converted).
-        data = pem_form(args.secret_type, _read_payload(args.payload_file))
-        if args.secret_type == PASSPHRASE:
-            secret = Secret(payload=data, secret_type=PASSPHRASE, name=args.name)
-        elif args.secret_type != SYMMETRIC:
-            secret = Secret(payload=data, secret_type=args.secret_type, name=args.name)
-        else:
-            secret = Secret(payload=data, secret_type=SYMMETRIC, algorithm=args.algorithm,
-                            bit_length=len(data) * 8, mode=args.mode or None, name=args.name)
-        passphrase_for(secret)  # refuses what os-brick could not use (non-UTF-8 passphrases)
+        secret = secret_from_payload(
+            args.secret_type, _read_payload(args.payload_file),
+            name=args.name, algorithm=args.algorithm, mode=args.mode,
+        )
         key_id = manager.store(secret)
     else:
-        if args.secret_type not in (SYMMETRIC, PASSPHRASE):
-            raise UsageError(
-                f"a {args.secret_type} secret cannot be generated: give --payload-file"
-            )
-        order = KeyOrder(
-            secret_type=args.secret_type,
-            algorithm=args.algorithm,
-            bit_length=args.bit_length,
-            mode=(args.mode or None) if args.secret_type == SYMMETRIC else None,
-            name=args.name,
-        )
+        order = generation_order(args.secret_type, algorithm=args.algorithm,
+                                 bit_length=args.bit_length, mode=args.mode, name=args.name)
         key_id = manager.create_key(order)
     info = manager.describe(key_id)
     data_out = {"key_manager": manager.name, "key_id": key_id, "secret": _info_json(info)}
@@ -163,17 +149,14 @@ def _run_show(args: argparse.Namespace) -> int:
     data: dict[str, Any]
     if not args.reveal:
         info = manager.describe(args.key_id)
-        consumers = _consumers(manager, args.key_id)
+        consumers = consumers_of(manager, args.key_id)
         data = {"key_manager": manager.name, "secret": _info_json(info),
                 "consumers": [c.as_dict() for c in consumers]}
         emit(args, data, _describe(info) + _consumer_lines(consumers))
         return 0
     secret = manager.get(args.key_id)
     info = SecretInfo.of(secret)
-    try:
-        passphrase_text: str | None = passphrase_for(secret).decode("utf-8")
-    except (UnusableSecretError, UnicodeDecodeError):
-        passphrase_text = None
+    passphrase_text = luks_passphrase_text(secret)
     data = {
         "key_manager": manager.name,
         "secret": _info_json(info),
@@ -200,12 +183,6 @@ def _run_list(args: argparse.Namespace) -> int:
     ]
     emit(args, data, "\n".join(lines) if lines else "no secrets")
     return 0
-
-
-def _consumers(manager: KeyManager, key_id: str) -> list[Consumer]:
-    if not manager.supports_consumers:
-        return []
-    return manager.list_consumers(key_id)
 
 
 def _run_delete(args: argparse.Namespace) -> int:

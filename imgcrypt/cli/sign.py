@@ -3,78 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
-from imgcrypt.errors import (
-    NoTerminalError,
-    PassphraseRequiredError,
-    UsageError,
-    WrongPassphraseError,
-)
+from imgcrypt.digests import GLANCE_HASHES, IMGCRYPT_HASHES, abbreviated
+from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
+from imgcrypt.imageprops import bound_properties
 from imgcrypt.signing import glance, imgcrypt_mode, storage
-from imgcrypt.signing.algorithms import (
-    GLANCE_HASHES,
-    IMGCRYPT_ALGORITHMS,
-    IMGCRYPT_HASHES,
-    PrivateKey,
-    public_key_of,
-)
+from imgcrypt.signing.algorithms import IMGCRYPT_ALGORITHMS, PrivateKey
 from imgcrypt.signing.certs import (
     certificates_from_key_manager,
+    check_key_matches,
     load_certificate_file,
 )
-from imgcrypt.signing.keyfile import load_private_key
-from imgcrypt.signing.manifest import BOUND_PROPERTIES
-from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties, parse_properties
-from imgcrypt.signing.stream import Consumer
-
-
-def normalize_hash(name: str, mode: str) -> str:
-    """Accept ``SHA-256``, ``sha256`` or ``sha-256`` for either mode's vocabulary."""
-    flat = name.strip().lower().replace("_", "-")
-    if flat.startswith("sha-"):
-        flat = "sha" + flat[4:]
-    if mode == "glance":
-        for glance_name in GLANCE_HASHES:
-            if glance_name.lower().replace("-", "") == flat:
-                return glance_name
-        raise UsageError(f"Glance mode hashes are {', '.join(GLANCE_HASHES)}, not {name!r}")
-    if flat in IMGCRYPT_HASHES:
-        return flat
-    raise UsageError(f"imgcrypt mode hashes are {', '.join(IMGCRYPT_HASHES)}, not {name!r}")
-
-
-def load_signing_key(args: argparse.Namespace) -> PrivateKey:
-    with open(args.key, "rb") as handle:
-        data = handle.read()
-    if args.key_passphrase_file:
-        # The one passphrase-file rule (the bytes exactly, as cryptsetup's --key-file).
-        passphrase = inputs.read_passphrase_file(args.key_passphrase_file)
-        try:
-            return load_private_key(data, passphrase)
-        except WrongPassphraseError:
-            if passphrase.endswith(b"\n"):
-                raise WrongPassphraseError(
-                    f"the passphrase does not decrypt {args.key}; {args.key_passphrase_file} "
-                    "ends in a newline, which is part of the passphrase (write it with "
-                    "printf '%s', not echo)"
-                ) from None
-            raise
-    try:
-        return load_private_key(data, None)
-    except PassphraseRequiredError:
-        pass
-    try:
-        typed = inputs.prompt_passphrase(f"passphrase for {args.key}: ", confirm=False)
-    except NoTerminalError:
-        raise PassphraseRequiredError(
-            "the private key is encrypted; give --key-passphrase-file"
-        ) from None
-    return load_private_key(data, typed)
+from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties
+from imgcrypt.signing.signer import MODES, make_signer
 
 
 def register(sub: Any) -> None:
@@ -112,7 +57,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--cert-uuid", metavar="UUID", help="key-manager id of the certificate given with --cert"
     )
-    parser.add_argument("--mode", choices=("glance", "imgcrypt"), default="glance")
+    parser.add_argument("--mode", choices=MODES, default="glance")
     parser.add_argument(
         "--algorithm",
         choices=IMGCRYPT_ALGORITHMS,
@@ -121,8 +66,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--hash",
         metavar="HASH",
-        help="Glance: SHA-224/256/384/512 (default SHA-256); imgcrypt: sha256/384/512, "
-        "sha3-256/384/512 (default sha256)",
+        help=f"Glance: {abbreviated(GLANCE_HASHES)} (default {glance.DEFAULT_HASH}); "
+        f"imgcrypt: {abbreviated(IMGCRYPT_HASHES)} (default {imgcrypt_mode.DEFAULT_HASH})",
     )
     parser.add_argument(
         "--max-value-length",
@@ -159,62 +104,24 @@ def _certificate_uuid(args: argparse.Namespace) -> str | None:
 
 def _check_certificate_matches(args: argparse.Namespace, private_key: PrivateKey) -> None:
     if args.cert:
-        certificates = load_certificate_file(args.cert)
+        check_key_matches(load_certificate_file(args.cert), private_key)
     elif args.cert_id:
-        certificates = certificates_from_key_manager(inputs.key_manager(args), args.cert_id)
-    else:
-        return
-    if certificates[0].public_key() != public_key_of(private_key):
-        raise UsageError("the private key does not belong to the certificate")
+        check_key_matches(certificates_from_key_manager(inputs.key_manager(args), args.cert_id),
+                          private_key)
 
 
-def build_signer(args: argparse.Namespace, private_key: PrivateKey) -> Consumer[dict[str, str]]:
-    uuid = _certificate_uuid(args)
+def _bound_properties(args: argparse.Namespace) -> dict[str, str]:
     bound = inputs.property_assignments(args.property)
     if args.bind:
         for name, value in _bound_from_file(args.bind).items():
             if bound.setdefault(name, value) != value:
                 raise UsageError(f"--property {name} differs from {args.bind}")
-    if args.mode == "glance":
-        if bound:
-            raise UsageError("Glance mode signs the image bytes only; use --mode imgcrypt to bind")
-        if args.algorithm:
-            raise UsageError("--algorithm is for imgcrypt mode; Glance mode follows the key")
-        if uuid is None:
-            raise UsageError("Glance mode needs --cert-uuid or --cert-id")
-        return glance.GlanceSigner(
-            private_key,
-            certificate_uuid=uuid,
-            hash_method=normalize_hash(args.hash or glance.DEFAULT_HASH, "glance"),
-        )
-    return imgcrypt_mode.ImgcryptSigner(
-        private_key,
-        hash_name=normalize_hash(args.hash or imgcrypt_mode.DEFAULT_HASH, "imgcrypt"),
-        properties=bound,
-        certificate_uuid=uuid,
-        max_value_length=args.max_value_length or storage.DEFAULT_MAX_LENGTH,
-        algorithm=args.algorithm,
-    )
+    return bound
 
 
 def _bound_from_file(path: str) -> dict[str, str]:
-    """The properties a signature binds, taken from a property document (other names in it,
-    such as signature properties, are not bound and are left out)."""
     with open(path, "rb") as handle:
-        document = parse_properties(handle.read(MAX_DOCUMENT_BYTES + 1))
-    return {k: v for k, v in document.items() if k in BOUND_PROPERTIES}
-
-
-def _check_limit(args: argparse.Namespace, properties: Mapping[str, str]) -> None:
-    if args.max_value_length is None:
-        return
-    for name, value in properties.items():
-        if len(value) > args.max_value_length:
-            raise UsageError(
-                f"{name} is {len(value)} characters, over --max-value-length "
-                f"{args.max_value_length}; cursive needs it whole, so use --mode imgcrypt or "
-                "an ECDSA key"
-            )
+        return bound_properties(handle.read(MAX_DOCUMENT_BYTES + 1))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -222,11 +129,15 @@ def run(args: argparse.Namespace) -> int:
         storage.check_max_length(args.max_value_length)
     if args.properties_out:
         inputs.check_target(args.properties_out, force=args.force)
-    private_key = load_signing_key(args)
+    private_key = inputs.signing_key(args.key, args.key_passphrase_file)
     _check_certificate_matches(args, private_key)
-    signer = build_signer(args, private_key)
+    uuid = _certificate_uuid(args)
+    signer = make_signer(
+        private_key, mode=args.mode, hash_name=args.hash, certificate_uuid=uuid,
+        properties=_bound_properties(args), max_value_length=args.max_value_length,
+        algorithm=args.algorithm,
+    )
     properties: dict[str, str] = inputs.feed_image(signer, args.image)
-    _check_limit(args, properties)
     document = dump_properties(properties)
     # One JSON shape whether or not the properties also went to a file.
     data = {"source": args.image, "properties": properties,

@@ -7,29 +7,13 @@ import datetime as dt
 import sys
 from typing import Any
 
-from cryptography import x509
-
 from imgcrypt.cli import common, keyopts
 from imgcrypt.cli.inputs import feed_image, key_manager
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.imageprops import image_show_properties, unknown_properties
-from imgcrypt.signing.certs import (
-    CertificatePolicy,
-    certificates_from_key_manager,
-    check_certificate,
-    load_certificate_file,
-)
-from imgcrypt.signing.glance import CERT_UUID_KEY as GLANCE_CERT_UUID_KEY
-from imgcrypt.signing.manifest import CERT_UUID_KEY
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
-from imgcrypt.signing.verify import (
-    ImageVerifier,
-    VerificationResult,
-    certificate_uuid,
-    glance_certificate_uuid,
-    schemes_present,
-)
+from imgcrypt.signing.verify import CertificateSources, VerificationResult, open_verifier
 from imgcrypt.text import escape
 
 
@@ -111,53 +95,6 @@ def _clock(text: str | None) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
-def _signing_certificates(
-    args: argparse.Namespace, properties: dict[str, str]
-) -> list[x509.Certificate]:
-    if args.cert:
-        return load_certificate_file(args.cert)
-    secret_id = args.cert_id or certificate_uuid(properties)
-    if not secret_id:
-        raise UsageError("no certificate: give --cert or --cert-id")
-    return certificates_from_key_manager(key_manager(args), secret_id)
-
-
-def _glance_certificates(
-    args: argparse.Namespace, properties: dict[str, str]
-) -> list[x509.Certificate] | None:
-    """The Glance scheme's own certificate, when both schemes are present and it may differ."""
-    if args.glance_cert:
-        return load_certificate_file(args.glance_cert)
-    if args.glance_cert_id:
-        return certificates_from_key_manager(key_manager(args), args.glance_cert_id)
-    if schemes_present(properties) != ("imgcrypt", "glance"):
-        return None
-    glance_id = properties.get(GLANCE_CERT_UUID_KEY) or None
-    if args.cert or args.cert_id:
-        # A certificate given for the imgcrypt scheme serves the Glance one only when the
-        # properties name one certificate for both.
-        if glance_id is not None and glance_id != properties.get(CERT_UUID_KEY):
-            raise UsageError("both signature schemes are present and name different "
-                             "certificates: give the Glance one with --glance-cert or "
-                             "--glance-cert-id")
-        return None
-    glance_id = glance_certificate_uuid(properties)
-    return certificates_from_key_manager(key_manager(args), glance_id) if glance_id else None
-
-
-def _trust(args: argparse.Namespace) -> list[x509.Certificate] | None:
-    if not args.trust and not args.trust_id:
-        return None
-    trusted: list[x509.Certificate] = []
-    for path in args.trust:
-        trusted.extend(load_certificate_file(path))
-    if args.trust_id:
-        manager = key_manager(args)
-        for secret_id in args.trust_id:
-            trusted.extend(certificates_from_key_manager(manager, secret_id))
-    return trusted
-
-
 def _human(result: VerificationResult) -> str:
     lines = [f"valid: {result.size} bytes signed by {escape(result.certificate_subject)}"]
     for scheme in result.schemes:
@@ -170,17 +107,13 @@ def _human(result: VerificationResult) -> str:
 def run(args: argparse.Namespace) -> int:
     at = _clock(args.at)
     properties = _read_properties(args.properties)
-    policy = CertificatePolicy(allow_legacy=args.allow_legacy)
-    trust = _trust(args)
-    checked = check_certificate(
-        _signing_certificates(args, properties), trust=trust, clock=lambda: at, policy=policy,
+    sources = CertificateSources(
+        cert_file=args.cert, cert_id=args.cert_id,
+        glance_cert_file=args.glance_cert, glance_cert_id=args.glance_cert_id,
+        trust_files=tuple(args.trust), trust_ids=tuple(args.trust_id),
     )
-    glance_certificates = _glance_certificates(args, properties)
-    glance_checked = None if glance_certificates is None else check_certificate(
-        glance_certificates, trust=trust, clock=lambda: at, policy=policy,
-    )
-    verifier = ImageVerifier(properties, checked, allow_legacy=args.allow_legacy,
-                             glance_certificate=glance_checked)
+    verifier = open_verifier(properties, sources, key_manager=lambda: key_manager(args),
+                             clock=lambda: at, allow_legacy=args.allow_legacy)
     result: VerificationResult = feed_image(verifier, args.image)
     ignored = unknown_properties(properties)
     if ignored and not args.json:

@@ -177,6 +177,69 @@ def generate_secret(order: KeyOrder) -> Secret:
     )
 
 
+def secret_from_payload(
+    secret_type: str,
+    payload: bytes,
+    *,
+    name: str | None = None,
+    algorithm: str | None = None,
+    mode: str | None = None,
+) -> Secret:
+    """A secret of given bytes, stored the way the cloud reads it, or refused if it cannot.
+
+    ``private``/``public``/``certificate`` payloads are kept as PEM (DER converted, see
+    :func:`pem_form`). Only a symmetric key carries algorithm, mode and a bit length, which is
+    the payload's own length. A secret the cloud could never turn into a LUKS passphrase (a
+    non-UTF-8 passphrase) is refused with :class:`UnusableSecretError`.
+    """
+    data = pem_form(secret_type, payload)
+    if secret_type == SYMMETRIC:
+        secret = Secret(payload=data, secret_type=SYMMETRIC, algorithm=algorithm,
+                        bit_length=len(data) * 8, mode=mode or None, name=name)
+    else:
+        secret = Secret(payload=data, secret_type=secret_type, name=name)
+    passphrase_for(secret)
+    return secret
+
+
+def generation_order(
+    secret_type: str,
+    *,
+    algorithm: str = "AES",
+    bit_length: int = 512,
+    mode: str | None = "XTS",
+    name: str | None = None,
+) -> KeyOrder:
+    """What to ask a key manager to generate: only symmetric keys and passphrases can be
+    generated (other types are given as bytes, see :func:`secret_from_payload`), and only a
+    symmetric key has a cipher mode."""
+    if secret_type not in (SYMMETRIC, PASSPHRASE):
+        raise UsageError(f"a {secret_type} secret cannot be generated: give --payload-file")
+    return KeyOrder(
+        secret_type=secret_type,
+        algorithm=algorithm,
+        bit_length=bit_length,
+        mode=(mode or None) if secret_type == SYMMETRIC else None,
+        name=name,
+    )
+
+
+def luks_passphrase_text(secret: Secret) -> str | None:
+    """The LUKS passphrase a secret stands for (:func:`passphrase_for`) as text, or None when
+    the cloud could not open LUKS with this secret (or the passphrase is not UTF-8 text)."""
+    try:
+        return passphrase_for(secret).decode("utf-8")
+    except (UnusableSecretError, UnicodeDecodeError):
+        return None
+
+
+def consumers_of(manager: KeyManager, key_id: str) -> list[Consumer]:
+    """The consumers registered on a secret; none where the manager keeps no consumers."""
+    if not manager.supports_consumers:
+        return []
+    return manager.list_consumers(key_id)
+
+
 def parse_deletion_policy(value: str) -> str:
     policy = value.strip().lower()
     if policy not in DELETION_POLICIES:

@@ -35,12 +35,15 @@ from imgcrypt.signing.imgcrypt_mode import ImgcryptSigner, ImgcryptVerifier
 from imgcrypt.signing.keyfile import load_private_key
 from imgcrypt.signing.manifest import BOUND_PROPERTIES, Manifest
 from imgcrypt.signing.propfile import dump_properties, parse_properties
+from imgcrypt.signing.signer import make_signer
 from imgcrypt.signing.storage import DEFAULT_MAX_LENGTH, join_value, split_value
 from imgcrypt.signing.stream import Digest, SchemeResult, feed_file, feed_iterable
 from imgcrypt.signing.verify import (
+    CertificateSources,
     ImageVerifier,
     VerificationResult,
     certificate_uuid,
+    open_verifier,
     schemes_present,
 )
 
@@ -51,6 +54,7 @@ __all__ = [
     "IMGCRYPT_ALGORITHMS",
     "IMGCRYPT_HASHES",
     "CertificatePolicy",
+    "CertificateSources",
     "CheckedCertificate",
     "Digest",
     "GlanceSigner",
@@ -71,6 +75,8 @@ __all__ = [
     "load_certificate_file",
     "load_certificates",
     "load_private_key",
+    "make_signer",
+    "open_verifier",
     "parse_properties",
     "schemes_present",
     "split_value",

@@ -42,12 +42,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from imgcrypt.errors import CertificateError, CertificateFault, WeakAlgorithmError
+from imgcrypt.errors import CertificateError, CertificateFault, UsageError, WeakAlgorithmError
 from imgcrypt.signing.algorithms import (
+    PrivateKey,
     PublicKey,
     check_hash_policy,
     check_key_policy,
     family_of,
+    public_key_of,
 )
 
 Clock = Callable[[], dt.datetime]
@@ -473,6 +475,13 @@ def check_certificate(
     return CheckedCertificate(certificate=leaf, public_key=public_key, chain=tuple(chain))
 
 
+def check_key_matches(certificates: Sequence[x509.Certificate], private_key: PrivateKey) -> None:
+    """Refuse to sign with a key that is not the one the (first) certificate certifies: a
+    verifier would then find every signature invalid."""
+    if certificates[0].public_key() != public_key_of(private_key):
+        raise UsageError("the private key does not belong to the certificate")
+
+
 __all__ = [
     "CertificatePolicy",
     "CertificateSource",
@@ -481,6 +490,7 @@ __all__ = [
     "certificates_from_key_manager",
     "check_certificate",
     "check_chain",
+    "check_key_matches",
     "check_signing_certificate",
     "describe",
     "fingerprint",
