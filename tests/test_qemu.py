@@ -246,13 +246,19 @@ def test_convert_failure_quotes_qemu_and_leaves_nothing(tmp_path: Path, qemu_img
         qemu.image_info(garbage, source_format="qcow2,file.filename=/etc/shadow")
 
 
-def test_luks_and_unknown_sources_refused(tmp_path: Path, qemu_img: str,
-                                          guest: tuple[Path, bytes]) -> None:
-    raw, _ = guest
+def qemu_made_luks(tmp_path: Path, raw: Path) -> Path:
+    """A raw LUKS image of ``raw`` written by qemu-img (PASSPHRASE, a 10 ms iteration time)."""
     keyfile = secret_file(tmp_path, "key", PASSPHRASE)
     luks = tmp_path / "disk.luks"
     run_qemu_img(["convert", "-f", "raw", *qemu_secret_args(keyfile), "-O", "luks", "-o",
                   "key-secret=s0,iter-time=10", str(raw), str(luks)])
+    return luks
+
+
+def test_luks_and_unknown_sources_refused(tmp_path: Path, qemu_img: str,
+                                          guest: tuple[Path, bytes]) -> None:
+    raw, _ = guest
+    luks = qemu_made_luks(tmp_path, raw)
     assert qemu.detect_format(luks) == "luks"
     assert qemu.sniff_format(luks.read_bytes()[:qemu.SNIFF_SIZE]) == "luks"
     with pytest.raises(UnsupportedError, match="LUKS"), qemu.raw_view(luks):
@@ -839,10 +845,7 @@ def test_open_guest_by_magic_never_probes(tmp_path: Path, qemu_img: str) -> None
 def test_open_guest_refuses_a_luks_image_unless_said_raw(tmp_path: Path, qemu_img: str,
                                                          guest: tuple[Path, bytes]) -> None:
     raw, _ = guest
-    keyfile = secret_file(tmp_path, "key", PASSPHRASE)
-    luks = tmp_path / "disk.luks"
-    run_qemu_img(["convert", "-f", "raw", *qemu_secret_args(keyfile), "-O", "luks", "-o",
-                  "key-secret=s0,iter-time=10", str(raw), str(luks)])
+    luks = qemu_made_luks(tmp_path, raw)
     message = f"{luks} is already a LUKS image; give --source-format raw to encrypt it again"
     with pytest.raises(UnsupportedError) as caught:
         qemu.format_by_magic(luks)
@@ -951,10 +954,7 @@ def test_rekey_image_goes_by_the_container(tmp_path: Path, qemu_img: str,
     assert list(qemu_luks.read_qcow2_luks(str(image)).luks.active_keyslots()) == [0, 1]
 
     # a LUKS container made by qemu-img: imgcrypt rewrites its header, qemu-img then opens it
-    keyfile = secret_file(tmp_path, "key", PASSPHRASE)
-    luks = tmp_path / "disk.luks"
-    run_qemu_img(["convert", "-f", "raw", *qemu_secret_args(keyfile), "-O", "luks", "-o",
-                  "key-secret=s0,iter-time=10", str(raw), str(luks)])
+    luks = qemu_made_luks(tmp_path, raw)
     result = qemu_luks.rekey_image(str(luks), PASSPHRASE, new_passphrase=b"other",
                                    remove_old=True, new_slot=5,
                                    kdf=KdfOptions(iterations=1000))
