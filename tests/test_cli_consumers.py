@@ -93,3 +93,21 @@ def test_ctrl_c_during_encrypt_deletes_the_new_key(tmp_path: Path, store: list[s
         assert proc.returncode == 130
         assert keys_in(store) == []
         assert not (tmp_path / "out.luks").exists()
+
+
+def test_encrypt_force_over_an_image_leaves_the_old_key_no_record_of_it(
+        tmp_path: Path, store: list[str]) -> None:
+    """The file another key opened is gone once ``encrypt --force`` replaces it: that key no
+    longer opens anything there, so deleting it locks nobody out, and keys show says so."""
+    first = new_image(tmp_path, store)
+    src = tmp_path / "disk.raw"
+    proc = imgcrypt("encrypt", src, tmp_path / "t.luks", "--new-key", "--iterations", "1000",
+                    "--force", "--json", *store, check=True)
+    second = str(json.loads(proc.stdout)["key_id"])
+    shown = json.loads(imgcrypt("keys", "show", first, "--json", *store, check=True).stdout)
+    assert shown["consumers"] == []
+    assert imgcrypt("keys", "delete", first, *store).returncode == 0
+    refused = imgcrypt("keys", "delete", second, *store)
+    assert refused.returncode == 5 and str(tmp_path / "t.luks") in refused.stderr.decode()
+    assert imgcrypt("decrypt", tmp_path / "t.luks", tmp_path / "t.raw", "--key-id", second,
+                    *store).returncode == 0

@@ -12,7 +12,7 @@ from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
-from imgcrypt.keys.rules import register_file_consumer
+from imgcrypt.keys.rules import replace_file_consumer
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream
 
@@ -56,7 +56,7 @@ def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
 
 
 def _register_consumer(resolved: Any, target: str) -> None:
-    register_file_consumer(resolved.manager, resolved.key_id, target)
+    replace_file_consumer(resolved.manager, resolved.key_id, target)
 
 
 def target_format(args: argparse.Namespace) -> str:

@@ -376,6 +376,20 @@ def register_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
     return True
 
 
+def replace_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
+    """Record that ``key_id`` opens the new image written at ``path``, and take ``path`` off
+    every other key in the local keystore: the image they opened there is gone (``encrypt
+    --force`` replaced it), and a stale entry would make ``keys delete`` refuse for nothing.
+    True when an entry was written."""
+    if not register_file_consumer(manager, key_id, path):
+        return False
+    entry = file_consumer(path)
+    for info in manager.list():
+        if info.secret_id != key_id and entry in manager.list_consumers(info.secret_id):
+            manager.remove_consumer(info.secret_id, entry)
+    return True
+
+
 def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
     if manager.name == "local" and path != "-":
         manager.remove_consumer(key_id, file_consumer(path))
