@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, BinaryIO
 
+from imgcrypt import imageservice
 from imgcrypt.errors import (
     FormatError,
     UsageError,
@@ -30,12 +31,10 @@ if TYPE_CHECKING:
 
 # The image property names imgcrypt writes, which a property document (--properties,
 # --signature) may hold.
-ENCRYPTION_NAMES = frozenset({
-    "cinder_encryption_key_id", "cinder_encryption_key_deletion_policy", "os_encrypt_format",
-    "os_encrypt_key_id", "os_encrypt_key_deletion_policy", "os_decrypt_size",
-    "os_decrypt_container_format",
-})
 FORMAT_NAMES = frozenset({"disk_format", "container_format"})
+# What imgcrypt attaches to an encrypted image: the properties a signature binds, less the two
+# image fields.
+ENCRYPTION_NAMES = frozenset(BOUND_PROPERTIES) - FORMAT_NAMES
 _IMGCRYPT_SIGN_NAME = re.compile(
     r"imgcrypt_sign_(version|algorithm|hash|size|bound_sha256|certificate_uuid"
     r"|signature_count|signature_sha256|signature_[1-9][0-9]{0,3})"
@@ -50,12 +49,7 @@ def known_property(name: str) -> bool:
 
 # Fields of a Glance image record (and what `openstack image show` adds) that are not custom
 # properties: present in image-service output, never signed, not worth a warning.
-IMAGE_FIELDS = frozenset({
-    "checksum", "container_format", "created_at", "direct_url", "disk_format", "file", "id",
-    "locations", "min_disk", "min_ram", "name", "os_hash_algo", "os_hash_value", "os_hidden",
-    "owner", "properties", "protected", "schema", "self", "size", "status", "stores", "tags",
-    "updated_at", "virtual_size", "visibility",
-})
+IMAGE_FIELDS = imageservice.RECORD_FIELDS | {"properties"}
 _CLIENT_PROPERTY_PREFIX = "owner_specified.openstack."
 
 
@@ -206,10 +200,13 @@ def merge_signature(properties: dict[str, str], signature: Mapping[str, str], wh
 def payload_size(header: LuksHeader, stream: BinaryIO, position: int) -> int:
     """The bytes of payload an encrypted image carries: the header's own figure, or (LUKS1,
     and LUKS2's "dynamic" segment) everything from the payload offset to the image's end.
-    ``stream`` is the image after its first ``position`` bytes; it is read to its end in
-    bounded pieces (it may be a pipe), never seeked."""
+    ``stream`` is the image after its first ``position`` bytes; a file's end is found by
+    seeking, a pipe's by reading it to its end in bounded pieces."""
     if header.payload_size is not None:
         return header.payload_size
+    if stream.seekable():
+        here = stream.tell()
+        return position + stream.seek(0, io.SEEK_END) - here - header.payload_offset
     total = position
     while chunk := stream.read(1 << 20):
         total += len(chunk)

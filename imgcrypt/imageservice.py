@@ -183,11 +183,12 @@ class ImageService:
 
 
 # Attributes of an image that are not its properties.
-_BASE = frozenset({"id", "name", "status", "visibility", "protected", "checksum", "owner",
-                   "size", "virtual_size", "min_ram", "min_disk", "created_at", "updated_at",
-                   "tags", "self", "file", "schema", "disk_format", "container_format",
-                   "direct_url", "locations", "os_hidden", "os_hash_algo", "os_hash_value",
-                   "stores"})
+# The fields of a Glance image record; every other key is a custom property.
+RECORD_FIELDS = frozenset({"id", "name", "status", "visibility", "protected", "checksum",
+                           "owner", "size", "virtual_size", "min_ram", "min_disk", "created_at",
+                           "updated_at", "tags", "self", "file", "schema", "disk_format",
+                           "container_format", "direct_url", "locations", "os_hidden",
+                           "os_hash_algo", "os_hash_value", "stores"})
 
 
 def _image(body: Mapping[str, Any]) -> Image:
@@ -199,6 +200,6 @@ def _image(body: Mapping[str, Any]) -> Image:
 def extra_properties(image: Image) -> dict[str, str]:
     """The image's properties, base attributes included as strings where imgcrypt reads them."""
     return {k: str(v) for k, v in image.properties.items()
-            if v is not None and (k not in _BASE or k in ("disk_format", "container_format",
+            if v is not None and (k not in RECORD_FIELDS or k in ("disk_format", "container_format",
                                                           "size", "os_hash_algo",
                                                           "os_hash_value", "checksum"))}

@@ -60,11 +60,13 @@ def cs(cryptsetup: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-def cs_format(cryptsetup: str, image: Path, keyfile: Path, *extra: str) -> None:
-    # 16 MiB of metadata and keyslots (cryptsetup's default) plus room for a little data.
+def cs_format(cryptsetup: str, image: Path, keyfile: Path, *extra: str,
+              luks_type: str = "luks2") -> None:
+    # LUKS2: 16 MiB of metadata and keyslots (cryptsetup's default) plus room for a little
+    # data; LUKS1: its ~2 MiB header and keyslots, likewise.
     with open(image, "wb") as f:
-        f.truncate((16 << 20) + (1 << 20))
-    proc = cs(cryptsetup, "luksFormat", "--type", "luks2", "--batch-mode", "--key-file",
+        f.truncate((16 << 20) + (1 << 20) if luks_type == "luks2" else 4 << 20)
+    proc = cs(cryptsetup, "luksFormat", "--type", luks_type, "--batch-mode", "--key-file",
               keyfile, *extra, image)
     assert proc.returncode == 0, proc.stderr
 
@@ -314,13 +316,10 @@ def test_we_open_and_rekey_a_luks1_image_cryptsetup_converted(
         tmp_path: Path, keyfile: Path, cryptsetup: str) -> None:
     # Converted headers keep LUKS1's sha1 and its 20-byte master-key digest.
     image = tmp_path / "conv.img"
-    with open(image, "wb") as f:
-        f.truncate(4 << 20)
-    for args in (["luksFormat", "--type", "luks1", "--batch-mode", "--key-file", keyfile,
-                  "--pbkdf-force-iterations", "1000", "--hash", "sha1", image],
-                 ["convert", "--batch-mode", "--type", "luks2", image]):
-        proc = cs(cryptsetup, *args)
-        assert proc.returncode == 0, proc.stderr
+    cs_format(cryptsetup, image, keyfile, "--pbkdf-force-iterations", "1000", "--hash", "sha1",
+              luks_type="luks1")
+    proc = cs(cryptsetup, "convert", "--batch-mode", "--type", "luks2", image)
+    assert proc.returncode == 0, proc.stderr
     header, region = read_header(image)
     assert header.describe()["digests"][0]["hash"] == "sha1"
     mk = header.unlock(region, PASS)[1]
@@ -388,11 +387,8 @@ def test_rekey_file_kdf_options_on_a_cryptsetup_luks2_image(
 def test_rekey_file_kdf_options_on_a_cryptsetup_luks1_image(
         tmp_path: Path, keyfile: Path, cryptsetup: str) -> None:
     image = tmp_path / "cs1.img"
-    with open(image, "wb") as f:
-        f.truncate(4 << 20)
-    proc = cs(cryptsetup, "luksFormat", "--type", "luks1", "--batch-mode", "--key-file",
-              keyfile, "--hash", "sha512", "--pbkdf-force-iterations", "1000", image)
-    assert proc.returncode == 0, proc.stderr
+    cs_format(cryptsetup, image, keyfile, "--hash", "sha512", "--pbkdf-force-iterations", "1000",
+              luks_type="luks1")
     result = rekey_file(str(image), PASS, new_passphrase=OTHER, remove_old=True,
                         kdf=KdfOptions(iterations=1234))
     assert (result.opened_slot, result.added_slot, result.removed_slot) == (0, 1, 0)
@@ -408,11 +404,7 @@ def test_rekey_file_kdf_options_on_a_cryptsetup_luks1_image(
 def test_rekey_file_kdf_options_refused_for_luks1_argon2(
         tmp_path: Path, keyfile: Path, cryptsetup: str) -> None:
     image = tmp_path / "cs1.img"
-    with open(image, "wb") as f:
-        f.truncate(4 << 20)
-    proc = cs(cryptsetup, "luksFormat", "--type", "luks1", "--batch-mode", "--key-file",
-              keyfile, "--pbkdf-force-iterations", "1000", image)
-    assert proc.returncode == 0, proc.stderr
+    cs_format(cryptsetup, image, keyfile, "--pbkdf-force-iterations", "1000", luks_type="luks1")
     before = image.read_bytes()
     with pytest.raises(UsageError, match="LUKS1 keyslots use pbkdf2"):
         rekey_file(str(image), PASS, new_passphrase=OTHER,

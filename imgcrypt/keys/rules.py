@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import enum
 import os
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from imgcrypt.errors import (
     FormatError,
+    ImgcryptError,
     KeyManagerError,
     KeyManagerUnavailableError,
     SecretInUseError,
@@ -380,13 +382,18 @@ def replace_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
     """Record that ``key_id`` opens the new image written at ``path``, and take ``path`` off
     every other key in the local keystore: the image they opened there is gone (``encrypt
     --force`` replaced it), and a stale entry would make ``keys delete`` refuse for nothing.
-    True when an entry was written."""
+    True when an entry was written.
+
+    The other keys are tidied on a best-effort basis: the image is written and its own key
+    recorded by then, and a neighbour the keystore cannot read (``keys list`` reports it) must
+    not fail the command, which would delete a new key the image needs."""
     if not register_file_consumer(manager, key_id, path):
         return False
     entry = file_consumer(path)
-    for info in manager.list():
-        if info.secret_id != key_id and entry in manager.list_consumers(info.secret_id):
-            manager.remove_consumer(info.secret_id, entry)
+    with contextlib.suppress(ImgcryptError):
+        for info in manager.list():
+            if info.secret_id != key_id and entry in manager.list_consumers(info.secret_id):
+                manager.remove_consumer(info.secret_id, entry)
     return True
 
 
@@ -406,11 +413,10 @@ def consumer_name(consumer: Consumer) -> str:
 def delete_secret(manager: KeyManager, key_id: str, *, force: bool) -> None:
     """Delete a secret, refusing while it still opens images (naming them), unless ``force``:
     deleting it would lock them out."""
-    if not force and manager.supports_consumers:
-        consumers = manager.list_consumers(key_id)
-        if consumers:
-            raise SecretInUseError(
-                f"secret {key_id} still opens {', '.join(map(consumer_name, consumers))}; "
-                "deleting it would lock them out (use --force to delete it anyway)"
-            )
+    consumers = [] if force else consumers_of(manager, key_id)
+    if consumers:
+        raise SecretInUseError(
+            f"secret {key_id} still opens {', '.join(map(consumer_name, consumers))}; "
+            "deleting it would lock them out (use --force to delete it anyway)"
+        )
     manager.delete(key_id, force=force)

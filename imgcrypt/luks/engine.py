@@ -390,10 +390,8 @@ class _Turns:
 
 class _Engine:
     def __init__(self, plan: PayloadPlan, source: Source, target: Target | None,
-                 transform: Transform, workers: int, chunk_size: int,
-                 progress_step: int = PROGRESS_STEP) -> None:
+                 transform: Transform, workers: int, chunk_size: int) -> None:
         self.plan, self.source, self.target = plan, source, target
-        self.progress_step = progress_step
         self.transform, self.chunk_size = transform, chunk_size
         self.cond = threading.Condition()
         self.stopped = False
@@ -403,7 +401,7 @@ class _Engine:
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(2, workers))
         self.workers = workers
         self.read_total = 0
-        self.written_total = 0
+        self.length = 0  # the output's length, once the transfer has ended
 
     def stop(self) -> None:
         with self.cond:
@@ -495,9 +493,8 @@ class _Engine:
                 self.writes.done()
         with self.cond:
             self.read_total += got
-            self.written_total += out
         progress[0] += got
-        if progress[0] >= self.progress_step:
+        if progress[0] >= PROGRESS_STEP:
             self._put(("progress", progress[0]))
             progress[0] = 0
         return not ends
@@ -531,13 +528,13 @@ class _Engine:
             # returns: it finds the transfer stopped and writes nothing.
         if error is not None:
             raise error
-        length = self.plan.check_end(self.read_total)
+        self.length = self.plan.check_end(self.read_total)
         if self.target is not None:
-            self.target.finish(length)
+            self.target.finish(self.length)
 
 
 def _engine(plan: PayloadPlan, source: Source, target: Target | None, transform: Transform,
-            workers: int | None, chunk_size: int, progress_step: int = PROGRESS_STEP) -> _Engine:
+            workers: int | None, chunk_size: int) -> _Engine:
     if chunk_size <= 0 or chunk_size % plan.sector_size or chunk_size > CHUNK_SIZE:
         raise ValueError("chunk_size must be a multiple of the sector size, at most 4 MiB")
     count = default_workers() if workers is None else workers
@@ -545,7 +542,7 @@ def _engine(plan: PayloadPlan, source: Source, target: Target | None, transform:
         raise ValueError("workers must be at least 1")
     if workers is None and (source.sequential or target is None or target.sequential):
         count += 1  # one more so that a read, a transform and a write can all be under way
-    return _Engine(plan, source, target, transform, count, chunk_size, progress_step)
+    return _Engine(plan, source, target, transform, count, chunk_size)
 
 
 def transfer(plan: PayloadPlan, source: Source, target: Target, transform: Transform, *,
@@ -561,7 +558,7 @@ def transfer(plan: PayloadPlan, source: Source, target: Target, transform: Trans
     for kind, value in engine.run():
         if kind == "progress" and progress is not None and value:
             progress(value)
-    return TransferResult(engine.read_total, plan.check_end(engine.read_total))
+    return TransferResult(engine.read_total, engine.length)
 
 
 def iter_transfer(plan: PayloadPlan, source: Source, transform: Transform, *,
@@ -573,17 +570,6 @@ def iter_transfer(plan: PayloadPlan, source: Source, transform: Transform, *,
     engine = _engine(plan, source, None, transform, workers, chunk_size)
     for kind, value in engine.run():
         if kind == "data":
-            yield value
-
-
-def transfer_events(plan: PayloadPlan, source: Source, target: Target, transform: Transform, *,
-                    workers: int | None = None,
-                    chunk_size: int = CHUNK_SIZE) -> Iterator[int]:
-    """:func:`transfer` as an iterator of the input bytes of each chunk, as chunks complete;
-    closing it early stops the workers and waits for them."""
-    engine = _engine(plan, source, target, transform, workers, chunk_size, progress_step=1)
-    for kind, value in engine.run():
-        if kind == "progress":
             yield value
 
 

@@ -91,11 +91,11 @@ def open_guest(path: str | os.PathLike[str], source_format: str | None = None, *
     if source_format is None:
         source_format = format_by_magic(path)
     if source_format != "raw":
+        # image_info refuses a file qemu-img sees as another format than the one given
         info = image_info(path, source_format=source_format, qemu_img=qemu_img)
-        if info.format != "raw":
-            with guest_source(path, info, qemu_img=qemu_img) as guest:
-                yield guest, info.format, info.virtual_size
-            return
+        with guest_source(path, info, qemu_img=qemu_img) as guest:
+            yield guest, info.format, info.virtual_size
+        return
     with open(path, "rb") as f:
         yield f, "raw", os.fstat(f.fileno()).st_size
 

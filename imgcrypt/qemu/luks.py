@@ -99,11 +99,10 @@ def decrypt(path: str, passphrase: bytes, target: str, *, force: bool = False,
     (plaintext: ``mode`` 0600 unless asked); returns the bytes written (the virtual size)."""
     read_qcow2_luks(path)  # a clear refusal before qemu-img for anything but qcow2 + LUKS
     info = _checked_info(path, qemu_img)
-    with qemu_img.secret_file(passphrase) as secret, \
+    with _secrets(qemu_img, passphrase) as secrets, \
             atomic_path(target, force=force, source=path, mode=mode) as temp:
         spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": "s0"}})
-        qemu_img.run(["convert", *secret_object(secret), "-O", "raw", spec, temp],
-                     what="convert")
+        qemu_img.run(["convert", *secrets, "-O", "raw", spec, temp], what="convert")
     return info.virtual_size
 
 
@@ -143,8 +142,7 @@ def qemu_encrypt_options(options: FormatOptions) -> str:
         raise UsageError("qemu-img takes a time budget, not iterations: use --iter-time")
     if options.key_slot != 0:
         raise UsageError("qemu-img puts the first passphrase in keyslot 0: drop --key-slot")
-    if not 1 <= options.iter_time_ms <= 600_000:
-        raise UsageError(f"iter-time {options.iter_time_ms} out of range 1..600000")
+    _check_iter_time(options.iter_time_ms)
     if options.hash.lower() not in QEMU_HASHES:
         # also keeps anything but a plain name out of qemu's comma-separated option string
         raise UsageError(f"qemu's LUKS takes --hash {', '.join(QEMU_HASHES)}")
@@ -181,9 +179,9 @@ def encrypt(source: str, target: str, passphrase: bytes, options: FormatOptions,
     qemu_options = qemu_encrypt_options(options)
     info = image_info(source, source_format=source_format, qemu_img=qemu_img)
     require_convertible(info, source)
-    with qemu_img.secret_file(passphrase) as secret, \
+    with _secrets(qemu_img, passphrase) as secrets, \
             atomic_path(target, force=force, source=source) as temp:
-        qemu_img.run(["convert", *secret_object(secret), "-O", "qcow2", "-o", qemu_options,
+        qemu_img.run(["convert", *secrets, "-O", "qcow2", "-o", qemu_options,
                       source_spec(source, info.format), temp], what="convert")
     return image_info(target, source_format="qcow2", qemu_img=qemu_img)
 
@@ -195,11 +193,16 @@ def create(target: str, virtual_size: int, passphrase: bytes, options: FormatOpt
     if isinstance(virtual_size, bool) or not 0 < virtual_size <= MAX_SIZE:
         raise UsageError(f"invalid virtual size {virtual_size!r}")
     qemu_options = qemu_encrypt_options(options)
-    with qemu_img.secret_file(passphrase) as secret, \
+    with _secrets(qemu_img, passphrase) as secrets, \
             atomic_path(target, force=force) as temp:
-        qemu_img.run(["create", "-q", *secret_object(secret), "-f", "qcow2", "-o", qemu_options,
+        qemu_img.run(["create", "-q", *secrets, "-f", "qcow2", "-o", qemu_options,
                       temp, str(virtual_size)], what="create")
     return image_info(target, source_format="qcow2", qemu_img=qemu_img)
+
+
+def _check_iter_time(iter_time_ms: int) -> None:
+    if not 1 <= iter_time_ms <= 600_000:
+        raise UsageError(f"iter-time {iter_time_ms} out of range 1..600000")
 
 
 @contextmanager
@@ -236,8 +239,7 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
         raise UsageError("give a new passphrase or a keyslot to remove")
     if new_passphrase is not None and new_passphrase == passphrase:
         raise UsageError("the new passphrase is the current one")
-    if not 1 <= iter_time_ms <= 600_000:
-        raise UsageError(f"iter-time {iter_time_ms} out of range 1..600000")
+    _check_iter_time(iter_time_ms)
     found = read_qcow2_luks(path)
     before = _active(found)
     _checked_info(path, qemu_img)

@@ -122,8 +122,6 @@ class GlanceVerifier(HashingConsumer):
         hash_method = properties[HASH_METHOD_KEY]
         super().__init__(hash_method, glance_hash(hash_method))
         check_matches(key_type, certificate.public_key)
-        if family.legacy:  # check_matches made the key this family's: its policy applies too
-            check_key_policy(certificate.public_key, allow_legacy=allow_legacy)
         self._signature = _decode_signature(properties[SIGNATURE_KEY])
         self._key_type = key_type
         self._public_key = certificate.public_key
