@@ -349,7 +349,10 @@ def start_glance(workdir: Path, keystone: Keystone, barbican: KeystoneBarbican,
     venv_bin = require_venv(GLANCE_VENV, "install-glance.sh").parent
     glance_config(workdir, keystone, barbican, plugins, extra, default_extra)
     conf = workdir / "glance-api.conf"
-    env = {**base_env(workdir / "home"), "OS_GLANCE_CONFIG_DIR": str(workdir)}
+    # PYTHONPATH: Glance imports imgcrypt's plugins from this checkout (the one under test),
+    # whichever checkout the shared Glance virtualenv's editable install points at.
+    env = {**base_env(workdir / "home"), "OS_GLANCE_CONFIG_DIR": str(workdir),
+           "PYTHONPATH": str(ROOT)}
     log_path = workdir / "glance.log"
     with log_path.open("ab") as log:
         subprocess.run([str(venv_bin / "glance-manage"), "--config-file", str(conf), "db_sync"],

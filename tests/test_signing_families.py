@@ -277,7 +277,7 @@ def test_glance_names_are_exactly_the_ones_cursive_registers() -> None:
     for family in algorithms.FAMILIES:
         if family.glance_name is None:
             continue
-        assert family.public_type is registered[family.glance_name].public_key_type
+        assert family.key_types()[0] is registered[family.glance_name].public_key_type
         if family.curve is not None:
             assert family.glance_name == "ECC_" + family.curve.upper()
     for name, spec in algorithms.GLANCE_HASHES.items():

@@ -12,6 +12,7 @@ from imgcrypt.cli.inputs import feed_image, key_manager
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.imageprops import image_show_properties, unknown_properties
+from imgcrypt.signing.algorithms import family_named
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
 from imgcrypt.signing.verify import CertificateSources, VerificationResult, open_verifier
 from imgcrypt.text import escape
@@ -116,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
                              clock=lambda: at, allow_legacy=args.allow_legacy)
     result: VerificationResult = feed_image(verifier, args.image)
     ignored = unknown_properties(properties)
+    for scheme in result.schemes:
+        family = family_named(scheme.algorithm)
+        if family is not None and family.legacy and not args.json:
+            sys.stderr.write(f"imgcrypt: note: this image is signed with {scheme.algorithm}, "
+                             "which cryptography deprecates; ask its publisher to re-sign it "
+                             "with RSA-PSS or ECDSA\n")
     if ignored and not args.json:
         sys.stderr.write("imgcrypt: note: ignored properties no signature covers: "
                          + ", ".join(n[:64] for n in ignored) + "\n")

@@ -98,6 +98,14 @@ def _reencode(kind: str, payload: bytes, *, to_pem: bool) -> bytes:
     """A certificate (X.509), public key (SubjectPublicKeyInfo) or unencrypted private key
     (PKCS#8) read from DER and written as PEM (``to_pem``), or the other way round.
     cryptography's ValueError/TypeError on bytes that are no such thing pass through."""
+
+    from imgcrypt.legacy import legacy_dsa
+
+    with legacy_dsa():  # a legacy DSA certificate or key is re-encoded like any other
+        return _reencode_quietly(kind, payload, to_pem=to_pem)
+
+
+def _reencode_quietly(kind: str, payload: bytes, *, to_pem: bool) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 

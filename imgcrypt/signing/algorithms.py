@@ -14,13 +14,14 @@ one place that asks what type a key object is; everything else asks the family's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, mldsa, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, mldsa, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
     PrivateKeyTypes,
@@ -36,6 +37,7 @@ from imgcrypt.errors import (
     VerificationFault,
     WeakAlgorithmError,
 )
+from imgcrypt.legacy import legacy_dsa
 
 PublicKey: TypeAlias = CertificatePublicKeyTypes
 PrivateKey: TypeAlias = PrivateKeyTypes
@@ -49,6 +51,20 @@ MLDSA_CONTEXT = b"imgcrypt-manifest-v1"
 # (key, signature, data, hash, prehashed) -> None or an exception from `cryptography`.
 Sign: TypeAlias = Callable[[Any, bytes, hashes.HashAlgorithm, bool], bytes]
 Verify: TypeAlias = Callable[[Any, bytes, bytes, hashes.HashAlgorithm, bool], None]
+
+
+@functools.cache
+def _dsa_types() -> tuple[type[Any], type[Any]]:
+    # Imported on first use: only an image, certificate or key that might be DSA gets here.
+    with legacy_dsa():
+        from cryptography.hazmat.primitives.asymmetric import dsa
+
+        return dsa.DSAPublicKey, dsa.DSAPrivateKey
+
+
+def _verify_dsa(key: Any, sig: bytes, data: bytes, alg: hashes.HashAlgorithm, pre: bool) -> None:
+    with legacy_dsa():
+        key.verify(sig, data, _hash_mode(alg, pre))
 
 
 def _hash_mode(algorithm: hashes.HashAlgorithm, prehashed: bool) -> Any:
@@ -88,7 +104,7 @@ ECDSA = Scheme(
 DSA = Scheme(  # legacy: cursive still verifies it, imgcrypt never makes it
     "DSA",
     sign=None,
-    verify=lambda key, sig, data, alg, pre: key.verify(sig, data, _hash_mode(alg, pre)),
+    verify=_verify_dsa,
     prehashed=True,
     message=False,
 )
@@ -113,8 +129,8 @@ class KeyFamily:
     """One kind of key: its types, its names in each mode, its limits and how it signs."""
 
     label: str  # how messages name it: "RSA" (-2048), "EC" (secp384r1), "Ed25519", "ML-DSA-65"
-    public_type: type[Any]
-    private_type: type[Any]
+    public_type: type[Any] | None  # None: `load_types` gives both types on first use
+    private_type: type[Any] | None
     scheme: Scheme | None  # None: known by name only, nothing signs or verifies with it
     imgcrypt_name: str | None = None  # imgcrypt_sign_algorithm; None: not in imgcrypt mode
     glance_name: str | None = None  # img_signature_key_type; None: cursive cannot verify it
@@ -125,9 +141,15 @@ class KeyFamily:
     max_sign_bits: int | None = None  # imgcrypt mode signs with keys up to this size
     legacy: bool = False  # refused unless legacy algorithms are allowed
     webpki: bool = False  # `cryptography`'s Web PKI profile takes it in a certificate chain
+    load_types: Callable[[], tuple[type[Any], type[Any]]] | None = None  # deprecated families
+
+    def key_types(self) -> tuple[type[Any], ...]:
+        if self.load_types is not None:
+            return self.load_types()
+        return tuple(t for t in (self.public_type, self.private_type) if t is not None)
 
     def holds(self, key: object) -> bool:
-        if not isinstance(key, self.public_type | self.private_type):
+        if not isinstance(key, self.key_types()):
             return False
         return self.curve is None or key.curve.name == self.curve
 
@@ -172,8 +194,8 @@ FAMILIES: tuple[KeyFamily, ...] = (
     _mldsa(44, mldsa.MLDSA44PublicKey, mldsa.MLDSA44PrivateKey),
     _mldsa(65, mldsa.MLDSA65PublicKey, mldsa.MLDSA65PrivateKey),
     _mldsa(87, mldsa.MLDSA87PublicKey, mldsa.MLDSA87PrivateKey),
-    KeyFamily("DSA", dsa.DSAPublicKey, dsa.DSAPrivateKey, DSA, glance_name="DSA", sized=True,
-              legacy=True),
+    KeyFamily("DSA", None, None, DSA, glance_name="DSA", sized=True, legacy=True,
+              load_types=_dsa_types),
     KeyFamily("Ed448", ed448.Ed448PublicKey, ed448.Ed448PrivateKey, None),
 )
 

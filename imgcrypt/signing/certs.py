@@ -43,6 +43,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgcrypt.errors import CertificateError, CertificateFault, UsageError, WeakAlgorithmError
+from imgcrypt.legacy import legacy_dsa
 from imgcrypt.signing.algorithms import (
     PrivateKey,
     PublicKey,
@@ -165,7 +166,8 @@ def _signature_hash(certificate: x509.Certificate) -> hashes.HashAlgorithm | Non
 def _check_algorithms(certificate: x509.Certificate, policy: CertificatePolicy) -> PublicKey:
     check_hash_policy(_signature_hash(certificate), allow_legacy=policy.allow_legacy)
     try:
-        public_key = certificate.public_key()
+        with legacy_dsa():
+            public_key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise WeakAlgorithmError(
             f"{describe(certificate)} holds an unsupported public key"
@@ -298,7 +300,8 @@ def _walk(
 def _webpki_expressible(certificates: Sequence[x509.Certificate]) -> bool:
     for certificate in certificates:
         try:
-            key = certificate.public_key()
+            with legacy_dsa():
+                key = certificate.public_key()
         except (ValueError, UnsupportedAlgorithm):
             return False
         family = family_of(key)
@@ -478,7 +481,9 @@ def check_certificate(
 def check_key_matches(certificates: Sequence[x509.Certificate], private_key: PrivateKey) -> None:
     """Refuse to sign with a key that is not the one the (first) certificate certifies: a
     verifier would then find every signature invalid."""
-    if certificates[0].public_key() != public_key_of(private_key):
+    with legacy_dsa():
+        certified = certificates[0].public_key()
+    if certified != public_key_of(private_key):
         raise UsageError("the private key does not belong to the certificate")
 
 

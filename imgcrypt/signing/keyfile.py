@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 
 from imgcrypt.errors import FormatError, PassphraseRequiredError, WrongPassphraseError
+from imgcrypt.legacy import legacy_dsa
 from imgcrypt.signing.algorithms import PrivateKey
 
 MAX_KEY_BYTES = 1 << 20
@@ -22,7 +23,8 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         else serialization.load_der_private_key
     )
     try:
-        return loader(data, password=passphrase)
+        with legacy_dsa():  # a DSA key is loaded so that signing can refuse it by name
+            return loader(data, password=passphrase)
     except TypeError:
         # cryptography says TypeError both for "encrypted, no password" and the reverse.
         if passphrase is None:
@@ -40,4 +42,4 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         raise FormatError(f"unsupported private key: {type(exc).__name__}") from None
 
 
-__all__ = [ "load_private_key"]
+__all__ = ["load_private_key"]
