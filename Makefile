@@ -45,7 +45,7 @@ lint: $(STAMP)
 # references as errors; tests/test_apidoc.py also fails when a public name is left out.
 apidoc: $(STAMP)
 	rm -rf docs/api/generated  # autosummary's pages, made anew: none left from a removed module
-	$(BIN)/sphinx-build -W --keep-going -n -q -b html docs/api build/apidoc/html
+	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs/api build/apidoc/html
 
 # etc/imgcrypt.conf.sample from the Glance plugins' options (the oslo.config.opts entry point);
 # tests/test_conventions.py fails when the checked-in sample is stale.
