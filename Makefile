@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Every package pinned to a version the suite passed with (OpenStack's upper-constraints); the
+# ranges in pyproject.toml say what may work, this file what was tested. `make test-latest`
+# tries the newest releases the ranges admit; `make constraints` adopts them once they pass.
+CONSTRAINTS := upper-constraints.txt
+EXTRAS := cloud,devices,dev
+LATEST := .venv-latest
 
-.PHONY: demo test venv tools barbican glance keystone lint bench fuzz clean apidoc sample-config releasenotes
+.PHONY: demo test test-latest constraints venv tools barbican glance keystone lint bench fuzz clean \
+	apidoc sample-config releasenotes
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
@@ -12,12 +19,29 @@ demo: $(STAMP)
 test: $(STAMP) tools barbican glance keystone lint apidoc releasenotes
 	$(BIN)/pytest
 
-$(STAMP): pyproject.toml imgcrypt/luks/_xtsmul.c imgcrypt/luks/_evpxts.c
+$(STAMP): pyproject.toml $(CONSTRAINTS) imgcrypt/luks/_xtsmul.c imgcrypt/luks/_evpxts.c
 	-scripts/install-tools.sh build  # libssl-dev; without it the slower XTS path is built
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[cloud,devices,dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $@
+
+# The suite against the newest release of every package the ranges admit (the services stay on
+# their own constraints): prints which packages moved since upper-constraints.txt, then tests.
+test-latest: tools barbican glance keystone
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	$(PYTHON) scripts/constraints.py freeze $(LATEST) $(LATEST)/constraints.txt
+	@echo "packages that moved since $(CONSTRAINTS):"
+	@$(PYTHON) scripts/constraints.py moved $(CONSTRAINTS) $(LATEST)/constraints.txt
+	$(LATEST)/bin/pytest
+
+# Adopt what `make test-latest` just passed with (commit the file with a release note).
+constraints:
+	test -f $(LATEST)/constraints.txt || { echo "run make test-latest first" >&2; exit 1; }
+	cp $(LATEST)/constraints.txt $(CONSTRAINTS)
 
 venv: $(STAMP)
 
@@ -64,4 +88,4 @@ fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz.py
 
 clean:
-	rm -rf $(VENV) .venv-barbican .venv-glance .venv-keystone demo-out bench-out .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) .venv-lowest .venv-barbican .venv-glance .venv-keystone demo-out bench-out .pytest_cache .mypy_cache .hypothesis

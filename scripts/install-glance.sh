@@ -23,4 +23,4 @@ import glance.async_.flows.plugins
 ' 'glance>=33,<34' python-glanceclient gunicorn
 
 # imgcrypt's plugins, refreshed every time (editable, so the tests run the work tree's code).
-"${venv}/bin/python" -m pip install --quiet -e "${here}[glance]"
+"${venv}/bin/python" -m pip install --quiet -c "${here}/constraints/glance.txt" -e "${here}[glance]"

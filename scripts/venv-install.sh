@@ -8,7 +8,8 @@ venv_imports() {
 }
 
 # install_service_venv NAME VENV CODE PACKAGE...: leave VENV alone when it runs CODE; else
-# make it afresh with PACKAGE... (pip's own arguments) and check CODE again.
+# make it afresh with PACKAGE... (pip's own arguments), pinned by constraints/NAME.txt (every
+# package at the version the suite passed with), and check CODE again.
 install_service_venv() {
     local name="$1" venv="$2" code="$3"
     shift 3
@@ -19,7 +20,7 @@ install_service_venv() {
     rm -rf "${venv}"
     "${PYTHON:-python3}" -m venv "${venv}"
     "${venv}/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
-    "${venv}/bin/python" -m pip install --quiet "$@"
+    "${venv}/bin/python" -m pip install --quiet -c "${here}/constraints/${name}.txt" "$@"
     if ! venv_imports "${venv}" "${code}"; then
         echo "${name} installed in ${venv} but does not import" >&2
         exit 1

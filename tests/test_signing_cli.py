@@ -308,3 +308,48 @@ def test_stdin_image_through_a_subprocess(files: dict[str, Path]) -> None:
         "verify", files["image"], "--properties", props, "--cert", files["dir"] / "ed25519.crt", *AT
     )
     assert code == 0, err
+
+
+def test_dsa_signed_image_verifies_with_one_note_and_no_library_warning(
+        files: dict[str, Path]) -> None:
+    """cryptography 51 deprecates DSA. A legacy Glance image signed with DSA still verifies
+    (with --allow-legacy), and the person reads one note naming the image's algorithm, not the
+    library's warning; without --allow-legacy it is refused in one line."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    from imgcrypt.legacy import legacy_dsa
+
+    dsa_key = key("dsa2048")
+    image = files["image"].read_bytes()
+    with legacy_dsa():
+        signature = dsa_key.sign(_sha256(image), Prehashed(hashes.SHA256()))
+    props = files["dir"] / "dsa.json"
+    props.write_text(json.dumps({
+        "img_signature": base64.b64encode(signature).decode(),
+        "img_signature_hash_method": "SHA-256",
+        "img_signature_key_type": "DSA",
+        "img_signature_certificate_uuid": UUID,
+    }))
+    cert = files["dir"] / "dsa.crt"
+    cert.write_bytes(cert_pem(make_cert(dsa_key)))
+    verify = [sys.executable, "-m", "imgcrypt", "verify", str(files["image"]),
+              "--properties", str(props), "--cert", str(cert), *AT]
+    ok = subprocess.run([*verify, "--allow-legacy"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ("imgcrypt: note: this image is signed with DSA, which cryptography "
+                         "deprecates; ask its publisher to re-sign it with RSA-PSS or ECDSA\n")
+    refused = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4
+    assert refused.stderr.startswith("imgcrypt: error: ") and refused.stderr.count("\n") == 1
+    assert "Deprecat" not in refused.stderr
+
+
+def _sha256(data: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    return digest.finalize()
