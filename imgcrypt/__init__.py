@@ -16,8 +16,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
     # LUKS
     "FormatOptions": "imgcrypt.luks.options",
@@ -56,9 +54,24 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = _installed_version()
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'imgcrypt' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def _installed_version() -> str:
+    """The installed distribution's version, i.e. pyproject.toml's; looked up on first use, as
+    importlib.metadata costs tens of milliseconds that ``import imgcrypt`` should not."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgcrypt")
+    except PackageNotFoundError:  # a checkout put on sys.path, never installed
+        return "unknown"

@@ -57,6 +57,7 @@ def _luks_entry(name: str) -> backend.HashInfo:
     return info
 
 
+#: Every hash either scheme knows, with its names, strength and implementation.
 DIGESTS = (
     HashSpec("md5", legacy=True),
     HashSpec("sha1", legacy=True),
@@ -72,13 +73,17 @@ for _spec in DIGESTS:
     _luks_entry(_spec.name)
 
 # Each protocol's view of the table, by its own spelling, in table order.
+#: Glance mode's hashes (``img_signature_hash_method``): ``SHA-224`` .. ``SHA-512``.
 GLANCE_HASHES: dict[str, HashSpec] = {d.glance_name: d for d in DIGESTS if d.glance_name}
+#: imgcrypt mode's hashes (``imgcrypt_sign_hash``): ``sha256`` .. ``sha3-512``.
 IMGCRYPT_HASHES: dict[str, HashSpec] = {d.name: d for d in DIGESTS if d.signs}
-# Glance recommends hashlib.algorithms_guaranteed for interoperability; the shake digests have
-# no fixed length, so no hexdigest() Glance could store.
+#: Hashes an image service may name in ``os_hash_algo``: Glance recommends
+#: hashlib.algorithms_guaranteed for interoperability; the shake digests have no fixed
+#: length, so no hexdigest() Glance could store.
 MULTIHASHES: frozenset[str] = frozenset(
     name for name in hashlib.algorithms_guaranteed if not name.startswith("shake_"))
-DEFAULT_MULTIHASH = "sha512"  # Glance's default hashing_algorithm
+#: Glance's default ``hashing_algorithm`` (``os_hash_algo``).
+DEFAULT_MULTIHASH = "sha512"
 
 
 def _flat_spelling(name: str) -> str:

@@ -138,6 +138,8 @@ out = {
     "console": [e.value for e in eps.select(group="console_scripts", name="imgcrypt")],
     "glance": sorted(e.name for e in eps.select(group="glance.image_import.plugins")),
     "typed": rs.files("imgcrypt").joinpath("py.typed").is_file(),
+    "oslo": [e.value for e in eps.select(group="oslo.config.opts", name="imgcrypt")],
+    "metadefs": sorted(p.name for p in rs.files("imgcrypt").joinpath("metadefs").iterdir()),
 }
 for name in ("_evpxts", "_xtsmul"):
     try:
@@ -169,6 +171,8 @@ def test_wheel_and_sdist_install_without_a_compiler_and_agree(
         "console": ["imgcrypt.cli.main:main"],
         "glance": ["imgcrypt_encrypt", "imgcrypt_verify"],
         "typed": True, "_evpxts": True, "_xtsmul": True,
+        "oslo": ["imgcrypt.glance.options:list_opts"],
+        "metadefs": ["encryption.json", "signature.json", "verdict.json"],
     }
     made_by_wheel = _round_trip(wheel_venv, wheel_env, tmp_path / "wheel-run")
 
@@ -177,6 +181,7 @@ def test_wheel_and_sdist_install_without_a_compiler_and_agree(
     installed = _installed(sdist_venv, sdist_env, tmp_path)
     assert installed["_evpxts"] is False and installed["_xtsmul"] is False
     assert installed["typed"] is True
+    assert installed["metadefs"] == ["encryption.json", "signature.json", "verdict.json"]
     _round_trip(sdist_venv, sdist_env, tmp_path / "sdist-run")
 
     # The same image, decrypted by the pure path, gives the wheel's plaintext.

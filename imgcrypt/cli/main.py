@@ -46,6 +46,21 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(message)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up only when asked for (see imgcrypt.__version__)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from imgcrypt import __version__
+
+        sys.stdout.write(f"imgcrypt {__version__}\n")
+        parser.exit()
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given ``argv`` naming one command, only that command's module is imported,
     which keeps start-up short (signing and key-manager imports cost a tenth of a second)."""
@@ -56,9 +71,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                                           in EXIT_CODES.items())
         + '. With --json, a failure also prints {"error": {"code": N, "message": ...}}.',
     )
-    from imgcrypt import __version__
-
-    parser.add_argument("--version", action="version", version=f"imgcrypt {__version__}")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print imgcrypt's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     wanted = _command_in(argv)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from imgcrypt.keys.rules import DELETION_POLICIES
 from imgcrypt.service.upload import UploadPolicy
 
 GROUP = "imgcrypt"
+# What each deletion policy means, as the sample configuration shows it.
+_POLICY_HELP = {
+    "on_image_deletion": "the key is deleted with the image, unless another consumer "
+                         "(an image or volume) still uses it",
+    "do_not_delete": "the key outlives the image",
+}
 
 
 def _options() -> list[Any]:
@@ -28,7 +35,7 @@ def _options() -> list[Any]:
                     help="Register the image as a Barbican consumer of its key, so the key "
                          "is not deleted while another image still uses it."),
         cfg.StrOpt("encrypt_key_deletion_policy", default="on_image_deletion",
-                   choices=["on_image_deletion", "do_not_delete"],
+                   choices=[(policy, _POLICY_HELP[policy]) for policy in DELETION_POLICIES],
                    help="Deletion policy imgcrypt_encrypt gives the keys it orders."),
         cfg.IntOpt("encrypt_pbkdf2_iterations", default=None, min=1000,
                    help="PBKDF2 iterations of the keyslot imgcrypt_encrypt writes; unset, "

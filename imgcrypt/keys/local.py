@@ -43,6 +43,7 @@ _LOCK_NAME = ".lock"
 
 
 def default_keystore_dir() -> Path:
+    """The local keystore's directory when none is given: the user's data directory."""
     return Path(platformdirs.user_data_dir("imgcrypt")) / "keys"
 
 

@@ -251,6 +251,7 @@ def consumers_of(manager: KeyManager, key_id: str) -> list[Consumer]:
 
 
 def parse_deletion_policy(value: str) -> str:
+    """A key deletion policy, normalised; a value not in :data:`DELETION_POLICIES` is refused."""
     policy = value.strip().lower()
     if policy not in DELETION_POLICIES:
         raise UsageError(
@@ -406,6 +407,7 @@ def replace_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
 
 
 def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
+    """Forget that the file at ``path`` uses the key, in the local keystore only."""
     if manager.name == "local" and path != "-":
         manager.remove_consumer(key_id, file_consumer(path))
 

@@ -62,4 +62,5 @@ class Argon2:
         return self.variant
 
 
+#: A keyslot's or digest's key derivation: PBKDF2 or Argon2.
 Kdf = Pbkdf2 | Argon2

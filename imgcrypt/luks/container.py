@@ -21,6 +21,7 @@ from imgcrypt.luks.sectors import CipherSpec
 # RegionUpdate lives in the leaf module imgcrypt.luks.base; it is named here for callers.
 __all__ = ["PROBE_SIZE", "LuksHeader", "RegionUpdate", "bytes_to_parse",
            "detect_version", "is_luks", "parse_header", "whole_sectors"]
+#: Bytes to read from an image's start to tell LUKS from anything else.
 PROBE_SIZE = 4096
 LOOP_SECTOR = 512
 _log = logging.getLogger("imgcrypt")
@@ -88,6 +89,7 @@ def detect_version(prefix: bytes) -> int:
 
 
 def is_luks(prefix: bytes) -> bool:
+    """Whether ``prefix`` starts with the LUKS magic (either version)."""
     return len(prefix) >= 6 and prefix[:6] == MAGIC
 
 

@@ -49,6 +49,7 @@ def pbkdf2_cost(hash_name: str, iterations: int, length: int) -> int:
 
 
 def argon2_cost(memory_kib: int, passes: int) -> int:
+    """An Argon2 keyslot's cost in the budget's units: memory times passes, weighted."""
     return math.ceil(memory_kib * passes * ARGON2_KIB_PASS_COST)
 
 

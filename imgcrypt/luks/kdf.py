@@ -55,6 +55,7 @@ class KdfLimits:
     max_unlock_cost: int = 400_000_000
 
 
+#: The bounds applied when a caller gives none.
 DEFAULT_LIMITS = KdfLimits()
 
 

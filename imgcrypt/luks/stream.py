@@ -156,7 +156,7 @@ def encrypt_stream(source: BinaryIO | Source, target: BinaryIO, passphrase: byte
                    progress: Progress | None = None) -> EncryptResult:
     """Write a new container to ``target`` holding everything ``source`` yields.
 
-    ``source`` is a file object or an engine source (e.g. :func:`imgcrypt.qemu.guest_source`).
+    ``source`` is a file object or an engine source (e.g. ``imgcrypt.qemu.guest_source``).
     The input length need not be known in advance nor a multiple of the sector size: the last
     sector is zero-padded and the true length returned.
     """
@@ -429,6 +429,7 @@ def rekey_file(path: str, passphrase: bytes, *, new_passphrase: bytes | None = N
 
 
 def remaining_after(header: LuksHeader, slot: int) -> int:
+    """How many keyslots stay active once ``slot`` is removed."""
     return len([s for s in header.active_keyslots() if s != slot])
 
 

@@ -27,6 +27,7 @@ class EncryptionClaim:
 
 
 def claims_encryption(properties: Mapping[str, str]) -> bool:
+    """Whether the properties claim an encrypted image (a key id, a format, disk_format luks)."""
     return (
         any(properties.get(name) for name in (*KEY_ID_PROPERTIES, "os_encrypt_format"))
         or str(properties.get("disk_format", "")).lower() == "luks"

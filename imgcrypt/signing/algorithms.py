@@ -39,7 +39,9 @@ from imgcrypt.errors import (
 )
 from imgcrypt.legacy import legacy_dsa
 
+#: Any public key a certificate can hold; :func:`family_of` says which imgcrypt accepts.
 PublicKey: TypeAlias = CertificatePublicKeyTypes
+#: Any private key ``cryptography`` loads.
 PrivateKey: TypeAlias = PrivateKeyTypes
 
 MIN_RSA_BITS = 2048
@@ -178,7 +180,8 @@ def _mldsa(level: int, public_type: type[Any], private_type: type[Any]) -> KeyFa
                      imgcrypt_name=f"ml-dsa-{level}")
 
 
-# In imgcrypt's order of preference; :func:`family_of` takes the first that holds a key.
+#: Every key family, in imgcrypt's order of preference; :func:`family_of` takes the first
+#: that holds a key.
 FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("Ed25519", ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey, ED25519,
               imgcrypt_name="ed25519"),
@@ -200,8 +203,11 @@ FAMILIES: tuple[KeyFamily, ...] = (
 )
 
 _BY_NAME = {name: family for family in FAMILIES for name in family.names}
+#: The algorithm names of imgcrypt mode (``imgcrypt_sign_algorithm``), in table order.
 IMGCRYPT_ALGORITHMS = tuple(f.imgcrypt_name for f in FAMILIES if f.imgcrypt_name)
+#: The key types Glance mode verifies (``img_signature_key_type``), DSA included.
 GLANCE_KEY_TYPES = tuple(f.glance_name for f in FAMILIES if f.glance_name)
+#: The key types Glance mode signs with: DSA is verify-only.
 GLANCE_SIGNING_KEY_TYPES = tuple(
     f.glance_name for f in FAMILIES if f.glance_name and f.scheme and f.scheme.sign
 )
@@ -237,6 +243,7 @@ def imgcrypt_hash(name: str) -> HashSpec:
 
 
 def describe_key(public_key: PublicKey) -> str:
+    """A key's family and size for messages, such as ``RSA-3072``."""
     family = family_of(public_key)
     return family.describe(public_key) if family else type(public_key).__name__
 
@@ -347,6 +354,7 @@ def sign_prehashed(private_key: PrivateKey, digest: bytes, spec: HashSpec) -> by
 def verify_prehashed(
     public_key: PublicKey, signature: bytes, digest: bytes, spec: HashSpec
 ) -> None:
+    """Verify a Glance-mode signature over an image digest; raises a VerificationError subclass."""
     _verify(public_key, signature, digest, spec, prehashed=True,
             refusal="keys have no Glance key type",
             mismatch="the signature does not match the image")
@@ -358,24 +366,23 @@ def sign_message(private_key: PrivateKey, message: bytes, spec: HashSpec) -> byt
 
 
 def verify_message(public_key: PublicKey, signature: bytes, message: bytes, spec: HashSpec) -> None:
+    """Verify an imgcrypt-mode signature over the manifest; raises a VerificationError subclass."""
     _verify(public_key, signature, message, spec, prehashed=False,
             refusal="keys are not supported",
             mismatch="the signature does not match the signed manifest")
 
 
 def public_key_of(private_key: PrivateKey) -> PublicKey:
+    """The public key of a private key."""
     public = private_key.public_key()
     return public  # type: ignore[return-value]
 
 
 __all__ = [
     "FAMILIES",
-    "GLANCE_HASHES",
     "GLANCE_KEY_TYPES",
     "GLANCE_SIGNING_KEY_TYPES",
     "IMGCRYPT_ALGORITHMS",
-    "IMGCRYPT_HASHES",
-    "HashSpec",
     "KeyFamily",
     "PrivateKey",
     "PublicKey",

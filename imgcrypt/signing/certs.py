@@ -53,6 +53,7 @@ from imgcrypt.signing.algorithms import (
     public_key_of,
 )
 
+#: What certificate checks ask for the current time (:func:`utc_now` by default).
 Clock = Callable[[], dt.datetime]
 MAX_CERTIFICATE_BYTES = 1 << 20
 MAX_BUNDLE_CERTIFICATES = 256
@@ -60,6 +61,7 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----")
 
 
 def utc_now() -> dt.datetime:
+    """The current time, timezone-aware in UTC: the default clock of certificate checks."""
     return dt.datetime.now(dt.UTC)
 
 
@@ -120,6 +122,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
 
 
 def load_certificate_file(path: str | Path) -> list[x509.Certificate]:
+    """The certificates of a PEM or DER file (bounded in size), as :func:`load_certificates`."""
     with open(path, "rb") as handle:
         data = handle.read(MAX_CERTIFICATE_BYTES + 1)
     try:
@@ -147,10 +150,12 @@ def certificates_from_key_manager(
 
 
 def describe(certificate: x509.Certificate) -> str:
+    """A certificate's subject for messages (RFC 4514)."""
     return certificate.subject.rfc4514_string() or "(empty subject)"
 
 
 def fingerprint(certificate: x509.Certificate) -> str:
+    """A certificate's SHA-256 fingerprint as lowercase hex."""
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 

@@ -37,16 +37,23 @@ from imgcrypt.signing.algorithms import (
 from imgcrypt.signing.certs import CheckedCertificate
 from imgcrypt.signing.stream import HashingConsumer, SchemeResult
 
+#: The signature, base64 on one line.
 SIGNATURE_KEY = "img_signature"
+#: The hash, one of :data:`imgcrypt.digests.GLANCE_HASHES`.
 HASH_METHOD_KEY = "img_signature_hash_method"
+#: The key type, one of cursive's names (:data:`.algorithms.GLANCE_KEY_TYPES`).
 KEY_TYPE_KEY = "img_signature_key_type"
+#: The signing certificate's key-manager id.
 CERT_UUID_KEY = "img_signature_certificate_uuid"
+#: Every property of a Glance-mode signature.
 KEYS = (SIGNATURE_KEY, HASH_METHOD_KEY, KEY_TYPE_KEY, CERT_UUID_KEY)
+#: The hash a Glance-mode signer uses when none is given.
 DEFAULT_HASH = "SHA-256"
 MAX_SIGNATURE_CHARS = 1 << 16
 
 
 def present(properties: Mapping[str, str]) -> bool:
+    """Whether any of Glance's ``img_signature*`` properties is present."""
     return any(key in properties for key in KEYS)
 
 

@@ -61,11 +61,13 @@ from imgcrypt.signing.manifest import (
 )
 from imgcrypt.signing.stream import HashingConsumer, SchemeResult
 
+#: The hash an imgcrypt-mode signer uses when none is given.
 DEFAULT_HASH = "sha256"
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 def present(properties: Mapping[str, str]) -> bool:
+    """Whether any ``imgcrypt_sign_*`` property is present (an imgcrypt-mode signature)."""
     return any(key.startswith(PREFIX) for key in properties)
 
 

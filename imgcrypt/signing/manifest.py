@@ -2,7 +2,7 @@
 
 The signature in imgcrypt mode covers a small canonical document, not the image itself:
 
-.. code-block:: json
+.. code-block:: text
 
     {"algorithm":"ed25519","bound":{"cinder_encryption_key_deletion_policy":null,...},
      "digest":"<lowercase hex of the image hash>","hash":"sha256",
@@ -25,16 +25,24 @@ from dataclasses import dataclass
 SCHEME = "imgcrypt-image-signature"
 VERSION = 1
 
+#: The prefix of every imgcrypt-mode signature property.
 PREFIX = "imgcrypt_sign_"
+#: The scheme's version (``1``).
 VERSION_KEY = f"{PREFIX}version"
+#: The signature algorithm, one of :data:`imgcrypt.signing.algorithms.IMGCRYPT_ALGORITHMS`.
 ALGORITHM_KEY = f"{PREFIX}algorithm"
+#: The image hash, one of :data:`imgcrypt.digests.IMGCRYPT_HASHES`.
 HASH_KEY = f"{PREFIX}hash"
+#: The image size in bytes, decimal.
 SIZE_KEY = f"{PREFIX}size"
+#: The unsigned hint that tells a changed bound property from changed bytes.
 BOUND_DIGEST_KEY = f"{PREFIX}bound_sha256"
+#: The signing certificate's key-manager id, when known.
 CERT_UUID_KEY = f"{PREFIX}certificate_uuid"
+#: The base name of the signature's parts (``_count``, ``_sha256``, ``_1`` .. ``_N``).
 SIGNATURE_NAME = f"{PREFIX}signature"
 
-# The properties whose change would change how a consumer treats the image's bytes or key.
+#: The properties whose change would change how a consumer treats the image's bytes or key.
 BOUND_PROPERTIES = (
     "cinder_encryption_key_deletion_policy",
     "cinder_encryption_key_id",
@@ -49,6 +57,7 @@ BOUND_PROPERTIES = (
 
 
 def bound_values(properties: Mapping[str, str]) -> tuple[tuple[str, str | None], ...]:
+    """Each of :data:`BOUND_PROPERTIES` with its value in ``properties``, or None if absent."""
     return tuple((name, properties.get(name)) for name in BOUND_PROPERTIES)
 
 

@@ -50,6 +50,7 @@ def parse_properties(data: bytes) -> dict[str, str]:
 
 
 def dump_properties(properties: Mapping[str, str]) -> bytes:
+    """A property document as 'imgcrypt sign' writes it: a JSON object of strings, sorted."""
     return (json.dumps(dict(properties), sort_keys=True, indent=2) + "\n").encode("utf-8")
 
 

@@ -15,6 +15,7 @@ from imgcrypt.signing import glance, imgcrypt_mode, storage
 from imgcrypt.signing.algorithms import PrivateKey
 from imgcrypt.signing.stream import Consumer
 
+#: The two signature schemes, by the names ``imgcrypt sign --mode`` takes.
 MODES = ("glance", "imgcrypt")
 
 

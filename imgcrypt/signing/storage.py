@@ -25,11 +25,14 @@ from collections.abc import Mapping
 
 from imgcrypt.errors import UsageError, VerificationError, VerificationFault
 
+#: The longest value written, by default: Glance's documented limit on property values.
 DEFAULT_MAX_LENGTH = 255
-# The digest record is 43 characters; below this a useful part would hold almost nothing.
+#: The smallest limit accepted: the digest record is 43 characters, and below this a useful
+#: part would hold almost nothing.
 MIN_MAX_LENGTH = 64
-# Caps for hostile property sets: an ML-DSA-87 signature needs about 100 parts at the minimum
-# limit, so these leave a wide margin while bounding memory and time.
+#: A cap for hostile property sets: an ML-DSA-87 signature needs about 100 parts at the
+#: minimum limit, so this (and MAX_JOINED_LENGTH) leave a wide margin while bounding memory
+#: and time.
 MAX_PARTS = 4096
 MAX_JOINED_LENGTH = 1 << 20
 
@@ -38,6 +41,7 @@ _PART_VALUE = re.compile(r"([0-9]+):(.*)", re.DOTALL)
 
 
 def check_max_length(max_length: int) -> None:
+    """Refuse a value length limit too small to hold a useful part (:data:`MIN_MAX_LENGTH`)."""
     if max_length < MIN_MAX_LENGTH:
         raise UsageError(
             f"the value length limit must be at least {MIN_MAX_LENGTH}, not {max_length}"

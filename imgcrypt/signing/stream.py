@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from imgcrypt.signing.algorithms import HashSpec
+from imgcrypt.digests import HashSpec
 
+#: How many bytes a file is read at a time while it is hashed.
 CHUNK_SIZE = 1 << 20
 
 _R_co = TypeVar("_R_co", covariant=True)

@@ -55,6 +55,7 @@ class VerificationResult:
 
 
 def schemes_present(properties: Mapping[str, str]) -> tuple[str, ...]:
+    """The signature schemes whose properties are present: ``imgcrypt``, ``glance``, both, none."""
     found = []
     if imgcrypt_mode.present(properties):
         found.append("imgcrypt")
