@@ -213,6 +213,10 @@ def payload_size(header: LuksHeader, stream: BinaryIO, position: int) -> int:
     return total - header.payload_offset
 
 
+# ``--size payload``: the plaintext is the whole payload (an image whose size was a whole
+# number of sectors), said by the person who knows it.
+WHOLE_PAYLOAD = "payload"
+
 # How much of an image is read at once to find its LUKS header (a LUKS2 header region is at
 # most a few MiB; the rest of the image is only counted, see payload_size).
 _HEADER_READ = 128 << 20
@@ -224,14 +228,20 @@ def attach_properties(
     image: str,
     key_id: str | None,
     open_key: Callable[[], tuple[str, bytes]],
-    size: int | None,
+    size: int | str | None,
     deletion_policy: str,
 ) -> dict[str, str]:
     """The properties an image service needs for the image read from ``stream`` (named
     ``image`` in errors): its disk and container format and, for a LUKS image, the encryption
     properties naming ``key_id``, which must open it. ``open_key`` gives the key's resolved id
     and the LUKS passphrase it stands for; it is called only for a LUKS image, after its header
-    has been read. ``size`` is the true payload size (None: the whole payload)."""
+    has been read.
+
+    ``size`` is the plaintext size, ``os_decrypt_size``: a number of bytes, or
+    :data:`WHOLE_PAYLOAD` to say the whole payload is the plaintext. A LUKS header records only
+    the payload, rounded up to whole sectors, so without ``size`` the plaintext size is not
+    known and a :class:`~imgcrypt.errors.UsageError` asks for it: publishing the rounded figure
+    as if it were exact would give downloaders zeros the image never had."""
     # Imported here: sign, verify and upload read property documents through this module and
     # need neither the LUKS code nor the key manager's property rules (start-up time).
     from imgcrypt.keys.properties import encryption_properties
@@ -255,8 +265,14 @@ def attach_properties(
         raise WrongPassphraseError(f"key {resolved_id} does not open {image}") from None
     payload = payload_size(header, stream, len(start.getvalue()))
     if size is None:
+        raise UsageError(
+            f"{image}'s LUKS header does not record its plaintext size (the payload is {payload} "
+            f"bytes, whole sectors): give --size BYTES, the size of the image encrypted (encrypt "
+            f"prints it as os_decrypt_size), or --size {WHOLE_PAYLOAD} if the payload is exactly "
+            "the plaintext")
+    if size == WHOLE_PAYLOAD:
         size = payload
-    if not 0 <= size <= payload:
+    if not isinstance(size, int) or not 0 <= size <= payload:
         raise UsageError(f"--size {size} does not fit the payload of {payload} bytes")
     properties.update(encryption_properties(key_id, header.version, size, deletion_policy))
     return properties
