@@ -20,6 +20,7 @@ schemes) are :mod:`imgcrypt.hazmat`, the expert layer. Errors are all
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -73,10 +74,20 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imgcrypt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def lazy_exports(package: str, exports: dict[str, str],
+                 namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports each name of ``exports`` from its module on first
+    use and keeps it in ``namespace`` (PEP 562); :mod:`imgcrypt.hazmat` uses it too."""
+
+    def getattr_(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    return getattr_
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -11,8 +11,7 @@ Each name is imported from its module on first use, like :mod:`imgcrypt`'s own n
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from imgcrypt import lazy_exports
 
 _EXPORTS = {
     # LUKS containers: headers in, objects out; streams through the sector engine
@@ -59,10 +58,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imgcrypt.hazmat' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
