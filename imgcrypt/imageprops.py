@@ -198,20 +198,27 @@ def merge_signature(properties: dict[str, str], signature: Mapping[str, str], wh
 
 
 def payload_size(header: LuksHeader, stream: BinaryIO, position: int) -> int:
-    """The bytes of payload an encrypted image carries: the header's own figure, or (LUKS1,
-    and LUKS2's "dynamic" segment) everything from the payload offset to the image's end.
+    """The bytes of payload an encrypted image carries (:func:`payload_span`'s rule: the
+    header's fixed segment, or whole sectors from the payload offset to the image's end).
     ``stream`` is the image after its first ``position`` bytes; a file's end is found by
     seeking, a pipe's by reading it to its end in bounded pieces."""
-    if header.payload_size is not None:
-        return header.payload_size
+    from imgcrypt.luks.container import payload_span
+
     if stream.seekable():
         here = stream.tell()
-        return position + stream.seek(0, io.SEEK_END) - here - header.payload_offset
-    total = position
-    while chunk := stream.read(1 << 20):
-        total += len(chunk)
-    return total - header.payload_offset
+        total = position + stream.seek(0, io.SEEK_END) - here
+    else:
+        total = position
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+    size = payload_span(header, image_size=total).size
+    assert size is not None  # the image's size is known
+    return size
 
+
+# ``--size payload``: the plaintext is the whole payload (an image whose size was a whole
+# number of sectors), said by the person who knows it.
+WHOLE_PAYLOAD = "payload"
 
 # How much of an image is read at once to find its LUKS header (a LUKS2 header region is at
 # most a few MiB; the rest of the image is only counted, see payload_size).
@@ -224,14 +231,20 @@ def attach_properties(
     image: str,
     key_id: str | None,
     open_key: Callable[[], tuple[str, bytes]],
-    size: int | None,
+    size: int | str | None,
     deletion_policy: str,
 ) -> dict[str, str]:
     """The properties an image service needs for the image read from ``stream`` (named
     ``image`` in errors): its disk and container format and, for a LUKS image, the encryption
     properties naming ``key_id``, which must open it. ``open_key`` gives the key's resolved id
     and the LUKS passphrase it stands for; it is called only for a LUKS image, after its header
-    has been read. ``size`` is the true payload size (None: the whole payload)."""
+    has been read.
+
+    ``size`` is the plaintext size, ``os_decrypt_size``: a number of bytes, or
+    :data:`WHOLE_PAYLOAD` to say the whole payload is the plaintext. A LUKS header records only
+    the payload, rounded up to whole sectors, so without ``size`` the plaintext size is not
+    known and a :class:`~imgcrypt.errors.UsageError` asks for it: publishing the rounded figure
+    as if it were exact would give downloaders zeros the image never had."""
     # Imported here: sign, verify and upload read property documents through this module and
     # need neither the LUKS code nor the key manager's property rules (start-up time).
     from imgcrypt.keys.properties import encryption_properties
@@ -255,8 +268,14 @@ def attach_properties(
         raise WrongPassphraseError(f"key {resolved_id} does not open {image}") from None
     payload = payload_size(header, stream, len(start.getvalue()))
     if size is None:
+        raise UsageError(
+            f"{image}'s LUKS header does not record its plaintext size (the payload is {payload} "
+            f"bytes, whole sectors): give --size BYTES, the size of the image encrypted (encrypt "
+            f"prints it as os_decrypt_size), or --size {WHOLE_PAYLOAD} if the payload is exactly "
+            "the plaintext")
+    if size == WHOLE_PAYLOAD:
         size = payload
-    if not 0 <= size <= payload:
+    if not isinstance(size, int) or not 0 <= size <= payload:
         raise UsageError(f"--size {size} does not fit the payload of {payload} bytes")
     properties.update(encryption_properties(key_id, header.version, size, deletion_policy))
     return properties

@@ -198,9 +198,10 @@ def test_properties_command(files: dict[str, Path]) -> None:
                                 "--size", "1000001", "--json", *ks, check=True).stdout)
     assert props == {**result["properties"], "disk_format": "raw", "container_format": "bare",
                      "img_signature": "abc", "img_signature_key_type": "RSA-PSS"}
-    text = imgcrypt("properties", out, "--key-id", key_id, *ks, check=True).stdout.decode()
+    text = imgcrypt("properties", out, "--key-id", key_id, "--size", "payload", *ks,
+                    check=True).stdout.decode()
     assert f"--property os_encrypt_key_id={key_id}" in text
-    # Without --size the whole (sector-padded) payload is the decrypted size.
+    # --size payload: the person says the whole (sector-padded) payload is the plaintext.
     assert "--property os_decrypt_size=1000448" in text
     assert "disk_format" not in text
     # An encrypted image needs its key id; a raw one must not be given one.
@@ -208,7 +209,8 @@ def test_properties_command(files: dict[str, Path]) -> None:
     assert imgcrypt("properties", files["src"], "--key-id", key_id).returncode == 3
     bad = files["dir"] / "bad.json"
     bad.write_text('{"os_encrypt_key_id": "00000000-0000-4000-8000-000000000000"}')
-    proc = imgcrypt("properties", out, "--key-id", key_id, "--signature", bad, *ks)
+    proc = imgcrypt("properties", out, "--key-id", key_id, "--signature", bad, "--size",
+                    "payload", *ks)
     assert proc.returncode == 3 and b"differently" in proc.stderr
 
 

@@ -38,7 +38,7 @@ def attach(setup: dict[str, object], *extra: str | Path) -> subprocess.Completed
     d, store = setup["dir"], setup["store"]
     assert isinstance(d, Path) and isinstance(store, list)
     return imgcrypt("properties", d / "disk.luks", "--key-id", str(setup["key_id"]), *store,
-                    *extra)
+                    "--size", str(1 << 20), *extra)
 
 
 def verify(setup: dict[str, object], props: Path) -> subprocess.CompletedProcess[bytes]:
@@ -186,3 +186,35 @@ def test_upload_reads_property_files_and_pairs_as_sign_and_verify_do(tmp_path: P
         proc = imgcrypt(*command, "--property", "a=1", "--property", "a=2")
         assert proc.returncode == 2, (command[0], proc.stderr)
         assert proc.stderr == b"imgcrypt: error: --property a given twice\n", command[0]
+
+
+def test_os_decrypt_size_is_one_number(tmp_path: Path) -> None:
+    """The README's order (encrypt, then properties for the upload) on a 3,146,505-byte image:
+    properties used to publish the payload rounded up to 3,146,752 bytes, and a download gave
+    back 247 zeros the image never had. Now it asks for --size, in one line, exit 2; with the
+    size encrypt printed, what decrypt gives back is the image, byte for byte."""
+    store = ["--keystore", str(tmp_path / "keys")]
+    plain = os.urandom(3_146_505)
+    (tmp_path / "disk.raw").write_bytes(plain)
+    encrypted = json.loads(imgcrypt("encrypt", tmp_path / "disk.raw", tmp_path / "disk.luks",
+                                    "--new-key", "--iterations", "1000", "--json", *store,
+                                    check=True).stdout)
+    key_id = encrypted["key_id"]
+    assert encrypted["properties"]["os_decrypt_size"] == "3146505"
+
+    refused = imgcrypt("properties", tmp_path / "disk.luks", "--key-id", key_id, *store)
+    assert refused.returncode == 2 and refused.stdout == b""
+    lines = refused.stderr.decode().splitlines()
+    assert len(lines) == 1 and "--size" in lines[0] and "3146752" in lines[0]
+
+    size = encrypted["properties"]["os_decrypt_size"]
+    published = json.loads(imgcrypt("properties", tmp_path / "disk.luks", "--key-id", key_id,
+                                    "--size", size, "--json", *store, check=True).stdout)
+    assert published == {**encrypted["properties"], "disk_format": "raw",
+                         "container_format": "bare"}
+    imgcrypt("decrypt", tmp_path / "disk.luks", tmp_path / "back.raw", "--key-id", key_id,
+             "--size", published["os_decrypt_size"], *store, check=True)
+    assert (tmp_path / "back.raw").read_bytes() == plain
+    bad = imgcrypt("properties", tmp_path / "disk.luks", "--key-id", key_id, "--size", "lots",
+                   *store)
+    assert bad.returncode == 2 and b"neither a number of bytes nor 'payload'" in bad.stderr

@@ -158,17 +158,18 @@ def encrypt_and_sign(person: Person, plain: Path, image: Path, cert_id: str, *,
                             "barbican", "--format", fmt, "--iterations", "1000",
                             *(["--pbkdf", "pbkdf2"] if fmt == "luks2" else []))
     key = str(encrypted["key_id"])
-    return key, describe_and_sign(person, image, key, cert_id, sign=sign)
+    return key, describe_and_sign(person, image, key, cert_id, sign=sign,
+                                  size=plain.stat().st_size)
 
 
 def describe_and_sign(person: Person, image: Path, key: str, cert_id: str, *,
-                      sign: bool = True, disk_format: str = "raw",
+                      sign: bool = True, disk_format: str = "raw", size: int,
                       claimed_key: str | None = None) -> list[str]:
     """The properties naming ``key`` (or ``claimed_key`` in its place), and Glance-mode and
     imgcrypt-mode signatures over them."""
     enc = image.with_suffix(".enc.json")
     enc.write_text(person.run("properties", str(image), "--key-id", key, "--key-manager",
-                              "barbican", "--json").stdout)
+                              "barbican", "--size", str(size), "--json").stdout)
     if claimed_key is not None:
         # `imgcrypt properties` refuses a key that does not open the image; a hostile uploader
         # writes the property document by hand.
@@ -300,7 +301,8 @@ def test_a_key_that_does_not_open_the_header_is_refused(person: Person, keystone
     other = person.json("keys", "create", "--key-manager", "barbican")
     other_id = str(other.get("key_id") or other.get("secret_id") or other["id"])
     # Properties and both signatures name the other key: all consistent, but the key.
-    files = describe_and_sign(person, image, key_id, cert_id, claimed_key=other_id)
+    files = describe_and_sign(person, image, key_id, cert_id, claimed_key=other_id,
+                              size=plain.stat().st_size)
     message = refused(person, image, files, glance_verify)
     assert f"key {other_id} does not open the image's LUKS header" in message
 
@@ -396,7 +398,7 @@ def test_disk_format_and_virtual_size(person: Person, keystone: Keystone, glance
     encrypted = person.json("encrypt", str(plain), str(image), "--new-key", "--key-manager",
                             "barbican", "--iterations", "1000")
     files = describe_and_sign(person, image, str(encrypted["key_id"]), cert_id,
-                              disk_format=disk_format)
+                              disk_format=disk_format, size=len(data))
     uploaded = person.json(*upload_args(image, disk_format, files), "--disk-format",
                            disk_format)
     assert uploaded["status"] == "active"

@@ -87,17 +87,23 @@ def test_encrypt_then_verify_round_trip(tmp_path: Path, store: LocalKeyStore) ->
                       policy=UploadPolicy(require_signature=True))
 
 
-def test_verify_refuses_a_key_that_does_not_open(tmp_path: Path, store: LocalKeyStore) -> None:
+def claimed_by_another_key(tmp_path: Path, store: LocalKeyStore,
+                           image_id: str) -> tuple[str, dict[str, str]]:
+    """A staged image encrypted under one key, and properties naming another that exists."""
     plain = tmp_path / "staged"
     plain.write_bytes(os.urandom(1 << 20))
-    outcome = encrypt_staged(str(plain), store, image_id="img-2", iterations=1000)
+    outcome = encrypt_staged(str(plain), store, image_id=image_id, iterations=1000)
     other = store.create_key(KeyOrder(bit_length=256))
-    claimed = {**outcome.properties, "os_encrypt_key_id": other,
-               "cinder_encryption_key_id": other}
+    return outcome.path, {**outcome.properties, "os_encrypt_key_id": other,
+                          "cinder_encryption_key_id": other}
+
+
+def test_verify_refuses_a_key_that_does_not_open(tmp_path: Path, store: LocalKeyStore) -> None:
+    path, claimed = claimed_by_another_key(tmp_path, store, "img-2")
     # The same fact as the upload hook's (one class, exit 4), whichever check finds it first.
     with raises_fault(VerificationError, VerificationFault.KEY_BINDING,
                       match="does not open the image's LUKS header") as refused:
-        verify_staged(outcome.path, claimed, store, image_id="img-2", policy=UploadPolicy())
+        verify_staged(path, claimed, store, image_id="img-2", policy=UploadPolicy())
     assert refused.value.exit_code == 4
 
 
@@ -158,3 +164,47 @@ def test_unknown_cloud_name(tmp_path: Path) -> None:
     result = _imgcrypt("download", "x", str(tmp_path / "out"), OS_CLOUD="nope")
     assert result.returncode == 2
     assert "Cloud nope was not found" in result.stderr
+
+
+def test_verify_unlocks_the_header_once_within_the_upload_limits(
+        tmp_path: Path, store: LocalKeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One unlock per upload (it was two: the inspector's, then a second with the general
+    limits), and it is the inspector's, with the policy's tighter limits."""
+    from imgcrypt.luks.luks1 import Luks1Header
+
+    plain = tmp_path / "staged"
+    plain.write_bytes(os.urandom(1 << 20))
+    outcome = encrypt_staged(str(plain), store, image_id="img-4", iterations=1000)
+    seen: list[object] = []
+    unlock = Luks1Header.unlock
+
+    def counted(self: Luks1Header, *args: object, **kwargs: object) -> object:
+        seen.append(args[2] if len(args) > 2 else kwargs.get("limits"))
+        return unlock(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Luks1Header, "unlock", counted)
+    policy = UploadPolicy()
+    verify_staged(outcome.path, outcome.properties, store, image_id="img-4", policy=policy)
+    assert seen == [policy.unlock_limits]
+
+
+def test_check_key_false_turns_the_key_check_off(tmp_path: Path, store: LocalKeyStore) -> None:
+    """``check_key = false`` in [imgcrypt]: the named key need not open the header (it must
+    still exist); the verdict says it was not checked."""
+    from oslo_config import cfg
+
+    from imgcrypt.glance import options
+
+    conf = cfg.ConfigOpts()
+    options.register(conf)
+    conf([], default_config_files=[])
+    conf.set_override("check_key", False, group=options.GROUP)
+    policy = options.upload_policy(conf)
+    assert policy.check_key is False
+
+    path, claimed = claimed_by_another_key(tmp_path, store, "img-5")
+    verdict = verify_staged(path, claimed, store, image_id="img-5", policy=policy)
+    assert not verdict.key_opens
+    assert verdict.properties()["imgcrypt_key_check"] == "not checked"
+    with raises_fault(VerificationError, VerificationFault.KEY_BINDING):
+        verify_staged(path, claimed, store, image_id="img-5", policy=UploadPolicy())

@@ -324,7 +324,7 @@ def test_attach_properties_of_a_luks_image_the_key_opens(cryptsetup: str, tmp_pa
         asked.append(1)
         return KEY_ID, passphrase
 
-    def attach(size: int | None = None, key: Callable[[], tuple[str, bytes]] = open_key,
+    def attach(size: int | str | None = "payload", key: Callable[[], tuple[str, bytes]] = open_key,
                key_id: str | None = KEY_ID) -> dict[str, str]:
         with open(image, "rb") as f:
             return attach_properties(f, image="disk.luks", key_id=key_id, open_key=key,
@@ -333,6 +333,10 @@ def test_attach_properties_of_a_luks_image_the_key_opens(cryptsetup: str, tmp_pa
     assert attach() == {"disk_format": "raw", "container_format": "bare",
                         **encryption_properties(KEY_ID, 1, payload, "on_image_deletion")}
     assert attach(size=4096)["os_decrypt_size"] == "4096"
+    # The header records the payload in whole sectors, not the plaintext: no size, no guess.
+    with pytest.raises(UsageError, match=rf"does not record its plaintext size \(the payload "
+                       rf"is {payload} bytes.*give --size BYTES"):
+        attach(size=None)
     assert attach(size=payload)["os_decrypt_size"] == str(payload)
     for size in (payload + 1, -1):
         with pytest.raises(UsageError) as info:

@@ -340,15 +340,15 @@ def test_cli_json_before_or_after_the_action(tmp_path: Path,
 
 def test_a_key_that_opens_image_files_is_deleted_only_with_force(
         store: LocalKeyStore, tmp_path: Path) -> None:
-    """imgcrypt.keys.rules: the consumer entries the local keystore keeps for image files,
+    """imgcrypt.keys.consumers: the consumer entries the local keystore keeps for image files,
     and the refusal to delete a key that still opens one (naming the files)."""
     from imgcrypt.errors import SecretInUseError
-    from imgcrypt.keys.rules import (
+    from imgcrypt.keys.consumers import (
         consumer_name,
-        delete_secret,
         register_file_consumer,
         unregister_file_consumer,
     )
+    from imgcrypt.keys.rules import delete_secret
 
     key_id = store.create_key(KeyOrder(secret_type="passphrase", mode=None))
     assert register_file_consumer(store, key_id, "a.luks")

@@ -12,7 +12,8 @@ from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
-from imgcrypt.keys.rules import replace_file_consumer
+from imgcrypt.keys.consumers import file_consumer_for, release_file_elsewhere
+from imgcrypt.keys.lease import KeyLease
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import encrypt_stream
 
@@ -49,14 +50,19 @@ def register(sub: Any) -> None:
     common.finish_command(parser, run)
 
 
-def _key_cleanup(resolved: Any) -> contextlib.AbstractContextManager[None]:
+def _leased(resolved: Any, target: str) -> contextlib.AbstractContextManager[Any]:
+    """The key's lease around the writing of ``target``: a new key is deleted if the command
+    fails, and the written image recorded as the key's consumer (local keystore) if it works."""
     if resolved is None:
         return contextlib.nullcontext()
-    return keyopts.deleted_if_failed(resolved)
+    lease: KeyLease = resolved.lease
+    lease.consume_as(file_consumer_for(resolved.manager, target))
+    return lease
 
 
-def _register_consumer(resolved: Any, target: str) -> None:
-    replace_file_consumer(resolved.manager, resolved.key_id, target)
+def _after_success(resolved: Any, target: str) -> None:
+    if resolved is not None:
+        release_file_elsewhere(resolved.manager, resolved.key_id, target)
 
 
 def target_format(args: argparse.Namespace) -> str:
@@ -83,13 +89,12 @@ def run(args: argparse.Namespace) -> int:
     if target_format(args) == "qcow2":
         return _encrypt_qcow2(args, options)
     passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
-    with _key_cleanup(resolved):
+    with _leased(resolved, args.target):
         with inputs.guest_input(args.source, args.source_format) as (src, source_format, size), \
                 atomic_output(args.target, force=args.force, source=args.source) as dst, \
                 common.progress_bar(args, size, "encrypt") as progress:
             result = encrypt_stream(src, dst, passphrase, options, progress=progress)
-        if resolved is not None:
-            _register_consumer(resolved, args.target)
+    _after_success(resolved, args.target)
     header = result.header
     data: dict[str, Any] = {
         "source": args.source,
@@ -133,11 +138,10 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     if source_format is None:
         source_format = format_by_magic(args.source)
     passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
-    with _key_cleanup(resolved):
+    with _leased(resolved, args.target):
         info = qemu_luks.encrypt(args.source, args.target, passphrase, options,
                                  source_format=source_format, force=args.force)
-        if resolved is not None:
-            _register_consumer(resolved, args.target)
+    _after_success(resolved, args.target)
     header = qemu_luks.read_qcow2_luks(args.target).luks
     data: dict[str, Any] = {
         "source": args.source, "source_format": source_format, "target": args.target,

@@ -183,7 +183,9 @@ def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[byt
     resolved = keyopts.resolve_key(args, creating=creating)
     if resolved is not None:
         if args.passphrase_file is not None:
-            raise UsageError("give either --passphrase-file or a key-manager key, not both")
+            failure = UsageError("give either --passphrase-file or a key-manager key, not both")
+            resolved.lease.rollback(failure)  # a --new-key made for nothing goes again
+            raise failure
         return resolved.passphrase, resolved
     return passphrase_from(args.passphrase_file, confirm=creating), None
 

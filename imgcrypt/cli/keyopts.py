@@ -9,9 +9,7 @@ in the user's configuration directory, then to the built-in defaults (``local``)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,8 @@ from typing import Any
 import platformdirs
 
 from imgcrypt.errors import UsageError
+from imgcrypt.keys.lease import KeyLease
 from imgcrypt.keys.manager import KeyManager, KeyOrder
-from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, Secret
 
 MANAGERS = ("local", "barbican", "castellan")
@@ -37,7 +35,8 @@ _CONFIG_KEYS = (
 
 @dataclass(frozen=True)
 class ResolvedKey:
-    """The secret a command will use, and the LUKS passphrase it stands for."""
+    """The secret a command will use, the LUKS passphrase it stands for, and the lease that
+    rolls a new key back if the command fails."""
 
     key_id: str
     secret: Secret
@@ -45,6 +44,7 @@ class ResolvedKey:
     manager_name: str
     created: bool
     manager: KeyManager = field(repr=False, compare=False)
+    lease: KeyLease = field(repr=False, compare=False)
 
 
 def config_path() -> Path:
@@ -171,7 +171,6 @@ def resolve_key(args: argparse.Namespace, *, creating: bool) -> ResolvedKey | No
     if not key_id and not new_key:
         return None
     manager = key_manager_from_args(args)
-    created = False
     if new_key:
         secret_type = getattr(args, "new_key_type", SYMMETRIC) or SYMMETRIC
         order = (
@@ -179,28 +178,22 @@ def resolve_key(args: argparse.Namespace, *, creating: bool) -> ResolvedKey | No
             if secret_type == PASSPHRASE
             else KeyOrder(secret_type=SYMMETRIC, algorithm="AES", bit_length=512, mode="XTS")
         )
-        key_id = manager.create_key(order)
-        created = True
-    assert key_id is not None
-    secret = manager.get(key_id)
-    return ResolvedKey(
-        key_id=secret.secret_id or key_id,
-        secret=secret,
-        passphrase=passphrase_for(secret),
-        manager_name=manager.name,
-        created=created,
-        manager=manager,
-    )
-
-
-@contextlib.contextmanager
-def deleted_if_failed(resolved: ResolvedKey | None) -> Iterator[None]:
-    """Delete the key a command created when the command fails (any exception, Ctrl-C too),
-    so failed runs leave no orphan keys behind."""
+        lease = KeyLease.new(manager, order)
+    else:
+        assert key_id is not None
+        lease = KeyLease.existing(manager, key_id)
     try:
-        yield
-    except BaseException:
-        if resolved is not None and resolved.created:
-            with contextlib.suppress(Exception):
-                resolved.manager.delete(resolved.key_id, force=True)
+        secret = lease.secret
+        passphrase = lease.passphrase
+    except BaseException as exc:
+        lease.rollback(exc)
         raise
+    return ResolvedKey(
+        key_id=secret.secret_id or lease.key_id,
+        secret=secret,
+        passphrase=passphrase,
+        manager_name=manager.name,
+        created=lease.created,
+        manager=manager,
+        lease=lease,
+    )

@@ -9,10 +9,9 @@ from typing import Any
 from imgcrypt.cli.inputs import read_small_file
 from imgcrypt.cli.keyopts import add_key_manager_arguments, key_manager_from_args
 from imgcrypt.cli.output import add_json_argument, emit
+from imgcrypt.keys.consumers import LOCAL_CONSUMER_SERVICE, consumer_name
 from imgcrypt.keys.manager import Consumer, SecretInfo
 from imgcrypt.keys.rules import (
-    LOCAL_CONSUMER_SERVICE,
-    consumer_name,
     consumers_of,
     delete_secret,
     generation_order,

@@ -112,13 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except ImgcryptError as exc:
+        _warn_leftovers(exc)
         return _fail(str(exc) or type(exc).__name__, exc.exit_code, json_to=json_to)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _warn_leftovers(exc)
         return _fail("interrupted", INTERRUPTED_EXIT, json_to=json_to)
     except BrokenPipeError:
         # The reader went away (``imgcrypt decrypt x - | head``): not our failure to report.
         return _closed_pipe()
     except OSError as exc:
+        _warn_leftovers(exc)
         message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
         return _fail(message, ImgcryptError.exit_code, json_to=json_to)
 
@@ -141,6 +144,16 @@ def _fail(message: str, code: int, *, json_to: TextIO | None) -> int:
             json_to.write(json.dumps({"error": {"code": code, "message": line}}) + "\n")
             json_to.flush()
     return code
+
+
+def _warn_leftovers(exc: BaseException) -> None:
+    """What a failed command could not roll back (a new key the key manager would not delete):
+    one warning line each, before the error line."""
+    from imgcrypt.keys.lease import leftover_notes
+    from imgcrypt.text import escape
+
+    for note in leftover_notes(exc):
+        sys.stderr.write(f"imgcrypt: warning: {escape(' '.join(note.split()))}\n")
 
 
 def _report(message: str) -> None:

@@ -12,12 +12,13 @@ from imgcrypt.fileio import open_input
 from imgcrypt.imageprops import (
     FORMAT_NAMES,
     MAX_SIGNATURE_DOCUMENT,
+    WHOLE_PAYLOAD,
     attach_properties,
     check_attachable,
     merge_signature,
     signature_document,
 )
-from imgcrypt.keys.rules import DELETION_POLICIES
+from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, DELETION_POLICIES
 
 EXAMPLE = """example:
   imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json
@@ -37,15 +38,28 @@ def register(sub: Any) -> None:
         example=EXAMPLE,
     )
     common.add_image_argument(parser)
-    parser.add_argument("--deletion-policy", default="on_image_deletion",
+    parser.add_argument("--deletion-policy", default=DEFAULT_DELETION_POLICY,
                         choices=DELETION_POLICIES,
                         help="what to do with the key when the image is deleted")
     parser.add_argument("--signature", action="append", default=[], metavar="FILE",
                         help="properties JSON from 'imgcrypt sign' (repeatable)")
-    parser.add_argument("--size", type=int, metavar="BYTES",
-                        help="true payload size (default: the whole payload)")
+    parser.add_argument("--size", type=_size, metavar="BYTES",
+                        help="the plaintext size, os_decrypt_size: the size of the image that "
+                        "was encrypted (encrypt prints it), or 'payload' when it is the whole "
+                        "LUKS payload. Needed for an encrypted image: its header records the "
+                        "payload rounded up to whole sectors, not the plaintext size")
     keyopts.add_key_arguments(parser, creating=False)
     common.finish_command(parser, run)
+
+
+def _size(text: str) -> int | str:
+    if text == WHOLE_PAYLOAD:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a number of bytes nor {WHOLE_PAYLOAD!r}") from None
 
 
 def _open_key(args: argparse.Namespace) -> tuple[str, bytes]:

@@ -8,7 +8,7 @@ from typing import Any
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.rules import register_file_consumer, unregister_file_consumer
+from imgcrypt.keys.consumers import register_file_consumer, unregister_file_consumer
 from imgcrypt.luks.options import KdfOptions
 
 EXAMPLE = """examples:

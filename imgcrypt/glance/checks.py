@@ -10,23 +10,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from imgcrypt.errors import (
-    ImgcryptError,
-    UsageError,
-    VerificationError,
-    VerificationFault,
-    WrongPassphraseError,
-)
+from imgcrypt.errors import UsageError
+from imgcrypt.fileio import atomic_output
+from imgcrypt.keys.consumers import image_consumer
+from imgcrypt.keys.lease import KeyLease
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
-from imgcrypt.keys.rules import passphrase_for
+from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY
 from imgcrypt.luks.container import PROBE_SIZE, is_luks
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import CHUNK_SIZE, encrypt_stream, unlock_stream
+from imgcrypt.luks.stream import CHUNK_SIZE, encrypt_stream
 from imgcrypt.service.claims import claims_encryption
-from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict, image_consumer
+from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict
 
 # Glance documents image property values as at most 255 characters.
 MAX_PROPERTY = 255
@@ -72,39 +69,22 @@ def staged_path(file_path: str) -> str:
 
 
 def verify_staged(path: str, properties: Mapping[str, str], key_manager: KeyManager, *,
-                  image_id: str, policy: UploadPolicy, check_key: bool = True
-                  ) -> VerifyOutcome:
+                  image_id: str, policy: UploadPolicy) -> VerifyOutcome:
     """Verify a staged image; raises an :class:`ImgcryptError` when it must be refused.
 
-    The image is registered as a consumer of its key only once everything else has passed,
-    the key opening the header included.
+    One pass through :class:`UploadInspector`, which unlocks the header once (within the
+    policy's upload limits) unless ``policy.check_key`` is off, and registers the image as a
+    consumer of its key only once everything else has passed, the key opening the header
+    included.
     """
-    inspector = UploadInspector(properties, key_manager=key_manager,
-                                policy=replace(policy, register_consumer=False),
+    inspector = UploadInspector(properties, key_manager=key_manager, policy=policy,
                                 image_id=image_id)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_SIZE):
             inspector.update(chunk)
     verdict = inspector.finalize()
-    claim = verdict.encryption
-    key_opens = False
-    registered = False
-    if claim is not None:
-        if check_key:
-            passphrase = passphrase_for(key_manager.get(claim.key_id))
-            try:
-                with open(path, "rb") as f:
-                    unlock_stream(f, passphrase)
-            except WrongPassphraseError:
-                raise VerificationError(
-                    f"key {claim.key_id} does not open the image's LUKS header",
-                    reason=VerificationFault.KEY_BINDING,
-                ) from None
-            key_opens = True
-        if policy.register_consumer and key_manager.supports_consumers:
-            key_manager.add_consumer(claim.key_id, image_consumer(image_id))
-            registered = True
-    return VerifyOutcome(verdict, key_opens, registered)
+    key_opens = verdict.encryption is not None and policy.check_key
+    return VerifyOutcome(verdict, key_opens, verdict.consumer_registered)
 
 
 @dataclass(frozen=True)
@@ -123,40 +103,36 @@ def is_already_encrypted(path: str, properties: Mapping[str, str]) -> bool:
 
 
 def encrypt_staged(path: str, key_manager: KeyManager, *, image_id: str,
-                   deletion_policy: str = "on_image_deletion",
+                   deletion_policy: str = DEFAULT_DELETION_POLICY,
                    iterations: int | None = None, register_consumer: bool = True
                    ) -> EncryptOutcome:
     """Encrypt the plaintext at ``path`` as LUKS1 (aes-xts-plain64, 512-bit volume key) under
     a new 256-bit AES key ordered from the key manager, as Cinder orders volume keys; the
     keyslot passphrase is the key's lowercase hex, as os-brick derives it.
 
-    The container is written to ``path + ".luks"``; on any failure it is removed and the new
-    key deleted, so nothing is left behind.
+    The container is written atomically to ``path + ".luks"``; on any failure it is removed
+    and the new key deleted (the key lease's rollback), so nothing is left behind.
     """
-    key_id = key_manager.create_key(KeyOrder(bit_length=256, mode="XTS",
-                                             name=f"imgcrypt image {image_id}"))
+    lease = KeyLease.new(key_manager, KeyOrder(bit_length=256, mode="XTS",
+                                               name=f"imgcrypt image {image_id}"))
     target = path + ".luks"
-    registered = False
     try:
-        passphrase = passphrase_for(key_manager.get(key_id))
-        options = FormatOptions(version=1, cipher="aes-xts-plain64", key_size=512,
-                                iterations=iterations)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(path, "rb") as source, os.fdopen(fd, "wb") as out:
-            result = encrypt_stream(source, out, passphrase, options)
-            out.flush()
-            os.fsync(out.fileno())
-        properties = encryption_properties(key_id, 1, result.payload_size, deletion_policy)
-        if register_consumer and key_manager.supports_consumers:
-            key_manager.add_consumer(key_id, image_consumer(image_id))
-            registered = True
+        with lease:
+            if register_consumer:
+                lease.consume_as(image_consumer(image_id))
+            options = FormatOptions(version=1, cipher="aes-xts-plain64", key_size=512,
+                                    iterations=iterations)
+            with open(path, "rb") as source, \
+                    atomic_output(target, force=True, source=path, mode=0o600) as out:
+                result = encrypt_stream(source, out, lease.passphrase, options)
+            properties = encryption_properties(lease.key_id, 1, result.payload_size,
+                                               deletion_policy)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(target)
-        with contextlib.suppress(ImgcryptError):
-            key_manager.delete(key_id, force=True)
         raise
-    return EncryptOutcome(target, key_id, result.image_size, properties, registered)
+    return EncryptOutcome(target, lease.key_id, result.image_size, properties,
+                          lease.consumer_registered)
 
 
 def check_plugin_order(plugins: list[str]) -> None:

@@ -30,8 +30,8 @@ from typing import Any
 
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.glance.taskbase import LOG, key_manager_for
+from imgcrypt.keys.consumers import image_consumer
 from imgcrypt.service.claims import encryption_claim
-from imgcrypt.service.upload import image_consumer
 
 _IMAGE_PATH = re.compile(r"/v2/images/([0-9a-fA-F-]{36})/?")
 MAX_IMAGE_JSON = 1 << 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgcrypt.keys.rules import DELETION_POLICIES
+from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, DELETION_POLICIES
 from imgcrypt.service.upload import UploadPolicy
 
 GROUP = "imgcrypt"
@@ -34,7 +34,7 @@ def _options() -> list[Any]:
         cfg.BoolOpt("register_consumer", default=True,
                     help="Register the image as a Barbican consumer of its key, so the key "
                          "is not deleted while another image still uses it."),
-        cfg.StrOpt("encrypt_key_deletion_policy", default="on_image_deletion",
+        cfg.StrOpt("encrypt_key_deletion_policy", default=DEFAULT_DELETION_POLICY,
                    choices=[(policy, _POLICY_HELP[policy]) for policy in DELETION_POLICIES],
                    help="Deletion policy imgcrypt_encrypt gives the keys it orders."),
         cfg.IntOpt("encrypt_pbkdf2_iterations", default=None, min=1000,
@@ -65,4 +65,5 @@ def upload_policy(conf: Any) -> UploadPolicy:
             trust = tuple(x509.load_pem_x509_certificates(f.read()))
     return UploadPolicy(allowed_luks_versions=frozenset(group.allowed_luks_versions),
                         require_signature=group.require_signature, trust=trust,
-                        register_consumer=group.register_consumer)
+                        register_consumer=group.register_consumer,
+                        check_key=group.check_key)

@@ -14,7 +14,7 @@ from imgcrypt.glance import options
 from imgcrypt.glance.checks import staged_path, verify_staged
 from imgcrypt.glance.importtask import ImportTask, flow_of
 from imgcrypt.glance.taskbase import LOG, glance_conf, key_manager_for
-from imgcrypt.service.upload import image_consumer
+from imgcrypt.keys.consumers import image_consumer
 
 
 class _ImgcryptVerify(ImportTask):
@@ -33,8 +33,7 @@ class _ImgcryptVerify(ImportTask):
             conf = glance_conf()
             self.manager = key_manager_for(self.context)
             outcome = verify_staged(path, properties, self.manager, image_id=self.image_id,
-                                    policy=options.upload_policy(conf),
-                                    check_key=conf.imgcrypt.check_key)
+                                    policy=options.upload_policy(conf))
         except Exception as exc:  # whatever goes wrong, the image is not accepted unchecked
             reason = str(exc) if isinstance(exc, ImgcryptError | OSError) else \
                 f"{type(exc).__name__}: {exc}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from imgcrypt.errors import FormatError, UsageError
 from imgcrypt.keys.manager import require_uuid
-from imgcrypt.keys.rules import parse_deletion_policy
+from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, parse_deletion_policy
 
 _FORMATS = {"luks": 1, "luks1": 1, "luksv1": 1, "luks2": 2, "luksv2": 2}
 
@@ -18,7 +18,7 @@ def encryption_properties(
     key_id: str,
     luks_version: int,
     decrypt_size: int,
-    deletion_policy: str = "on_image_deletion",
+    deletion_policy: str = DEFAULT_DELETION_POLICY,
 ) -> dict[str, str]:
     """The properties to attach to an image encrypted with LUKS ``luks_version``."""
     key_id = require_uuid(key_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import enum
 import os
 from collections.abc import Iterable
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 
 from imgcrypt.errors import (
     FormatError,
-    ImgcryptError,
     KeyManagerError,
     KeyManagerUnavailableError,
     SecretInUseError,
@@ -28,13 +26,14 @@ from imgcrypt.errors import (
     UsageError,
     UsageFault,
 )
+from imgcrypt.keys.consumers import consumer_name
 from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
 from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, EncryptionSpec, Secret
 
-DELETION_POLICIES = ("on_image_deletion", "do_not_delete")
-
-
-
+# What happens to an image's key when the image is deleted; the first is the default, as in
+# Glance and Cinder.
+DEFAULT_DELETION_POLICY = "on_image_deletion"
+DELETION_POLICIES = (DEFAULT_DELETION_POLICY, "do_not_delete")
 
 def passphrase_for(secret: Secret) -> bytes:
     """The LUKS keyslot passphrase a secret stands for, as castellan and os-brick make it.
@@ -362,62 +361,6 @@ def apply_deletion_policy(
         return report(DeletionOutcome.REFUSED, str(exc), removed)
     return report(DeletionOutcome.DELETED, f"policy is {policy} and nothing else uses the key",
                   removed)
-
-
-# How the local keystore names an image file that a key opens (Barbican's consumer triple).
-LOCAL_CONSUMER_SERVICE = "imgcrypt"
-LOCAL_CONSUMER_TYPE = "file"
-
-
-def file_consumer(path: str) -> Consumer:
-    """The consumer entry for an image file: its absolute path."""
-    return Consumer(LOCAL_CONSUMER_SERVICE, LOCAL_CONSUMER_TYPE, os.path.abspath(path))
-
-
-def register_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
-    """Record in the local keystore that ``key_id`` opens the image at ``path``.
-
-    Only the local keystore gets these entries: in a cloud the image service registers its own
-    consumers (image ids, not paths on one person's disk). Standard output has no path to
-    record. True when an entry was written.
-    """
-    if manager.name != "local" or path == "-":
-        return False
-    manager.add_consumer(key_id, file_consumer(path))
-    return True
-
-
-def replace_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
-    """Record that ``key_id`` opens the new image written at ``path``, and take ``path`` off
-    every other key in the local keystore: the image they opened there is gone (``encrypt
-    --force`` replaced it), and a stale entry would make ``keys delete`` refuse for nothing.
-    True when an entry was written.
-
-    The other keys are tidied on a best-effort basis: the image is written and its own key
-    recorded by then, and a neighbour the keystore cannot read (``keys list`` reports it) must
-    not fail the command, which would delete a new key the image needs."""
-    if not register_file_consumer(manager, key_id, path):
-        return False
-    entry = file_consumer(path)
-    with contextlib.suppress(ImgcryptError):
-        for info in manager.list():
-            if info.secret_id != key_id and entry in manager.list_consumers(info.secret_id):
-                manager.remove_consumer(info.secret_id, entry)
-    return True
-
-
-def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
-    """Forget that the file at ``path`` uses the key, in the local keystore only."""
-    if manager.name == "local" and path != "-":
-        manager.remove_consumer(key_id, file_consumer(path))
-
-
-def consumer_name(consumer: Consumer) -> str:
-    """The image file's path for the local keystore's own entries; Barbican's
-    service/type/id for the others."""
-    if consumer.service == LOCAL_CONSUMER_SERVICE:
-        return consumer.resource_id
-    return f"{consumer.service}/{consumer.resource_type}/{consumer.resource_id}"
 
 
 def delete_secret(manager: KeyManager, key_id: str, *, force: bool) -> None:

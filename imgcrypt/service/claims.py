@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.keys.manager import require_uuid
 from imgcrypt.keys.properties import parse_encrypt_format
-from imgcrypt.keys.rules import parse_deletion_policy
+from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, parse_deletion_policy
 
 KEY_ID_PROPERTIES = ("os_encrypt_key_id", "cinder_encryption_key_id")
 POLICY_PROPERTIES = ("os_encrypt_key_deletion_policy", "cinder_encryption_key_deletion_policy")
@@ -63,4 +63,4 @@ def encryption_claim(properties: Mapping[str, str]) -> EncryptionClaim | None:
                               reason=FormatFault.ENCRYPTION_CLAIM)
         size = int(text)
     return EncryptionClaim(ids.pop(), version, policies.pop() if policies else
-                           "on_image_deletion", size)
+                           DEFAULT_DELETION_POLICY, size)

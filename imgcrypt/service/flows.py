@@ -18,10 +18,19 @@ from typing import BinaryIO
 
 from imgcrypt.errors import UsageError, UsageFault
 from imgcrypt.fileio import ChunkReader, atomic_output
+from imgcrypt.keys.consumers import image_consumer
+from imgcrypt.keys.lease import KeyLease
 from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
-from imgcrypt.keys.rules import DeletionReport, apply_deletion_policy, check_secret, passphrase_for
-from imgcrypt.keys.secret import EncryptionSpec, Secret
+from imgcrypt.keys.rules import (
+    DEFAULT_DELETION_POLICY,
+    DeletionReport,
+    apply_deletion_policy,
+    check_secret,
+    passphrase_for,
+)
+from imgcrypt.keys.secret import EncryptionSpec
+from imgcrypt.luks.container import payload_span
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import (
@@ -35,7 +44,7 @@ from imgcrypt.luks.stream import (
     unlock_stream,
 )
 from imgcrypt.service.claims import encryption_claim
-from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict, image_consumer
+from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict
 from imgcrypt.signing.verify import schemes_present
 
 
@@ -130,13 +139,11 @@ def create_volume_from_image(
     master key stays the image's, which its author knows; ``master_key="new"`` decrypts the
     image and encrypts it again under a fresh master key on the way in, so that nothing the
     author holds (not even the image's master key) opens the volume.
+
+    The volume's key is held by a :class:`~imgcrypt.keys.lease.KeyLease`: if anything fails,
+    the key made for the volume is deleted again.
     """
-    if volume_key not in ("new", "clone"):
-        raise UsageError("volume_key is 'new' or 'clone'")
-    if master_key not in ("image", "new"):
-        raise UsageError("master_key is 'image' or 'new'")
-    if master_key == "new" and volume_key != "new":
-        raise UsageError("a volume with its own master key needs a new volume key")
+    _check_volume_choices(volume_key, master_key)
     claim = encryption_claim(properties)
     policy = policy or UploadPolicy(allowed_luks_versions=frozenset({1, 2}),
                                     register_consumer=False)
@@ -148,86 +155,123 @@ def create_volume_from_image(
         )
     size_text = str(properties.get("size", ""))
     required = int(size_text) if re.fullmatch(r"[0-9]{1,19}", size_text) else None
-
-    image_pass = None
-    created_id: str | None = None
-    volume_secret: Secret | None = None
-    if claim is not None:
-        image_secret = key_manager.get(claim.key_id)
-        image_pass = passphrase_for(image_secret)
-        if spec is not None and volume_key == "clone":
-            check_secret(image_secret, spec)
-            volume_secret = image_secret
-    if spec is not None and volume_secret is None:
-        created_id = key_manager.create_key(_order_for(spec))
-        volume_secret = key_manager.get(created_id)
-        check_secret(volume_secret, spec)
-    elif spec is not None and volume_key == "clone":
-        assert volume_secret is not None
-        created_id = key_manager.store(volume_secret.copy("imgcrypt volume key (clone)"))
-
+    image_key = KeyLease.existing(key_manager, claim.key_id) if claim is not None else None
+    image_pass = image_key.passphrase if image_key is not None else None
+    volume_lease = _volume_lease(key_manager, spec, volume_key, image_key)
+    if spec is None:
+        mode = "decrypt" if claim is not None else "copy"
+    elif claim is None:
+        mode = "encrypt"
+    else:
+        mode = "reencrypt" if master_key == "new" else "copy"
     inspector = UploadInspector(properties, key_manager=key_manager, policy=policy)
-    try:
+    with volume_lease if volume_lease is not None else contextlib.nullcontext():
+        volume_pass = None
+        if volume_lease is not None and spec is not None:
+            check_secret(volume_lease.secret, spec)
+            volume_pass = volume_lease.passphrase
         if required is not None and _is_block_device(target) is False:
             _check_room(target, required)
         with _open_target(target, required) as out:
             stream = inspector.wrap(chunks)
-            if claim is not None and spec is None:
-                mode = "decrypt"
-                reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
-                assert image_pass is not None
-                opened = unlock_stream(reader, image_pass, limits)
-                # Through the transfer engine: a file target gets holes for zero blocks.
-                written = decrypt_payload(opened, reader, out, size=claim.decrypt_size)
-                _drain(reader)
-            elif spec is not None and (claim is None or master_key == "new"):
-                mode = "encrypt" if claim is None else "reencrypt"
-                assert volume_secret is not None
-                clear: Iterable[bytes] = stream
-                version = 1
-                if claim is not None:
-                    assert image_pass is not None
-                    reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
-                    opened = unlock_stream(reader, image_pass, limits)
-                    version = opened.header.version
-                    clear = iter_payload(opened, reader, size=claim.decrypt_size)
-                options = FormatOptions(version=version, cipher=spec.cipher,
-                                        key_size=spec.whole_key_bits,
-                                        pbkdf="pbkdf2" if isinstance(kdf, Pbkdf2) else None,
-                                        iterations=kdf.iterations if isinstance(kdf, Pbkdf2)
-                                        else None)  # None: cryptsetup's 2-second budget
-                source = io.BufferedReader(ChunkReader(clear), buffer_size=CHUNK_SIZE)
-                result = encrypt_stream(source, out, passphrase_for(volume_secret), options)
-                written = result.image_size
-                if claim is not None:
-                    _drain(reader)
+            if mode == "decrypt":
+                assert claim is not None and image_pass is not None
+                written = _decrypt_into(stream, out, image_pass, claim.decrypt_size, limits)
+            elif mode in ("encrypt", "reencrypt"):
+                assert spec is not None and volume_pass is not None
+                written = _encrypt_into(stream, out, volume_pass, spec, kdf, limits,
+                                        claim.decrypt_size if claim is not None else None,
+                                        image_pass)
             else:
-                mode = "copy"
-                written = 0
-                for chunk in stream:
-                    out.write(chunk)
-                    written += len(chunk)
+                written = _copy_into(stream, out)
             verdict = inspector.finalize()
-    except BaseException:
-        if created_id is not None:
-            with contextlib.suppress(Exception):
-                key_manager.delete(created_id, force=True)
-        raise
-    if mode == "copy" and spec is not None and volume_key == "new":
-        assert image_pass is not None and volume_secret is not None
-        if kdf is None:
-            # As cryptsetup would for the new keyslot: its version's KDF, a 2-second budget.
-            with open(target, "rb") as f:
-                header, _ = read_header(f, limits)
-            kdf = kdf_for(header, FormatOptions())
-        rekey_file(target, image_pass, new_passphrase=passphrase_for(volume_secret),
-                   remove_others=True, kdf=kdf, limits=limits)
-    elif mode == "copy" and spec is not None:
-        # A clone keeps the image's secret, and with it that keyslot; nothing else stays.
-        assert image_pass is not None
+        if mode == "copy" and spec is not None:
+            assert image_pass is not None
+            _give_volume_its_key(target, image_pass, volume_pass if volume_key == "new" else None,
+                                 kdf, limits)
+    key_id = volume_lease.key_id if volume_lease is not None and spec is not None else None
+    return VolumeResult(target, mode, written, key_id, key_id is not None, verdict)
+
+
+def _check_volume_choices(volume_key: str, master_key: str) -> None:
+    if volume_key not in ("new", "clone"):
+        raise UsageError("volume_key is 'new' or 'clone'")
+    if master_key not in ("image", "new"):
+        raise UsageError("master_key is 'image' or 'new'")
+    if master_key == "new" and volume_key != "new":
+        raise UsageError("a volume with its own master key needs a new volume key")
+
+
+def _volume_lease(manager: KeyManager, spec: EncryptionSpec | None, volume_key: str,
+                  image_key: KeyLease | None) -> KeyLease | None:
+    """The volume's own key: a copy of the image's secret (``clone``, checked against the
+    volume type before it is stored) or a new one ordered for the type; None for an
+    unencrypted volume type."""
+    if spec is None:
+        return None
+    if volume_key == "clone" and image_key is not None:
+        check_secret(image_key.secret, spec)
+        return KeyLease.stored(manager, image_key.secret.copy("imgcrypt volume key (clone)"))
+    return KeyLease.new(manager, _order_for(spec))
+
+
+def _decrypt_into(stream: Iterable[bytes], out: BinaryIO, image_pass: bytes,
+                  decrypt_size: int | None, limits: KdfLimits) -> int:
+    reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
+    opened = unlock_stream(reader, image_pass, limits)
+    # Through the transfer engine: a file target gets holes for zero blocks.
+    written = decrypt_payload(opened, reader, out, size=decrypt_size)
+    _drain(reader)
+    return written
+
+
+def _encrypt_into(stream: Iterable[bytes], out: BinaryIO, volume_pass: bytes,
+                  spec: EncryptionSpec, kdf: Kdf | None, limits: KdfLimits,
+                  decrypt_size: int | None, image_pass: bytes | None) -> int:
+    """Encrypt the plaintext (the image's own, or an encrypted image's payload decrypted on the
+    way) under a fresh master key; the image's LUKS version is kept."""
+    clear: Iterable[bytes] = stream
+    version = 1
+    reader = None
+    if image_pass is not None:
+        reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
+        opened = unlock_stream(reader, image_pass, limits)
+        version = opened.header.version
+        clear = iter_payload(opened, reader, size=decrypt_size)
+    options = FormatOptions(version=version, cipher=spec.cipher, key_size=spec.whole_key_bits,
+                            pbkdf=kdf.name if isinstance(kdf, Pbkdf2) else None,
+                            iterations=kdf.iterations if isinstance(kdf, Pbkdf2)
+                            else None)  # None: cryptsetup's 2-second budget
+    source = io.BufferedReader(ChunkReader(clear), buffer_size=CHUNK_SIZE)
+    written = encrypt_stream(source, out, volume_pass, options).image_size
+    if reader is not None:
+        _drain(reader)
+    return written
+
+
+def _copy_into(stream: Iterable[bytes], out: BinaryIO) -> int:
+    written = 0
+    for chunk in stream:
+        out.write(chunk)
+        written += len(chunk)
+    return written
+
+
+def _give_volume_its_key(target: str, image_pass: bytes, volume_pass: bytes | None,
+                         kdf: Kdf | None, limits: KdfLimits) -> None:
+    """Re-key a block-for-block copy: a new volume key gets a keyslot of its own and every
+    other keyslot goes; a clone (``volume_pass`` None) keeps the image's secret, and with it
+    that keyslot only."""
+    if volume_pass is None:
         rekey_file(target, image_pass, remove_others=True, limits=limits)
-    key_id = created_id if spec is not None else None
-    return VolumeResult(target, mode, written, key_id, created_id is not None, verdict)
+        return
+    if kdf is None:
+        # As cryptsetup would for the new keyslot: its version's KDF, a 2-second budget.
+        with open(target, "rb") as f:
+            header, _ = read_header(f, limits)
+        kdf = kdf_for(header, FormatOptions())
+    rekey_file(target, image_pass, new_passphrase=volume_pass, remove_others=True, kdf=kdf,
+               limits=limits)
 
 
 def _drain(reader: BinaryIO) -> None:
@@ -268,7 +312,7 @@ class VolumeImage:
 
 
 def upload_volume_as_image(volume: str, volume_key_id: str, key_manager: KeyManager, *,
-                           deletion_policy: str = "on_image_deletion",
+                           deletion_policy: str = DEFAULT_DELETION_POLICY,
                            signing_key: object | None = None,
                            certificate_uuid: str | None = None) -> VolumeImage:
     """Prepare an encrypted volume for upload as an image with a cloned secret of its own.
@@ -280,22 +324,22 @@ def upload_volume_as_image(volume: str, volume_key_id: str, key_manager: KeyMana
     secret = key_manager.get(volume_key_id)
     with open(volume, "rb") as f:
         header, _ = read_header(f)
-        payload = header.payload_size
-        if payload is None:
-            payload = f.seek(0, io.SEEK_END) - header.payload_offset
+        payload = payload_span(header, image_size=f.seek(0, io.SEEK_END)).size
+        assert payload is not None  # a file's size is known
         f.seek(0)
         unlock_stream(f, passphrase_for(secret))  # the secret really opens the volume
-    clone_id = key_manager.store(secret.copy("imgcrypt image key (clone)"))
-    properties = {"disk_format": "raw", "container_format": "bare",
-                  **encryption_properties(clone_id, header.version, payload, deletion_policy)}
-    signer = None
-    if signing_key is not None:
-        from imgcrypt.signing import ImgcryptSigner
-        from imgcrypt.signing.manifest import BOUND_PROPERTIES
+    with KeyLease.stored(key_manager, secret.copy("imgcrypt image key (clone)")) as clone:
+        properties = {"disk_format": "raw", "container_format": "bare",
+                      **encryption_properties(clone.key_id, header.version, payload,
+                                              deletion_policy)}
+        signer = None
+        if signing_key is not None:
+            from imgcrypt.signing import ImgcryptSigner
+            from imgcrypt.signing.manifest import BOUND_PROPERTIES
 
-        bound = {k: v for k, v in properties.items() if k in BOUND_PROPERTIES}
-        signer = ImgcryptSigner(signing_key, properties=bound,  # type: ignore[arg-type]
-                                certificate_uuid=certificate_uuid)
+            bound = {k: v for k, v in properties.items() if k in BOUND_PROPERTIES}
+            signer = ImgcryptSigner(signing_key, properties=bound,  # type: ignore[arg-type]
+                                    certificate_uuid=certificate_uuid)
     return VolumeImage(volume, properties, signer)
 
 

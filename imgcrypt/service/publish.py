@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from imgcrypt import imageservice
-from imgcrypt.errors import ImgcryptError, UsageError
+from imgcrypt.errors import UsageError
+from imgcrypt.keys.consumers import image_consumer
+from imgcrypt.keys.lease import KeyLease
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
-from imgcrypt.service.upload import image_consumer
 
 METHODS = ("auto", "glance-direct", "upload")
 
@@ -48,29 +49,23 @@ class Upload:
              container_format: str, timeout: float,
              progress: Callable[[int], None] | None = None) -> UploadResult:
         """Create the image and send ``size`` bytes of ``data``; after a staged upload, import
-        it and wait up to ``timeout`` seconds. A failure leaves the image record (queued, the
-        reason in its task) and removes the consumer: a failed image must not keep the key
-        alive."""
+        it and wait up to ``timeout`` seconds. The image is registered as a consumer of its key
+        only when that has worked: a failure leaves the image record (queued, the reason in its
+        task) and no consumer, since a failed image must not keep the key alive."""
         image = self.images.create(name, disk_format, container_format, self.properties)
-        registered = False
-        try:
-            if self.claim is not None and self.manager is not None \
-                    and self.manager.supports_consumers:
-                self.manager.add_consumer(self.claim.key_id, image_consumer(image.image_id))
-                registered = True
+        lease = None
+        if self.claim is not None and self.manager is not None:
+            # The image becomes a consumer of its key once its data is in.
+            lease = KeyLease.existing(self.manager, self.claim.key_id)
+            lease.consume_as(image_consumer(image.image_id))
+        with lease if lease is not None else contextlib.nullcontext():
             self.images.upload(image.image_id, data, size, stage=self.staged, progress=progress)
             if self.staged:
                 self.images.start_import(image.image_id)
                 image = self.images.wait_for_import(image.image_id, timeout)
             else:
                 image = self.images.get(image.image_id)
-        except BaseException:
-            if registered:
-                assert self.claim is not None and self.manager is not None
-                with contextlib.suppress(ImgcryptError):
-                    self.manager.remove_consumer(self.claim.key_id,
-                                                 image_consumer(image.image_id))
-            raise
+        registered = lease is not None and lease.consumer_registered
         return UploadResult(image, registered)
 
 

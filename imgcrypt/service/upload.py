@@ -25,7 +25,9 @@ from imgcrypt.errors import (
     VerificationFault,
     WrongPassphraseError,
 )
-from imgcrypt.keys.manager import Consumer, KeyManager
+from imgcrypt.keys.consumers import image_consumer
+from imgcrypt.keys.lease import KeyLease
+from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.luks.container import (
     PROBE_SIZE,
@@ -33,6 +35,7 @@ from imgcrypt.luks.container import (
     bytes_to_parse,
     is_luks,
     parse_header,
+    payload_span,
 )
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, KdfLimits
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
@@ -68,6 +71,9 @@ class UploadPolicy:
     hash_algo: str = DEFAULT_MULTIHASH
     trust: tuple[x509.Certificate, ...] | None = None
     register_consumer: bool = True
+    # Unlock the header with the key the properties name (once per upload, within
+    # ``unlock_limits``); off, the key is only required to exist.
+    check_key: bool = True
     certificate_policy: CertificatePolicy = field(default_factory=CertificatePolicy)
     # KDF limits for the unlock that proves the named key opens the header (one per upload).
     unlock_limits: KdfLimits = UPLOAD_UNLOCK_LIMITS
@@ -124,7 +130,10 @@ class UploadInspector:
                                   reason=FormatFault.ENCRYPTION_CLAIM)
             # SecretNotFoundError (exit 5) if absent; KeyManagerError if the key manager (with
             # the user's token) refuses a key of another project.
-            self._passphrase = passphrase_for(key_manager.get(self._claim.key_id))
+            if self._policy.check_key:
+                self._passphrase = passphrase_for(key_manager.get(self._claim.key_id))
+            else:
+                key_manager.describe(self._claim.key_id)
         self._verifier: ImageVerifier | None = None
         if schemes_present(self._properties):
             glance_id = glance_certificate_uuid(self._properties)
@@ -211,12 +220,11 @@ class UploadInspector:
                 f"of the {self._size}-byte image: it holds no payload",
                 reason=FormatFault.ENCRYPTION_CLAIM,
             )
-        payload = self._size - header.payload_offset
-        if header.payload_size is not None:
-            if header.payload_size > payload:
-                raise FormatError("the LUKS2 segment's payload runs beyond the image",
-                                  reason=FormatFault.ENCRYPTION_CLAIM)
-            payload = header.payload_size
+        try:
+            payload = payload_span(header, image_size=self._size, quiet=True).size
+        except FormatError as exc:  # a LUKS2 segment that runs beyond the image
+            raise FormatError(str(exc), reason=FormatFault.ENCRYPTION_CLAIM) from None
+        assert payload is not None  # the image's size is known
         if claim.decrypt_size is not None and claim.decrypt_size > payload:
             raise FormatError(
                 f"os_decrypt_size {claim.decrypt_size} is larger than the {payload}-byte payload",
@@ -264,12 +272,15 @@ class UploadInspector:
                     f"LUKSv{version} images are not accepted here (allowed: {allowed})",
                     reason=FormatFault.LUKS_VERSION_REFUSED,
                 )
-            self._check_payload(header, claim)
-            self._bind_key(header)
-            if (self._policy.register_consumer and self._image_id is not None
-                    and self._manager is not None and self._manager.supports_consumers):
-                self._manager.add_consumer(claim.key_id, image_consumer(self._image_id))
-                registered = True
+            assert self._manager is not None
+            # The image becomes a consumer of its key only once every check has passed.
+            with KeyLease.existing(self._manager, claim.key_id) as lease:
+                if self._policy.register_consumer and self._image_id is not None:
+                    lease.consume_as(image_consumer(self._image_id))
+                self._check_payload(header, claim)
+                if self._policy.check_key:
+                    self._bind_key(header)
+            registered = lease.consumer_registered
         elif version is not None:
             warnings.append(f"the image is LUKSv{version} but its properties declare no "
                             "encryption")
@@ -292,11 +303,6 @@ def _unlock_extent(header: LuksHeader) -> int:
         if ks.area_offset is not None and ks.area_size is not None
     ]
     return max(ends)
-
-
-def image_consumer(image_id: str) -> Consumer:
-    """How an image registers as a consumer of its key (Glance's service and resource type)."""
-    return Consumer(service="image", resource_type="image", resource_id=image_id)
 
 
 def inspect_upload(chunks: Iterable[bytes], properties: Mapping[str, str], *,
