@@ -46,8 +46,8 @@ from imgcrypt.service.flows import (
 from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict, inspect_upload
 from imgcrypt.signing.verify import CertificateSources, VerificationResult
 
-# The key ``encrypt_image(new_key=...)`` orders unless told otherwise: what ``imgcrypt encrypt
-# --new-key`` makes (a symmetric AES-512-XTS secret, whose hex opens the keyslot).
+#: The key ``encrypt_image(new_key=...)`` orders unless told otherwise: what ``imgcrypt encrypt
+#: --new-key`` makes (a symmetric AES-512-XTS secret, whose hex opens the keyslot).
 DEFAULT_KEY_ORDER = KeyOrder()
 
 

@@ -14,10 +14,13 @@ import os
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.keys.manager import Consumer, KeyManager
 
+#: Barbican consumer service of an image (as Glance's and Cinder's consumer code spells it).
 IMAGE_CONSUMER_SERVICE = "image"
+#: Barbican consumer resource type of an image.
 IMAGE_CONSUMER_TYPE = "image"
-# How the local keystore names an image file that a key opens.
+#: Consumer service under which the local keystore names an image file that a key opens.
 LOCAL_CONSUMER_SERVICE = "imgcrypt"
+#: Consumer resource type of such a file (its id is the file's absolute path).
 LOCAL_CONSUMER_TYPE = "file"
 
 
@@ -79,6 +82,7 @@ def replace_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
 
 
 def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
+    """Forget that the file at ``path`` uses the key, in the local keystore only."""
     consumer = file_consumer_for(manager, path)
     if consumer is not None:
         manager.remove_consumer(key_id, consumer)

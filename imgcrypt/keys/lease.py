@@ -27,7 +27,7 @@ from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder
 from imgcrypt.keys.rules import passphrase_for
 from imgcrypt.keys.secret import Secret
 
-# The prefix of an exception note that names something a failed rollback left behind.
+#: The prefix of an exception note that names something a failed rollback left behind.
 LEFTOVER_NOTE = "left behind:"
 
 
