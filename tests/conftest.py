@@ -6,6 +6,13 @@ import os
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Speed is measured in benchmarks, not in timed tests: a property test's verdict must not
+# depend on how busy the machine is (a per-example deadline made one flaky under load).
+settings.register_profile("imgcrypt", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("imgcrypt")
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
