@@ -62,6 +62,7 @@ CS_CIPHERS = [
       for m in ("cbc", "ctr") for iv in IVGENS],
     ("aes-xts-plain64", 256), ("aes-cbc-essiv:sha256", 128), ("aes-cbc-plain64", 192),
     ("aes-ecb", 256), ("camellia-ecb", 128), ("cast5-ecb", 128), ("sm4-ecb", 128),
+    ("aes-cbc-essiv:sha3-256", 256), ("aes-xts-essiv:blake2s-256", 512),
 ]
 # Hashes for PBKDF2, the AF splitter and the digest (with aes-xts-plain64).
 CS_HASHES = ["sha1", "sha224", "sha256", "sha384", "sha512", "sha3-224", "sha3-256", "sha3-384",
@@ -101,7 +102,8 @@ def _oracle_iv(ivgen: str, sector: int, block: int, key: bytes, algorithm: type)
         shift = 9 - (block.bit_length() - 1)
         return (((sector << shift) + 1) & ((1 << 64) - 1)).to_bytes(8, "big").rjust(block, b"\0")
     if name == "essiv":
-        salt = hashlib.new(essiv_hash, key).digest()
+        salt = hashlib.new(essiv_hash.replace("sha3-", "sha3_").replace("blake2s-256", "blake2s"),
+                           key).digest()
         plain = sector.to_bytes(8, "little").ljust(block, b"\0")
         return Cipher(algorithm(salt), modes.ECB()).encryptor().update(plain)
     assert name in ("null", ""), ivgen
@@ -227,9 +229,10 @@ def test_cryptsetup_image(tmp_path: Path, cryptsetup: str, version: int, spec: s
 
 def _qemu_knows(spec: str, hash_name: str) -> bool:
     name, chaining, ivgen = [*spec.split("-", 2), ""][:3]
+    generator, _, essiv_hash = ivgen.partition(":")
     return (name in QEMU_KNOWS_CIPHERS and hash_name in QEMU_KNOWS_HASHES
-            and chaining in ("xts", "cbc", "ctr") and ivgen.partition(":")[0] in (
-                "plain", "plain64", "essiv"))
+            and chaining in ("xts", "cbc", "ctr") and generator in ("plain", "plain64", "essiv")
+            and essiv_hash in ("", *QEMU_KNOWS_HASHES))
 
 
 def _image_opts(image: Path) -> str:
