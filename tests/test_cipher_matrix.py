@@ -35,21 +35,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imgcrypt.errors import UnsupportedError
 from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.stream import decrypt_payload, read_header, unlock_stream
 
+from .dmcrypt_oracle import OPENSSL_CIPHERS, ctr_by_blocks, oracle_encrypt
 from .luksdump import parse_luks1, parse_luks2
 from .util import dump_volume_key, qemu_secret_args, secret_file, test_passphrase
 
 PASSPHRASE = b"matrix passphrase"
 PAYLOAD = 64 << 10
-# What OpenSSL computes (the oracle's own list, not imgcrypt's table).
-OPENSSL_CIPHERS = {"aes": algorithms.AES, "camellia": decrepit.Camellia,
-                   "cast5": decrepit.CAST5, "sm4": algorithms.SM4}
 
 IVGENS = ("plain", "plain64", "plain64be", "essiv:sha256", "benbi", "null")
 # (cipher spec, key bits) candidates for cryptsetup, with sha256.
@@ -87,65 +84,9 @@ QEMU_KNOWS_HASHES = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512", "rip
 COUNTS: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
 
-# -- the oracle: dm-crypt's sector encryption, written out per sector --------------------------
-
-def _oracle_iv(ivgen: str, sector: int, block: int, key: bytes, algorithm: type) -> bytes:
-    sector &= (1 << 64) - 1
-    name, _, essiv_hash = ivgen.partition(":")
-    if name == "plain":
-        return (sector & 0xFFFFFFFF).to_bytes(4, "little").ljust(block, b"\0")
-    if name == "plain64":
-        return sector.to_bytes(8, "little").ljust(block, b"\0")
-    if name == "plain64be":
-        return sector.to_bytes(8, "big").rjust(block, b"\0")
-    if name == "benbi":
-        shift = 9 - (block.bit_length() - 1)
-        return (((sector << shift) + 1) & ((1 << 64) - 1)).to_bytes(8, "big").rjust(block, b"\0")
-    if name == "essiv":
-        salt = hashlib.new(essiv_hash.replace("sha3-", "sha3_").replace("blake2s-256", "blake2s"),
-                           key).digest()
-        plain = sector.to_bytes(8, "little").ljust(block, b"\0")
-        return Cipher(algorithm(salt), modes.ECB()).encryptor().update(plain)
-    assert name in ("null", ""), ivgen
-    return bytes(block)
-
-
-def _ctr_by_blocks(algorithm: type, key: bytes, iv: bytes, data: bytes) -> bytes:
-    """CTR from ECB one block at a time, for ciphers `cryptography` has no CTR mode for."""
-    block = len(iv)
-    ecb = Cipher(algorithm(key), modes.ECB()).encryptor()
-    start = int.from_bytes(iv, "big")
-    out = bytearray()
-    for j in range(len(data) // block):
-        counter = ((start + j) % (1 << (8 * block))).to_bytes(block, "big")
-        stream = ecb.update(counter)
-        out += bytes(a ^ b for a, b in zip(data[j * block:(j + 1) * block], stream, strict=True))
-    return bytes(out)
-
-
-def oracle_encrypt(spec: str, key: bytes, plain: bytes, sector_size: int) -> bytes:
-    name, chaining, ivgen = [*spec.split("-", 2), ""][:3]
-    algorithm = OPENSSL_CIPHERS[name]
-    block = algorithm.block_size // 8
-    out = bytearray()
-    for k in range(len(plain) // sector_size):
-        data = plain[k * sector_size:(k + 1) * sector_size]
-        iv = _oracle_iv(ivgen, k * (sector_size // 512), block, key, algorithm)
-        if chaining == "xts":
-            assert name == "aes"
-            out += Cipher(algorithms.AES(key), modes.XTS(iv)).encryptor().update(data)
-        elif chaining == "cbc":
-            out += Cipher(algorithm(key), modes.CBC(iv)).encryptor().update(data)
-        elif chaining == "ecb":
-            out += Cipher(algorithm(key), modes.ECB()).encryptor().update(data)
-        else:
-            out += _ctr_by_blocks(algorithm, key, iv, data)
-    return bytes(out)
-
-
 def test_the_oracle_agrees_with_cryptography_s_ctr() -> None:
     key, iv, data = os.urandom(32), os.urandom(16), os.urandom(512)
-    assert _ctr_by_blocks(algorithms.AES, key, iv, data) == \
+    assert ctr_by_blocks(algorithms.AES, key, iv, data) == \
         Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(data)
 
 
