@@ -106,7 +106,9 @@ def _hashlib_has(name: str) -> bool:
         try:
             hashlib.new(name)
         except ValueError:
-            if attempt or _evpxts is None or not _evpxts.load_legacy_provider():
+            # an older build of the C module has no loader: the hash is then not computable
+            load = getattr(_evpxts, "load_legacy_provider", None)
+            if attempt or load is None or not load():
                 return False
         else:
             return True
