@@ -328,7 +328,7 @@ def test_unknown_kdf_and_hash() -> None:
     with refused_fast(UnsupportedError):
         check_limits(Argon2("argon2d", 1, 64, 1, bytes(16)), 32)
     with refused_fast(UnsupportedError):
-        check_limits(Pbkdf2("md5", 1, bytes(32)), 32)
+        check_limits(Pbkdf2("shake256", 1, bytes(32)), 32)
 
 
 # -- signing and properties --------------------------------------------------------------------

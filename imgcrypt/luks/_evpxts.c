@@ -318,7 +318,21 @@ done:
     return result;
 }
 
+/* Load OpenSSL's legacy provider (whirlpool, ripemd160...) beside the default one into the
+ * default library context, which Python's hashlib shares with this module (both link the system
+ * libcrypto): cryptsetup's OpenSSL backend loads it too, so the hashes it writes in LUKS headers
+ * become computable here. The default provider is loaded first: once any provider is loaded
+ * explicitly, OpenSSL no longer loads it implicitly. Returns whether legacy is available. */
+static PyObject *load_legacy_provider(PyObject *self, PyObject *unused)
+{
+    if (OSSL_PROVIDER_load(NULL, "default") == NULL || OSSL_PROVIDER_load(NULL, "legacy") == NULL)
+        Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"load_legacy_provider", load_legacy_provider, METH_NOARGS,
+     "load_legacy_provider(): OpenSSL's default and legacy providers for hashlib; True if loaded"},
     {"cbc_decrypt", cbc_decrypt, METH_VARARGS,
      "cbc_decrypt(key, essiv_key, src, dst, sector_size, iv_start, wrap32): AES-CBC sectors"},
     {"xts", xts, METH_VARARGS,

@@ -11,6 +11,7 @@ only XTS data, with the C walker built) do not pay numpy's import time.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -72,7 +73,8 @@ class NumpyKernel:
     """The numpy implementation of one :class:`SectorCipher`'s modes; shareable by threads."""
 
     def __init__(self, chaining: str, iv_scheme: str, data: Cipher[modes.ECB],
-                 tweak: Cipher[modes.ECB] | None, sector_size: int, sub_sectors: int) -> None:
+                 tweak: Cipher[modes.ECB] | None, sector_size: int, sub_sectors: int, *,
+                 iv_source: Callable[[int, int], bytes] | None = None) -> None:
         # The parts of the CipherSpec the kernels read ("xts" or "cbc"; "plain", "plain64"
         # or "essiv:sha256"), so this module needs nothing from sectors.py.
         self.chaining = chaining
@@ -82,6 +84,9 @@ class NumpyKernel:
         self._blocks = sector_size // 16
         self._iv_step = sector_size // 512
         self._sub_sectors = sub_sectors
+        # The other IV generators (imgcrypt.luks._sector_generic) hand their IVs in; XTS then
+        # encrypts them into tweaks as it does the plain64 numbers.
+        self._iv_source = iv_source
         self._local = threading.local()
 
     def run(self, source: memoryview, iv_start: int, target: memoryview, count: int, *,
@@ -107,6 +112,12 @@ class NumpyKernel:
 
     def _iv_blocks(self, iv_start: int, count: int) -> U64Array:
         """The IV block of each of ``count`` sectors as (low, high) words, after ESSIV."""
+        if self._iv_source is not None:
+            ivs = np.frombuffer(self._iv_source(iv_start, count), dtype=_U64).reshape(count, 2)
+            if self._tweak is not None:
+                encrypted = self._tweak.encryptor().update(ivs.tobytes())
+                return np.frombuffer(encrypted, dtype=_U64).reshape(count, 2)
+            return ivs
         ivs = np.zeros((count, 2), dtype=_U64)
         numbers = ivs[:, 0]
         np.multiply(np.arange(count, dtype=_U64), np.uint64(self._iv_step), out=numbers)

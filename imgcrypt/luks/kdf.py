@@ -11,9 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
 from imgcrypt.luks import backend
@@ -23,12 +21,12 @@ from imgcrypt.luks.cost import check_cost
 # The KDF parameter types are leaf types (imgcrypt.luks.base), shared with the cost model;
 # they are imported from here as well, where they are run.
 __all__ = ["DEFAULT_LIMITS", "Argon2", "Kdf", "KdfLimits", "Pbkdf2", "argon2_time_for",
-           "check_limits", "check_total", "derive", "hash_algorithm", "pbkdf2_iterations_for"]
+           "check_hash", "check_limits", "check_total", "derive", "pbkdf2_iterations_for"]
 
 
-def hash_algorithm(name: str) -> hashes.HashAlgorithm:
-    """The `cryptography` hash for a LUKS hash spec; UnsupportedError for anything else."""
-    return backend.hash_algorithm(name)
+def check_hash(name: str) -> None:
+    """Refuse a LUKS hash spec PBKDF2 cannot run with here (UnsupportedError, naming it)."""
+    backend.pbkdf2_cost_weight(name)
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> N
         raise FormatError(f"KDF salt of {len(kdf.salt)} bytes exceeds the cap",
                           reason=FormatFault.LIMIT_EXCEEDED)
     if isinstance(kdf, Pbkdf2):
-        hash_algorithm(kdf.hash)
+        check_hash(kdf.hash)
         if not 1 <= kdf.iterations <= limits.max_pbkdf2_iterations:
             raise FormatError(
                 f"pbkdf2 iterations {kdf.iterations} outside 1..{limits.max_pbkdf2_iterations}",
@@ -129,10 +127,7 @@ def derive(kdf: Kdf, secret: bytes, length: int, limits: KdfLimits = DEFAULT_LIM
     """Derive ``length`` bytes from ``secret``; parameters are checked against ``limits`` first."""
     check_limits(kdf, length, limits)
     if isinstance(kdf, Pbkdf2):
-        return PBKDF2HMAC(
-            algorithm=hash_algorithm(kdf.hash), length=length, salt=kdf.salt,
-            iterations=kdf.iterations,
-        ).derive(secret)
+        return backend.pbkdf2(kdf.hash, secret, kdf.salt, kdf.iterations, length)
     argon = Argon2id if kdf.variant == "argon2id" else Argon2i
     return argon(
         salt=kdf.salt, length=length, iterations=kdf.time, lanes=kdf.parallel,
@@ -142,13 +137,11 @@ def derive(kdf: Kdf, secret: bytes, length: int, limits: KdfLimits = DEFAULT_LIM
 
 def pbkdf2_iterations_for(hash_name: str, length: int, milliseconds: int) -> int:
     """Iterations of PBKDF2 that take about ``milliseconds`` here (cryptsetup's --iter-time)."""
-    algorithm = hash_algorithm(hash_name)
+    check_hash(hash_name)
     probe = 1 << 14
     while True:
         start = time.perf_counter()
-        PBKDF2HMAC(algorithm=algorithm, length=length, salt=bytes(32), iterations=probe).derive(
-            b"benchmark"
-        )
+        backend.pbkdf2(hash_name, b"benchmark", bytes(32), probe, length)
         elapsed = time.perf_counter() - start
         if elapsed >= 0.05 or probe >= 1 << 24:
             break

@@ -53,6 +53,7 @@ class FormatOptions:
             raise UsageError("key size must be a multiple of 8 bits")
         spec = CipherSpec.parse(self.cipher)
         spec.check_key_size(self.key_size // 8)
+        spec.check_writable(self.key_size // 8)
         if self.version == 1 and self.data_sector_size != 512:
             raise UsageError("LUKS1 supports 512-byte sectors only")
         if self.data_sector_size not in SECTOR_SIZES:

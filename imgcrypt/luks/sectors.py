@@ -1,4 +1,12 @@
-"""Sector ciphers as dm-crypt applies them: AES in XTS or CBC mode with plain/plain64/ESSIV IVs.
+"""Sector ciphers as dm-crypt applies them: every cipher spec of the crypto table.
+
+A spec is a block cipher of :mod:`imgcrypt.luks.backend` (AES, camellia, sm4, cast5), a chaining
+mode (xts, cbc, ecb, ctr) and an IV generator (plain, plain64, plain64be, benbi, null,
+essiv:HASH). AES-XTS and AES-CBC with plain/plain64 (and cbc with essiv:sha256) run on the fast
+paths below, the only forms imgcrypt writes; every other spec runs in
+:mod:`imgcrypt.luks._sector_generic`, on whole buffers with the cipher's ECB from `cryptography`.
+Serpent, twofish and the other tools' IV generators (lmk, tcw...) are refused with a message
+naming the tools that open them and the command that converts them.
 
 XTS runs, by preference, in OpenSSL's own EVP AES-XTS (the optional C module ``_evpxts``, linked
 against the system libcrypto): one context a call, the IV set again for every sector, the loop
@@ -26,6 +34,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imgcrypt.errors import FormatError, UnsupportedError, UsageError
+from imgcrypt.luks import backend
+from imgcrypt.luks.backend import hash_size
 
 try:  # the optional C tweak walker; sectors.py computes identical bytes without it
     from imgcrypt.luks import _xtsmul
@@ -45,6 +55,7 @@ XTS_BACKENDS = tuple(name for name, present in (("openssl", OPENSSL_XTS), ("walk
                                                 ("numpy", True)) if present)
 
 if TYPE_CHECKING:
+    from imgcrypt.luks._sector_generic import GenericKernel
     from imgcrypt.luks._sector_numpy import NumpyKernel
 
 Buffer = bytes | bytearray | memoryview
@@ -58,14 +69,26 @@ _MASK64 = (1 << 64) - 1
 
 # The data sector sizes dm-crypt allows (LUKS2 declares one per segment; LUKS1 has only 512).
 SECTOR_SIZES = (512, 1024, 2048, 4096)
-# cipher_mode strings this module implements, and the key sizes (bytes) each accepts.
-_MODES: dict[str, tuple[int, ...]] = {
+# AES cipher modes on the fast paths below, with the key sizes (bytes) they take; the only ones
+# imgcrypt writes (the clouds read aes-xts-plain64, and the cbc forms are the legacy ones).
+_FAST_MODES: dict[str, tuple[int, ...]] = {
     "xts-plain64": (32, 64),
     "xts-plain": (32, 64),
     "cbc-essiv:sha256": (16, 24, 32),
     "cbc-plain64": (16, 24, 32),
     "cbc-plain": (16, 24, 32),
 }
+# The chaining modes and IV generators the table's ciphers run in (imgcrypt.luks._sector_generic).
+CHAININGS = ("xts", "cbc", "ecb", "ctr")
+IV_GENERATORS = ("plain", "plain64", "plain64be", "benbi", "null", "essiv")
+# dm-crypt IV generators for other tools' formats, named in the refusal.
+_FOREIGN_IVGENS = {"lmk": "loop-AES", "tcw": "TrueCrypt", "random": "dm-crypt's random IVs",
+                   "eboiv": "BitLocker", "elephant": "BitLocker"}
+
+
+def _refuse_mode(name: str, mode: str, why: str) -> UnsupportedError:
+    return UnsupportedError(f"unsupported cipher {name}-{mode[:48]}: {why}; cryptsetup with the "
+                            f"Linux kernel's dm-crypt opens it; {backend.CONVERT}")
 
 
 @dataclass(frozen=True)
@@ -83,29 +106,66 @@ class CipherSpec:
     @classmethod
     def of(cls, name: str, mode: str) -> CipherSpec:
         """Validate a (cipher name, cipher mode) pair, as LUKS1 stores them separately."""
-        if name.lower() != "aes" or mode.lower() not in _MODES:
-            raise UnsupportedError(
-                f"unsupported cipher {name}-{mode}" if mode else f"unsupported cipher {name}"
-            )
-        return cls(name.lower(), mode.lower())
+        info = backend.block_cipher(name, f"{name}-{mode}" if mode else name)
+        mode = mode.lower()
+        chaining, _, iv_scheme = mode.partition("-")
+        ivgen, _, essiv_hash = iv_scheme.partition(":")
+        if chaining not in CHAININGS:
+            raise _refuse_mode(info.name, mode, f"chaining mode {chaining[:16]!r} is not "
+                               "implemented")
+        if ivgen in _FOREIGN_IVGENS:
+            raise _refuse_mode(info.name, mode, f"IV generator {ivgen} ({_FOREIGN_IVGENS[ivgen]} "
+                               "compatibility) is not implemented")
+        if not (ivgen in IV_GENERATORS or (chaining == "ecb" and not iv_scheme)):
+            raise _refuse_mode(info.name, mode, f"IV generator {ivgen[:16]!r} is unknown")
+        if (ivgen == "essiv") != bool(essiv_hash):
+            raise _refuse_mode(info.name, mode, "only essiv takes a hash")
+        if chaining == "xts" and info.block_size != 16:
+            raise _refuse_mode(info.name, mode, "XTS needs a 16-byte block cipher")
+        if essiv_hash:
+            size = hash_size(essiv_hash)
+            if size not in info.key_sizes:
+                raise _refuse_mode(info.name, mode, f"ESSIV's hash {essiv_hash[:16]!r} does not "
+                                   f"give a key size {info.name} takes")
+            backend.hashlib_name(essiv_hash)  # computable here, or refused naming the hash
+            mode = f"{chaining}-essiv:{backend.lookup_hash(essiv_hash).name}"  # type: ignore[union-attr]
+        return cls(info.name, mode)
 
     @property
     def chaining(self) -> str:
-        return self.mode.split("-", 1)[0]
+        return self.mode.partition("-")[0]
 
     @property
     def iv_scheme(self) -> str:
-        return self.mode.split("-", 1)[1]
+        return self.mode.partition("-")[2]
+
+    @property
+    def fast(self) -> bool:
+        """On the AES fast paths (and so among the specs imgcrypt writes)?"""
+        return self.name == "aes" and self.mode in _FAST_MODES
 
     def __str__(self) -> str:
         return f"{self.name}-{self.mode}"
 
+    def key_sizes(self) -> tuple[int, ...]:
+        """The key sizes (bytes) this spec takes: XTS keys are two cipher keys."""
+        sizes = backend.block_cipher(self.name).key_sizes
+        return tuple(2 * n for n in sizes) if self.chaining == "xts" else sizes
+
     def check_key_size(self, key_bytes: int) -> None:
-        if key_bytes not in _MODES[self.mode]:
-            sizes = ", ".join(str(8 * n) for n in _MODES[self.mode])
+        sizes = self.key_sizes()
+        if key_bytes not in sizes:
+            shown = ", ".join(str(8 * n) for n in sizes)
             raise UnsupportedError(
-                f"{self} needs a key of {sizes} bits, not {8 * key_bytes} bits"
+                f"{self} needs a key of {shown} bits, not {8 * key_bytes} bits"
             )
+
+    def check_writable(self, key_bytes: int) -> None:
+        """Refuse to write anything but the AES forms the clouds read (and their legacy)."""
+        if not self.fast or key_bytes not in _FAST_MODES[self.mode]:
+            raise UnsupportedError(
+                f"imgcrypt reads {self} but writes only aes-xts-plain64, aes-xts-plain and the "
+                "legacy aes-cbc-essiv:sha256, aes-cbc-plain64 and aes-cbc-plain")
 
 
 def _ecb(key: bytes) -> Cipher[modes.ECB]:
@@ -133,16 +193,27 @@ class SectorCipher:
         self._iv_step = sector_size // 512
         self._sub_sectors = max(1, batch_bytes // sector_size)
         self._local = threading.local()
-        backend = _choose_xts_backend(spec, key, accelerated, xts_backend)
-        self.xts_backend = backend
-        self._evp_key = key if backend == "openssl" else None
+        self._generic: GenericKernel | None = None
         # CBC decryption in OpenSSL's EVP loop (no numpy); CBC encryption chains block by block
         # and stays on the numpy path.
         self._evp_cbc: tuple[bytes, bytes] | None = None
+        if not spec.fast:
+            # Every other cipher, mode and IV generator of the table, on whole buffers.
+            from imgcrypt.luks._sector_generic import GenericKernel
+
+            self.xts_backend = None
+            self._evp_key = None
+            self._accelerated = False
+            self._generic = GenericKernel(backend.block_cipher(spec.name), spec.chaining,
+                                          spec.iv_scheme, key, sector_size, self._sub_sectors)
+            return
+        backend_name = _choose_xts_backend(spec, key, accelerated, xts_backend)
+        self.xts_backend = backend_name
+        self._evp_key = key if backend_name == "openssl" else None
         if spec.chaining == "cbc" and accelerated and OPENSSL_XTS:
             essiv = hashlib.sha256(key).digest() if spec.iv_scheme == "essiv:sha256" else b""
             self._evp_cbc = (key, essiv)
-        self._accelerated = backend == "walker"
+        self._accelerated = backend_name == "walker"
         if self._accelerated and batch_bytes == SUB_BATCH_BYTES:
             self._sub_sectors = max(1, ACCELERATED_BATCH_BYTES // sector_size)
         if spec.chaining == "xts":
@@ -189,7 +260,9 @@ class SectorCipher:
         count = len(source) // self.sector_size
         if count == 0:
             return
-        if self._evp_cbc is not None and not encrypt:
+        if self._generic is not None:
+            self._generic.run(source, iv_start, target, count, encrypt=encrypt)
+        elif self._evp_cbc is not None and not encrypt:
             assert _evpxts is not None
             key, essiv_key = self._evp_cbc
             _evpxts.cbc_decrypt(key, essiv_key, source, target, self.sector_size, iv_start,
@@ -251,12 +324,14 @@ def _choose_xts_backend(spec: CipherSpec, key: bytes, accelerated: bool,
     if wanted is not None:
         if wanted not in XTS_BACKENDS:
             raise UsageError(f"XTS backend {wanted!r} is not available here")
+        if wanted == "openssl" and len(key) not in (32, 64):
+            raise UsageError("OpenSSL's XTS takes AES-128 and AES-256 keys only")
         if wanted == "openssl" and key[: len(key) // 2] == key[len(key) // 2 :]:
             raise UsageError("OpenSSL's XTS refuses keys whose two halves are equal")
         return wanted
     if not accelerated:
         return "numpy"
-    if OPENSSL_XTS and key[: len(key) // 2] != key[len(key) // 2 :]:
+    if OPENSSL_XTS and len(key) in (32, 64) and key[: len(key) // 2] != key[len(key) // 2 :]:
         return "openssl"
     return "walker" if ACCELERATED else "numpy"
 

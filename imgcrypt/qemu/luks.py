@@ -40,8 +40,9 @@ from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
 from imgcrypt.qemu.source import image_info, require_convertible, source_spec
 from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, QemuImg, secret_object
 
-# Hashes both qemu's LUKS and imgcrypt's KDF code know.
-QEMU_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+# Hashes qemu's LUKS writes that imgcrypt computes (luks/backend.py) and cryptsetup's LUKS1
+# rules accept: not md5, whose 16 bytes are below the LUKS1 digest's 20.
+QEMU_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160")
 
 
 @dataclass(frozen=True)

@@ -124,14 +124,18 @@ class Luks2Header:
         """Why imgcrypt cannot open or decrypt this valid header; empty if it can.
 
         Unknown mandatory requirements, then the segments (:func:`segments.problems`), then
-        the digest of the crypt segment.
+        the digest of the crypt segment and the keyslots that open it.
         """
         reasons = [f"mandatory requirement {r[:64]!r} is not implemented"
                    for r in self.metadata.unknown_requirements()]
         problems, crypt = segments.problems(self.metadata, lambda: self.key_bytes)
         reasons.extend(problems)
         if crypt is not None:
-            reasons.extend(digests.problems(self.metadata, crypt))
+            digest_problems = digests.problems(self.metadata, crypt)
+            reasons.extend(digest_problems)
+            # unlock checks every keyslot of the segment before it derives anything
+            for ks in () if digest_problems else self._segment_keyslots():
+                reasons.extend(keyslots.problems(ks))
         return tuple(reasons)
 
     def check_openable(self) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgcrypt.errors import FormatError, FormatFault, UsageError
+from imgcrypt.errors import FormatError, FormatFault, UnsupportedError, UsageError
 from imgcrypt.luks import af
-from imgcrypt.luks.kdf import Argon2, Pbkdf2
+from imgcrypt.luks.kdf import Argon2, Pbkdf2, check_hash
 from imgcrypt.luks.keyslot import KEYSLOT_ALIGN, SlotMaterial
 from imgcrypt.luks.luks2.metadata import MAX_KEY_SIZE, MAX_OBJECTS, MAX_STRIPES, Keyslot, Metadata
 from imgcrypt.luks.sectors import CipherSpec
@@ -68,6 +68,21 @@ def material(ks: Keyslot) -> SlotMaterial:
     assert ks.kdf is not None and ks.area_offset is not None
     return SlotMaterial(ks.id, ks.kdf, cipher, ks.area_key_size, ks.key_size, ks.stripes,
                         ks.af_hash, ks.area_offset)
+
+
+def problems(ks: Keyslot) -> list[str]:
+    """Why imgcrypt cannot compute keyslot ``ks`` (its KDF, hash, area cipher, AF hash); empty
+    if it can. The same checks :func:`material` and the KDF make at unlock, without any work."""
+    if ks.kdf is None:
+        return [f"keyslot {ks.id}: unsupported KDF {ks.kdf_type[:32]!r}"]
+    try:
+        if isinstance(ks.kdf, Pbkdf2):
+            check_hash(ks.kdf.hash)
+        CipherSpec.parse(ks.area_cipher).check_key_size(ks.area_key_size)
+        af.check_hash(ks.af_hash)
+    except UnsupportedError as err:
+        return [f"keyslot {ks.id}: {err}"]
+    return []
 
 
 def describe(ks: Keyslot) -> dict[str, Any]:
