@@ -197,6 +197,7 @@ _CIPHER_BY_NAME = {info.name: info for info in _CIPHERS}
 
 
 def lookup_cipher(name: str) -> CipherInfo | None:
+    """The block cipher a LUKS spec names (``aes``, ``camellia``...); None if OpenSSL lacks it."""
     return _CIPHER_BY_NAME.get(name.lower())
 
 
