@@ -9,11 +9,13 @@ chosen, as a real race could be won).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from imgcrypt import fileio, qemu
 from imgcrypt.errors import ImgcryptError
 
+from .hostile_glance import HostileGlance
 from .util import IMGCRYPT, run_qemu_img, secret_file
 
 PASSPHRASE = b"client side passphrase"
@@ -334,3 +337,134 @@ def test_max_size_is_honoured_by_encrypt_and_decrypt(tmp_path: Path, qemu_img: s
     proc = imgcrypt("decrypt", image, out / "f.raw", "--max-size", "1000000")
     assert proc.returncode == 3 and b"--max-size" in proc.stderr
     assert not (out / "f.raw").exists()
+
+
+# -- 4. download trusts nothing ---------------------------------------------------------------
+
+@pytest.fixture
+def glance() -> Iterator[HostileGlance]:
+    server = HostileGlance()
+    yield server
+    server.close()
+
+
+def download(glance: HostileGlance, home: Path, image_id: str, target: Path, *extra: str,
+             timeout: float = 60) -> tuple[subprocess.CompletedProcess[bytes], float]:
+    start = time.monotonic()
+    proc = subprocess.run([*IMGCRYPT, "download", image_id, str(target), *extra],
+                          capture_output=True, env=glance.env(str(home)), timeout=timeout,
+                          preexec_fn=lambda: os.umask(0o022))
+    return proc, time.monotonic() - start
+
+
+def no_output(directory: Path) -> bool:
+    return not [p for p in directory.iterdir() if p.name.startswith(("out", ".out"))]
+
+
+def test_download_reads_exactly_the_declared_size(tmp_path: Path,
+                                                  glance: HostileGlance) -> None:
+    """Before: the body was read until the server stopped: 4 MiB more were written after the
+    declared megabyte, and a server that never stops kept the command writing forever."""
+    data = guest_bytes()
+    for how in ("more", "forever"):
+        served = glance.add(how, data, how)
+        target = tmp_path / f"out-{how}.raw"
+        proc, elapsed = download(glance, tmp_path, how, target, "--encrypted")
+        assert proc.returncode == 0, proc.stderr
+        assert target.read_bytes() == data, how
+        assert elapsed < 20
+        assert served.sent >= len(data)
+
+
+def test_download_refuses_every_transfer_fault(tmp_path: Path, glance: HostileGlance) -> None:
+    """Before: a truncated body was written with exit 0 when the record had only the md5
+    checksum, changed bytes too; a server announcing a longer body was read to its end."""
+    data = guest_bytes()
+    changed = bytearray(data)
+    changed[4096] ^= 1
+    glance.add("truncate", data, "truncate")
+    glance.add("length", data, "length")
+    glance.add("md5-only", data, stored=bytes(changed))
+    glance.add("md5-only-truncated", data, "truncate")
+    glance.add("hash", data, stored=bytes(changed), os_hash_algo="sha512",
+               os_hash_value=hashlib.sha512(data).hexdigest())
+    for image_id in ("truncate", "length", "md5-only", "md5-only-truncated", "hash"):
+        proc, _ = download(glance, tmp_path, image_id, tmp_path / "out.raw")
+        assert proc.returncode == 4, (image_id, proc.stderr)
+        assert proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+        assert no_output(tmp_path), image_id
+    glance.add("no-size", data, size=None)
+    proc, _ = download(glance, tmp_path, "no-size", tmp_path / "out.raw")
+    assert proc.returncode == 3 and b"declares no size" in proc.stderr
+    assert no_output(tmp_path)
+
+
+def test_download_timeouts(tmp_path: Path, glance: HostileGlance) -> None:
+    """Before: no timeout at all: a silent or trickling server hung the command."""
+    data = guest_bytes()[:4096]
+    glance.add("silent", data, "silent")
+    glance.add("trickle", data, "trickle")
+    proc, elapsed = download(glance, tmp_path, "silent", tmp_path / "out.raw",
+                             "--read-timeout", "2")
+    assert proc.returncode == 1 and b"nothing received for 2 s" in proc.stderr, proc.stderr
+    assert elapsed < 15 and no_output(tmp_path)
+    proc, elapsed = download(glance, tmp_path, "trickle", tmp_path / "out.raw",
+                             "--read-timeout", "2", "--timeout", "3")
+    assert proc.returncode == 1 and b"not complete within 3 s" in proc.stderr, proc.stderr
+    assert elapsed < 15 and no_output(tmp_path)
+
+
+def test_download_writes_plaintext_0600_and_says_what_was_checked(
+        tmp_path: Path, glance: HostileGlance) -> None:
+    data = guest_bytes()
+    glance.add("honest", data, os_hash_algo="sha512",
+               os_hash_value=hashlib.sha512(data).hexdigest())
+    target = tmp_path / "out.raw"
+    proc, _ = download(glance, tmp_path, "honest", target)
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_bytes() == data
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert b"checked: size, os_hash_value, checksum" in proc.stdout
+    assert b"not signed" in proc.stdout
+    proc, _ = download(glance, tmp_path, "honest", tmp_path / "out2.raw", "--max-size", "1023K")
+    assert proc.returncode == 3 and b"--max-size" in proc.stderr
+    assert not (tmp_path / "out2.raw").exists()
+
+
+def test_download_can_require_a_trust_anchor(tmp_path: Path, glance: HostileGlance) -> None:
+    data = guest_bytes()
+    glance.add("unsigned", data)
+    proc, _ = download(glance, tmp_path, "unsigned", tmp_path / "out.raw", "--require-trust")
+    assert proc.returncode == 2 and b"trust anchor is required" in proc.stderr
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(self_signed_pem())
+    proc, _ = download(glance, tmp_path, "unsigned", tmp_path / "out.raw", "--require-trust",
+                       "--trust", str(ca))
+    assert proc.returncode == 4, proc.stderr
+    assert no_output(tmp_path)
+    config = tmp_path / ".config" / "imgcrypt"
+    config.mkdir(parents=True)
+    (config / "imgcrypt.toml").write_text(f'[download]\ntrust = ["{ca}"]\nrequire_trust = true\n')
+    proc, _ = download(glance, tmp_path, "unsigned", tmp_path / "out.raw")
+    assert proc.returncode == 4, proc.stderr  # the deployment's setting applies
+    assert no_output(tmp_path)
+
+
+def self_signed_pem() -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "release CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA384()))
+    return cert.public_bytes(serialization.Encoding.PEM)
