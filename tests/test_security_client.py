@@ -10,7 +10,9 @@ chosen, as a real race could be won).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -468,3 +470,67 @@ def self_signed_pem() -> bytes:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA384()))
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+# -- 5. terminal escapes: every command, stdout and stderr --------------------------------------
+
+HOSTILE = "\x1b[2K\x1b[1A\r\x07\x9b31m\u202e\u2066\x00\nFORGED: valid, signed by CN=release"
+# Raw control characters: C0 but the newline that ends a line, DEL, C1 (UTF-8 \xc2\x80-\x9f),
+# and the bidi / isolate format characters.
+RAW_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xaa-\xae]"
+                         rb"|\xe2\x81[\xa6-\xa9]")
+
+
+def assert_clean(what: str, proc: subprocess.CompletedProcess[bytes]) -> None:
+    for stream in (proc.stdout, proc.stderr):
+        found = RAW_CONTROL.search(stream)
+        assert found is None, (what, stream)
+        assert not any(line.startswith(b"FORGED") for line in stream.splitlines()), (what,
+                                                                                       stream)
+
+
+def test_no_command_lets_a_hostile_string_reach_the_terminal(tmp_path: Path,
+                                                              glance: HostileGlance) -> None:
+    """Before: verify printed the names of unsigned properties raw on stderr; keys list/show
+    printed key-manager names raw (a newline forged a line), download and upload the cloud's."""
+    from tests.test_signing_pki import NOW, cert_pem, key, key_pem, make_cert
+
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(4096))
+    signer = key("p384")
+    (tmp_path / "k.pem").write_bytes(key_pem(signer))
+    (tmp_path / "c.pem").write_bytes(cert_pem(make_cert(signer, "CN=signer" + HOSTILE[:12])))
+    props = tmp_path / "props.json"
+    run = lambda *args: subprocess.run([*IMGCRYPT, *map(str, args)],  # noqa: E731
+                                       capture_output=True, timeout=120,
+                                       env={**os.environ, "HOME": str(tmp_path)})
+    assert run("sign", image, "--key", tmp_path / "k.pem", "--cert", tmp_path / "c.pem",
+               "--properties-out", props, "--mode", "imgcrypt").returncode == 0
+    document = json.loads(props.read_text())
+    document[HOSTILE] = HOSTILE  # an unsigned property an image owner added
+    props.write_text(json.dumps(document))
+    proc = run("verify", image, "--properties", props, "--cert", tmp_path / "c.pem", "--at",
+               NOW.isoformat())
+    assert proc.returncode == 0, proc.stderr
+    assert b"ignored properties" in proc.stderr
+    assert_clean("verify", proc)
+    store = tmp_path / "keys"
+    created = run("keys", "create", "--key-manager", "local", "--keystore", store, "--type",
+                  "passphrase", "--name", HOSTILE.replace("\x00", ""), "--json")
+    assert created.returncode == 0, created.stderr
+    key_id = json.loads(created.stdout)["key_id"]
+    for args in (("list",), ("show", key_id)):
+        proc = run("keys", *args, "--key-manager", "local", "--keystore", store)
+        assert proc.returncode == 0, proc.stderr
+        assert b"\\x1b[2K" in proc.stdout
+        assert_clean(f"keys {args[0]}", proc)
+    data = guest_bytes()[:4096]
+    glance.add("x", data, name=HOSTILE, checksum="0" * 32, os_hash_algo=HOSTILE)
+    for extra in ([], ["--json"]):
+        proc, _ = download(glance, tmp_path, "x", tmp_path / "out.raw", *extra)
+        assert proc.returncode == 3, proc.stderr
+        assert_clean("download", proc)
+    glance.add("y", data, name=HOSTILE)
+    proc, _ = download(glance, tmp_path, "y", tmp_path / "out.raw")
+    assert proc.returncode == 0, proc.stderr
+    assert_clean("download", proc)

@@ -274,8 +274,10 @@ def guest_input(source: str, source_format: str | None, *,
 
 
 def note(text: str) -> None:
-    """One ``imgcrypt: note:`` line on stderr (``text`` already escaped)."""
-    sys.stderr.write(f"imgcrypt: note: {text}\n")
+    """One ``imgcrypt: note:`` line on stderr, control characters escaped."""
+    from imgcrypt.text import escape
+
+    sys.stderr.write(f"imgcrypt: note: {escape(text)}\n")
 
 
 def room_for_luks(target: str, options: Any, max_size: int | None
