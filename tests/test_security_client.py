@@ -534,3 +534,44 @@ def test_no_command_lets_a_hostile_string_reach_the_terminal(tmp_path: Path,
     proc, _ = download(glance, tmp_path, "y", tmp_path / "out.raw")
     assert proc.returncode == 0, proc.stderr
     assert_clean("download", proc)
+
+
+# -- 6. LUKS2 metadata as large as cryptsetup takes --------------------------------------------
+
+def test_luks2_json_with_300000_values_opens_as_cryptsetup_opens_it(tmp_path: Path,
+                                                                     cryptsetup: str) -> None:
+    """Before: refused ("LUKS2 JSON metadata has too many values", exit 3) although cryptsetup
+    loads it: a token of 300,000 values in a 4 MiB metadata area."""
+    keyfile = secret_file(tmp_path, "pass", PASSPHRASE)
+    image = tmp_path / "many.img"
+    image.write_bytes(bytes(32 << 20))
+
+    def cs(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([cryptsetup, *map(str, args)], capture_output=True, timeout=120)
+
+    assert cs("luksFormat", "-q", "--type", "luks2", "--luks2-metadata-size", "4M",
+              "--luks2-keyslots-size", "8M", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+              "1000", "--key-file", keyfile, image).returncode == 0
+    token = tmp_path / "token.json"
+    token.write_text(json.dumps({"type": "user-many", "keyslots": [], "v": [0] * 300_000},
+                                separators=(",", ":")))
+    assert cs("token", "import", "--json-file", token, image).returncode == 0
+    dump = cs("luksDump", image)
+    assert dump.returncode == 0 and b"user-many" in dump.stdout
+    assert cs("open", "--test-passphrase", "--key-file", keyfile, image).returncode == 0
+    from imgcrypt.luks.stream import read_header
+
+    with open(image, "rb") as f:
+        header, _ = read_header(f)
+    assert header.version == 2
+    start = time.monotonic()
+    proc = subprocess.run([*IMGCRYPT, "inspect", str(image), "--json"], capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - start < 10
+    assert json.loads(proc.stdout)["version"] == 2
+    out = tmp_path / "out.raw"
+    proc = subprocess.run([*IMGCRYPT, "decrypt", str(image), str(out), "--passphrase-file",
+                           str(keyfile)], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size == image.stat().st_size - header.payload_offset
