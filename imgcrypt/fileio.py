@@ -71,12 +71,12 @@ def _check_target(target: str, force: bool, source: str | os.PathLike[str] | Non
                          "refusing to replace it")
 
 
-def _temporary_beside(target: str) -> tuple[int, str]:
+def _temporary_beside(target: str, naming: tuple[str, str] | None = None) -> tuple[int, str]:
     # mkstemp opens O_CREAT | O_EXCL | O_NOFOLLOW, 0600: a name planted in advance (file or
     # symlink) makes it pick another, never open the planted one.
     directory = os.path.dirname(os.path.abspath(target))
-    return tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.",
-                            suffix=TEMP_SUFFIX)
+    prefix, suffix = naming or (f".{os.path.basename(target)}.", TEMP_SUFFIX)
+    return tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
 
 
 class OutputFile:
@@ -227,7 +227,8 @@ class _Capped(io.RawIOBase):
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike[str], *, force: bool = False,
                 source: str | os.PathLike[str] | None = None, mode: int = 0o600,
-                size: int | None = None, max_size: int | None = None) -> Iterator[OutputFile]:
+                size: int | None = None, max_size: int | None = None,
+                temp_naming: tuple[str, str] | None = None) -> Iterator[OutputFile]:
     """The one way imgcrypt creates an output file: an :class:`OutputFile` beside ``target``
     that becomes ``target`` if the block completes.
 
@@ -237,12 +238,13 @@ def atomic_file(target: str | os.PathLike[str], *, force: bool = False,
     Any exception, Ctrl-C included, removes the temporary file and leaves an existing target
     untouched. A target that exists but is not a regular file is refused, and so is a planned
     ``size`` the file system or ``max_size`` cannot take (:func:`check_room`), before anything
-    is created.
+    is created. ``temp_naming`` (prefix, suffix) names the temporary file for callers whose
+    readers skip their own pattern (the keystore's ``.tmp-*.part``).
     """
     target = os.fspath(target)
     _check_target(target, force, source)
     check_room(target, size, max_size)
-    fd, temp = _temporary_beside(target)
+    fd, temp = _temporary_beside(target, temp_naming)
     try:
         yield OutputFile(fd, temp)
         _publish(fd, temp, target, mode)

@@ -265,7 +265,8 @@ def _secrets(qemu_img: QemuImg, *passphrases: bytes) -> Iterator[list[str]]:
         yield args
 
 
-def _amend(path: str, opener: str, secrets: list[str], options: str, qemu_img: QemuImg) -> None:
+def _amend(path: str | SourceFile, opener: str, secrets: list[str], options: str,
+           qemu_img: QemuImg) -> None:
     spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": opener}})
     qemu_img.run(["amend", *secrets, spec, "-o", options], what="amend")
 
@@ -291,6 +292,15 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
     if new_passphrase is not None and new_passphrase == passphrase:
         raise UsageError("the new passphrase is the current one")
     _check_iter_time(iter_time_ms)
+    with open_source(path) as src:
+        # checked, unlocked and amended through one open file (qemu-img reopens the inode)
+        return _rekey(src, passphrase, new_passphrase, remove_old, remove_slot,
+                      iter_time_ms, qemu_img)
+
+
+def _rekey(path: SourceFile, passphrase: bytes, new_passphrase: bytes | None,
+           remove_old: bool, remove_slot: int | None, iter_time_ms: int,
+           qemu_img: QemuImg) -> RekeyResult:
     found = read_qcow2_luks(path)
     before = _active(found)
     _checked_info(path, qemu_img)
@@ -317,7 +327,6 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
                    qemu_img)
     return RekeyResult(opened_slot=opened, added_slot=added.pop(),
                        removed_slot=opened if remove_old else None)
-
 
 
 def rekey_image(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
