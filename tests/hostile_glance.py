@@ -31,6 +31,7 @@ class Served:
 class HostileGlance:
     def __init__(self) -> None:
         self.images: dict[str, Served] = {}
+        self.created_status = "active"  # what a created image's record says
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.glance = self  # type: ignore[attr-defined]
@@ -78,9 +79,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        """Image creation: the record comes back with whatever the service wants in it."""
+        glance: HostileGlance = self.server.glance  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        image_id = f"created-{len(glance.images)}"
+        glance.add(image_id, b"", **{**body, "status": glance.created_status})
+        self._json(glance.images[image_id].record)
+
+    def do_PUT(self) -> None:
+        glance: HostileGlance = self.server.glance  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length)
+        parts = self.path.strip("/").split("/")
+        if len(parts) == 4 and parts[2] in glance.images:
+            glance.images[parts[2]].data = data
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self) -> None:
         glance: HostileGlance = self.server.glance  # type: ignore[attr-defined]
         parts = self.path.strip("/").split("/")
+        if parts == ["v2", "info", "import"]:
+            self._json({"import-methods": {"value": []}})
+            return
         if parts in (["v2"], [""]):
             self._json({"versions": [{"id": "v2.16", "status": "CURRENT", "links": [
                 {"rel": "self", "href": f"{glance.endpoint}/"}]}]})

@@ -534,6 +534,12 @@ def test_no_command_lets_a_hostile_string_reach_the_terminal(tmp_path: Path,
     proc, _ = download(glance, tmp_path, "y", tmp_path / "out.raw")
     assert proc.returncode == 0, proc.stderr
     assert_clean("download", proc)
+    glance.created_status = "active" + HOSTILE
+    proc = subprocess.run([*IMGCRYPT, "upload", str(image), "--name", "plain"],
+                          capture_output=True, env=glance.env(str(tmp_path)), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\\x1b[2K" in proc.stdout
+    assert_clean("upload", proc)
 
 
 # -- 6. LUKS2 metadata as large as cryptsetup takes --------------------------------------------
