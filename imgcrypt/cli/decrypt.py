@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     with inputs.luks_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase, slot=args.key_slot)
-        total = opened.output_size(args.size, inputs.input_size(args.source))
+        total = opened.output_size(args.size, inputs.input_size(src))
         with atomic_output(args.target, force=args.force, source=args.source,
                            mode=args.mode, size=total, max_size=args.max_size) as dst, \
                 common.progress_bar(args, total, "decrypt") as progress:

@@ -169,13 +169,10 @@ def check_target(target: str, *, force: bool) -> None:
         raise FileNotFoundError(errno.ENOENT, "no such directory for the target", target)
 
 
-def input_size(path: str) -> int | None:
-    if path == "-":
-        return None
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
+def input_size(stream: BinaryIO) -> int | None:
+    """The size of an opened SOURCE when it is a regular file (the file that is read, never
+    the name again), else None (a pipe, stdin)."""
+    return os.fstat(stream.fileno()).st_size if _regular_file(stream) else None
 
 
 def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[bytes, Any]:
