@@ -581,3 +581,44 @@ def test_luks2_json_with_300000_values_opens_as_cryptsetup_opens_it(tmp_path: Pa
                            str(keyfile)], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size == image.stat().st_size - header.payload_offset
+
+
+def test_a_decrypting_download_reads_exactly_the_declared_size(
+        tmp_path: Path, glance: HostileGlance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: decrypting, the body after the payload was drained until the server stopped
+    (read forever from one that never does). The key comes from the real local keystore
+    instead of the cloud's Barbican (the lookup is the only thing wired for the test)."""
+    import io
+
+    from imgcrypt import imageservice
+    from imgcrypt.errors import VerificationError
+    from imgcrypt.keys.local import LocalKeyStore
+    from imgcrypt.keys.properties import encryption_properties
+    from imgcrypt.keys.secret import Secret
+    from imgcrypt.luks.options import FormatOptions
+    from imgcrypt.luks.stream import encrypt_stream
+    from imgcrypt.service.download import open_download
+
+    store = LocalKeyStore(tmp_path / "keys")
+    key_id = store.store(Secret(payload=b"download passphrase", secret_type="passphrase"))
+    plain = guest_bytes()
+    container = io.BytesIO()
+    encrypt_stream(io.BytesIO(plain), container, b"download passphrase",
+                   FormatOptions(version=1, iterations=1000))
+    stored = container.getvalue()
+    properties = encryption_properties(key_id, 1, len(plain))
+    for how in ("forever", "more", "truncate"):
+        glance.add(how, stored, how, **properties)
+    for name, value in glance.env(str(tmp_path)).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(imageservice, "key_manager", lambda conn: store)
+    conn = imageservice.connect()
+    for how in ("forever", "more"):
+        out = io.BytesIO()
+        start = time.monotonic()
+        result = open_download(conn, how).write_to(out)
+        assert time.monotonic() - start < 20
+        assert result.decrypted and out.getvalue() == plain
+        assert result.hashes == ("size", "checksum")
+    with pytest.raises(VerificationError, match="ended after"):
+        open_download(conn, "truncate").write_to(io.BytesIO())
