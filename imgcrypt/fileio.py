@@ -263,18 +263,22 @@ def atomic_output(target: str, *, force: bool = False, source: str | None = None
                   max_size: int | None = None) -> Iterator[BinaryIO]:
     """A file object whose contents appear at ``target`` only if the block completes
     (:func:`atomic_file`, written by imgcrypt). ``-`` means standard output. ``size`` is the
-    planned output size, checked first; ``max_size`` also bounds what is then written."""
+    planned output size, checked first; when it is not known, ``max_size`` bounds what is
+    then written (a wrapper: the engine's parallel, sparse file path is kept for known
+    sizes)."""
     if target == "-":
         if size is not None and max_size is not None and size > max_size:
             raise FormatError(f"the output would be {size} bytes, more than the --max-size of "
                               f"{max_size}", reason=FormatFault.LIMIT_EXCEEDED)
         stdout = sys.stdout.buffer
-        yield stdout if max_size is None else cast(BinaryIO, _Capped(stdout, max_size, target))
+        yield stdout if max_size is None or size is not None \
+            else cast(BinaryIO, _Capped(stdout, max_size, target))
         stdout.flush()
         return
     with atomic_file(target, force=force, source=source, mode=mode, size=size,
                      max_size=max_size) as out, os.fdopen(os.dup(out.fd), "wb") as f:
-        yield f if max_size is None else cast(BinaryIO, _Capped(f, max_size, target))
+        yield f if max_size is None or size is not None \
+            else cast(BinaryIO, _Capped(f, max_size, target))
         f.flush()
 
 

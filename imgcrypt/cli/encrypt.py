@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         with inputs.guest_input(args.source, args.source_format, planned=room) as (
                 src, source_format, size), \
                 atomic_output(args.target, force=args.force, source=args.source,
+                              size=inputs.planned_luks_size(size, options),
                               max_size=args.max_size) as dst, \
                 common.progress_bar(args, size, "encrypt") as progress:
             result = encrypt_stream(src, dst, passphrase, options, progress=progress)
