@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, BinaryIO
 
 from imgcrypt.errors import ToolError, UsageError, VerificationError
 from imgcrypt.keys.manager import KeyManager
+from imgcrypt.text import escape
 
 # keystoneauth and openstacksdk log discovery failures as warnings; with no handler configured
 # Python would print them beside the one-line CLI error.
@@ -103,17 +105,35 @@ class Image:
     properties: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a transfer may take: ``connect`` (seconds to connect), ``read`` (seconds
+    without a byte) and ``total`` (the whole download), so that a server that goes silent or
+    trickles cannot hang a command."""
+
+    connect: float = 30.0
+    read: float = 120.0
+    total: float = 6 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not all(0 < t <= 1e7 for t in (self.connect, self.read, self.total)):
+            raise UsageError("timeouts must be positive numbers of seconds")
+
+
 class ImageService:
     """The handful of image API calls ``imgcrypt upload``/``download`` make."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, timeouts: Timeouts | None = None) -> None:
         self._conn = conn
+        self._timeouts = timeouts
         with _translate("finding the image service"):
             # a keystoneauth adapter on the catalog's image endpoint (authenticates first)
             self._api = conn.image
 
     def _call(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
         headers = kwargs.pop("headers", {})
+        if self._timeouts is not None:
+            kwargs.setdefault("timeout", (self._timeouts.connect, self._timeouts.read))
         with _translate(what):
             return self._api.request(url, method, headers=headers, raise_exc=True, **kwargs)
 
@@ -175,11 +195,58 @@ class ImageService:
                                         f"{timeout:.0f} s")
             time.sleep(IMPORT_POLL_SECONDS)
 
-    def download(self, image_id: str) -> Iterator[bytes]:
+    def download(self, image_id: str, size: int) -> Iterator[bytes]:
+        """Exactly the ``size`` bytes the image record declares, never one more: a body that
+        announces another length is refused before it is read, one that ends early is
+        refused, and what a server sends beyond ``size`` is never read. Every wait is bounded
+        by the read timeout and the whole transfer by the total one (a server that trickles
+        is cut off: the connection is shut down from a timer)."""
+        timeouts = self._timeouts or Timeouts()
         response = self._call("GET", f"/images/{image_id}/file", f"downloading {image_id}",
                               stream=True)
-        with _translate(f"downloading {image_id}"):
-            yield from response.iter_content(chunk_size=CHUNK)
+        deadline = time.monotonic() + timeouts.total
+        raw = response.raw
+        watchdog = threading.Timer(timeouts.total, _shutdown, (raw,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            announced = response.headers.get("Content-Length")
+            if announced is not None and announced.strip() != str(size):
+                raise VerificationError(
+                    f"image {image_id}: the image service sends {escape(announced[:40])} "
+                    f"bytes, the image record declares {size}")
+            remaining = size
+            while remaining > 0:
+                try:
+                    # read1: one receive at most, so the deadline is checked between them;
+                    # the stored bytes as they are (no content decoding a server could ask for)
+                    chunk = raw.read1(min(CHUNK, remaining), decode_content=False)
+                except Exception as exc:  # urllib3's timeout and protocol errors, OSError
+                    if time.monotonic() >= deadline:
+                        raise ToolError(f"downloading {image_id}: not complete within "
+                                        f"{timeouts.total:g} s") from None
+                    if "timed out" in str(exc).lower():
+                        raise ToolError(f"downloading {image_id}: nothing received for "
+                                        f"{timeouts.read:g} s") from None
+                    raise VerificationError(
+                        f"image {image_id}: the download ended after {size - remaining} of "
+                        f"{size} bytes ({type(exc).__name__})") from None
+                if not chunk:
+                    raise VerificationError(f"image {image_id}: the download ended after "
+                                            f"{size - remaining} of {size} bytes")
+                if time.monotonic() >= deadline:
+                    raise ToolError(f"downloading {image_id}: not complete within "
+                                    f"{timeouts.total:g} s")
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            watchdog.cancel()
+            response.close()
+
+
+def _shutdown(raw: Any) -> None:
+    with contextlib.suppress(Exception):
+        raw.shutdown()
 
 
 # Attributes of an image that are not its properties.

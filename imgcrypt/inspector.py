@@ -92,15 +92,16 @@ def detect_file(path: str | os.PathLike[str]) -> str:
         return sniff(f.read(HEAD_SIZE)) or "raw"
 
 
-def safety_check(path: str | os.PathLike[str], fmt: str) -> None:
+def safety_check(path: str | os.PathLike[str], fmt: str, *, shown: str | None = None) -> None:
     """Run the inspector's safety checks for ``fmt`` (a qemu format name) on the file at ``path``.
 
     Raises :class:`UnsupportedError` for an image the cloud would refuse as unsafe, and
     :class:`FormatError` for one that is not a valid ``fmt`` image. Formats the inspector does
     not check (raw, luks, qcow v1, vmdk descriptor files) pass: see the module docstring.
+    ``shown`` names the file in messages (default ``path``).
     """
     name = {v: k for k, v in _QEMU_NAMES.items()}.get(fmt, fmt)
-    shown = os.fspath(path)
+    shown = shown if shown is not None else os.fspath(path)
     if name not in _CHECKED:
         return
     with open(path, "rb") as f:
@@ -109,7 +110,7 @@ def safety_check(path: str | os.PathLike[str], fmt: str) -> None:
     inspector_type = format_inspector.get_inspector(name)
     assert inspector_type is not None
     try:
-        inspector = inspector_type.from_file(shown)
+        inspector = inspector_type.from_file(os.fspath(path))
         inspector.safety_check()
     except format_inspector.SafetyCheckFailed as exc:
         reasons = "; ".join(f"{_CHECK_NAMES.get(name, name)}: {failure}"

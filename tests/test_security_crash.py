@@ -80,9 +80,10 @@ def _run_limited(args: list[str], limit: int) -> subprocess.CompletedProcess[byt
                           env=env, timeout=300, preexec_fn=lambda: _limit_file_size(limit))
 
 
-def _assert_clean_failure(proc: subprocess.CompletedProcess[bytes], target: Path) -> None:
+def _assert_clean_failure(proc: subprocess.CompletedProcess[bytes], target: Path,
+                          code: int = 1) -> None:
     lines = proc.stderr.decode().splitlines()
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == code, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("imgcrypt: error: "), lines
     assert "Traceback" not in proc.stderr.decode()
     assert not target.exists()
@@ -129,13 +130,20 @@ def small_tmpfs(directory: Path, size: str) -> Iterator[Path]:
 
 def test_no_space_left_on_encrypt_decrypt_and_keystore(image: dict[str, Path]) -> None:
     with small_tmpfs(image["dir"] / "full", "2m") as full:
+        # issue 23: a planned size beyond the free space is refused before writing (exit 3)
         proc = imgcrypt("encrypt", image["src"], full / "x.luks", "--passphrase-file",
                         image["pw"], "--iterations", "1000")
-        _assert_clean_failure(proc, full / "x.luks")
-        assert "No space left on device" in proc.stderr.decode()
+        _assert_clean_failure(proc, full / "x.luks", code=3)
+        assert "file system has" in proc.stderr.decode()
         proc = imgcrypt("decrypt", image["luks"], full / "x.raw", "--passphrase-file",
                         image["pw"])
-        _assert_clean_failure(proc, full / "x.raw")
+        _assert_clean_failure(proc, full / "x.raw", code=3)
+        # a stream of unknown size still meets the full disk while writing
+        proc = imgcrypt("encrypt", "-", full / "x.luks", "--source-format", "raw",
+                        "--passphrase-file", image["pw"], "--iterations", "1000",
+                        input=image["src"].read_bytes())
+        _assert_clean_failure(proc, full / "x.luks")
+        assert "No space left on device" in proc.stderr.decode()
         # Fill the file system, then ask the keystore on it for a new secret.
         store = full / "keystore"
         proc = imgcrypt("keys", "create", "--key-manager", "local", "--keystore", store,

@@ -30,6 +30,7 @@ from imgcrypt.errors import (
     CertificateFault,
     FormatError,
     FormatFault,
+    ImgcryptError,
     KeyManagerError,
     VerificationError,
     VerificationFault,
@@ -527,9 +528,12 @@ def test_temporary_output_is_not_reopened_by_path(tmp_path: Path,
 
     monkeypatch.setattr(fileio.tempfile, "mkstemp", racing_mkstemp)
     target = tmp_path / "out.raw"
-    with fileio.atomic_output(str(target)) as f:
+    # issue 23: the swapped name is noticed before the rename, the output refused
+    with pytest.raises(ImgcryptError, match="replaced by another process"), \
+            fileio.atomic_output(str(target)) as f:
         f.write(b"secret plaintext")
     assert victim.read_bytes() == b"untouched"
+    assert not target.exists()
 
 
 def test_keystore_files_of_another_user_refused_for_root_too(tmp_path: Path) -> None:

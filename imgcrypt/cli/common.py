@@ -57,6 +57,27 @@ def add_key_slot_argument(parser: argparse.ArgumentParser, help_text: str) -> No
                         help=help_text)
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def byte_size(text: str) -> int:
+    """``--max-size`` values: bytes, or with a binary suffix K, M, G, T, P (as qemu-img)."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    if unit.isdigit():
+        number, unit = text.strip(), ""
+    if unit not in _SIZE_UNITS or not number.isascii() or not number.isdigit() \
+            or len(number) > 19:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or with K, M, G, T)")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def add_max_size_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-size", type=byte_size, metavar="SIZE",
+                        help="refuse before writing when the output would be larger than SIZE "
+                        "(bytes, or with K, M, G, T); the free space of TARGET's file system "
+                        "is always checked")
+
+
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it is off anyway when stderr is not a terminal)")

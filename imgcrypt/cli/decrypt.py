@@ -35,6 +35,7 @@ def register(sub: Any) -> None:
                         help="permissions of TARGET, less the umask (default 0600: the "
                         "plaintext is readable by its owner only)")
     keyopts.add_key_arguments(parser, creating=False)
+    common.add_max_size_argument(parser)
     common.add_progress_argument(parser)
     common.finish_command(parser, run)
 
@@ -61,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     with inputs.luks_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
         opened = unlock_stream(src, passphrase, slot=args.key_slot)
-        total = opened.output_size(args.size, inputs.input_size(args.source))
+        total = opened.output_size(args.size, inputs.input_size(src))
         with atomic_output(args.target, force=args.force, source=args.source,
-                           mode=args.mode) as dst, \
+                           mode=args.mode, size=total, max_size=args.max_size) as dst, \
                 common.progress_bar(args, total, "decrypt") as progress:
             written = decrypt_payload(opened, src, dst, size=args.size, progress=progress)
     header = opened.header
@@ -87,9 +88,10 @@ def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -
     found = qemu_luks.read_qcow2_luks(args.source)
     if args.target != "-":
         written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force,
-                                     mode=args.mode)
+                                     mode=args.mode, max_size=args.max_size)
     else:
-        written = qemu_luks.decrypt_to(args.source, passphrase, sys.stdout.buffer)
+        written = qemu_luks.decrypt_to(args.source, passphrase, sys.stdout.buffer,
+                                       max_size=args.max_size)
     data = {"source": args.source, "target": args.target, "format": "qcow2",
             "encryption": f"luks{found.luks.version}", "bytes_written": written}
     if resolved is not None:

@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     common.add_key_slot_argument(parser, "put the passphrase in keyslot N (default 0; as "
                                  "cryptsetup luksFormat --key-slot)")
     keyopts.add_key_arguments(parser, creating=True)
+    common.add_max_size_argument(parser)
     common.add_progress_argument(parser)
     common.finish_command(parser, run)
 
@@ -90,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
         return _encrypt_qcow2(args, options)
     passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
     with _leased(resolved, args.target):
-        with inputs.guest_input(args.source, args.source_format) as (src, source_format, size), \
-                atomic_output(args.target, force=args.force, source=args.source) as dst, \
+        room = inputs.room_for_luks(args.target, options, args.max_size)
+        with inputs.guest_input(args.source, args.source_format, planned=room) as (
+                src, source_format, size), \
+                atomic_output(args.target, force=args.force, source=args.source,
+                              size=inputs.planned_luks_size(size, options),
+                              max_size=args.max_size) as dst, \
                 common.progress_bar(args, size, "encrypt") as progress:
             result = encrypt_stream(src, dst, passphrase, options, progress=progress)
     _after_success(resolved, args.target)
@@ -140,7 +145,8 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
     with _leased(resolved, args.target):
         info = qemu_luks.encrypt(args.source, args.target, passphrase, options,
-                                 source_format=source_format, force=args.force)
+                                 source_format=source_format, force=args.force,
+                                 max_size=args.max_size, note=inputs.note)
     _after_success(resolved, args.target)
     header = qemu_luks.read_qcow2_luks(args.target).luks
     data: dict[str, Any] = {

@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from imgcrypt.cli import keyopts
@@ -169,13 +169,10 @@ def check_target(target: str, *, force: bool) -> None:
         raise FileNotFoundError(errno.ENOENT, "no such directory for the target", target)
 
 
-def input_size(path: str) -> int | None:
-    if path == "-":
-        return None
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
+def input_size(stream: BinaryIO) -> int | None:
+    """The size of an opened SOURCE when it is a regular file (the file that is read, never
+    the name again), else None (a pipe, stdin)."""
+    return os.fstat(stream.fileno()).st_size if _regular_file(stream) else None
 
 
 def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[bytes, Any]:
@@ -247,19 +244,56 @@ def stdin_source(*, explicit_raw: bool) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def guest_input(source: str, source_format: str | None
+def guest_input(source: str, source_format: str | None, *,
+                planned: Callable[[int | None], None] | None = None
                 ) -> Iterator[tuple[BinaryIO | Source, str, int | None]]:
     """(raw guest bytes, the source's format, its size when known) for SOURCE: stdin as a raw
-    disk (:func:`stdin_source`), a file through :func:`imgcrypt.qemu.guest.open_guest`."""
+    disk (:func:`stdin_source`), a file through :func:`imgcrypt.qemu.guest.open_guest`.
+
+    ``planned(size)`` runs once the size is known and before any guest data is read (the
+    size guard); a non-raw source declaring a disk far beyond its file gets a note first."""
     if source == "-":
         if source_format not in (None, "raw"):
             raise UsageError("a source on stdin must be raw")
+        if planned is not None:
+            planned(None)
         yield stdin_source(explicit_raw=source_format == "raw"), "raw", None
         return
     from imgcrypt.qemu.guest import open_guest
+    from imgcrypt.qemu.source import bomb_note
 
-    with open_guest(source, source_format) as opened:
+    def before_reading(found: str, size: int) -> None:
+        if found != "raw":
+            bomb_note(source, size, note)
+        if planned is not None:
+            planned(size)
+
+    with open_guest(source, source_format, before_reading=before_reading) as opened:
         yield opened
+
+
+def note(text: str) -> None:
+    """One ``imgcrypt: note:`` line on stderr, control characters escaped."""
+    from imgcrypt.text import escape
+
+    sys.stderr.write(f"imgcrypt: note: {escape(text)}\n")
+
+
+def room_for_luks(target: str, options: Any, max_size: int | None
+                  ) -> Callable[[int | None], None]:
+    """The size guard of a LUKS output at ``target`` (:func:`imgcrypt.fileio.check_room`)."""
+    from imgcrypt.fileio import check_room
+
+    return lambda payload: check_room(target, planned_luks_size(payload, options), max_size)
+
+
+def planned_luks_size(payload: int | None, options: Any) -> int | None:
+    """The size of a LUKS container for ``payload`` bytes, at most: the payload in whole
+    4096-byte sectors after the largest default header (16 MiB, LUKS2; LUKS1 takes 2 MiB)."""
+    if payload is None:
+        return None
+    header = (16 << 20) if getattr(options, "version", 2) == 2 else (2 << 20)
+    return header + -(-payload // 4096) * 4096
 
 
 def _regular_file(stream: BinaryIO) -> bool:

@@ -19,6 +19,7 @@ from imgcrypt.keys.rules import (
     secret_from_payload,
 )
 from imgcrypt.keys.secret import SECRET_TYPES, SYMMETRIC
+from imgcrypt.text import escape
 
 MAX_PAYLOAD_FILE = 64 * 1024
 
@@ -103,7 +104,8 @@ def _info_json(info: SecretInfo) -> dict[str, str | int | None]:
 
 
 def _describe(info: SecretInfo) -> str:
-    parts = [f"id: {info.secret_id}", f"type: {info.secret_type}"]
+    # every value comes from the key manager: one line each, whatever it holds
+    parts = [f"id: {escape(info.secret_id)}", f"type: {escape(info.secret_type)}"]
     for label, value in (
         ("name", info.name),
         ("algorithm", info.algorithm),
@@ -112,13 +114,13 @@ def _describe(info: SecretInfo) -> str:
         ("created", info.created),
     ):
         if value is not None:
-            parts.append(f"{label}: {value}")
+            parts.append(f"{label}: {escape(value)}")
     return "\n".join(parts)
 
 
 def _consumer_lines(consumers: list[Consumer]) -> str:
-    return "".join(f"\nopens: {consumer_name(c)}" if c.service == LOCAL_CONSUMER_SERVICE
-                   else f"\nconsumer: {consumer_name(c)}" for c in consumers)
+    return "".join(f"\nopens: {escape(consumer_name(c))}" if c.service == LOCAL_CONSUMER_SERVICE
+                   else f"\nconsumer: {escape(consumer_name(c))}" for c in consumers)
 
 
 def _read_payload(path: str) -> bytes:
@@ -176,8 +178,8 @@ def _run_list(args: argparse.Namespace) -> int:
     infos = manager.list()
     data = {"key_manager": manager.name, "secrets": [_info_json(i) for i in infos]}
     lines = [
-        f"{i.secret_id}  {i.secret_type:<10}  {i.algorithm or '-':<6}  "
-        f"{i.bit_length or '-':>5}  {i.mode or '-':<5}  {i.name or ''}".rstrip()
+        f"{escape(i.secret_id)}  {escape(i.secret_type):<10}  {escape(i.algorithm or '-'):<6}  "
+        f"{i.bit_length or '-':>5}  {escape(i.mode or '-'):<5}  {escape(i.name or '')}".rstrip()
         for i in infos
     ]
     emit(args, data, "\n".join(lines) if lines else "no secrets")

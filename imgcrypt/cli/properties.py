@@ -19,6 +19,7 @@ from imgcrypt.imageprops import (
     signature_document,
 )
 from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, DELETION_POLICIES
+from imgcrypt.text import escape
 
 EXAMPLE = """example:
   imgcrypt properties disk.luks --key-id 5f0c... --signature sig.json
@@ -90,7 +91,8 @@ def _read_signature(path: str) -> dict[str, str]:
 def _merge_signature(properties: dict[str, str], extra: dict[str, str], path: str) -> None:
     def note(absent: list[str]) -> None:
         sys.stderr.write(
-            f"imgcrypt: note: not attaching {', '.join(absent)}: the signature in {path} binds "
+            f"imgcrypt: note: not attaching {', '.join(escape(a) for a in absent)}: the "
+            f"signature in {escape(path)} binds "
             "them as absent (sign with --bind FILE to bind them)\n"
         )
 

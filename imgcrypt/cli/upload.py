@@ -8,6 +8,7 @@ from typing import Any
 
 from imgcrypt.cli import common, inputs
 from imgcrypt.cli.output import emit
+from imgcrypt.text import escape
 
 EXAMPLE = """example:
   imgcrypt sign disk.luks --key signer.key --cert-id CERT_ID --properties-out sig.json
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     data = {"image_id": image.image_id, "name": args.name, "status": image.status,
             "method": upload.method, "size": size, "consumer_registered": consumer,
             "verdict": image.properties.get("imgcrypt_verdict")}
-    emit(args, data, f"uploaded {args.image} as image {image.image_id} ({image.status}, "
+    emit(args, data, f"uploaded {args.image} as image {escape(image.image_id)} "
+         f"({escape(image.status)}, "
          f"{upload.method})" + (", key consumer registered" if consumer else ""))
     return 0

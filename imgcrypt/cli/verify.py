@@ -120,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
     for scheme in result.schemes:
         family = family_named(scheme.algorithm)
         if family is not None and family.legacy and not args.json:
-            sys.stderr.write(f"imgcrypt: note: this image is signed with {scheme.algorithm}, "
+            sys.stderr.write(f"imgcrypt: note: this image is signed with "
+                             f"{escape(scheme.algorithm)}, "
                              "which cryptography deprecates; ask its publisher to re-sign it "
                              "with RSA-PSS or ECDSA\n")
     if ignored and not args.json:
         sys.stderr.write("imgcrypt: note: ignored properties no signature covers: "
-                         + ", ".join(n[:64] for n in ignored) + "\n")
+                         + ", ".join(escape(n[:64]) for n in ignored) + "\n")
     emit(args, {"source": args.image, **result.as_dict(), "ignored_properties": ignored},
          _human(result))
     return 0

@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import stat
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from imgcrypt.errors import (
     SecretNotFoundError,
     UsageError,
 )
+from imgcrypt.fileio import atomic_file
 from imgcrypt.keys.manager import Consumer, KeyOrder, SecretInfo, require_uuid
 from imgcrypt.keys.rules import generate_secret
 from imgcrypt.keys.secret import SECRET_TYPES, Secret
@@ -179,19 +179,13 @@ class LocalKeyStore:
             "consumers": [c.as_dict() for c in consumers],
         }
         data = json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
-        # mkstemp creates the file 0600 whatever the umask: never a moment readable by others.
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, self._path(secret.secret_id))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
-        self._fsync_dir()
+        # imgcrypt's one writer: 0600 from the first byte whatever the umask, written through
+        # its descriptor, fsynced, renamed, the directory fsynced.
+        with atomic_file(self._path(secret.secret_id), force=True, mode=0o600,
+                         temp_naming=(".tmp-", ".part")) as out:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out.fd, view):]
 
     def _read(self, key_id: str) -> tuple[Secret, str | None, builtins.list[Consumer]]:
         path = self._path(key_id)

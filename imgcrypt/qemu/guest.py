@@ -20,17 +20,19 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from imgcrypt.errors import ToolError
-from imgcrypt.fileio import atomic_path
+from imgcrypt.fileio import atomic_file, handle_fds, handle_names
 from imgcrypt.luks.engine import Source, zero_fill
 from imgcrypt.nbd import NbdClient
 from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
 from imgcrypt.qemu.source import (
+    SourceFile,
     format_by_magic,
     image_info,
+    open_source,
     require_convertible,
     resolve_format,
     source_spec,
@@ -48,13 +50,15 @@ def convert_to_raw(source: str | os.PathLike[str], target: str | os.PathLike[str
     existing ``target`` is refused with :class:`TargetExistsError` unless ``force``. Returns the
     source's :class:`ImageInfo`.
     """
-    info = image_info(source, source_format=resolve_format(source, source_format),
-                      allow_backing=allow_backing, qemu_img=qemu_img)
-    require_convertible(info, source)
-    with atomic_path(target, force=force, source=source) as temp:
-        qemu_img.run(["convert", "-O", "raw",
-                      source_spec(source, info.format, allow_backing=allow_backing), temp],
-                     what="convert")
+    with open_source(source) as src:
+        info = image_info(src, source_format=resolve_format(src, source_format),
+                          allow_backing=allow_backing, qemu_img=qemu_img)
+        require_convertible(info, src)
+        # The guest is plaintext: 0600, like every output (atomic_file).
+        with atomic_file(target, force=force, source=source) as out:
+            qemu_img.run(["convert", "-O", "raw",
+                          source_spec(src, info.format, allow_backing=allow_backing), out.path],
+                         what="convert")
     return info
 
 
@@ -67,19 +71,21 @@ def raw_view(source: str | os.PathLike[str], *, source_format: str | None = None
     (qemu-nbd on a private socket): no temporary copy, memory and scratch space bounded
     whatever the virtual size. Images with backing files or other external files are refused.
     """
-    info = image_info(source, source_format=resolve_format(source, source_format),
-                      qemu_img=qemu_img)
-    if info.format == "raw":
-        with open(source, "rb") as stream:
-            yield stream, info
-        return
-    with guest_source(source, info, qemu_img=qemu_img) as guest:
-        yield io.BufferedReader(GuestReader(guest), buffer_size=1 << 20), info
+    with open_source(source) as src:
+        info = image_info(src, source_format=resolve_format(src, source_format),
+                          qemu_img=qemu_img)
+        if info.format == "raw":
+            with open(src, "rb") as stream:
+                yield stream, info
+            return
+        with guest_source(src, info, qemu_img=qemu_img) as guest:
+            yield io.BufferedReader(GuestReader(guest), buffer_size=1 << 20), info
 
 
 @contextlib.contextmanager
 def open_guest(path: str | os.PathLike[str], source_format: str | None = None, *,
-               qemu_img: QemuImg = DEFAULT_QEMU_IMG
+               qemu_img: QemuImg = DEFAULT_QEMU_IMG,
+               before_reading: Callable[[str, int], None] | None = None
                ) -> Iterator[tuple[BinaryIO | Source, str, int]]:
     """(the guest content of ``path`` as a transfer-engine source, its format, its size).
 
@@ -87,17 +93,26 @@ def open_guest(path: str | os.PathLike[str], source_format: str | None = None, *
     LUKS image refused). A raw image is the file itself, read without qemu-img; qcow2, vmdk,
     vhdx, vpc and vdi are read in place through qemu-nbd (:func:`guest_source`): no temporary
     copy of the guest, zeros not even sent. The size is the file's, or the virtual size.
+    ``before_reading(format, size)`` runs after the checks and before qemu-nbd starts (a size
+    guard refuses there, in a fraction of a second whatever the size).
     """
-    if source_format is None:
-        source_format = format_by_magic(path)
-    if source_format != "raw":
-        # image_info refuses a file qemu-img sees as another format than the one given
-        info = image_info(path, source_format=source_format, qemu_img=qemu_img)
-        with guest_source(path, info, qemu_img=qemu_img) as guest:
-            yield guest, info.format, info.virtual_size
-        return
-    with open(path, "rb") as f:
-        yield f, "raw", os.fstat(f.fileno()).st_size
+    with open_source(path) as src:
+        # every check below and every read after it go through this one open file
+        if source_format is None:
+            source_format = format_by_magic(src)
+        if source_format != "raw":
+            # image_info refuses a file qemu-img sees as another format than the one given
+            info = image_info(src, source_format=source_format, qemu_img=qemu_img)
+            if before_reading is not None:
+                before_reading(info.format, info.virtual_size)
+            with guest_source(src, info, qemu_img=qemu_img) as guest:
+                yield guest, info.format, info.virtual_size
+            return
+        with open(src, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if before_reading is not None:
+                before_reading("raw", size)
+            yield f, "raw", size
 
 
 # More merged data extents than this and the map is dropped: everything is read instead, so
@@ -193,7 +208,7 @@ def _data_ranges(spec: str, qemu_img: QemuImg) -> list[tuple[int, int]] | None:
     try:
         proc = subprocess.Popen(qemu_img.command(["map", "--output=json", spec], INFO_LIMITS),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, pass_fds=handle_fds([spec]))
     except OSError:
         return None
     assert proc.stdout is not None
@@ -247,12 +262,22 @@ def guest_source(source: str | os.PathLike[str], info: ImageInfo | None = None, 
     ``qemu-nbd`` exports the image read-only on a UNIX socket in a private 0700 directory
     (the image named by an explicit-driver ``json:`` spec with no backing file, as for
     conversions), for as long as the block runs; nothing of the guest is written to disk.
+    qemu-nbd reads the open file the checks read (:func:`~imgcrypt.qemu.source.open_source`),
+    never the name again; ``info`` is trusted only when ``source`` is that open file.
     """
-    if info is None:
-        info = image_info(source, source_format=resolve_format(source, source_format),
-                          qemu_img=qemu_img)
-    require_convertible(info, source)
-    spec = source_spec(source, info.format)
+    with open_source(source) as src:
+        if info is None or not isinstance(source, SourceFile):
+            # an ImageInfo of a path may describe another file than the one opened here
+            fmt = info.format if info is not None else resolve_format(src, source_format)
+            info = image_info(src, source_format=fmt, qemu_img=qemu_img)
+        with _served(src, info, qemu_img) as guest:
+            yield guest
+
+
+@contextlib.contextmanager
+def _served(src: SourceFile, info: ImageInfo, qemu_img: QemuImg) -> Iterator[GuestSource]:
+    require_convertible(info, src)
+    spec = source_spec(src, info.format)
     directory = tempfile.mkdtemp(prefix="imgcrypt-nbd-")
     server: subprocess.Popen[bytes] | None = None
     guest: GuestSource | None = None
@@ -264,7 +289,7 @@ def guest_source(source: str | os.PathLike[str], info: ImageInfo | None = None, 
                 server = subprocess.Popen(
                     [qemu_img.nbd_program, "--read-only", f"--shared={NBD_CLIENTS}", "--socket",
                      socket_path, spec], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=errors)
+                    stderr=errors, pass_fds=handle_fds([spec]))
             except FileNotFoundError:
                 raise ToolError("qemu-nbd is not installed (Debian/Ubuntu: apt install "
                                 "qemu-utils)") from None
@@ -292,7 +317,7 @@ def _connect(socket_path: str, server: subprocess.Popen[bytes], errors: BinaryIO
     while True:
         if server.poll() is not None:
             errors.seek(0)
-            raise ToolError(f"qemu-nbd failed: {stderr_line(errors.read(1 << 16))}")
+            raise ToolError(f"qemu-nbd failed: {handle_names(stderr_line(errors.read(1 << 16)))}")
         if os.path.exists(socket_path):
             with contextlib.suppress(ToolError):
                 return NbdClient(socket_path)

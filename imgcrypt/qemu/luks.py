@@ -21,24 +21,34 @@ private directory, removed afterwards). Every function running qemu-img takes th
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from imgcrypt import qcow2
 from imgcrypt.errors import ToolError, UnsupportedError, UsageError
-from imgcrypt.fileio import atomic_path
+from imgcrypt.fileio import atomic_file
 from imgcrypt.luks.container import LuksHeader
 from imgcrypt.luks.options import FormatOptions, KdfOptions
 from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.stream import RekeyResult, read_header, rekey_file
-from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
-from imgcrypt.qemu.source import image_info, require_convertible, source_spec
-from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, QemuImg, secret_object
+from imgcrypt.qemu.info import MAX_INFO_JSON, MAX_SIZE, ImageInfo
+from imgcrypt.qemu.source import (
+    INFO_TIMEOUT,
+    SourceFile,
+    bomb_note,
+    image_info,
+    open_source,
+    require_convertible,
+    shown,
+    source_spec,
+)
+from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, INFO_LIMITS, QemuImg, secret_object
 
 # Hashes qemu's LUKS writes that imgcrypt computes (luks/backend.py) and cryptsetup's LUKS1
 # rules accept: not md5, whose 16 bytes are below the LUKS1 digest's 20.
@@ -66,7 +76,7 @@ class Qcow2Luks:
         }
 
 
-def is_qcow2_file(path: str) -> bool:
+def is_qcow2_file(path: str | SourceFile) -> bool:
     """True if ``path`` is a regular file starting with the qcow2 magic."""
     if path == "-" or not os.path.isfile(path):
         return False
@@ -74,7 +84,7 @@ def is_qcow2_file(path: str) -> bool:
         return qcow2.is_qcow2(f.read(4))
 
 
-def read_qcow2_luks(path: str) -> Qcow2Luks:
+def read_qcow2_luks(path: str | SourceFile) -> Qcow2Luks:
     """The qcow2 header of ``path`` and its LUKS header, validated; no passphrase needed.
 
     A qcow2 without encryption, or with qemu's legacy AES scheme, raises
@@ -87,28 +97,35 @@ def read_qcow2_luks(path: str) -> Qcow2Luks:
         if where is None:
             state = "not encrypted" if head.encryption is None \
                 else f"encrypted with qemu's legacy {head.encryption!r} scheme, not LUKS"
-            raise UnsupportedError(f"{path} is a qcow2 image {state}")
+            raise UnsupportedError(f"{shown(path)} is a qcow2 image {state}")
         f.seek(where.offset)
         region = f.read(where.length)
     luks, parsed = read_header(io.BytesIO(region))
     return Qcow2Luks(head, luks, parsed)
 
 
-def decrypt(path: str, passphrase: bytes, target: str, *, force: bool = False,
-            mode: int = 0o600, qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> int:
+def decrypt(path: str | SourceFile, passphrase: bytes, target: str, *, force: bool = False,
+            mode: int = 0o600, max_size: int | None = None,
+            qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> int:
     """Write the guest content of the LUKS-encrypted qcow2 ``path`` as raw at ``target``
-    (plaintext: ``mode`` 0600 unless asked); returns the bytes written (the virtual size)."""
-    read_qcow2_luks(path)  # a clear refusal before qemu-img for anything but qcow2 + LUKS
-    info = _checked_info(path, qemu_img)
-    with _secrets(qemu_img, passphrase) as secrets, \
-            atomic_path(target, force=force, source=path, mode=mode) as temp:
-        spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": "s0"}})
-        qemu_img.run(["convert", *secrets, "-O", "raw", spec, temp], what="convert")
+    (plaintext: ``mode`` 0600 unless asked); returns the bytes written (the virtual size).
+
+    The image is opened once: the header read, ``qemu-img info`` and the conversion all reach
+    that open file; qemu-img writes into the output file imgcrypt created (by handle), after
+    the virtual size was checked against ``max_size`` and the free space."""
+    with open_source(path) as src:
+        read_qcow2_luks(src)  # a clear refusal before qemu-img for anything but qcow2 + LUKS
+        info = _checked_info(src, qemu_img)
+        with _secrets(qemu_img, passphrase) as secrets, \
+                atomic_file(target, force=force, source=shown(path), mode=mode,
+                            size=info.virtual_size, max_size=max_size) as out:
+            spec = source_spec(src, "qcow2", options={"encrypt": {"key-secret": "s0"}})
+            qemu_img.run(["convert", *secrets, "-O", "raw", spec, out.path], what="convert")
     return info.virtual_size
 
 
-def decrypt_to(path: str, passphrase: bytes, stream: BinaryIO, *,
-               qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> int:
+def decrypt_to(path: str | SourceFile, passphrase: bytes, stream: BinaryIO, *,
+               max_size: int | None = None, qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> int:
     """Write the guest content of the LUKS-encrypted qcow2 ``path`` as raw to ``stream`` (a pipe
     or standard output); returns the bytes written (the virtual size).
 
@@ -117,17 +134,17 @@ def decrypt_to(path: str, passphrase: bytes, stream: BinaryIO, *,
     """
     with tempfile.TemporaryDirectory(prefix="imgcrypt-raw-") as directory:
         raw = os.path.join(directory, "guest.raw")
-        written = decrypt(path, passphrase, raw, qemu_img=qemu_img)
+        written = decrypt(path, passphrase, raw, max_size=max_size, qemu_img=qemu_img)
         with open(raw, "rb") as f:
             shutil.copyfileobj(f, stream, 1 << 20)
         stream.flush()
     return written
 
 
-def _checked_info(path: str, qemu_img: QemuImg) -> ImageInfo:
+def _checked_info(path: str | SourceFile, qemu_img: QemuImg) -> ImageInfo:
     info = image_info(path, source_format="qcow2", qemu_img=qemu_img)
     if info.encryption_format != "luks":
-        raise UnsupportedError(f"{path}: qemu-img does not see LUKS encryption in it")
+        raise UnsupportedError(f"{shown(path)}: qemu-img does not see LUKS encryption in it")
     return info
 
 
@@ -173,32 +190,66 @@ def _cipher_options(spec: CipherSpec, key_bits: int) -> list[str]:
 
 
 def encrypt(source: str, target: str, passphrase: bytes, options: FormatOptions, *,
-            source_format: str, force: bool = False,
+            source_format: str, force: bool = False, mode: int = 0o600,
+            max_size: int | None = None, note: Callable[[str], None] | None = None,
             qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> ImageInfo:
     """Write ``source``'s guest content (format ``source_format``) as a qcow2 with qemu's
-    built-in LUKS at ``target``; returns qemu-img's view of the new image."""
+    built-in LUKS at ``target``; returns qemu-img's view of the new image.
+
+    The planned size (``qemu-img measure``: the data the source holds, and qcow2's metadata)
+    is checked against ``max_size`` and the free space before qemu-img writes; ``note`` is
+    told when the source declares a disk far beyond its file."""
     qemu_options = qemu_encrypt_options(options)
-    info = image_info(source, source_format=source_format, qemu_img=qemu_img)
-    require_convertible(info, source)
-    with _secrets(qemu_img, passphrase) as secrets, \
-            atomic_path(target, force=force, source=source) as temp:
+    with open_source(source) as src, ExitStack() as stack:
+        # checked and converted through one open file; written into one imgcrypt created
+        info = image_info(src, source_format=source_format, qemu_img=qemu_img)
+        require_convertible(info, src)
+        if note is not None and info.format != "raw":
+            bomb_note(source, info.virtual_size, note)
+        planned = _measure(src, info, qemu_img) + QCOW2_LUKS_HEADER
+        secrets = stack.enter_context(_secrets(qemu_img, passphrase))
+        out = stack.enter_context(atomic_file(target, force=force, source=source, mode=mode,
+                                              size=planned, max_size=max_size))
         qemu_img.run(["convert", *secrets, "-O", "qcow2", "-o", qemu_options,
-                      source_spec(source, info.format), temp], what="convert")
-    return image_info(target, source_format="qcow2", qemu_img=qemu_img)
+                      source_spec(src, info.format), out.path], what="convert")
+        written = image_info(out.path, source_format="qcow2", qemu_img=qemu_img)
+    return written
+
+
+# qemu's LUKS1 header and keyslots inside the qcow2 (about 2 MiB), on top of its measure.
+QCOW2_LUKS_HEADER = 4 << 20
+
+
+def _measure(src: SourceFile, info: ImageInfo, qemu_img: QemuImg) -> int:
+    """``qemu-img measure``'s required size of ``src`` as a qcow2: allocated data plus
+    metadata (unencrypted: qemu-img would benchmark the KDF to measure an encrypted one)."""
+    proc = qemu_img.run(["measure", "--output=json", "-O", "qcow2",
+                         source_spec(src, info.format)], what="measure", timeout=INFO_TIMEOUT,
+                        limits=INFO_LIMITS)
+    try:
+        required = json.loads(proc.stdout[:MAX_INFO_JSON])["required"]
+    except (ValueError, KeyError, TypeError):
+        raise ToolError("qemu-img measure gave no required size") from None
+    if isinstance(required, bool) or not isinstance(required, int) or \
+            not 0 <= required <= MAX_SIZE:
+        raise ToolError("qemu-img measure gave no required size")
+    return required
 
 
 def create(target: str, virtual_size: int, passphrase: bytes, options: FormatOptions, *,
-           force: bool = False, qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> ImageInfo:
+           force: bool = False, mode: int = 0o600,
+           qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> ImageInfo:
     """Create an empty qcow2 of ``virtual_size`` bytes with qemu's built-in LUKS at ``target``;
     returns qemu-img's view of the new image."""
     if isinstance(virtual_size, bool) or not 0 < virtual_size <= MAX_SIZE:
         raise UsageError(f"invalid virtual size {virtual_size!r}")
     qemu_options = qemu_encrypt_options(options)
     with _secrets(qemu_img, passphrase) as secrets, \
-            atomic_path(target, force=force) as temp:
+            atomic_file(target, force=force, mode=mode) as out:
         qemu_img.run(["create", "-q", *secrets, "-f", "qcow2", "-o", qemu_options,
-                      temp, str(virtual_size)], what="create")
-    return image_info(target, source_format="qcow2", qemu_img=qemu_img)
+                      out.path, str(virtual_size)], what="create")
+        created = image_info(out.path, source_format="qcow2", qemu_img=qemu_img)
+    return created
 
 
 def _check_iter_time(iter_time_ms: int) -> None:
@@ -215,7 +266,8 @@ def _secrets(qemu_img: QemuImg, *passphrases: bytes) -> Iterator[list[str]]:
         yield args
 
 
-def _amend(path: str, opener: str, secrets: list[str], options: str, qemu_img: QemuImg) -> None:
+def _amend(path: str | SourceFile, opener: str, secrets: list[str], options: str,
+           qemu_img: QemuImg) -> None:
     spec = source_spec(path, "qcow2", options={"encrypt": {"key-secret": opener}})
     qemu_img.run(["amend", *secrets, spec, "-o", options], what="amend")
 
@@ -241,6 +293,15 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
     if new_passphrase is not None and new_passphrase == passphrase:
         raise UsageError("the new passphrase is the current one")
     _check_iter_time(iter_time_ms)
+    with open_source(path) as src:
+        # checked, unlocked and amended through one open file (qemu-img reopens the inode)
+        return _rekey(src, passphrase, new_passphrase, remove_old, remove_slot,
+                      iter_time_ms, qemu_img)
+
+
+def _rekey(path: SourceFile, passphrase: bytes, new_passphrase: bytes | None,
+           remove_old: bool, remove_slot: int | None, iter_time_ms: int,
+           qemu_img: QemuImg) -> RekeyResult:
     found = read_qcow2_luks(path)
     before = _active(found)
     _checked_info(path, qemu_img)
@@ -267,7 +328,6 @@ def rekey(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,
                    qemu_img)
     return RekeyResult(opened_slot=opened, added_slot=added.pop(),
                        removed_slot=opened if remove_old else None)
-
 
 
 def rekey_image(path: str, passphrase: bytes, *, new_passphrase: bytes | None = None,

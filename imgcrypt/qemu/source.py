@@ -19,10 +19,12 @@ runs qemu-img on a known format does not pay for importing it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from imgcrypt.errors import (
@@ -32,11 +34,14 @@ from imgcrypt.errors import (
     UnsupportedError,
     UsageError,
 )
+from imgcrypt.fileio import handle_path, named_handle
 from imgcrypt.qemu.info import FORMAT_NAME, ImageInfo, parse_image_info
 from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, INFO_LIMITS, QemuImg
+from imgcrypt.text import escape
 
 INFO_TIMEOUT = 120.0
 LOCK_FAILURE = re.compile(r"Failed to get .*lock")
+RELATIVE_REFERENCE = re.compile(r"Could not open '/proc/self/fd/([^0-9'][^']*)'")
 # Formats imgcrypt converts to raw: what clouds accept as disk_format and qemu reads well.
 CONVERTIBLE_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi"})
 # Conversion writes a sparse raw file of the virtual size and a reader then streams all of it; a
@@ -46,6 +51,76 @@ MAX_VIRTUAL_SIZE = 64 << 40
 BACKING_DRIVERS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 # How many of an image's first bytes callers give sniff_format.
 SNIFF_SIZE = 512
+
+
+class SourceFile(os.PathLike[str]):
+    """An image opened once, read-only, and named from then on by its open file.
+
+    ``os.fspath()`` of it is ``/proc/self/fd/N``: every check (magic bytes, the inspector,
+    ``qemu-img info``) and every reader (qemu-img, qemu-nbd, imgcrypt) reaches the same inode
+    through it, whatever happens to ``name`` in the meantime (BRIEF section 11). qemu resolves
+    a relative backing or data-file name against ``/proc/self/fd/``, which fails safely.
+    ``str()`` is the name the person gave, for messages.
+    """
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name = name
+        self.fd = fd
+
+    def __fspath__(self) -> str:
+        return handle_path(self.fd)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"SourceFile({self.name!r}, fd={self.fd})"
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+
+@contextlib.contextmanager
+def open_source(path: str | os.PathLike[str]) -> Iterator[SourceFile]:
+    """``path`` opened once (a :class:`SourceFile` passes through as it is)."""
+    if isinstance(path, SourceFile):
+        yield path
+        return
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(f"{name} does not exist") from None
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise UsageError(f"{name} is a directory")
+        with named_handle(fd, name):
+            yield SourceFile(name, fd)
+    finally:
+        os.close(fd)
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """The name of ``path`` for a person: a :class:`SourceFile`'s own name, not its handle."""
+    return str(path) if isinstance(path, SourceFile) else os.fspath(path)
+
+
+# A virtual size this many times the source's allocation, and above 1 GiB, is pointed out.
+BOMB_RATIO = 100
+BOMB_FLOOR = 1 << 30
+
+
+def bomb_note(source: str, virtual_size: int, say: Callable[[str], None]) -> None:
+    """Show the decompression-bomb shape: a declared disk far larger than the file holding it
+    (a qcow2 of 1 MiB claiming 60 TiB), which the output will nonetheless be."""
+    try:
+        info = os.stat(source)
+    except OSError:
+        return
+    held = max(info.st_size, 1)
+    if virtual_size > BOMB_FLOOR and virtual_size > BOMB_RATIO * held:
+        say(f"{escape(source)} declares a {virtual_size}-byte disk in a {info.st_size}-byte "
+            f"file ({virtual_size // held}x: the shape of a decompression bomb)")
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -73,7 +148,7 @@ def format_by_magic(path: str | os.PathLike[str]) -> str:
         found = sniff_format(f.read(SNIFF_SIZE)) or "raw"
     if found == "luks":
         raise UnsupportedError(
-            f"{os.fspath(path)} is already a LUKS image; give --source-format raw to encrypt it "
+            f"{shown(path)} is already a LUKS image; give --source-format raw to encrypt it "
             "again")
     return found
 
@@ -100,17 +175,29 @@ def image_info(path: str | os.PathLike[str], *, source_format: str | None = None
     check_format_name(source_format)
     qpath = qemu_path(path)
     if not os.path.exists(qpath):
-        raise UsageError(f"{os.fspath(path)} does not exist")
+        raise UsageError(f"{shown(path)} does not exist")
     base = ["info", "--output=json", *(["-f", source_format] if source_format else [])]
     try:
-        proc = qemu_img.run([*base, qpath], what="info", timeout=INFO_TIMEOUT,
-                            limits=INFO_LIMITS)
+        try:
+            proc = qemu_img.run([*base, qpath], what="info", timeout=INFO_TIMEOUT,
+                                limits=INFO_LIMITS)
+        except ToolError as exc:
+            # Only when a running VM holds the image: reading metadata under its lock is
+            # harmless.
+            if not LOCK_FAILURE.search(str(exc)):
+                raise
+            proc = qemu_img.run([*base, "-U", qpath], what="info", timeout=INFO_TIMEOUT,
+                                limits=INFO_LIMITS)
     except ToolError as exc:
-        # Only when a running VM holds the image: reading metadata under its lock is harmless.
-        if not LOCK_FAILURE.search(str(exc)):
+        relative = RELATIVE_REFERENCE.search(str(exc))
+        if relative is None:
             raise
-        proc = qemu_img.run([*base, "-U", qpath], what="info", timeout=INFO_TIMEOUT,
-                            limits=INFO_LIMITS)
+        # A relative backing file, data file or extent name resolves against the open file's
+        # handle (/proc/self/fd/), where it cannot exist: the image names another host file.
+        raise UnsupportedError(
+            f"{shown(path)} refers to other host files (a backing file, external data file or "
+            f"extent named {relative.group(1)!r}); refused because reading it would read "
+            "those files") from None
     info = parse_image_info(proc.stdout)
     if source_format is not None and info.format != source_format:
         raise FormatError(f"qemu-img reports format {info.format}, expected {source_format}")
@@ -119,11 +206,11 @@ def image_info(path: str | os.PathLike[str], *, source_format: str | None = None
         # which also covers what the inspector does not parse (vmdk descriptor files, qcow v1).
         from imgcrypt import inspector
 
-        inspector.safety_check(qpath, info.format)
+        inspector.safety_check(qpath, info.format, shown=shown(path))
         external = info.external_files(qpath)
         if external:
             raise UnsupportedError(
-                f"{os.fspath(path)} refers to other host files ({', '.join(external)}); "
+                f"{shown(path)} refers to other host files ({', '.join(external)}); "
                 "refused because reading it would read those files")
     return info
 
@@ -135,7 +222,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     file the cloud would store as raw is raw here too.
     """
     if not os.path.exists(path):
-        raise UsageError(f"{os.fspath(path)} does not exist")
+        raise UsageError(f"{shown(path)} does not exist")
     from imgcrypt import inspector
 
     return inspector.detect_file(path)
@@ -154,7 +241,7 @@ def source_spec(path: str | os.PathLike[str], fmt: str, *, allow_backing: bool =
 
 def refuse_luks(path: str | os.PathLike[str]) -> UnsupportedError:
     return UnsupportedError(
-        f"{os.fspath(path)} is a LUKS container; decrypt it first, or pass --source-format raw "
+        f"{shown(path)} is a LUKS container; decrypt it first, or pass --source-format raw "
         "to treat its bytes as the guest disk")
 
 
@@ -170,7 +257,7 @@ def resolve_format(path: str | os.PathLike[str], source_format: str | None) -> s
 
 
 def require_convertible(info: ImageInfo, path: str | os.PathLike[str]) -> None:
-    name = os.fspath(path)
+    name = shown(path)
     if info.format == "luks":
         raise refuse_luks(path)
     if info.encrypted:

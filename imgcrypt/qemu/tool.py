@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from imgcrypt.errors import ToolError, UsageError, WrongPassphraseError
+from imgcrypt.fileio import handle_fds, handle_names
 
 MAX_STDERR_QUOTE = 400
 SPURIOUS_FAILURE = "Unable to get accurate CPU usage"
@@ -145,12 +146,14 @@ class QemuImg:
         """Run qemu-img, retrying its spurious CPU-usage failure; errors become imgcrypt errors.
 
         ``args`` must never hold a secret: callers pass secrets through :meth:`secret_file`.
+        Files named by handle (``/proc/self/fd/N``, :mod:`imgcrypt.fileio`) are inherited.
         """
         proc: subprocess.CompletedProcess[bytes] | None = None
         for attempt in range(self.attempts):
             try:
                 proc = subprocess.run(self.command(args, limits), capture_output=True,
-                                      timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+                                      timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+                                      pass_fds=handle_fds(args))
             except FileNotFoundError:
                 raise ToolError("qemu-img is not installed (Debian/Ubuntu: apt install "
                                 "qemu-utils; Fedora: dnf install qemu-img)") from None
@@ -170,6 +173,7 @@ class QemuImg:
                 # qemu quotes a json: spec whole; the file name inside is what a person knows
                 if arg.startswith("json:") and arg in line:
                     line = line.replace(arg, _spec_filename(arg))
+            line = handle_names(line)
             if WRONG_PASSPHRASE.search(line):
                 raise WrongPassphraseError(f"qemu-img {what}: wrong passphrase ({line})")
             raise ToolError(f"qemu-img {what} failed: {line}")

@@ -148,6 +148,12 @@ class CertificateSources:
 KeyManagerFactory = Callable[[], CertificateSource]
 
 
+def trusted_certificates(sources: CertificateSources,
+                         key_manager: KeyManagerFactory) -> list[x509.Certificate] | None:
+    """The trust anchors ``sources`` names (files and key-manager ids), or None for none."""
+    return _trusted(sources, key_manager)
+
+
 def _trusted(sources: CertificateSources,
              key_manager: KeyManagerFactory) -> list[x509.Certificate] | None:
     if not sources.trust_files and not sources.trust_ids:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import gc
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +24,7 @@ from imgcrypt.luks.base import ARGON2I, ARGON2ID, PBKDF2, Segment
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest, material_size
 from imgcrypt.luks.luks2 import rules as luks2_rules
-from imgcrypt.luks.luks2.jsonc import JsonCError, strict_text
+from imgcrypt.luks.luks2.jsonc import MAX_DEPTH, JsonCError, strict_text
 from imgcrypt.luks.luks2.rules import (
     BINARY_SIZE,
     MAX_KEYSLOTS_SIZE,
@@ -97,24 +100,85 @@ class Metadata:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _cap(text: str | bytes) -> None:
+def _cap(text: str | bytes, *, count_values: bool = True) -> None:
     if len(text) > MAX_JSON_SIZE:
         raise FormatError("LUKS2 JSON metadata exceeds 4 MiB", reason=FormatFault.LIMIT_EXCEEDED)
-    # 4 MiB of "[[],[],..." would become millions of Python objects; real metadata has a few
-    # hundred values. Counting separators (even inside strings) bounds memory before parsing.
+    if not count_values:
+        return
+    # json-c's syntax (comments, single quotes...) goes through imgcrypt's own reader, a
+    # Python loop: 4 MiB of "[[],[],..." would cost seconds and millions of objects. Real
+    # metadata in that syntax is hand-made and small. Counting separators (even inside
+    # strings) bounds the work before parsing.
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_JSON_VALUES:
         raise FormatError("LUKS2 JSON metadata has too many values",
                           reason=FormatFault.LIMIT_EXCEEDED)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """True if containers nest more than ``limit`` levels in ``obj`` (level by level: one list
+    of references at a time, whatever the number of values)."""
+    level = [obj] if isinstance(obj, (dict, list)) else []
+    for _ in range(limit):
+        level = [child for value in level
+                 for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    # Millions of new containers would each trigger the cycle collector's young-generation
+    # scans: with it paused the C decoder reads 4 MiB of any shape about four times faster.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _strict(area: bytes) -> tuple[Any, str, int] | None:
+    """(the value, its JSON text, where json-c stops reading) when ``area`` holds strict JSON,
+    as cryptsetup writes it, read by the C decoder whatever the number of values; None for
+    anything needing json-c's own syntax (comments, single quotes, raw control characters,
+    bytes that are not UTF-8, nesting near json-c's depth limit), which :func:`strict_text`
+    reads.
+
+    What follows the value must be whitespace up to the first NUL (or the end): that is where
+    json-c stops, and the framing rule then applies unchanged.
+    """
+    nul = area.find(b"\0")
+    head = area if nul < 0 else area[:nul]
+    try:
+        text = head.decode("utf-8")
+        with _no_gc():
+            obj, end = _DECODER.raw_decode(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    # json-c's depth limit, and anything near it, is left to the exact reader
+    if text[end:].strip(" \t\n\r") or _deeper_than(obj, MAX_DEPTH - 2):
+        return None
+    return obj, text[:end], len(head)
+
+
 def load_json(text: str) -> dict[str, Any]:
-    """The top-level JSON object; FormatError for anything else, never a bare exception."""
-    _cap(text)
+    """The top-level JSON object; FormatError for anything else, never a bare exception.
+
+    ``json.loads`` (the C decoder) reads 4 MiB of any shape in a fraction of a second, so
+    only the size is capped here."""
+    _cap(text, count_values=False)
     try:
         # As json-c (cryptsetup's parser): a repeated key keeps its last value, and NaN or
         # Infinity are numbers (never integers, so no rule takes them for one).
-        obj = json.loads(text)
+        with _no_gc():
+            obj = json.loads(text)
     except RecursionError:
         raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, and over-long integer literals
@@ -135,28 +199,37 @@ def check_area(area: bytes, hdr_size: int) -> tuple[str, Metadata]:
     """
     if area[:1] != b"{":
         raise HeaderRuleError(luks2_rules.JSON_START)
-    _cap(area)
-    # Each escape and comment is a step of the json-c reader below; real metadata has a few.
-    if area.count(b"\\") + area.count(b"/") > MAX_JSON_VALUES:
-        raise FormatError("LUKS2 JSON metadata has too many escapes or comments",
-                          reason=FormatFault.LIMIT_EXCEEDED)
-    try:
-        # json-c's default reading (comments, trailing commas, single quotes, any bytes in
-        # strings), rewritten as strict JSON; end is where json-c stops reading.
-        text, end = strict_text(area)
-    except JsonCError as err:
-        raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
+    _cap(area, count_values=False)
+    strict = _strict(area)
+    obj: Any = None
+    if strict is not None:
+        # what cryptsetup writes: as many values as fit in the area (issue 23)
+        obj, text, end = strict
+    else:
+        _cap(area)
+        # Each escape and comment is a step of the json-c reader below; real metadata has a
+        # few.
+        if area.count(b"\\") + area.count(b"/") > MAX_JSON_VALUES:
+            raise FormatError("LUKS2 JSON metadata has too many escapes or comments",
+                              reason=FormatFault.LIMIT_EXCEEDED)
+        try:
+            # json-c's default reading (comments, trailing commas, single quotes, any bytes
+            # in strings), rewritten as strict JSON; end is where json-c stops reading.
+            text, end = strict_text(area)
+        except JsonCError as err:
+            raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
     if end >= len(area):
         raise HeaderRuleError(luks2_rules.JSON_TRAILER, "no NUL after the JSON text")
     if area[end:].count(0) != len(area) - end:
         raise HeaderRuleError(luks2_rules.JSON_TRAILER, "non-NUL bytes after the JSON text")
-    _cap(text)
-    try:
-        obj = json.loads(text)
-    except RecursionError:
-        raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
-    except ValueError as err:
-        raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
+    _cap(text, count_values=False)
+    if strict is None:
+        try:
+            obj = json.loads(text)
+        except RecursionError:
+            raise FormatError("LUKS2 JSON metadata is nested too deeply") from None
+        except ValueError as err:
+            raise HeaderRuleError(luks2_rules.JSON_PARSE, str(err)) from None
     return text, validate(obj, hdr_size)
 
 
