@@ -146,7 +146,7 @@ def post_missing(board: Any, backend: Any, info: RunInfo) -> int:
         book.add(detail)
         tf.engines.save_factory_details(
             detail, image_job_flow, [info.job, image_id, info.options.as_dict(),
-                                     {"keys": keys}], {}, backend=backend)
+                                     {"keys": keys}], {})
         with contextlib.closing(backend.get_connection()) as conn:
             conn.save_logbook(book)
         board.post(f"imgcrypt-{info.job}-{image_id}", book=book,

@@ -76,6 +76,10 @@ def register(sub: Any) -> None:
                                                         "host and process id)")
     conductor.add_argument("--workers", type=_positive, default=4, metavar="N",
                            help="jobs run at once (default 4)")
+    conductor.add_argument("--claim-expiry", type=float, default=30.0, metavar="SECONDS",
+                           help="how long a claim outlives a conductor that stopped renewing "
+                                "it (it dies): then another conductor takes the job "
+                                "(default 30)")
     conductor.add_argument("--os-cloud", metavar="NAME", default=None)
     _gate_arguments(conductor)
     common.finish_command(conductor, run_conductor)
@@ -101,11 +105,24 @@ def _gate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _distributed_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
-    p.add_argument("--jobboard", metavar="URL", required=required,
-                   help="redis://HOST:PORT[/NAMESPACE]: post (or claim) the jobs there")
-    p.add_argument("--persistence", metavar="URL", required=required,
+    p.add_argument("--jobboard", metavar="URL", required=required, type=_url,
+                   help="redis://[:PASSWORD@]HOST:PORT[/NAMESPACE]: post (or claim) the jobs "
+                        "there; @FILE reads the URL from FILE (keeps a password off the "
+                        "command line)")
+    p.add_argument("--persistence", metavar="URL", required=required, type=_url,
                    help="SQLAlchemy URL of the flow state shared by conductors "
-                        "(mysql+pymysql://..., postgresql://...)")
+                        "(mysql+pymysql://USER:PASSWORD@HOST/DB, postgresql://...); @FILE "
+                        "reads it from FILE")
+
+
+def _url(value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    try:
+        return inputs.read_small_file(value[1:], 4096, name=f"URL file {value[1:]}"
+                                      ).decode("utf-8").strip()
+    except (UsageError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _job_arguments(p: argparse.ArgumentParser, job: str) -> None:
@@ -283,7 +300,8 @@ def run_conductor(args: argparse.Namespace) -> int:
 
     name = args.name or f"{os.uname().nodename}-{os.getpid()}"
     conductor = distributed.Conductor(name, args.jobboard, args.persistence,
-                                      lambda: _cloud(args), workers=args.workers)
+                                      lambda: _cloud(args), workers=args.workers,
+                                      claim_expiry=args.claim_expiry)
 
     def stop(_signum: int, _frame: Any) -> None:
         conductor.stop()
