@@ -212,9 +212,6 @@ def _signed_images(cat: Catalogue, keystone: Keystone, glance: Glance, workdir: 
         assert signed.returncode == 0, signed.stderr
         props = json.loads(out.read_text())
         upload(name, path, {str(k): str(v) for k, v in props.get("properties", props).items()})
-    stored = glance.workdir / "images" / cat.images["tampered"]
-    with stored.open("r+b") as f:
-        f.seek(-100, os.SEEK_END)
-        byte = f.read(1)
-        f.seek(-100, os.SEEK_END)
-        f.write(bytes([byte[0] ^ 0x80]))
+    from tests.test_glance_e2e import flip_stored_byte
+
+    flip_stored_byte(glance, cat.images["tampered"])

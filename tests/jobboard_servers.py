@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.barbican_server import free_port
-from tests.conftest import require_tool
 
 STARTUP_TIMEOUT = 120.0
 
@@ -56,6 +55,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def require_tool(name: str) -> str:
+    from tests.conftest import require_tool as required  # conftest imports this module
+
+    return required(name)
 
 
 def start_redis(workdir: Path) -> tuple[Redis, subprocess.Popen[bytes]]:

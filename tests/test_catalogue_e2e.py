@@ -211,15 +211,15 @@ def test_an_interrupted_audit_resumes_where_it_stopped(env: dict[str, str],
          "--state", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env, cwd=home)
     deadline = time.monotonic() + 120
-    while _done(state) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while _done(state) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "--resume" in err and err.count("\n") == 1
     first, summary = json_lines(out)
     assert summary["complete"] is False
-    assert 3 <= len(first) < len(catalogue.images)
+    assert 1 <= len(first) < len(catalogue.images)
 
     result = imgcrypt(env, "catalogue", "audit", "--json", "--state", str(state), "--resume")
     assert result.returncode == 4, result.stderr
@@ -235,7 +235,7 @@ def _done(state: Path) -> int:
     if not state.exists():
         return 0
     try:
-        with sqlite3.connect(state) as db:
+        with sqlite3.connect(state, timeout=5) as db:
             row = db.execute("SELECT count(*) FROM atomdetails WHERE state = 'SUCCESS'"
                              ).fetchone()
     except sqlite3.Error:

@@ -120,3 +120,20 @@ def test_board_urls() -> None:
     assert parse_board_url("redis://h")["namespace"] == "imgcrypt-catalogue"
     with pytest.raises(UsageError):
         parse_board_url("zookeeper://h:2181")
+
+
+def test_a_missing_image_is_told_from_other_failures() -> None:
+    from imgcrypt.catalogue.cloud import not_found
+
+    def translated(status: int) -> ToolError:
+        try:
+            try:
+                raise http_error(status)
+            except kexc.HttpError:
+                raise ToolError(f"HTTP {status}") from None
+        except ToolError as exc:
+            return exc
+
+    assert not_found(translated(404))
+    assert not not_found(translated(403))
+    assert not not_found(ToolError("HTTP 404 in a message is not a status"))

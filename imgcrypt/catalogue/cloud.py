@@ -10,6 +10,7 @@ HTTP Range requests, so a job never downloads more of an image than it needs.
 
 from __future__ import annotations
 
+import builtins
 import random
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import TypeVar
 from imgcrypt.errors import ImgcryptError, KeyManagerUnavailableError, ToolError
 from imgcrypt.imageservice import Image, ImageService, _image
 from imgcrypt.keys.clienterrors import exception_chain
-from imgcrypt.keys.manager import Consumer, KeyManager
+from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder, SecretInfo
 from imgcrypt.keys.secret import Secret
 
 T = TypeVar("T")
@@ -64,6 +65,12 @@ def transient(exc: BaseException) -> bool:
         if status is not None:
             return status in RETRY_STATUS
     return False
+
+
+def not_found(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it was raised from) is the service's 404."""
+    return any(_status_of(link) == 404 for link in exception_chain(exc)
+               if not isinstance(link, ImgcryptError))
 
 
 class Gate:
@@ -147,15 +154,58 @@ class CatalogueImages(ImageService):
         return _image(response.json())
 
 
+class GatedKeyManager:
+    """A key manager whose every call goes through a gate (the upload inspector's certificate
+    and key look-ups included)."""
+
+    def __init__(self, manager: KeyManager, gate: Gate) -> None:
+        self._manager, self._gate = manager, gate
+        self.name = manager.name
+
+    def __repr__(self) -> str:
+        return f"GatedKeyManager({self._manager!r})"
+
+    @property
+    def supports_consumers(self) -> bool:
+        return self._gate.call(lambda: self._manager.supports_consumers)
+
+    def get(self, key_id: str) -> Secret:
+        return self._gate.call(lambda: self._manager.get(key_id))
+
+    def describe(self, key_id: str) -> SecretInfo:
+        return self._gate.call(lambda: self._manager.describe(key_id))
+
+    def store(self, secret: Secret) -> str:
+        return self._gate.call(lambda: self._manager.store(secret))
+
+    def create_key(self, order: KeyOrder) -> str:
+        return self._gate.call(lambda: self._manager.create_key(order))
+
+    def delete(self, key_id: str, *, force: bool = False) -> None:
+        self._gate.call(lambda: self._manager.delete(key_id, force=force))
+
+    def list(self) -> builtins.list[SecretInfo]:
+        return self._gate.call(self._manager.list)
+
+    def add_consumer(self, key_id: str, consumer: Consumer) -> None:
+        self._gate.call(lambda: self._manager.add_consumer(key_id, consumer))
+
+    def remove_consumer(self, key_id: str, consumer: Consumer) -> None:
+        self._gate.call(lambda: self._manager.remove_consumer(key_id, consumer))
+
+    def list_consumers(self, key_id: str) -> builtins.list[Consumer]:
+        return self._gate.call(lambda: self._manager.list_consumers(key_id))
+
+
 class Cloud:
     """Glance and the key manager, each behind its gate. Thread-safe: the workers share it."""
 
     def __init__(self, images: CatalogueImages, keys: KeyManager, *,
                  glance: GatePolicy = GatePolicy(), barbican: GatePolicy = GatePolicy()) -> None:
         self._images = images
-        self._keys = keys
         self.glance = Gate("glance", glance)
         self.barbican = Gate("barbican", barbican)
+        self._keys = GatedKeyManager(keys, self.barbican)
         self.bytes_read = 0
         self._count = threading.Lock()
         self._mine = threading.local()  # bytes read by this thread's current job
@@ -207,16 +257,17 @@ class Cloud:
 
     @property
     def key_manager(self) -> KeyManager:
+        """The key manager, every call bounded and retried by the Barbican gate."""
         return self._keys
 
     def secret(self, key_id: str) -> Secret:
-        return self.barbican.call(lambda: self._keys.get(key_id))
+        return self._keys.get(key_id)
 
     def consumers(self, key_id: str) -> list[Consumer]:
-        return self.barbican.call(lambda: self._keys.list_consumers(key_id))
+        return self._keys.list_consumers(key_id)
 
     def add_consumer(self, key_id: str, consumer: Consumer) -> None:
-        self.barbican.call(lambda: self._keys.add_consumer(key_id, consumer))
+        self._keys.add_consumer(key_id, consumer)
 
 
 def connect(cloud: str | None = None, *, glance: GatePolicy = GatePolicy(),
@@ -229,5 +280,5 @@ def connect(cloud: str | None = None, *, glance: GatePolicy = GatePolicy(),
                  barbican=barbican)
 
 
-__all__ = ["RETRY_STATUS", "CatalogueImages", "Cloud", "Gate", "GatePolicy", "connect",
-           "transient"]
+__all__ = ["RETRY_STATUS", "CatalogueImages", "Cloud", "Gate", "GatePolicy", "GatedKeyManager",
+           "connect", "not_found", "transient"]

@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from imgcrypt.catalogue.cloud import Cloud
@@ -120,26 +120,24 @@ def post_run(board: Any, backend: Any, cloud: Cloud, job: str, filters: dict[str
     snapshot = Snapshot.of(everything)
     info, _, _ = create_run(backend, job, [i.image_id for i in images], options, snapshot,
                             filters)
-    post_missing(board, backend, info)
+    post(board, backend, info, info.image_ids)
     return info
 
 
-def post_missing(board: Any, backend: Any, info: RunInfo) -> int:
-    """Post the jobs of ``info`` whose logbook does not exist yet; how many were posted."""
-    tf = taskflow()
-    from taskflow import exceptions as tf_exc
+def on_board(board: Any, run_id: str) -> set[str]:
+    """The images whose job of run ``run_id`` is still on the board (posted or claimed)."""
+    return {str(job.details.get("image")) for job in board.iterjobs(ensure_fresh=True)
+            if job.details and job.details.get("run") == run_id}
 
+
+def post(board: Any, backend: Any, info: RunInfo, image_ids: Iterable[str]) -> int:
+    """Post the jobs of ``image_ids`` (their logbooks saved first); how many were posted."""
+    tf = taskflow()
     posted = 0
-    for image_id in info.image_ids:
-        book_id = job_book_id(info.run_id, image_id)
-        with contextlib.closing(backend.get_connection()) as conn:
-            try:
-                conn.get_logbook(book_id)
-                continue
-            except tf_exc.NotFound:
-                pass
+    for image_id in image_ids:
         keys = {k: users for k, users in info.snapshot.keys.items() if image_id in users}
-        book = tf.persistence.models.LogBook(f"imgcrypt-{info.job}-{image_id}", uuid=book_id)
+        book = tf.persistence.models.LogBook(f"imgcrypt-{info.job}-{image_id}",
+                                             uuid=job_book_id(info.run_id, image_id))
         book.meta = {META: {"run": info.run_id, "image": image_id}}
         detail = tf.persistence.models.FlowDetail(f"imgcrypt-{info.job}-{image_id}",
                                                   str(uuid.uuid4()))
@@ -156,7 +154,7 @@ def post_missing(board: Any, backend: Any, info: RunInfo) -> int:
 
 
 def collect(backend: Any, info: RunInfo, have: dict[str, dict[str, Any]]) -> None:
-    """Add to ``have`` the records conductors stored since the last look."""
+    """Add to ``have`` the records conductors have stored."""
     from taskflow import exceptions as tf_exc
 
     with contextlib.closing(backend.get_connection()) as conn:
@@ -171,26 +169,36 @@ def collect(backend: Any, info: RunInfo, have: dict[str, dict[str, Any]]) -> Non
                 have.update(stored_records(detail))
 
 
-def wait_for_run(board: Any, backend: Any, info: RunInfo, *, timeout: float | None = None,
+def wait_for_run(board: Any, backend: Any, info: RunInfo, *, resume: bool = False,
+                 timeout: float | None = None,
                  progress: Callable[[], None] = lambda: None) -> dict[str, dict[str, Any]]:
-    """Wait until every image's record is stored (or ``timeout`` passes, or Ctrl-C): the
-    records stored by then."""
-    post_missing(board, backend, info)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    """Wait until no job of the run is left on the board (or ``timeout`` passes, or Ctrl-C),
+    then collect the records. Watching the board costs one Redis listing a poll, whatever the
+    number of images; the records are read from the database once, at the end.
+
+    With ``resume``, first post again the jobs of images that have no record and no job on
+    the board (the poster stopped while posting, or the board lost them)."""
     have: dict[str, dict[str, Any]] = {}
+    if resume:
+        collect(backend, info, have)
+        waiting = on_board(board, info.run_id)
+        post(board, backend, info, [i for i in info.image_ids
+                                    if i not in have and i not in waiting])
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ticked = len(have)
     try:
         while True:
-            before = len(have)
-            collect(backend, info, have)
-            for _ in range(len(have) - before):
+            left = len(on_board(board, info.run_id))
+            for _ in range(max(0, len(info.image_ids) - left - ticked)):
                 progress()
-            if len(have) >= len(info.image_ids):
-                return have
-            if deadline is not None and time.monotonic() > deadline:
-                return have
+                ticked += 1
+            if not left or (deadline is not None and time.monotonic() > deadline):
+                break
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
-        return have  # the jobs stay posted; --resume waits for them again
+        pass  # the jobs stay posted; --resume waits for them again
+    collect(backend, info, have)
+    return have
 
 
 class Conductor:
@@ -242,5 +250,5 @@ class Conductor:
         self._conductor.stop()
 
 
-__all__ = ["CLAIM_EXPIRY", "Conductor", "collect", "image_job_flow", "job_book_id",
-           "open_board", "parse_board_url", "post_missing", "post_run", "wait_for_run"]
+__all__ = ["CLAIM_EXPIRY", "Conductor", "collect", "image_job_flow", "job_book_id", "on_board",
+           "open_board", "parse_board_url", "post", "post_run", "wait_for_run"]

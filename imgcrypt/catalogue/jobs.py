@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgcrypt.catalogue.cloud import Cloud
+from imgcrypt.catalogue.cloud import Cloud, not_found
 from imgcrypt.catalogue.findings import record
 from imgcrypt.errors import (
     BadSignatureError,
@@ -27,6 +27,7 @@ from imgcrypt.errors import (
     ImgcryptError,
     KeyManagerError,
     SecretNotFoundError,
+    ToolError,
     VerificationError,
     WrongPassphraseError,
 )
@@ -466,7 +467,7 @@ def run_job(job: str, cloud: Cloud, image_id: str, options: JobOptions,
     try:
         return JOB_FUNCTIONS[job](cloud, image_id, options, snapshot)
     except ImgcryptError as exc:
-        if "HTTP 404" in str(exc):
+        if not_found(exc) and isinstance(exc, ToolError):  # the image, not a key
             return record(job, image_id, {"gone"})
         return record(job, image_id, {"error"}, message=_one_line(exc))
     except Exception as exc:  # a fault of ours or a client library's: this image's record

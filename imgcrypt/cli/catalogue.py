@@ -208,8 +208,10 @@ def run(args: argparse.Namespace) -> int:
         local.on_done(lambda _image: tick())
         with engine.suspended_on(signal.SIGINT, local) as interrupted:
             finished, records = local.run()
+    # Suspended after the last image was stored is finished all the same.
     return _finish(args, info.job, info.run_id, info.image_ids, records,
-                   interrupted=bool(interrupted) or not finished)
+                   interrupted=(bool(interrupted) or not finished)
+                   and len(records) < len(info.image_ids))
 
 
 def _run_distributed(args: argparse.Namespace) -> int:
@@ -232,7 +234,7 @@ def _run_distributed(args: argparse.Namespace) -> int:
                                         _options(args))
         with _image_bar(args, len(info.image_ids), 0) as tick:
             records = distributed.wait_for_run(board, backend, info, timeout=args.wait,
-                                               progress=tick)
+                                               progress=tick, resume=bool(args.resume))
     finally:
         board.close()
     return _finish(args, info.job, info.run_id, info.image_ids, records,
