@@ -18,6 +18,9 @@ else
   command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
   # make bench: GNU time reports a command's own peak RSS and CPU time.
   [ -x /usr/bin/time ] || need+=(time)
+  # imgcrypt catalogue's distributed mode: a Redis jobboard and a MariaDB for flow state.
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
   [ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)
 fi
 if [ ${#need[@]} -eq 0 ]; then

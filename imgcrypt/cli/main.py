@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "imgcrypt.cli.properties",
     "imgcrypt.cli.upload",
     "imgcrypt.cli.download",
+    "imgcrypt.cli.catalogue",
 )
 
 
