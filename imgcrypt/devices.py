@@ -19,9 +19,9 @@ import struct
 from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError, UsageFault
-from imgcrypt.luks.base import MAGIC
+from imgcrypt.luks.base import MAGIC, SECTOR
+from imgcrypt.luks.signatures import lvm2_label
 
-SECTOR = 512
 # The furthest signature probed is btrfs at 64 KiB; swap's at most at 64 KiB - 10.
 PROBE_SIZE = 0x10040 + 8
 MAX_MOUNTINFO = 16 << 20
@@ -118,10 +118,8 @@ def detect_signature(data: bytes) -> str | None:
         return _ext_flavour(data)
     if data[0x10040:0x10048] == b"_BHRfS_M":
         return "btrfs"
-    for sector in range(4):
-        label = data[sector * SECTOR:sector * SECTOR + 32]
-        if label[:8] == b"LABELONE" and label[24:32] == b"LVM2 001":
-            return "LVM2_member"
+    if lvm2_label(data) is not None:
+        return "LVM2_member"
     for page in SWAP_PAGE_SIZES:
         if data[page - 10:page] in (b"SWAPSPACE2", b"SWAP-SPACE"):
             return "swap"

@@ -198,19 +198,22 @@ def merge_signature(properties: dict[str, str], signature: Mapping[str, str], wh
 
 
 def payload_size(header: LuksHeader, stream: BinaryIO, position: int) -> int:
-    """The bytes of payload an encrypted image carries: the header's own figure, or (LUKS1,
-    and LUKS2's "dynamic" segment) everything from the payload offset to the image's end.
+    """The bytes of payload an encrypted image carries (:func:`payload_span`'s rule: the
+    header's fixed segment, or whole sectors from the payload offset to the image's end).
     ``stream`` is the image after its first ``position`` bytes; a file's end is found by
     seeking, a pipe's by reading it to its end in bounded pieces."""
-    if header.payload_size is not None:
-        return header.payload_size
+    from imgcrypt.luks.container import payload_span
+
     if stream.seekable():
         here = stream.tell()
-        return position + stream.seek(0, io.SEEK_END) - here - header.payload_offset
-    total = position
-    while chunk := stream.read(1 << 20):
-        total += len(chunk)
-    return total - header.payload_offset
+        total = position + stream.seek(0, io.SEEK_END) - here
+    else:
+        total = position
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+    size = payload_span(header, image_size=total).size
+    assert size is not None  # the image's size is known
+    return size
 
 
 # ``--size payload``: the plaintext is the whole payload (an image whose size was a whole

@@ -20,6 +20,7 @@ from imgcrypt.devices import DeviceInfo
 from imgcrypt.errors import UsageError, UsageFault
 
 from .conftest import require_tool
+from .headerkit import lvm2_label
 from .util import raises_fault
 
 MiB = 1 << 20
@@ -102,8 +103,12 @@ def test_signatures_at_their_offsets() -> None:
 
     assert devices.detect_signature(planted(0, b"XFSB")) == "xfs"
     assert devices.detect_signature(planted(0x10040, b"_BHRfS_M")) == "btrfs"
-    assert devices.detect_signature(planted(512, b"LABELONE" + bytes(16) + b"LVM2 001")) \
-        == "LVM2_member"
+    # One LVM2 detector (blkid's checks: id, sector number, type, CRC), repair's as well.
+    assert devices.detect_signature(planted(512, lvm2_label(1))) == "LVM2_member"
+    bad_crc = bytearray(lvm2_label(1))
+    bad_crc[40] ^= 1
+    assert devices.detect_signature(planted(512, bytes(bad_crc))) is None
+    assert devices.detect_signature(planted(512, b"LABELONE" + bytes(16) + b"LVM2 001")) is None
     assert devices.detect_signature(planted(65536 - 10, b"SWAPSPACE2")) == "swap"
     assert devices.detect_signature(planted(0x8001, b"CD001")) == "iso9660"
     assert devices.detect_signature(planted(512, b"EFI PART")) == "gpt"
@@ -452,3 +457,19 @@ def test_partitioned_loop_device_refused(tmp_path: Path, loops: Loops) -> None:
     with contextlib.suppress(Exception):
         run(require_tool("umount"), str(mountpoint))
         loops.mounted.remove(str(mountpoint))
+
+
+def test_lvm2_label_as_blkid_sees_it(tmp_path: Path) -> None:
+    """blkid reports a valid LVM2 label and ignores one with a bad CRC; so does imgcrypt."""
+    blkid = require_tool("blkid")
+    for crc_ok in (True, False):
+        label = bytearray(lvm2_label(1))
+        if not crc_ok:
+            label[40] ^= 1
+        image = tmp_path / f"lvm-{crc_ok}.img"
+        image.write_bytes((bytes(512) + bytes(label)).ljust(4 << 20, b"\0"))
+        seen = subprocess.run([blkid, "-p", "-o", "value", "-s", "TYPE", str(image)],
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+        assert (seen == "LVM2_member") is crc_ok
+        mine = devices.detect_signature(image.read_bytes()[:devices.PROBE_SIZE])
+        assert (mine == "LVM2_member") is crc_ok

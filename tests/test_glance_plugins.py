@@ -87,17 +87,23 @@ def test_encrypt_then_verify_round_trip(tmp_path: Path, store: LocalKeyStore) ->
                       policy=UploadPolicy(require_signature=True))
 
 
-def test_verify_refuses_a_key_that_does_not_open(tmp_path: Path, store: LocalKeyStore) -> None:
+def claimed_by_another_key(tmp_path: Path, store: LocalKeyStore,
+                           image_id: str) -> tuple[str, dict[str, str]]:
+    """A staged image encrypted under one key, and properties naming another that exists."""
     plain = tmp_path / "staged"
     plain.write_bytes(os.urandom(1 << 20))
-    outcome = encrypt_staged(str(plain), store, image_id="img-2", iterations=1000)
+    outcome = encrypt_staged(str(plain), store, image_id=image_id, iterations=1000)
     other = store.create_key(KeyOrder(bit_length=256))
-    claimed = {**outcome.properties, "os_encrypt_key_id": other,
-               "cinder_encryption_key_id": other}
+    return outcome.path, {**outcome.properties, "os_encrypt_key_id": other,
+                          "cinder_encryption_key_id": other}
+
+
+def test_verify_refuses_a_key_that_does_not_open(tmp_path: Path, store: LocalKeyStore) -> None:
+    path, claimed = claimed_by_another_key(tmp_path, store, "img-2")
     # The same fact as the upload hook's (one class, exit 4), whichever check finds it first.
     with raises_fault(VerificationError, VerificationFault.KEY_BINDING,
                       match="does not open the image's LUKS header") as refused:
-        verify_staged(outcome.path, claimed, store, image_id="img-2", policy=UploadPolicy())
+        verify_staged(path, claimed, store, image_id="img-2", policy=UploadPolicy())
     assert refused.value.exit_code == 4
 
 
@@ -196,14 +202,9 @@ def test_check_key_false_turns_the_key_check_off(tmp_path: Path, store: LocalKey
     policy = options.upload_policy(conf)
     assert policy.check_key is False
 
-    plain = tmp_path / "staged"
-    plain.write_bytes(os.urandom(1 << 20))
-    outcome = encrypt_staged(str(plain), store, image_id="img-5", iterations=1000)
-    other = store.create_key(KeyOrder(bit_length=256))
-    claimed = {**outcome.properties, "os_encrypt_key_id": other,
-               "cinder_encryption_key_id": other}
-    verdict = verify_staged(outcome.path, claimed, store, image_id="img-5", policy=policy)
+    path, claimed = claimed_by_another_key(tmp_path, store, "img-5")
+    verdict = verify_staged(path, claimed, store, image_id="img-5", policy=policy)
     assert not verdict.key_opens
     assert verdict.properties()["imgcrypt_key_check"] == "not checked"
     with raises_fault(VerificationError, VerificationFault.KEY_BINDING):
-        verify_staged(outcome.path, claimed, store, image_id="img-5", policy=UploadPolicy())
+        verify_staged(path, claimed, store, image_id="img-5", policy=UploadPolicy())

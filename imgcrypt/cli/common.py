@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgcrypt.cli.output import add_json_argument
+from imgcrypt.luks.base import KDF_NAMES
 from imgcrypt.luks.options import DEFAULT_ITER_TIME_MS, FormatOptions
 from imgcrypt.luks.stream import Progress
 
@@ -110,7 +111,7 @@ def add_kdf_arguments(group: argparse._ActionsContainer) -> None:
                         help=f"KDF time budget in milliseconds (default {DEFAULT_ITER_TIME_MS})")
     timing.add_argument("--iterations", type=int, metavar="N",
                         help="exact PBKDF2 iterations (or argon2 time cost)")
-    group.add_argument("--pbkdf", choices=("argon2id", "argon2i", "pbkdf2"),
+    group.add_argument("--pbkdf", choices=KDF_NAMES,
                        help="LUKS2 keyslot KDF (default argon2id; LUKS1 is always pbkdf2)")
     group.add_argument("--pbkdf-memory", type=int, metavar="KIB",
                        help="argon2 memory limit in KiB for the --iter-time benchmark (default "

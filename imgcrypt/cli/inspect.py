@@ -7,6 +7,7 @@ from typing import Any
 
 from imgcrypt.cli import common, inputs
 from imgcrypt.cli.output import emit
+from imgcrypt.luks.base import SECTOR
 from imgcrypt.luks.stream import read_header
 from imgcrypt.text import escape
 
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
 
 
 # luksDump counts LUKS1 offsets in 512-byte sectors, whatever the encryption sector size.
-DUMP_SECTOR = 512
+DUMP_SECTOR = SECTOR  # cryptsetup luksDump counts LUKS1 offsets in 512-byte sectors
 
 
 def _offset(size: int) -> str:

@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 MAGIC = b"LUKS\xba\xbe"  # LUKS1, and the LUKS2 primary copy
 MAGIC_SECONDARY = b"SKUL\xba\xbe"  # the LUKS2 secondary copy
 PAYLOAD_ALIGN = 1 << 20  # where cryptsetup puts the payload by default, in both versions
+# The 512-byte unit LUKS1 offsets, IVs (whatever the data sector size), keyslot material and a
+# loop device's size all count in.
+SECTOR = 512
+# The KDF names LUKS2 keyslots (and cryptsetup's --pbkdf) use; LUKS1 has PBKDF2 only.
+PBKDF2 = "pbkdf2"
+ARGON2I = "argon2i"
+ARGON2ID = "argon2id"
+KDF_NAMES = (ARGON2ID, ARGON2I, PBKDF2)
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,7 @@ class Segment:
     size: int | None  # None: "dynamic", to the end of the device
     iv_tweak: int = 0
     cipher: str = ""
-    sector_size: int = 512
+    sector_size: int = SECTOR
     integrity: bool = False
     flags: tuple[str, ...] = ()
 
@@ -46,7 +54,7 @@ class Pbkdf2:
 
     @property
     def name(self) -> str:
-        return "pbkdf2"
+        return PBKDF2
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,20 @@ the old or the new passphrase.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from imgcrypt.errors import FormatError, FormatFault
-from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
+from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, SECTOR, RegionUpdate, Segment
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, HeaderRuleError
 from imgcrypt.luks.sectors import CipherSpec
 
 # RegionUpdate lives in the leaf module imgcrypt.luks.base; it is named here for callers.
-__all__ = ["PROBE_SIZE", "LuksHeader", "RegionUpdate", "bytes_to_parse",
-           "detect_version", "is_luks", "parse_header", "whole_sectors"]
+__all__ = ["PROBE_SIZE", "LuksHeader", "PayloadSpan", "RegionUpdate", "bytes_to_parse",
+           "detect_version", "is_luks", "parse_header", "payload_span", "whole_sectors"]
 PROBE_SIZE = 4096
-LOOP_SECTOR = 512
+LOOP_SECTOR = SECTOR  # a loop device exposes whole 512-byte sectors
 _log = logging.getLogger("imgcrypt")
 
 
@@ -134,11 +135,69 @@ def parse_header(data: bytes, limits: KdfLimits = DEFAULT_LIMITS, *,
     return Luks2Header.parse(data, limits, image_size=image_size)
 
 
-def whole_sectors(available: int) -> int:
+def whole_sectors(available: int, *, quiet: bool = False) -> int:
     """Payload bytes a loop device would expose: a trailing partial 512-byte sector is ignored,
-    with a warning saying how many bytes."""
+    with a warning saying how many bytes (unless ``quiet``: the caller only sizes the job)."""
     tail = available % LOOP_SECTOR if available > 0 else 0
-    if tail:
+    if tail and not quiet:
         _log.warning("imgcrypt: warning: ignoring the last %d bytes of the image: they do not "
                      "make a whole %d-byte sector", tail, LOOP_SECTOR)
     return available - tail
+
+
+@dataclass(frozen=True)
+class PayloadSpan:
+    """Where an image's payload lies and how much of it to read and to give back.
+
+    ``length`` is the ciphertext to read from ``offset``, in whole sectors (None: the end of a
+    stream decides); ``limit`` the exact plaintext wanted, when ``os_decrypt_size`` or a LUKS2
+    segment of fixed size says it (None: all that is read).
+    """
+
+    offset: int
+    length: int | None
+    limit: int | None
+
+    @property
+    def size(self) -> int | None:
+        """Plaintext bytes the payload gives back (None: not known before a stream ends)."""
+        return self.limit if self.limit is not None else self.length
+
+
+def payload_span(header: LuksHeader, *, image_size: int | None = None,
+                 decrypt_size: int | None = None, quiet: bool = False) -> PayloadSpan:
+    """The one rule for an image's payload extent, LUKS1 and LUKS2 alike.
+
+    A LUKS2 segment of fixed size bounds the payload; LUKS1 and LUKS2's "dynamic" segment run
+    to the end of the image (``image_size`` bytes; None for a stream), of which a trailing
+    partial 512-byte sector is left out, as a loop device would. ``decrypt_size``
+    (``os_decrypt_size``) trims the plaintext and must fit the payload. A payload that starts
+    beyond the image's end, a fixed segment that runs past it, or a payload that ends inside
+    a (4096-byte) sector, is a truncated image.
+    ``quiet`` leaves out the warning about a partial last sector (for a progress total).
+    """
+    offset = int(header.payload_offset)
+    segment = header.payload_size
+    limit = segment
+    if decrypt_size is not None:
+        if decrypt_size < 0 or (segment is not None and decrypt_size > segment):
+            raise FormatError(f"decrypted size {decrypt_size} does not fit the payload")
+        limit = decrypt_size
+    sector = header.sector_size
+    length = None if limit is None else -(-limit // sector) * sector
+    if image_size is not None:
+        available = image_size - offset
+        if available < 0:
+            raise FormatError("image ends before its payload starts",
+                              reason=FormatFault.TRUNCATED)
+        if segment is not None and segment > available:
+            raise FormatError(f"the image ends inside its {segment}-byte payload segment",
+                              reason=FormatFault.TRUNCATED)
+        if limit is None:
+            available = whole_sectors(available, quiet=quiet)
+            if available % sector:
+                # As dm-crypt, which maps no device whose size is not whole sectors.
+                raise FormatError("encrypted payload ends inside a sector",
+                                  reason=FormatFault.TRUNCATED)
+        length = available if length is None else min(available, length)
+    return PayloadSpan(offset, length, limit)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 from imgcrypt.errors import FormatError, FormatFault
-from imgcrypt.luks.container import LuksHeader, whole_sectors
+from imgcrypt.luks.container import LuksHeader, payload_span, whole_sectors
 
 try:
     from imgcrypt.luks._xtsmul import nonzero_spans as _nonzero_spans
@@ -127,26 +127,15 @@ def plan_decrypt(header: LuksHeader, *, size: int | None, available: int | None)
 
     ``size`` (``os_decrypt_size``) trims the output; ``available`` is the number of bytes after
     the payload offset when the input is a file (None for a stream, judged at its end). The
-    header's segment size bounds both.
+    extent is :func:`~imgcrypt.luks.container.payload_span`'s.
     """
-    sector = header.sector_size
-    limit = header.payload_size
-    if size is not None:
-        if size < 0 or (limit is not None and size > limit):
-            raise FormatError(f"decrypted size {size} does not fit the payload")
-        limit = size if limit is None else min(limit, size)
-    read_limit = None if limit is None else -(-limit // sector) * sector
+    image_size = None if available is None else header.payload_offset + available
+    span = payload_span(header, image_size=image_size, decrypt_size=size)
+    plan = PayloadPlan(header.sector_size, header.iv_tweak, span.length, span.limit,
+                       pad_tail=False, loop_sectors=span.limit is None and available is None)
     if available is not None:
-        if available < 0:
-            raise FormatError("image ends before its payload starts", reason=FormatFault.TRUNCATED)
-        if limit is None:
-            available = whole_sectors(available)
-        read_limit = available if read_limit is None else min(available, read_limit)
-    plan = PayloadPlan(sector, header.iv_tweak, read_limit, limit, pad_tail=False,
-                       loop_sectors=limit is None and available is None)
-    if available is not None:
-        assert read_limit is not None
-        plan.check_end(read_limit)  # a file's end is known now: refuse before writing
+        assert span.length is not None
+        plan.check_end(span.length)  # a file's end is known now: refuse before writing
     return plan
 
 

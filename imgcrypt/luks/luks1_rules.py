@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from imgcrypt.luks import backend
+
+# LUKS1 counts offsets in 512-byte sectors whatever the device's sector size.
+from imgcrypt.luks.base import SECTOR as SECTOR
 from imgcrypt.luks.keyslot import STRIPES, material_size
 from imgcrypt.luks.rules import HeaderRuleError, Rule, rule
 
-SECTOR = 512  # LUKS1 counts offsets in 512-byte sectors whatever the device's sector size
 MIN_DIGEST = 20
 
 

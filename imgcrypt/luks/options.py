@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from imgcrypt.errors import UsageError
+from imgcrypt.luks.base import ARGON2ID, KDF_NAMES, PBKDF2
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2, pbkdf2_iterations_for
 from imgcrypt.luks.sectors import SECTOR_SIZES, CipherSpec
 
@@ -57,9 +58,9 @@ class FormatOptions:
         if self.data_sector_size not in SECTOR_SIZES:
             *most, last = SECTOR_SIZES
             raise UsageError(f"sector size must be {', '.join(map(str, most))} or {last}")
-        if self.version == 1 and self.pbkdf not in (None, "pbkdf2"):
+        if self.version == 1 and self.pbkdf not in (None, PBKDF2):
             raise UsageError("LUKS1 keyslots use pbkdf2")
-        if self.pbkdf not in (None, "pbkdf2", "argon2i", "argon2id"):
+        if self.pbkdf is not None and self.pbkdf not in KDF_NAMES:
             raise UsageError(f"unknown pbkdf {self.pbkdf!r}")
         if self.iterations is not None and self.iterations < 1:
             raise UsageError("iterations must be positive")
@@ -76,12 +77,12 @@ class FormatOptions:
 
     @property
     def kdf_name(self) -> str:
-        return self.pbkdf or ("pbkdf2" if self.version == 1 else "argon2id")
+        return self.pbkdf or (PBKDF2 if self.version == 1 else ARGON2ID)
 
     def keyslot_kdf(self) -> Kdf:
         """KDF parameters for a new keyslot, benchmarked here unless given exactly."""
         salt = os.urandom(32)
-        if self.kdf_name == "pbkdf2":
+        if self.kdf_name == PBKDF2:
             iterations = self.iterations or pbkdf2_iterations_for(
                 self.hash, self.key_size // 8, self.iter_time_ms
             )
@@ -100,7 +101,7 @@ class FormatOptions:
     def digest_iterations(self) -> int:
         # cryptsetup spends 1/8 of the keyslot budget on the volume-key digest, at least 1000.
         if self.iterations is not None:
-            return max(1000, self.iterations // 8) if self.kdf_name == "pbkdf2" else 1000
+            return max(1000, self.iterations // 8) if self.kdf_name == PBKDF2 else 1000
         return max(1000, pbkdf2_iterations_for(self.hash, 20, max(1, self.iter_time_ms // 8)))
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import zlib
 
-SECTOR = 512
+from imgcrypt.luks.base import SECTOR
+
 # blkid probes no RAID-class signature (LVM2 among them) on a device this small ("tiny").
 TINY_DEVICE = 1440 * 1024
+_LVM2_ID = b"LABELONE"
 _LVM2_TYPE = b"LVM2 001"
 _LVM2_CRC_INIT = 0xF597A6CF
 
@@ -23,10 +25,11 @@ def _lvm2_crc(data: bytes) -> int:
 
 
 def lvm2_label(data: bytes) -> int | None:
-    """The sector (0..3) holding a valid LVM2 physical-volume label, as blkid checks it."""
+    """The sector (0..3) holding a valid LVM2 physical-volume label, as blkid checks it (id,
+    sector number, type and CRC): the one LVM2 detector, which :mod:`imgcrypt.devices` uses too."""
     for sector in range(4):
         label = data[sector * SECTOR : (sector + 1) * SECTOR]
-        if len(label) < SECTOR or label[24:32] != _LVM2_TYPE:
+        if len(label) < SECTOR or label[:8] != _LVM2_ID or label[24:32] != _LVM2_TYPE:
             continue
         if int.from_bytes(label[8:16], "little") != sector:
             continue

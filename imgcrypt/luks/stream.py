@@ -23,7 +23,7 @@ from imgcrypt.luks.container import (
     RegionUpdate,
     bytes_to_parse,
     parse_header,
-    whole_sectors,
+    payload_span,
 )
 from imgcrypt.luks.engine import CHUNK_SIZE as CHUNK_SIZE
 from imgcrypt.luks.engine import (
@@ -72,13 +72,11 @@ class Unlocked:
         """Bytes :func:`decrypt_payload` will write, for a progress total: ``size``
         (os_decrypt_size), the header's payload size, or what follows the payload offset in an
         image of ``image_size`` bytes; None on a stream that tells neither."""
-        if size is not None:
-            return size
-        if self.header.payload_size is not None:
-            return int(self.header.payload_size)
-        if image_size is not None:
-            return max(image_size - int(self.header.payload_offset), 0)
-        return None
+        try:
+            return payload_span(self.header, image_size=image_size, decrypt_size=size,
+                                quiet=True).size
+        except FormatError:
+            return None  # a progress total only: the transfer itself refuses the image
 
 
 @dataclass(frozen=True)
@@ -285,18 +283,9 @@ class PayloadReader(io.RawIOBase):
         self._raw = raw
         self._opened = opened
         self._cipher = opened.cipher()
-        header = opened.header
-        available = raw.seek(0, io.SEEK_END) - header.payload_offset
-        if header.payload_size is not None:
-            if header.payload_size > available:
-                raise FormatError("image is shorter than its payload segment",
-                                  reason=FormatFault.TRUNCATED)
-            available = header.payload_size
-        else:
-            available = whole_sectors(available)
-        if available < 0:
-            raise FormatError("image ends before its payload starts", reason=FormatFault.TRUNCATED)
-        self._size = available if size is None else min(size, available)
+        whole = payload_span(opened.header, image_size=raw.seek(0, io.SEEK_END)).size
+        assert whole is not None  # a file's size is known
+        self._size = whole if size is None else min(size, whole)
         self._pos = 0
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ from imgcrypt.keys.rules import (
     passphrase_for,
 )
 from imgcrypt.keys.secret import EncryptionSpec
+from imgcrypt.luks.container import payload_span
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import (
@@ -238,7 +239,7 @@ def _encrypt_into(stream: Iterable[bytes], out: BinaryIO, volume_pass: bytes,
         version = opened.header.version
         clear = iter_payload(opened, reader, size=decrypt_size)
     options = FormatOptions(version=version, cipher=spec.cipher, key_size=spec.whole_key_bits,
-                            pbkdf="pbkdf2" if isinstance(kdf, Pbkdf2) else None,
+                            pbkdf=kdf.name if isinstance(kdf, Pbkdf2) else None,
                             iterations=kdf.iterations if isinstance(kdf, Pbkdf2)
                             else None)  # None: cryptsetup's 2-second budget
     source = io.BufferedReader(ChunkReader(clear), buffer_size=CHUNK_SIZE)
@@ -323,9 +324,8 @@ def upload_volume_as_image(volume: str, volume_key_id: str, key_manager: KeyMana
     secret = key_manager.get(volume_key_id)
     with open(volume, "rb") as f:
         header, _ = read_header(f)
-        payload = header.payload_size
-        if payload is None:
-            payload = f.seek(0, io.SEEK_END) - header.payload_offset
+        payload = payload_span(header, image_size=f.seek(0, io.SEEK_END)).size
+        assert payload is not None  # a file's size is known
         f.seek(0)
         unlock_stream(f, passphrase_for(secret))  # the secret really opens the volume
     with KeyLease.stored(key_manager, secret.copy("imgcrypt image key (clone)")) as clone:

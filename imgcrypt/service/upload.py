@@ -35,6 +35,7 @@ from imgcrypt.luks.container import (
     bytes_to_parse,
     is_luks,
     parse_header,
+    payload_span,
 )
 from imgcrypt.luks.kdf import DEFAULT_LIMITS, KdfLimits
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
@@ -219,12 +220,11 @@ class UploadInspector:
                 f"of the {self._size}-byte image: it holds no payload",
                 reason=FormatFault.ENCRYPTION_CLAIM,
             )
-        payload = self._size - header.payload_offset
-        if header.payload_size is not None:
-            if header.payload_size > payload:
-                raise FormatError("the LUKS2 segment's payload runs beyond the image",
-                                  reason=FormatFault.ENCRYPTION_CLAIM)
-            payload = header.payload_size
+        try:
+            payload = payload_span(header, image_size=self._size, quiet=True).size
+        except FormatError as exc:  # a LUKS2 segment that runs beyond the image
+            raise FormatError(str(exc), reason=FormatFault.ENCRYPTION_CLAIM) from None
+        assert payload is not None  # the image's size is known
         if claim.decrypt_size is not None and claim.decrypt_size > payload:
             raise FormatError(
                 f"os_decrypt_size {claim.decrypt_size} is larger than the {payload}-byte payload",

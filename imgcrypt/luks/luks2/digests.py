@@ -10,7 +10,7 @@ from typing import Any
 
 from imgcrypt.errors import FormatError, UnsupportedError
 from imgcrypt.luks import backend
-from imgcrypt.luks.base import Segment
+from imgcrypt.luks.base import PBKDF2, Segment
 from imgcrypt.luks.kdf import Pbkdf2
 from imgcrypt.luks.keyslot import SALT_SIZE, MasterKeyDigest
 from imgcrypt.luks.luks2.metadata import Digest, Metadata
@@ -19,7 +19,7 @@ from imgcrypt.luks.luks2.metadata import Digest, Metadata
 def problems(metadata: Metadata, seg: Segment) -> list[str]:
     """Why imgcrypt cannot check the master key of ``seg``; empty if it can."""
     digests = [d for d in metadata.digests if seg.id in d.segments]
-    if len(digests) != 1 or digests[0].type != "pbkdf2":
+    if len(digests) != 1 or digests[0].type != PBKDF2:
         return [f"segment {seg.id} needs exactly one pbkdf2 digest"]
     d = digests[0]
     if not backend.supports(d.hash):
@@ -36,7 +36,7 @@ def of_segment(metadata: Metadata, seg: Segment) -> Digest:
     """The pbkdf2 digest that covers ``seg``."""
     for d in metadata.digests:
         if seg.id in d.segments:
-            if d.type != "pbkdf2":
+            if d.type != PBKDF2:
                 raise UnsupportedError(f"LUKS2 digest type {d.type[:32]!r}")
             return d
     raise FormatError(f"no LUKS2 digest covers segment {seg.id}")

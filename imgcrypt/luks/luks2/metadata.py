@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgcrypt.errors import FormatError, FormatFault
-from imgcrypt.luks.base import Segment
+from imgcrypt.luks.base import ARGON2I, ARGON2ID, PBKDF2, Segment
 from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest, material_size
 from imgcrypt.luks.luks2 import rules as luks2_rules
@@ -198,9 +198,9 @@ def _kdf(obj: Any) -> Kdf | None:
     kind, salt = _opt_str(obj, "type"), _opt_b64(obj, "salt")
     if salt is None:
         return None
-    if kind == "pbkdf2":
+    if kind == PBKDF2:
         return Pbkdf2(_opt_str(obj, "hash"), _opt_int(obj, "iterations"), salt)
-    if kind in ("argon2i", "argon2id"):
+    if kind in (ARGON2I, ARGON2ID):
         return Argon2(kind, _opt_int(obj, "time"), _opt_int(obj, "memory"),
                       _opt_int(obj, "cpus"), salt)
     return None
@@ -258,7 +258,7 @@ def _b64(raw: bytes) -> str:
 
 def kdf_entry(kdf: Kdf) -> dict[str, Any]:
     if isinstance(kdf, Pbkdf2):
-        return {"type": "pbkdf2", "hash": kdf.hash, "iterations": kdf.iterations,
+        return {"type": PBKDF2, "hash": kdf.hash, "iterations": kdf.iterations,
                 "salt": _b64(kdf.salt)}
     return {"type": kdf.variant, "time": kdf.time, "memory": kdf.memory_kib,
             "cpus": kdf.parallel, "salt": _b64(kdf.salt)}
@@ -285,7 +285,7 @@ def crypt_segment_entry(*, offset: int, cipher: str, sector_size: int) -> dict[s
 
 def digest_entry(digest: MasterKeyDigest, *, keyslots: list[str],
                  segments: list[str]) -> dict[str, Any]:
-    return {"type": "pbkdf2", "keyslots": keyslots, "segments": segments,
+    return {"type": PBKDF2, "keyslots": keyslots, "segments": segments,
             "hash": digest.kdf.hash, "iterations": digest.kdf.iterations,
             "salt": _b64(digest.kdf.salt), "digest": _b64(digest.value)}
 

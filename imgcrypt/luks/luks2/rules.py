@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, TypeGuard
 
+from imgcrypt.luks.base import ARGON2I, ARGON2ID, PBKDF2
 from imgcrypt.luks.rules import HeaderRuleError, Rule, rule
 
 # Every metadata size cryptsetup accepts: 16 KiB .. 4 MiB, powers of two.
@@ -375,11 +376,11 @@ def _check_luks2_keyslot(key: str, slot: dict[str, Any]) -> None:
     if kind is None:
         raise _fail(KEYSLOT_LUKS2, f"keyslot {key}: kdf type")
     # cryptsetup first drops parameters another KDF type would use (its header repair).
-    if kind == "pbkdf2" and not (
+    if kind == PBKDF2 and not (
         _string(kdf, "hash") and is_int(kdf.get("iterations")) and _string(kdf, "salt")
     ):
         raise _fail(KEYSLOT_LUKS2, f"keyslot {key}: pbkdf2 parameters")
-    if kind in ("argon2i", "argon2id") and not (
+    if kind in (ARGON2I, ARGON2ID) and not (
         all(is_int(kdf.get(k)) for k in ("time", "memory", "cpus")) and _string(kdf, "salt")
     ):
         raise _fail(KEYSLOT_LUKS2, f"keyslot {key}: argon2 parameters")
