@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from imgcrypt.errors import (
+    ImgcryptError,
     KeyManagerError,
     KeyManagerFault,
     ToolError,
@@ -24,8 +25,9 @@ from imgcrypt.errors import (
     VerificationError,
 )
 from imgcrypt.keys.clienterrors import is_token_refusal
+from imgcrypt.keys.lease import LEFTOVER_NOTE
 from imgcrypt.keys.manager import KeyManager
-from imgcrypt.service.verdict import VERDICT_PROPERTY, is_unchecked
+from imgcrypt.service.verdict import LEFTOVER_PROPERTY, VERDICT_PROPERTY, is_unchecked
 
 # keystoneauth and openstacksdk log discovery failures as warnings; with no handler configured
 # Python would print them beside the one-line CLI error.
@@ -223,11 +225,19 @@ class ImageService:
                 verdict = image.properties.get(VERDICT_PROPERTY)
                 message = (self.last_task_message(image_id) or verdict
                            or f"the import ended with status {image.status}")
+                failure: ImgcryptError
                 if is_unchecked(verdict):
                     reason = (KeyManagerFault.TOKEN_REFUSED if "re-authenticate" in message
                               else None)
-                    raise KeyManagerError(f"image {image_id}: {message}", reason=reason)
-                raise VerificationError(f"image {image_id}: {message}")
+                    failure = KeyManagerError(f"image {image_id}: {message}", reason=reason)
+                else:
+                    failure = VerificationError(f"image {image_id}: {message}")
+                leftover = image.properties.get(LEFTOVER_PROPERTY)
+                if isinstance(leftover, str) and leftover:
+                    # What the plugin's revert could not undo reaches the person as the
+                    # warning line (and --json's leftovers) the CLI prints for every leftover.
+                    failure.add_note(f"{LEFTOVER_NOTE} image {image_id}: {leftover}")
+                raise failure
             if time.monotonic() > deadline:
                 if on_timeout is not None:
                     on_timeout()

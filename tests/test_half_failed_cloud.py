@@ -12,7 +12,7 @@ import pytest
 from castellan.common import exception as cexc
 from keystoneauth1 import exceptions as kexc
 
-from imgcrypt.errors import KeyManagerError, KeyManagerFault, ToolError
+from imgcrypt.errors import ImgcryptError, KeyManagerError, KeyManagerFault, ToolError
 from imgcrypt.keys import castellan
 from imgcrypt.keys.consumers import file_consumer, image_consumer
 from imgcrypt.keys.local import LocalKeyStore
@@ -181,3 +181,39 @@ def test_glance_s_html_pages_become_one_line() -> None:
     json_error = _image_service_error(kexc.Conflict(http_status=409, response=_Response(
         "{}", {"message": "Image is locked"})))
     assert json_error == "sending the image data: HTTP 409: Image is locked"
+
+
+class _FailedImport:
+    """The image API as Glance answers after a failed import whose revert could not remove the
+    consumer (Barbican down at that moment, a fault no real service here produces on cue)."""
+
+    def __init__(self, verdict: str) -> None:
+        self.image = {"id": "55555555-5555-5555-5555-555555555555", "status": "queued",
+                      "os_glance_failed_import": "fs", "imgcrypt_verdict": verdict,
+                      "imgcrypt_leftover": "consumer of key k not removed (cannot reach "
+                                           "Barbican): run imgcrypt keys consumers "
+                                           "--clear-stale once the key manager answers"}
+
+    def request(self, url: str, method: str, **kwargs: Any) -> Any:
+        return _Response("", {"tasks": []} if url.endswith("/tasks") else self.image)
+
+
+class _Conn:
+    def __init__(self, api: Any) -> None:
+        self.image = api
+
+
+@pytest.mark.parametrize(("verdict", "code"), [
+    ("unchecked: imgcrypt_verify could not check the image: cannot reach Barbican", 5),
+    ("refused: imgcrypt_verify refused the image: bad signature", 4)])
+def test_a_failed_import_reports_what_its_revert_left_behind(verdict: str, code: int) -> None:
+    from imgcrypt.imageservice import ImageService
+    from imgcrypt.keys.lease import leftover_notes
+
+    images = ImageService(_Conn(_FailedImport(verdict)))
+    with pytest.raises(ImgcryptError) as caught:
+        images.wait_for_import("55555555-5555-5555-5555-555555555555", 5)
+    assert caught.value.exit_code == code
+    assert verdict.split(": ", 1)[1] in str(caught.value)
+    [note] = leftover_notes(caught.value)
+    assert "--clear-stale" in note and "55555555-5555-5555-5555-555555555555" in note

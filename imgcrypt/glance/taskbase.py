@@ -11,10 +11,9 @@ from imgcrypt.errors import KeyManagerError, KeyManagerFault, KeyManagerUnavaila
 from imgcrypt.glance.checks import MAX_PROPERTY, refusal_properties, unchecked_properties
 from imgcrypt.keys.castellan import CastellanKeyManager, user_token_context
 from imgcrypt.keys.manager import KeyManager
+from imgcrypt.service.verdict import LEFTOVER_PROPERTY
 
 LOG = logging.getLogger(__name__)
-# What a failed import's revert could not undo (a consumer, a key), and what to run about it.
-LEFTOVER_PROPERTY = "imgcrypt_leftover"
 
 
 def glance_conf() -> Any:

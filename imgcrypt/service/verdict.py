@@ -29,6 +29,8 @@ from collections.abc import Mapping
 VERDICT_PROPERTY = "imgcrypt_verdict"
 VERIFIED_PROPERTY = "imgcrypt_verified"
 VERIFIED_AT_PROPERTY = "imgcrypt_verified_at"
+# What a failed import's revert could not undo (a consumer, a key), and what to run about it.
+LEFTOVER_PROPERTY = "imgcrypt_leftover"
 PENDING = "pending"
 ACCEPTED = "accepted"
 REFUSED = "refused"
@@ -74,6 +76,6 @@ def is_unchecked(verdict: object) -> bool:
     return isinstance(verdict, str) and verdict.startswith(f"{UNCHECKED}:")
 
 
-__all__ = ["ACCEPTED", "MAX_PROPERTY", "PENDING", "REFUSED", "UNCHECKED", "VERDICT_PROPERTY",
-           "VERIFIED_AT_PROPERTY", "VERIFIED_PROPERTY", "effective_verdict", "is_unchecked",
-           "pending_properties", "refusal_properties", "unchecked_properties"]
+__all__ = ["ACCEPTED", "LEFTOVER_PROPERTY", "MAX_PROPERTY", "PENDING", "REFUSED", "UNCHECKED",
+           "VERDICT_PROPERTY", "VERIFIED_AT_PROPERTY", "VERIFIED_PROPERTY", "effective_verdict",
+           "is_unchecked", "pending_properties", "refusal_properties", "unchecked_properties"]
