@@ -96,6 +96,8 @@ class CertificateFault(Fault):
 
 class KeyManagerFault(Fault):
     CONSUMERS_UNSUPPORTED = "consumers-unsupported"  # no consumer registration (API version)
+    # The identity service refused a token: expired or revoked (not a secret: a reason name).
+    TOKEN_REFUSED = "token-refused"  # noqa: S105
 
 
 class ImgcryptError(Exception):

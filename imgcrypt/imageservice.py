@@ -10,14 +10,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from imgcrypt.errors import ToolError, UsageError, VerificationError
+from imgcrypt.errors import (
+    FormatError,
+    ImgcryptError,
+    KeyManagerError,
+    KeyManagerFault,
+    ToolError,
+    UsageError,
+    VerificationError,
+)
+from imgcrypt.keys.clienterrors import is_token_refusal
+from imgcrypt.keys.lease import LEFTOVER_NOTE
 from imgcrypt.keys.manager import KeyManager
+from imgcrypt.service.verdict import LEFTOVER_PROPERTY, VERDICT_PROPERTY, is_unchecked
 from imgcrypt.text import escape
 
 # keystoneauth and openstacksdk log discovery failures as warnings; with no handler configured
@@ -48,11 +60,18 @@ def connect(cloud: str | None = None) -> Any:
 
 
 def key_manager(conn: Any) -> KeyManager:
-    """Barbican through the same authenticated session, found in the service catalog."""
-    from imgcrypt.keys.barbican import BarbicanKeyManager
+    """Barbican through the same authentication, found in the service catalog.
 
-    config = conn.config
-    return BarbicanKeyManager.from_session(conn.session, region_name=config.get_region_name(),
+    Its own session has a timeout (the cloud's ``api_timeout`` where set): a key manager that
+    stops answering must fail the command with its exit code, not hang it."""
+    from keystoneauth1 import session as ksession
+
+    from imgcrypt.keys.barbican import REQUEST_TIMEOUT, BarbicanKeyManager
+
+    config, shared = conn.config, conn.session
+    session = ksession.Session(auth=shared.auth, verify=shared.verify, cert=shared.cert,
+                               timeout=shared.timeout or REQUEST_TIMEOUT)
+    return BarbicanKeyManager.from_session(session, region_name=config.get_region_name(),
                                            interface=config.get_interface())
 
 
@@ -65,21 +84,44 @@ def _translate(what: str) -> Iterator[None]:
         yield
     except (kexc.ConnectionError, kexc.EndpointNotFound, kexc.DiscoveryFailure) as exc:
         raise ToolError(f"cannot reach the cloud: {exc}") from None
-    except kexc.Unauthorized as exc:
-        raise ToolError(f"the cloud refused the credentials: {exc}") from None
+    except kexc.HttpError as exc:
+        if is_token_refusal(kexc, exc):
+            raise ToolError("the cloud's identity service (Keystone) refused the credentials: "
+                            "the token expired or was revoked (or the password is wrong); "
+                            "re-authenticate and try again") from None
+        if exc.http_status == 413:
+            raise ToolError(f"{what}: the image service (Glance) has no room for the image "
+                            "(HTTP 413: its staging area, image_size_cap or the project's "
+                            "storage quota is full); free space (delete images you no longer "
+                            "need) or ask the operator to raise the limit, then upload "
+                            "again") from None
+        raise ToolError(f"{what}: HTTP {exc.http_status}: {_detail(exc)}") from None
     except (kexc.MissingRequiredOptions, kexc.NoMatchingPlugin) as exc:
         raise UsageError(f"incomplete OpenStack credentials (--os-cloud, OS_CLOUD or OS_*): "
                          f"{exc}") from None
-    except kexc.HttpError as exc:
-        detail = (exc.response.text if exc.response is not None else str(exc)) or str(exc)
-        raise ToolError(f"{what}: HTTP {exc.http_status}: {' '.join(detail.split())[:300]}"
-                                ) from None
     except oexc.ConfigException:
         raise
     except oexc.SDKException as exc:
         raise ToolError(f"{what}: {exc}") from None
     except kexc.ClientException as exc:
         raise ToolError(f"{what}: {exc}") from None
+
+
+def _detail(exc: Any) -> str:
+    """A service's error answer as one short line: its JSON message, or its HTML page's
+    text without the markup, never the page itself."""
+    response = exc.response
+    text = (response.text if response is not None else "") or str(exc)
+    with contextlib.suppress(ValueError, AttributeError):
+        body = response.json()
+        if isinstance(body, dict):
+            inner = body.get("message") or body.get("error") or body
+            text = str(inner.get("message", inner)) if isinstance(inner, dict) else str(inner)
+    text = _MARKUP.sub(" ", text)
+    return " ".join(text.split())[:300]
+
+
+_MARKUP = re.compile(r"<[^>]*>")
 
 
 class _Reader:
@@ -103,6 +145,14 @@ class Image:
     image_id: str
     status: str
     properties: dict[str, Any]
+
+    def declared_size(self) -> int:
+        """The size in bytes the image record declares: exactly what a download reads."""
+        size = self.properties.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 63:
+            raise FormatError(f"image {self.image_id}: its record declares no size "
+                              "(is the image active?); nothing is downloaded without one")
+        return size
 
 
 @dataclass(frozen=True)
@@ -152,6 +202,16 @@ class ImageService:
     def get(self, image_id: str) -> Image:
         return _image(self._call("GET", f"/images/{image_id}", f"image {image_id}").json())
 
+    def find(self, image_id: str) -> Image | None:
+        """The image, or None where the image service has none by that id for this user."""
+        with _translate(f"image {image_id}"):
+            response = self._api.request(f"/images/{image_id}", "GET", raise_exc=False)
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            return self.get(image_id)  # raises the typed error for any other refusal
+        return _image(response.json())
+
     def delete(self, image_id: str) -> None:
         self._call("DELETE", f"/images/{image_id}", f"deleting image {image_id}")
 
@@ -174,9 +234,14 @@ class ImageService:
                     return str(task["message"])
         return None
 
-    def wait_for_import(self, image_id: str, timeout: float) -> Image:
+    def wait_for_import(self, image_id: str, timeout: float,
+                        on_timeout: Callable[[], None] | None = None) -> Image:
         """Poll until the import ends: ``active``, or failed (back to ``queued``, the store
-        in ``os_glance_failed_import``, the plugin's reason in its task's message)."""
+        in ``os_glance_failed_import``, the plugin's reason in its task's message).
+
+        A refusal raises :class:`VerificationError`; checks that could not run (the verdict
+        ``unchecked``: key manager unreachable, token expired) :class:`KeyManagerError`. When
+        ``timeout`` passes, ``on_timeout`` may raise a better explanation than the timeout."""
         deadline = time.monotonic() + timeout
         while True:
             image = self.get(image_id)
@@ -186,11 +251,25 @@ class ImageService:
             if failed or image.status in ("killed", "deleted") or (
                     image.status == "queued" and not image.properties.get(
                         "os_glance_importing_to_stores")):
-                message = (self.last_task_message(image_id)
-                           or image.properties.get("imgcrypt_verdict")
+                verdict = image.properties.get(VERDICT_PROPERTY)
+                message = (self.last_task_message(image_id) or verdict
                            or f"the import ended with status {image.status}")
-                raise VerificationError(f"image {image_id}: {message}")
+                failure: ImgcryptError
+                if is_unchecked(verdict):
+                    reason = (KeyManagerFault.TOKEN_REFUSED if "re-authenticate" in message
+                              else None)
+                    failure = KeyManagerError(f"image {image_id}: {message}", reason=reason)
+                else:
+                    failure = VerificationError(f"image {image_id}: {message}")
+                leftover = image.properties.get(LEFTOVER_PROPERTY)
+                if isinstance(leftover, str) and leftover:
+                    # What the plugin's revert could not undo reaches the person as the
+                    # warning line (and --json's leftovers) the CLI prints for every leftover.
+                    failure.add_note(f"{LEFTOVER_NOTE} image {image_id}: {leftover}")
+                raise failure
             if time.monotonic() > deadline:
+                if on_timeout is not None:
+                    on_timeout()
                 raise ToolError(f"image {image_id} is still {image.status} after "
                                         f"{timeout:.0f} s")
             time.sleep(IMPORT_POLL_SECONDS)

@@ -232,12 +232,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     stop_barbican(process)
 
 
-def start_keystone(workdir: Path) -> tuple[Keystone, subprocess.Popen[bytes]]:
+def start_keystone(workdir: Path, extra: str = "") -> tuple[Keystone, subprocess.Popen[bytes]]:
+    """A Keystone; ``extra`` is appended to keystone.conf (``[token] expiration = 40``)."""
     venv_bin = require_venv(KEYSTONE_VENV, "install-keystone.sh").parent
     for name in ("fernet-keys", "receipt-keys", "credential-keys", "home"):
         (workdir / name).mkdir()
     conf = workdir / "keystone.conf"
-    conf.write_text(_KEYSTONE_CONF.format(dir=workdir))
+    conf.write_text(_KEYSTONE_CONF.format(dir=workdir) + extra)
     port = free_port()
     auth_url = f"http://127.0.0.1:{port}/v3"
     env = base_env(workdir / "home")

@@ -242,11 +242,12 @@ class Cloud:
     def reset_thread_bytes(self) -> None:
         self._mine.bytes = 0
 
-    def stream(self, image_id: str) -> Iterator[bytes]:
-        """The image's data, once (a failure part-way is the caller's to report: retrying
-        would feed the same bytes twice into a hash)."""
+    def stream(self, image_id: str, size: int) -> Iterator[bytes]:
+        """The image's data, exactly the ``size`` bytes its record declares, once (a failure
+        part-way is the caller's to report: retrying would feed the same bytes twice into a
+        hash)."""
         with self.glance._slots:
-            for chunk in self._images.download(image_id):
+            for chunk in self._images.download(image_id, size):
                 self._counted(len(chunk))
                 yield chunk
 

@@ -404,7 +404,7 @@ def verify(cloud: Cloud, image_id: str, options: JobOptions, snapshot: Snapshot
                           hash_algo=algo if algo in _hash_algos() else "sha512")
     try:
         inspector = UploadInspector(props, key_manager=cloud.key_manager, policy=policy)
-        for chunk in cloud.stream(image_id):
+        for chunk in cloud.stream(image_id, image.declared_size()):
             inspector.update(chunk)
         verdict = inspector.finalize()
     except ImgcryptError as exc:

@@ -85,6 +85,29 @@ def register(sub: Any) -> None:
                         help="delete even when consumers are registered")
     _common(delete, _run_delete)
 
+    consumers = actions.add_parser(
+        "consumers",
+        help="list a key's consumers with their images' status; find and clear stale ones",
+        description="List the consumers registered on keys (the given ones, or every key you "
+        "can see), asking the image service for the status of each image consumer. A "
+        "consumer is stale when its image is gone, queued, killed or deleted, or has been "
+        "saving, uploading or importing for longer than --min-age (an import that died "
+        "half-way). --clear-stale removes the stale consumers, so the key can be deleted "
+        "once nothing real uses it.",
+        epilog="example: imgcrypt keys consumers --stale --key-manager barbican",
+    )
+    consumers.add_argument("key_ids", metavar="KEY_ID", nargs="*",
+                           help="keys to look at (default: every key you can list)")
+    show_stale = consumers.add_mutually_exclusive_group()
+    show_stale.add_argument("--stale", action="store_true",
+                            help="list only the stale consumers")
+    show_stale.add_argument("--clear-stale", action="store_true",
+                            help="remove the stale consumers")
+    consumers.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                           help="how long an upload or import must have been in progress to "
+                                "count as dead (default 3600: Glance's import lock)")
+    _common(consumers, _run_consumers)
+
 
 def _common(parser: argparse.ArgumentParser, func: Any) -> None:
     # ``keys --json list`` and ``keys list --json`` both work: SUPPRESS keeps the action's
@@ -191,4 +214,45 @@ def _run_delete(args: argparse.Namespace) -> int:
     delete_secret(manager, args.key_id, force=args.force)
     emit(args, {"key_manager": manager.name, "key_id": args.key_id.lower(), "deleted": True},
          f"deleted secret {args.key_id} from {manager.name}")
+    return 0
+
+
+def _image_state(images: Any) -> Any:
+    from imgcrypt.service.audit import GONE, ImageState, parse_time
+
+    def state(image_id: str) -> ImageState:
+        image = images.find(image_id)
+        if image is None:
+            return ImageState(GONE, None)
+        return ImageState(image.status, parse_time(image.properties.get("updated_at")))
+
+    return state
+
+
+def _run_consumers(args: argparse.Namespace) -> int:
+    from imgcrypt import imageservice
+    from imgcrypt.errors import UsageError
+    from imgcrypt.service.audit import audit_consumers, clear_stale
+
+    if args.min_age < 0:
+        raise UsageError("--min-age must not be negative")
+    manager = key_manager_from_args(args)
+    key_ids = args.key_ids or [info.secret_id for info in manager.list()]
+    images = imageservice.ImageService(imageservice.connect(getattr(args, "os_cloud", None)))
+    states = audit_consumers(manager, key_ids, _image_state(images), min_age=args.min_age)
+    stale = [s for s in states if s.stale]
+    data: dict[str, Any] = {"key_manager": manager.name,
+                            "consumers": [s.as_dict() for s in states],
+                            "stale": [s.as_dict() for s in stale]}
+    shown = stale if (args.stale or args.clear_stale) else states
+    lines = [f"{s.key_id}  {consumer_name(s.consumer)}  "
+             f"{s.image.status if s.image is not None else '-'}"
+             f"{'  stale' if s.stale else ''}" for s in shown]
+    if args.clear_stale:
+        cleared = clear_stale(manager, stale)
+        data["cleared"] = [s.as_dict() for s in cleared]
+        lines = [f"removed {line}" for line in lines] or ["no stale consumers"]
+    elif not lines:
+        lines = ["no stale consumers" if args.stale else "no consumers"]
+    emit(args, data, "\n".join(lines))
     return 0

@@ -113,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except ImgcryptError as exc:
-        _warn_leftovers(exc)
-        return _fail(str(exc) or type(exc).__name__, exc.exit_code, json_to=json_to)
+        return _fail(str(exc) or type(exc).__name__, exc.exit_code, json_to=json_to,
+                     leftovers=_warn_leftovers(exc))
     except KeyboardInterrupt as exc:
         _warn_leftovers(exc)
         return _fail("interrupted", INTERRUPTED_EXIT, json_to=json_to)
@@ -137,24 +137,30 @@ def _closed_pipe() -> int:
     return CLOSED_PIPE_EXIT
 
 
-def _fail(message: str, code: int, *, json_to: TextIO | None) -> int:
+def _fail(message: str, code: int, *, json_to: TextIO | None,
+          leftovers: list[str] | None = None) -> int:
     _report(message)
     if json_to is not None:
-        line = " ".join(message.split())
+        error: dict[str, object] = {"code": code, "message": " ".join(message.split())}
+        if leftovers:
+            error["leftovers"] = leftovers
         with contextlib.suppress(OSError):
-            json_to.write(json.dumps({"error": {"code": code, "message": line}}) + "\n")
+            json_to.write(json.dumps({"error": error}) + "\n")
             json_to.flush()
     return code
 
 
-def _warn_leftovers(exc: BaseException) -> None:
-    """What a failed command could not roll back (a new key the key manager would not delete):
-    one warning line each, before the error line."""
+def _warn_leftovers(exc: BaseException) -> list[str]:
+    """What a failed command could not roll back (a new key the key manager would not delete,
+    a consumer it would not remove): one warning line each, before the error line; the same
+    lines for ``--json``'s error object."""
     from imgcrypt.keys.lease import leftover_notes
     from imgcrypt.text import escape
 
-    for note in leftover_notes(exc):
-        sys.stderr.write(f"imgcrypt: warning: {escape(' '.join(note.split()))}\n")
+    lines = [" ".join(note.split()) for note in leftover_notes(exc)]
+    for line in lines:
+        sys.stderr.write(f"imgcrypt: warning: {escape(line)}\n")
+    return lines
 
 
 def _report(message: str) -> None:

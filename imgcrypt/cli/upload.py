@@ -20,7 +20,9 @@ openstack client reads them. With glance-direct offered, the data is staged and 
 (so the deployment's import plugins, imgcrypt_verify among them, check it); otherwise it is
 uploaded. An encrypted image's key gets the new image as a Barbican consumer. A failed
 upload or a refused import leaves the image record (queued, without data, with the reason in
-imgcrypt_verdict when imgcrypt_verify refused it) and removes the consumer."""
+imgcrypt_verdict when imgcrypt_verify refused it) and no consumer. Exit 5 when the key
+manager failed (unreachable, or the token expired: re-authenticate), 4 when the image was
+refused; `imgcrypt keys consumers --stale` lists consumers left by imports that died."""
 
 
 def register(sub: Any) -> None:
@@ -67,6 +69,7 @@ def collect_properties(files: list[str], pairs: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from imgcrypt import imageservice
     from imgcrypt.service.publish import open_upload
+    from imgcrypt.service.verdict import effective_verdict
 
     properties = collect_properties(args.properties, args.property)
     size = os.stat(args.image).st_size
@@ -78,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
                              container_format=args.container_format, timeout=args.timeout,
                              progress=progress)
     image, consumer = result.image, result.consumer_registered
+    # The verdict as it stands now: imgcrypt_verify's "pending" is "accepted" only for an
+    # active image whose stored data is the data it checked.
     data = {"image_id": image.image_id, "name": args.name, "status": image.status,
             "method": upload.method, "size": size, "consumer_registered": consumer,
-            "verdict": image.properties.get("imgcrypt_verdict")}
+            "verdict": effective_verdict(image.status, image.properties)}
     emit(args, data, f"uploaded {args.image} as image {escape(image.image_id)} "
          f"({escape(image.status)}, "
          f"{upload.method})" + (", key consumer registered" if consumer else ""))

@@ -11,6 +11,7 @@ import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
@@ -24,12 +25,13 @@ from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import CHUNK_SIZE, encrypt_stream
 from imgcrypt.service.claims import claims_encryption
 from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict
-
-# Glance documents image property values as at most 255 characters.
-MAX_PROPERTY = 255
-VERDICT_PROPERTY = "imgcrypt_verdict"
-
-
+from imgcrypt.service.verdict import (
+    MAX_PROPERTY,
+    VERDICT_PROPERTY,
+    pending_properties,
+    refusal_properties,
+    unchecked_properties,
+)
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,16 @@ class VerifyOutcome:
     verdict: UploadVerdict
     key_opens: bool
     consumer_registered: bool
+    checked_at: str  # ISO 8601, UTC
 
     def properties(self) -> dict[str, str]:
-        """The verdict as image properties (imgcrypt's own names, each at most 255 chars)."""
+        """The verdict as image properties (imgcrypt's own names, each at most 255 chars):
+        ``pending`` and the hash of the data checked, since Glance has not stored it yet
+        (:mod:`imgcrypt.service.verdict`)."""
         signature = self.verdict.signature
         properties = {
-            VERDICT_PROPERTY: "accepted",
+            **pending_properties(self.verdict.os_hash_algo, self.verdict.os_hash_value,
+                                 self.checked_at),
             "imgcrypt_signature": ",".join(sorted(s.scheme for s in signature.schemes))
             if signature is not None else "none",
         }
@@ -57,10 +63,6 @@ class VerifyOutcome:
         if self.verdict.warnings:
             properties["imgcrypt_warnings"] = "; ".join(self.verdict.warnings)[:MAX_PROPERTY]
         return properties
-
-
-def refusal_properties(message: str) -> dict[str, str]:
-    return {VERDICT_PROPERTY: f"refused: {message}"[:MAX_PROPERTY]}
 
 
 def staged_path(file_path: str) -> str:
@@ -84,7 +86,8 @@ def verify_staged(path: str, properties: Mapping[str, str], key_manager: KeyMana
             inspector.update(chunk)
     verdict = inspector.finalize()
     key_opens = verdict.encryption is not None and policy.check_key
-    return VerifyOutcome(verdict, key_opens, verdict.consumer_registered)
+    checked_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return VerifyOutcome(verdict, key_opens, verdict.consumer_registered, checked_at)
 
 
 @dataclass(frozen=True)
@@ -142,3 +145,8 @@ def check_plugin_order(plugins: list[str]) -> None:
             plugins.index("image_conversion") > plugins.index("imgcrypt_encrypt")):
         raise UsageError("image_import_plugins lists image_conversion after imgcrypt_encrypt: "
                          "list image_conversion first (convert, then encrypt)")
+
+
+__all__ = ["MAX_PROPERTY", "VERDICT_PROPERTY", "EncryptOutcome", "VerifyOutcome",
+           "check_plugin_order", "encrypt_staged", "is_already_encrypted", "refusal_properties",
+           "staged_path", "unchecked_properties", "verify_staged"]

@@ -8,7 +8,6 @@ twice, and never converted (``image_conversion`` refuses a LUKS image labelled `
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from imgcrypt.errors import ImgcryptError
@@ -73,8 +72,12 @@ class _ImgcryptEncrypt(ImportTask):
         if self.target is not None:
             remove_file(self.target)
         if self.key_id is not None and self.manager is not None:
-            with contextlib.suppress(ImgcryptError):
+            try:
                 self.manager.delete(self.key_id, force=True)
+            except ImgcryptError as exc:
+                self.leave(f"key {self.key_id}, ordered for this import, not deleted ({exc}): "
+                           f"run imgcrypt keys delete --force {self.key_id} once the key "
+                           "manager answers")
         self.fail_import(file_path)
 
 

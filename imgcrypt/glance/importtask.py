@@ -28,21 +28,32 @@ class ImportTask(task.Task):  # type: ignore[misc]
         self.image_id = str(action_wrapper.image_id)
         self.stores = stores
         self.refusal: str | None = None
+        self.checked = True  # False: the checks could not run (the verdict says unchecked)
+        self.leftover: str | None = None  # what the revert could not undo
         self.manager: KeyManager | None = None
         super().__init__(name=f"{task_type}-{kind}-{task_id}")
 
-    def refuse(self, refusal: str) -> Exception:
-        """Record and log ``refusal``; the exception that fails the import with it."""
-        self.refusal = refusal
+    def refuse(self, refusal: str, *, checked: bool = True) -> Exception:
+        """Record and log ``refusal``; the exception that fails the import with it.
+        ``checked=False``: the checks could not run, nothing is known about the image."""
+        self.refusal, self.checked = refusal, checked
         LOG.warning("image %s: %s", self.image_id, refusal)
         return import_failure(refusal)
+
+    def leave(self, leftover: str) -> None:
+        """Something the revert could not undo: logged, and recorded on the image
+        (``imgcrypt_leftover``) with the command that undoes it once the key manager is
+        back."""
+        self.leftover = leftover
+        LOG.warning("image %s: %s", self.image_id, leftover)
 
     def fail_import(self, file_path: str | None) -> None:
         """The end of every revert: a refused image leaves no staged data behind, and the
         image goes back to ``queued`` with its stores marked failed."""
         if self.refusal is not None and file_path:
             remove_file(staged_path(file_path))
-        mark_failed(self.action_wrapper, self.stores, self.refusal)
+        mark_failed(self.action_wrapper, self.stores, self.refusal, checked=self.checked,
+                    leftover=self.leftover)
 
 
 def flow_of(task_class: Callable[..., ImportTask], kwargs: dict[str, Any], *extra: Any) -> Any:

@@ -21,7 +21,6 @@ Place it after ``context`` in the ``keystone`` pipeline of glance-api-paste.ini:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -61,8 +60,13 @@ class ReleaseConsumers:
 
         body = list(self.app(environ, recording))
         if released is not None and not (status and status[0].startswith("2")):
-            with contextlib.suppress(ImgcryptError):
+            try:
                 released[0].add_consumer(released[1], image_consumer(image_id))
+            except ImgcryptError as exc:
+                # The image stays, without its hold on the key: say so, never hide it.
+                LOG.warning("image %s: deletion refused, and its consumer of key %s could not "
+                            "be registered again (%s): register it with Barbican's consumers "
+                            "API", image_id, released[1], exc)
         return body
 
     def _release(self, environ: Mapping[str, Any], context: Any,

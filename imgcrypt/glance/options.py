@@ -66,4 +66,15 @@ def upload_policy(conf: Any) -> UploadPolicy:
     return UploadPolicy(allowed_luks_versions=frozenset(group.allowed_luks_versions),
                         require_signature=group.require_signature, trust=trust,
                         register_consumer=group.register_consumer,
-                        check_key=group.check_key)
+                        check_key=group.check_key, hash_algo=_glance_hash_algo(conf))
+
+
+def _glance_hash_algo(conf: Any) -> str:
+    """Glance's ``[DEFAULT] hashing_algorithm``: the verdict names the data it checked by the
+    multihash Glance computes again when it stores the image, so both must use one."""
+    from imgcrypt.digests import DEFAULT_MULTIHASH
+
+    try:
+        return str(conf.hashing_algorithm)
+    except Exception:  # oslo.config's NoSuchOptError: a Glance without the option
+        return DEFAULT_MULTIHASH

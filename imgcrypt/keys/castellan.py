@@ -60,6 +60,13 @@ def translate_errors(key_id: str | None = None, *, redact: bool = False) -> Iter
             f"castellan could not convert the {what} ({type(exc).__name__}): "
             "the payload does not match its secret type"
         ) from None
+    except Exception as exc:
+        # castellan lets some client failures through unwrapped: keystoneauth's, when the
+        # token it re-authenticates with has expired ("NotFound: Failed to validate token").
+        mapped = client_error(exc, what, who="the key manager", redact=redact)
+        if mapped is None:
+            raise
+        raise mapped from None
 
 
 def _classify(exc: BaseException, what: str, redact: bool = False) -> ImgcryptError:
@@ -297,3 +304,21 @@ def project_context(project_id: str, endpoint: str | None = None) -> Any:
             return ProjectHeaderAuth()
 
     return ProjectContext(project_id=project_id)
+
+
+def user_token_context(token: str, endpoint: str, *, project_id: str | None = None,
+                       user_id: str | None = None) -> Any:
+    """A castellan context that sends ``token`` to Barbican at ``endpoint`` as it is.
+
+    castellan's own handling of a bare token re-authenticates it at Keystone first
+    (``identity.Token``), which an expired token fails, service token or not. Sent as it is,
+    beside the service token castellan adds with ``[barbican] send_service_user_token``,
+    Barbican's keystonemiddleware accepts it for Keystone's ``allow_expired_window``."""
+    from keystoneauth1 import token_endpoint
+    from oslo_context import context
+
+    class UserTokenContext(context.RequestContext):
+        def get_auth_plugin(self) -> Any:
+            return token_endpoint.Token(endpoint, token)
+
+    return UserTokenContext(auth_token=token, project_id=project_id, user_id=user_id)

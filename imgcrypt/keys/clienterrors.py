@@ -16,6 +16,7 @@ from typing import Any
 from imgcrypt.errors import (
     ImgcryptError,
     KeyManagerError,
+    KeyManagerFault,
     KeyManagerUnavailableError,
     SecretInUseError,
     SecretNotFoundError,
@@ -82,7 +83,7 @@ def _barbican_error(bexc: Any, link: BaseException, what: str, who: str,
     if isinstance(link, bexc.SecretHasConsumers):
         return SecretInUseError(f"{who} refused to delete {what}: it still has consumers")
     if isinstance(link, bexc.HTTPAuthError):
-        return KeyManagerError(f"{who} refused the credentials: {link}")
+        return token_refused(who)
     if isinstance(link, bexc.HTTPClientError):
         if link.status_code == 404:
             return SecretNotFoundError(f"{who} has no {what} (404)")
@@ -101,9 +102,27 @@ def _barbican_error(bexc: Any, link: BaseException, what: str, who: str,
     return None
 
 
+def token_refused(who: str) -> KeyManagerError:
+    """The one message for a token the identity service no longer accepts."""
+    return KeyManagerError(
+        f"{who} refused the credentials: the token expired or was revoked (or the password "
+        "is wrong); re-authenticate and try again", reason=KeyManagerFault.TOKEN_REFUSED)
+
+
+def is_token_refusal(kexc: Any, link: BaseException) -> bool:
+    """Keystone refusing the token a request authenticates with: 401, or 404 "Failed to
+    validate token" from ``/auth/tokens`` (how Keystone answers an expired or revoked one)."""
+    if isinstance(link, kexc.Unauthorized):
+        return True
+    return isinstance(link, kexc.NotFound) and "/auth/tokens" in str(getattr(link, "url", "")
+                                                                     or "")
+
+
 def _keystone_error(kexc: Any, link: BaseException, who: str) -> ImgcryptError | None:
     if isinstance(link, kexc.ConnectionError | kexc.DiscoveryFailure | kexc.EndpointNotFound):
         return KeyManagerUnavailableError(f"cannot reach {who}: {link}")
+    if is_token_refusal(kexc, link):
+        return token_refused(who)
     if isinstance(link, kexc.MissingRequiredOptions):
         return UsageError(f"incomplete OpenStack credentials: {link}")
     if isinstance(link, kexc.ClientException):
@@ -111,4 +130,4 @@ def _keystone_error(kexc: Any, link: BaseException, who: str) -> ImgcryptError |
     return None
 
 
-__all__ = ["client_error", "exception_chain"]
+__all__ = ["client_error", "exception_chain", "is_token_refusal", "token_refused"]

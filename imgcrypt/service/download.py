@@ -115,14 +115,6 @@ def _tapped(chunks: Iterable[bytes], md5: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def _declared_size(image: imageservice.Image) -> int:
-    size = image.properties.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 63:
-        raise FormatError(f"image {image.image_id}: its record declares no size "
-                          "(is the image active?); nothing is downloaded without one")
-    return size
-
-
 def open_download(conn: Any, image_id: str, *, keep_encrypted: bool = False,
                   trust: tuple[x509.Certificate, ...] | None = None,
                   require_trust: bool = False,
@@ -140,7 +132,7 @@ def open_download(conn: Any, image_id: str, *, keep_encrypted: bool = False,
                          "--trust-id")
     images = imageservice.ImageService(conn, timeouts or imageservice.Timeouts())
     image = images.get(image_id)
-    size = _declared_size(image)
+    size = image.declared_size()
     properties = imageservice.extra_properties(image)
     checksum = str(properties.get("checksum") or "")
     if checksum and not MD5_HEX.fullmatch(checksum.lower()):

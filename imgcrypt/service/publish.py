@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from imgcrypt import imageservice
-from imgcrypt.errors import UsageError
+from imgcrypt.errors import KeyManagerError, UsageError
 from imgcrypt.keys.consumers import image_consumer
 from imgcrypt.keys.lease import KeyLease
 from imgcrypt.keys.manager import KeyManager
@@ -58,15 +58,32 @@ class Upload:
             # The image becomes a consumer of its key once its data is in.
             lease = KeyLease.existing(self.manager, self.claim.key_id)
             lease.consume_as(image_consumer(image.image_id))
+        image_id = image.image_id
         with lease if lease is not None else contextlib.nullcontext():
-            self.images.upload(image.image_id, data, size, stage=self.staged, progress=progress)
+            self.images.upload(image_id, data, size, stage=self.staged, progress=progress)
             if self.staged:
-                self.images.start_import(image.image_id)
-                image = self.images.wait_for_import(image.image_id, timeout)
+                self.images.start_import(image_id)
+                image = self.images.wait_for_import(
+                    image_id, timeout, on_timeout=lambda: self._explain_timeout(image_id,
+                                                                                timeout))
             else:
-                image = self.images.get(image.image_id)
+                image = self.images.get(image_id)
         registered = lease is not None and lease.consumer_registered
         return UploadResult(image, registered)
+
+    def _explain_timeout(self, image_id: str, timeout: float) -> None:
+        """An import that outlives ``timeout`` is often one whose key check waits for a key
+        manager that stopped answering: ask it ourselves (with a timeout), and say so."""
+        if self.claim is None or self.manager is None:
+            return
+        try:
+            self.manager.describe(self.claim.key_id)
+        except KeyManagerError as exc:
+            raise type(exc)(
+                f"image {image_id} is still importing after {timeout:.0f} s and the key "
+                f"manager does not answer ({exc}); retry once it answers (the import goes on "
+                "in the image service and may still finish: look at the image first)"
+            ) from None
 
 
 def open_upload(properties: dict[str, str], connect: Callable[[], Any], *,
