@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from imgcrypt.digests import IMGCRYPT_HASHES
-from imgcrypt.glance.checks import MAX_PROPERTY, VerifyOutcome, refusal_properties
+from imgcrypt.glance.checks import MAX_PROPERTY, VerifyOutcome
+from imgcrypt.glance.taskbase import mark_failed
 from imgcrypt.imageprops import FORMAT_NAMES
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DELETION_POLICIES
@@ -57,6 +58,32 @@ IMAGE = b"metadefs" * 1000
 # A key of every imgcrypt-mode algorithm; RSA at the largest size imgcrypt signs with.
 SIGNING_KEYS = ("ed25519", "p256", "p384", "p521", f"rsa{MAX_RSA_BITS}",
                 "mldsa44", "mldsa65", "mldsa87")
+
+
+class _ImageRecorder:
+    """Glance's action wrapper as far as the plugins use it: it records the image's new extra
+    properties (the only thing read here)."""
+
+    def __init__(self) -> None:
+        self.extra: dict[str, str] = {}
+
+    def __enter__(self) -> _ImageRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def set_image_attribute(self, **_: object) -> None:
+        return None
+
+    def remove_importing_stores(self, _: object) -> None:
+        return None
+
+    def add_failed_stores(self, _: object) -> None:
+        return None
+
+    def set_image_extra_properties(self, properties: dict[str, str]) -> None:
+        self.extra.update(properties)
 
 
 def namespaces() -> dict[str, dict[str, Any]]:
@@ -128,11 +155,19 @@ def verdict_written() -> dict[str, set[str]]:
     for result, encryption, version, warnings, opens, registered in shapes:
         verdict = UploadVerdict(len(IMAGE), "sha512", "0" * 128, "0" * 32, result, encryption,
                                 version, warnings)
-        for name, value in VerifyOutcome(verdict, opens, registered).properties().items():
+        outcome = VerifyOutcome(verdict, opens, registered, checked_at="2026-12-07T22:50:00Z")
+        for name, value in outcome.properties().items():
             written.setdefault(name, set()).add(value)
+    # What a failed import writes, through the plugins' own mark_failed: a refusal, checks that
+    # could not run, and what the revert left behind.
     for message in ("bad signature", "x" * 400):
-        for name, value in refusal_properties(message).items():
-            written.setdefault(name, set()).add(value)
+        for checked in (True, False):
+            recorder = _ImageRecorder()
+            mark_failed(recorder, ["fs"], message, checked=checked,
+                        leftover="consumer image/image/IMAGE of key KEY; run imgcrypt keys "
+                                 "consumers --clear-stale" + "x" * 300)
+            for name, value in recorder.extra.items():
+                written.setdefault(name, set()).add(value)
     return written
 
 
