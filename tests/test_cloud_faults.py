@@ -214,6 +214,7 @@ def encrypted_image(person: Person, size: int) -> tuple[Path, str, Path]:
     with plain.open("wb") as f:
         f.write(os.urandom(size))
     image = person.workdir / "disk.luks"
+    image.unlink(missing_ok=True)  # a second attempt (see GLANCE_EXECUTOR_RACE) makes it anew
     key_id = str(person.json("encrypt", str(plain), str(image), "--new-key", "--key-manager",
                              "barbican", "--iterations", "1000")["key_id"])
     props = person.workdir / "enc.json"
@@ -370,12 +371,31 @@ def test_full_staging_area(person: Person, cloud: Cloud) -> None:
     assert "Glance" in line and "413" in line and "space" in line, line
 
 
+# Now and then Glance's own import executor, resumed after the pause, fails the flow before
+# any plugin runs ("cannot schedule new futures after shutdown" in Glance's log, a Glance-side
+# race seen once in several runs): that attempt says nothing about imgcrypt and is made again,
+# once, as the brief does for qemu-img's spurious "Unable to get accurate CPU usage".
+GLANCE_EXECUTOR_RACE = "cannot schedule new futures after shutdown"
+
+
 def upload_outliving_its_token(person: Person, cloud: Cloud, glance: Glance, name: str
                                ) -> tuple[subprocess.Popen[str], str, str, str]:
     """``imgcrypt upload`` into ``glance`` whose worker is paused (SIGSTOP) while
     imgcrypt_verify reads the staged image, for longer than tokens live: the plugin's next
     key-manager call carries the importing user's expired token. The upload, its stderr, the
     image id and the key id."""
+    for attempt in range(2):
+        seen = glance.log_path.stat().st_size
+        result = _upload_outliving_its_token(person, cloud, glance, f"{name}-{attempt}")
+        with glance.log_path.open("rb") as log:
+            log.seek(seen)
+            if GLANCE_EXECUTOR_RACE.encode() not in log.read():
+                return result
+    return result
+
+
+def _upload_outliving_its_token(person: Person, cloud: Cloud, glance: Glance, name: str
+                                ) -> tuple[subprocess.Popen[str], str, str, str]:
     image, key_id, props = encrypted_image(person, 8 << 20)
     person.env["OS_IMAGE_ENDPOINT_OVERRIDE"] = glance.endpoint
     upload = person.start("upload", str(image), "--name", name, "--properties", str(props),
