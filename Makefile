@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP) tools barbican glance keystone lint apidoc releasenotes
 	$(BIN)/pytest
 
-$(STAMP): pyproject.toml $(CONSTRAINTS) imgcrypt/luks/_xtsmul.c imgcrypt/luks/_evpxts.c
+$(STAMP): pyproject.toml $(CONSTRAINTS) imgcrypt/crypto/_xtsmul.c imgcrypt/crypto/_evpxts.c
 	-scripts/install-tools.sh build  # libssl-dev; without it the slower XTS path is built
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

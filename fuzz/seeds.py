@@ -26,9 +26,9 @@ _P384_SCALAR = int.from_bytes(hashlib.sha384(b"imgcrypt fuzz p384 test key").dig
 def luks1_region() -> bytes:
     """A LUKS1 header with one keyslot and 1 KiB of payload, valid to cryptsetup: every one of
     the eight keyslot areas holds 4000 stripes, so the region is about 1 MiB."""
+    from imgcrypt.crypto.kdf import Pbkdf2, derive
+    from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
     from imgcrypt.luks import keyslot, luks1
-    from imgcrypt.luks.kdf import Pbkdf2, derive
-    from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
     cipher = CipherSpec.parse("aes-xts-plain64")
     master_key = hashlib.sha256(b"luks1 master").digest()
@@ -57,10 +57,10 @@ def luks1_region() -> bytes:
 @lru_cache(maxsize=1)
 def luks2_region() -> bytes:
     """A LUKS2 header (16 KiB metadata copies) with one 8-stripe pbkdf2 keyslot, 1 KiB payload."""
+    from imgcrypt.crypto.kdf import Pbkdf2
+    from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
     from imgcrypt.luks import keyslot, luks2
-    from imgcrypt.luks.kdf import Pbkdf2
     from imgcrypt.luks.luks2.metadata import load_json
-    from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
     cipher = CipherSpec.parse("aes-xts-plain64")
     master_key = hashlib.sha256(b"luks2 master").digest()

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fuzz import seeds
+from imgcrypt.crypto.kdf import KdfLimits
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.luks.container import LuksHeader
-from imgcrypt.luks.kdf import KdfLimits
 
 FUZZ_LIMITS = KdfLimits(max_pbkdf2_iterations=5000, max_argon2_time=2,
                         max_argon2_memory_kib=8192, max_argon2_parallel=2)

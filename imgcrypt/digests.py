@@ -9,7 +9,7 @@ Three vocabularies name the same functions and never mix:
   ``hashing_algorithm`` option, computed by glance_store's ``get_hasher``), ``sha3_256``.
 
 What a digest *is* (its hashlib name, its ``cryptography`` class) comes from the LUKS hash table
-(:mod:`imgcrypt.luks.backend`); this table only says which protocol may use which digest.
+(:mod:`imgcrypt.crypto.backend`); this table only says which protocol may use which digest.
 The multihash is not in the table: Glance's rule is hashlib's own list, so imgcrypt takes
 hashlib's guaranteed names as they are.
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
+from imgcrypt.crypto import backend
 from imgcrypt.errors import UsageError
-from imgcrypt.luks import backend
 
 
 @dataclass(frozen=True)

@@ -241,7 +241,7 @@ def openssl_xts_mib_s(block: int) -> float:
 
 def kernel_mib_s(sector_size: int, data: bytes, threads: int) -> float:
     """In-process XTS throughput on ``data`` in 4 MiB calls on ``threads`` threads, best of 3."""
-    from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+    from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 
     cipher = SectorCipher(CipherSpec.parse("aes-xts-plain64"), os.urandom(64), sector_size)
     chunk = 4 * MIB
@@ -266,8 +266,8 @@ def kernel_mib_s(sector_size: int, data: bytes, threads: int) -> float:
 
 def engine_mib_s(src: Path, dst: Path, workers: int) -> float:
     """The file-to-file engine in-process (pread, XTS in place, pwrite), best of 3."""
+    from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
     from imgcrypt.luks.engine import FileSource, FileTarget, PayloadPlan, transfer
-    from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
     cipher = SectorCipher(CipherSpec.parse("aes-xts-plain64"), os.urandom(64), 512)
     length = src.stat().st_size
@@ -347,7 +347,7 @@ def rekey_kdf_seconds(image: Path, passphrase: bytes, new_iterations: int) -> fl
 def rekey_in_process_seconds(image: Path, passphrases: list[Path], current: int,
                              iterations: int) -> float:
     """``rekey_file`` itself, without interpreter start and argument parsing; best of 5."""
-    from imgcrypt.luks.kdf import Pbkdf2
+    from imgcrypt.crypto.kdf import Pbkdf2
     from imgcrypt.luks.stream import rekey_file
 
     secrets = [p.read_bytes() for p in passphrases]

@@ -9,14 +9,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from imgcrypt.crypto.kdf import Pbkdf2
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import FormatError
 from imgcrypt.luks import luks1, luks2
 from imgcrypt.luks.container import parse_header, payload_span
 from imgcrypt.luks.engine import plan_decrypt
-from imgcrypt.luks.kdf import Pbkdf2
 from imgcrypt.luks.luks2 import Luks2Header
 from imgcrypt.luks.luks2.metadata import load_json
-from imgcrypt.luks.sectors import CipherSpec
 
 XTS = CipherSpec.parse("aes-xts-plain64")
 

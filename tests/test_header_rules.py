@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.luks import luks1_rules, rules
+from imgcrypt.luks import rules
+from imgcrypt.luks.luks1 import rules as luks1_rules
 from imgcrypt.luks.luks2 import rules as luks2_rules
 from tests import headerkit as hk
 from tests.util import imgcrypt

@@ -26,10 +26,24 @@ def test_imgcrypt_luks_has_no_import_cycle() -> None:
     walker = _walker()
     edges = walker.import_edges("imgcrypt.luks")
     # The walker sees the package: its modules and the edges everyone knows are there.
-    assert {"imgcrypt.luks.kdf", "imgcrypt.luks.luks2.header", "imgcrypt.luks.luks2"} <= set(edges)
-    assert edges["imgcrypt.luks.kdf"]["imgcrypt.luks.cost"] == "top"
+    assert {"imgcrypt.luks.luks1.header", "imgcrypt.luks.luks2.header",
+            "imgcrypt.luks.luks2"} <= set(edges)
     assert edges["imgcrypt.luks.container"]["imgcrypt.luks.luks2.header"] == "lazy"
     assert walker.cycles(edges) == []
+
+
+def test_the_crypto_layer_knows_no_format_and_no_edge() -> None:
+    """imgcrypt.crypto is the bottom layer: it imports only itself and the error family."""
+    walker = _walker()
+    edges = walker.import_edges("imgcrypt")
+    crypto = {name: targets for name, targets in edges.items()
+              if name.startswith("imgcrypt.crypto")}
+    assert {"imgcrypt.crypto.kdf", "imgcrypt.crypto.sectors",
+            "imgcrypt.crypto.backend"} <= set(crypto)
+    assert crypto["imgcrypt.crypto.kdf"]["imgcrypt.crypto.cost"] == "top"
+    reached = {target for targets in crypto.values() for target in targets}
+    assert {t for t in reached if not t.startswith("imgcrypt.crypto")} <= {"imgcrypt.errors",
+                                                                           "imgcrypt"}
 
 
 def test_imgcrypt_has_no_import_cycle() -> None:

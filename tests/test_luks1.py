@@ -9,6 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imgcrypt.crypto import af
+from imgcrypt.crypto.kdf import KdfLimits, Pbkdf2
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import (
     FormatError,
     FormatFault,
@@ -16,12 +19,10 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks import af, luks1
+from imgcrypt.luks import luks1
 from imgcrypt.luks.container import parse_header
-from imgcrypt.luks.kdf import KdfLimits, Pbkdf2
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.rules import LUKS_VERSION, HeaderRuleError
-from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.stream import (
     decrypt_payload,
     decrypt_stream,
@@ -325,7 +326,7 @@ def test_keyslots_adding_up_beyond_the_total_budget_are_refused_before_work() ->
 
 
 def test_argon2_work_cap() -> None:
-    from imgcrypt.luks.kdf import Argon2, check_limits
+    from imgcrypt.crypto.kdf import Argon2, check_limits
 
     with raises_fault(FormatError, FormatFault.LIMIT_EXCEEDED, match="argon2 work"):
         check_limits(Argon2("argon2id", 100, 4 * 1024 * 1024, 4, bytes(16)), 32)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 from imgcrypt.luks.stream import encrypt_stream, read_header, unlock_stream
 
 from .util import dump_volume_key, imgcrypt, qemu_secret_args, run_qemu_img, secret_file

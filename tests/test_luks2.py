@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imgcrypt.crypto.kdf import Argon2, KdfLimits, Pbkdf2
+from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.errors import (
     FormatError,
     FormatFault,
@@ -22,12 +24,10 @@ from imgcrypt.errors import (
 )
 from imgcrypt.luks import luks2
 from imgcrypt.luks.container import bytes_to_parse, parse_header
-from imgcrypt.luks.kdf import Argon2, KdfLimits, Pbkdf2
 from imgcrypt.luks.luks2 import Luks2Header
 from imgcrypt.luks.luks2.disk import LAYOUT, BinaryHeader, MetadataCopy, find_copies, pack_copy
 from imgcrypt.luks.luks2.metadata import Metadata, check_area, dump_json, load_json, validate
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
 from . import headerkit as hk
 from .test_luks2_support import (

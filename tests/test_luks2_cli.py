@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
+from imgcrypt.crypto.sectors import SectorCipher
 from imgcrypt.luks.luks2 import Luks2Header
-from imgcrypt.luks.sectors import SectorCipher
 
 from .test_luks2_support import PASS, make_region, rewrite_json
 from .util import imgcrypt, secret_file

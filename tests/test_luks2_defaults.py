@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.luks.benchmark import (
+from imgcrypt.crypto.benchmark import (
     DEFAULT_MAX_MEMORY_KIB,
     MIN_BENCH_MEMORY_KIB,
     Argon2Cost,
@@ -21,7 +21,7 @@ from imgcrypt.luks.benchmark import (
     physical_memory_cap_kib,
     search_argon2,
 )
-from imgcrypt.luks.kdf import Argon2, check_limits
+from imgcrypt.crypto.kdf import Argon2, check_limits
 from imgcrypt.luks.options import FormatOptions
 
 from .util import imgcrypt, secret_file

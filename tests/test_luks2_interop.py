@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from imgcrypt.crypto.sectors import SectorCipher
 from imgcrypt.errors import UnsupportedError, UsageError, WrongPassphraseError
 from imgcrypt.luks.container import RegionUpdate, bytes_to_parse, parse_header
 from imgcrypt.luks.luks2 import Luks2Header
 from imgcrypt.luks.options import KdfOptions
-from imgcrypt.luks.sectors import SectorCipher
 from imgcrypt.luks.stream import rekey_file
 
 from .luksdump import parse_luks1

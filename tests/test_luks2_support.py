@@ -7,10 +7,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from imgcrypt.crypto.kdf import Argon2, Kdf, Pbkdf2
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.luks import luks2
-from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.luks.luks2.disk import BINARY_SIZE, BinaryHeader, pack_copy
-from imgcrypt.luks.sectors import CipherSpec
 
 XTS = CipherSpec.parse("aes-xts-plain64")
 PASS = b"luks2 passphrase \xe2\x9c\x93"

@@ -1,4 +1,4 @@
-"""One crypto table (imgcrypt/luks/backend.py): AF, KDF, cost and ciphers ask it and agree."""
+"""One crypto table (imgcrypt/crypto/backend.py): AF, KDF, cost and ciphers ask it and agree."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
+from imgcrypt.crypto import af, backend, cost, kdf
+from imgcrypt.crypto.kdfparams import Pbkdf2
 from imgcrypt.errors import UnsupportedError
-from imgcrypt.luks import af, backend, cost, kdf
-from imgcrypt.luks.base import Pbkdf2
 
 NAMES = ["sha1", "SHA256", "sha-256", "sha2-512", "sha3-256", "SHA3-512", "sha512-256",
          "blake2b-512", "blake2s256", "sm3", "ripemd160", "rmd160", "whirlpool", "md5",

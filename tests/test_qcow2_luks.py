@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from imgcrypt.errors import FormatError
 from imgcrypt.keys.local import LocalKeyStore
-from imgcrypt.qcow2 import (
+from imgcrypt.qemu.qcow2 import (
     EXT_CRYPTO_HEADER,
     V3_LAYOUT,
     CryptHeader,

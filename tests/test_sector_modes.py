@@ -13,7 +13,7 @@ import os
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 
 from .dmcrypt_oracle import oracle_encrypt
 

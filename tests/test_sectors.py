@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.errors import FormatError, UnsupportedError, UsageError
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
 MASK64 = (1 << 64) - 1
 XTS = CipherSpec.parse("aes-xts-plain64")

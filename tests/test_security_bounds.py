@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from fuzz import seeds, targets
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2, check_limits, derive
 from imgcrypt.errors import (
     CertificateError,
     CertificateFault,
@@ -34,7 +35,6 @@ from imgcrypt.errors import (
 )
 from imgcrypt.luks import luks1
 from imgcrypt.luks.container import parse_header
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2, check_limits, derive
 from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.stream import decrypt_stream, read_header
 

@@ -18,9 +18,9 @@ from typing import TypeVar
 import pytest
 
 from fuzz import seeds, targets
+from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 from imgcrypt.luks.stream import decrypt_stream, encrypt_stream, open_payload, unlock_stream
 
 from .conftest import require_tool

@@ -25,6 +25,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fuzz.targets import _luks2_with_checksums
 from imgcrypt import fileio
+from imgcrypt.crypto.cost import check_unlock_cost, kdf_cost, pbkdf2_cost
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2
 from imgcrypt.errors import (
     CertificateError,
     CertificateFault,
@@ -41,8 +43,6 @@ from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
 from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
-from imgcrypt.luks.cost import check_unlock_cost, kdf_cost, pbkdf2_cost
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, Pbkdf2
 from imgcrypt.luks.stream import decrypt_stream
 from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
 from imgcrypt.service.upload import UPLOAD_UNLOCK_LIMITS, UploadInspector, inspect_upload

@@ -204,7 +204,7 @@ def test_exception_messages_and_reprs() -> None:
     secrets = [seeds.PASSPHRASE, opened.master_key]
     objects: list[object] = [opened, opened.header, opened.cipher(), *opened.header.keyslots,
                              opened.header.describe()]  # type: ignore[attr-defined]
-    from imgcrypt.luks.kdf import Argon2, Pbkdf2
+    from imgcrypt.crypto.kdf import Argon2, Pbkdf2
 
     objects += [Pbkdf2("sha256", 1000, opened.master_key), Argon2("argon2id", 1, 64, 1,
                                                                  opened.master_key)]

@@ -218,7 +218,7 @@ def run_volume_lifecycle(manager: KeyManager, tmp_path: Path,
 
 
 def _fast_kdf() -> object:
-    from imgcrypt.luks.kdf import Pbkdf2
+    from imgcrypt.crypto.kdf import Pbkdf2
 
     return Pbkdf2("sha256", FAST, os.urandom(32))
 

@@ -143,7 +143,7 @@ out = {
 }
 for name in ("_evpxts", "_xtsmul"):
     try:
-        __import__("imgcrypt.luks." + name)
+        __import__("imgcrypt.crypto." + name)
         out[name] = True
     except ImportError:
         out[name] = False
@@ -163,7 +163,7 @@ def test_wheel_and_sdist_install_without_a_compiler_and_agree(
     with zipfile.ZipFile(dist["wheel"]) as wheel:
         names = wheel.namelist()
     assert "imgcrypt/py.typed" in names
-    assert any(n.startswith("imgcrypt/luks/_evpxts.") and n.endswith(".so") for n in names)
+    assert any(n.startswith("imgcrypt/crypto/_evpxts.") and n.endswith(".so") for n in names)
     assert not any(n.startswith("tests/") for n in names)
 
     wheel_venv, wheel_env = _install(tmp_path, "from-wheel", dist["wheel"])

@@ -10,28 +10,28 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imgcrypt.crypto import sectors
+from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.errors import UsageError
-from imgcrypt.luks import sectors
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
 
 from .conftest import IN_CI
 
 
 def test_accelerator_is_built() -> None:
-    # make test builds it (pip install -e compiles imgcrypt/luks/_xtsmul.c); CI must not fall
+    # make test builds it (pip install -e compiles imgcrypt/crypto/_xtsmul.c); CI must not fall
     # back silently to the slower path it would then not be measuring.
     if not sectors.ACCELERATED:
         if IN_CI:
-            pytest.fail("imgcrypt.luks._xtsmul was not built")
-        pytest.skip("imgcrypt.luks._xtsmul not built here (no compiler?)")
+            pytest.fail("imgcrypt.crypto._xtsmul was not built")
+        pytest.skip("imgcrypt.crypto._xtsmul not built here (no compiler?)")
 
 
 def test_openssl_xts_is_built() -> None:
-    # make installs libssl-dev and builds imgcrypt/luks/_evpxts.c against the system libcrypto.
+    # make installs libssl-dev and builds imgcrypt/crypto/_evpxts.c against the system libcrypto.
     if not sectors.OPENSSL_XTS:
         if IN_CI:
-            pytest.fail("imgcrypt.luks._evpxts was not built")
-        pytest.skip("imgcrypt.luks._evpxts not built here (no libssl-dev?)")
+            pytest.fail("imgcrypt.crypto._evpxts was not built")
+        pytest.skip("imgcrypt.crypto._evpxts not built here (no libssl-dev?)")
 
 
 def _reference(key: bytes, data: bytes, sector_size: int, iv_start: int, mode: str) -> bytes:
@@ -91,7 +91,7 @@ def test_equal_key_halves_behave_alike_in_every_build(key_bytes: int) -> None:
     assert default.xts_backend != "openssl"
     assert default.encrypt(data, 9) in results
     if sectors.OPENSSL_XTS:
-        from imgcrypt.luks import _evpxts
+        from imgcrypt.crypto import _evpxts
 
         with pytest.raises(UsageError):
             SectorCipher(spec, key, 512, xts_backend="openssl")
@@ -106,7 +106,7 @@ def test_equal_key_halves_behave_alike_in_every_build(key_bytes: int) -> None:
 def test_openssl_module_argument_checks() -> None:
     if not sectors.OPENSSL_XTS:
         pytest.skip("OpenSSL XTS module not built")
-    from imgcrypt.luks import _evpxts
+    from imgcrypt.crypto import _evpxts
 
     key = os.urandom(64)
     with pytest.raises(ValueError):
@@ -127,7 +127,7 @@ def test_openssl_module_argument_checks() -> None:
 def test_nonzero_spans() -> None:
     if not sectors.ACCELERATED:
         pytest.skip("accelerator not built")
-    from imgcrypt.luks import _xtsmul
+    from imgcrypt.crypto import _xtsmul
 
     data = bytearray(10 * 4096 + 100)
     data[5] = 1
@@ -174,7 +174,7 @@ def test_accelerated_equals_numpy_and_cryptography(key: bytes, sector_size: int,
 def test_in_place_and_argument_checks() -> None:
     if not sectors.ACCELERATED:
         pytest.skip("accelerator not built")
-    from imgcrypt.luks import _xtsmul
+    from imgcrypt.crypto import _xtsmul
 
     cipher = SectorCipher(CipherSpec.parse("aes-xts-plain64"), os.urandom(64), 512,
                           xts_backend="walker")
@@ -229,7 +229,7 @@ def test_openssl_cbc_decryption_equals_numpy_and_cryptography(
 def test_openssl_cbc_argument_checks() -> None:
     if not sectors.OPENSSL_XTS:
         pytest.skip("OpenSSL module not built")
-    from imgcrypt.luks import _evpxts
+    from imgcrypt.crypto import _evpxts
 
     with pytest.raises(ValueError):
         _evpxts.cbc_decrypt(os.urandom(20), b"", bytes(512), bytearray(512), 512, 0, False)
@@ -251,7 +251,7 @@ def test_provider_calls_equal_the_evp_calls(key: bytes, sector_size: int, sector
     # route it falls back to must give the same bytes.
     if not sectors.OPENSSL_XTS:
         pytest.skip("OpenSSL module not built")
-    from imgcrypt.luks import _evpxts
+    from imgcrypt.crypto import _evpxts
 
     data = os.urandom(sector_size * sectors_count)
     direct, through_evp = bytearray(len(data)), bytearray(len(data))
@@ -263,7 +263,7 @@ def test_provider_calls_equal_the_evp_calls(key: bytes, sector_size: int, sector
 def test_provider_calls_are_found_here() -> None:
     if not sectors.OPENSSL_XTS:
         pytest.skip("OpenSSL module not built")
-    from imgcrypt.luks import _evpxts
+    from imgcrypt.crypto import _evpxts
 
     # OpenSSL 3's default provider hands out its dispatch table; CI must measure that path.
     if IN_CI:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgcrypt.cli.output import add_json_argument
-from imgcrypt.luks.base import KDF_NAMES
+from imgcrypt.crypto.kdfparams import KDF_NAMES
 from imgcrypt.luks.options import DEFAULT_ITER_TIME_MS, FormatOptions
 from imgcrypt.luks.stream import Progress
 

@@ -31,11 +31,11 @@ _EXPORTS = {
     "EncryptResult": "imgcrypt.luks.stream",
     "RekeyResult": "imgcrypt.luks.stream",
     # KDFs and their limits (a header's KDF parameters come from whoever made the image)
-    "Kdf": "imgcrypt.luks.kdf",
-    "Pbkdf2": "imgcrypt.luks.kdf",
-    "Argon2": "imgcrypt.luks.kdf",
-    "KdfLimits": "imgcrypt.luks.kdf",
-    "DEFAULT_LIMITS": "imgcrypt.luks.kdf",
+    "Kdf": "imgcrypt.crypto.kdf",
+    "Pbkdf2": "imgcrypt.crypto.kdf",
+    "Argon2": "imgcrypt.crypto.kdf",
+    "KdfLimits": "imgcrypt.crypto.kdf",
+    "DEFAULT_LIMITS": "imgcrypt.crypto.kdf",
     # secrets: the passphrase rule, the volume-type check, the property rule, the key lease
     "Secret": "imgcrypt.keys.secret",
     "passphrase_for": "imgcrypt.keys.rules",

@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, SECTOR, RegionUpdate, Segment
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.rules import LUKS_MAGIC, LUKS_VERSION, HeaderRuleError
-from imgcrypt.luks.sectors import CipherSpec
 
 # RegionUpdate lives in the leaf module imgcrypt.luks.base; it is named here for callers.
 __all__ = ["PROBE_SIZE", "LuksHeader", "PayloadSpan", "RegionUpdate", "bytes_to_parse",

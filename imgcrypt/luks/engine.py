@@ -37,7 +37,7 @@ from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.container import LuksHeader, payload_span, whole_sectors
 
 try:
-    from imgcrypt.luks._xtsmul import nonzero_spans as _nonzero_spans
+    from imgcrypt.crypto._xtsmul import nonzero_spans as _nonzero_spans
 except ImportError:  # pragma: no cover - no compiler: numpy finds the zero blocks
     _nonzero_spans = None  # type: ignore[assignment]
 

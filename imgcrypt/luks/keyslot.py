@@ -1,6 +1,6 @@
 """Keyslot cryptography both LUKS versions share: seal and open the master key, and its digest.
 
-A keyslot keeps the master key AF-split into ``stripes`` blocks (:mod:`imgcrypt.luks.af`),
+A keyslot keeps the master key AF-split into ``stripes`` blocks (:mod:`imgcrypt.crypto.af`),
 encrypted under a key derived from the passphrase, as 512-byte sectors whose IVs restart at 0
 whatever the data's sector size. The master key is recognised by a PBKDF2 digest. LUKS1 and
 LUKS2 differ only in where these parameters are kept, so each format describes its keyslots as
@@ -17,10 +17,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from imgcrypt.errors import WrongPassphraseError
-from imgcrypt.luks import af
-from imgcrypt.luks.cost import check_unlock_cost
-from imgcrypt.luks.kdf import (
+from imgcrypt.crypto import af
+from imgcrypt.crypto.cost import check_unlock_cost
+from imgcrypt.crypto.kdf import (
     DEFAULT_LIMITS,
     Kdf,
     KdfLimits,
@@ -29,7 +28,8 @@ from imgcrypt.luks.kdf import (
     check_total,
     derive,
 )
-from imgcrypt.luks.sectors import CipherSpec, SectorCipher
+from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
+from imgcrypt.errors import WrongPassphraseError
 
 STRIPES = 4000  # what cryptsetup writes, and all LUKS1 accepts
 MATERIAL_SECTOR = 512  # keyslot material is encrypted in 512-byte sectors, IVs from 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from imgcrypt.crypto.kdf import Argon2, Kdf, Pbkdf2, pbkdf2_iterations_for
+from imgcrypt.crypto.kdfparams import ARGON2ID, KDF_NAMES, PBKDF2
+from imgcrypt.crypto.sectors import SECTOR_SIZES, CipherSpec
 from imgcrypt.errors import UsageError
-from imgcrypt.luks.base import ARGON2ID, KDF_NAMES, PBKDF2
-from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2, pbkdf2_iterations_for
-from imgcrypt.luks.sectors import SECTOR_SIZES, CipherSpec
 
 DEFAULT_ITER_TIME_MS = 2000
 DEFAULT_ARGON2_MEMORY_KIB = 1024 * 1024
@@ -93,7 +93,7 @@ class FormatOptions:
             return Argon2(self.kdf_name, self.iterations,
                           self.pbkdf_memory_kib or DEFAULT_ARGON2_MEMORY_KIB,
                           self.pbkdf_parallel or DEFAULT_ARGON2_PARALLEL, salt)
-        from imgcrypt.luks.benchmark import benchmark_argon2
+        from imgcrypt.crypto.benchmark import benchmark_argon2
 
         cost = benchmark_argon2(self.kdf_name, self.iter_time_ms,
                                 max_memory_kib=self.pbkdf_memory_kib, parallel=self.pbkdf_parallel)

@@ -1,6 +1,6 @@
 """Named header rules: what makes cryptsetup refuse a header, one name and one reason each.
 
-The LUKS1 rules live in ``imgcrypt.luks.luks1_rules``, the LUKS2 ones in
+The LUKS1 rules live in ``imgcrypt.luks.luks1.rules``, the LUKS2 ones in
 ``imgcrypt.luks.luks2.rules``; both raise :class:`HeaderRuleError`, which names the rule,
 so ``imgcrypt inspect`` can say which rule a refused header breaks.
 """

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
+from imgcrypt.crypto.sectors import SectorCipher
 from imgcrypt.errors import FormatError, FormatFault, UsageError
 from imgcrypt.fileio import read_full
 from imgcrypt.luks.container import (
@@ -40,10 +42,8 @@ from imgcrypt.luks.engine import (
     regular_fd,
     transfer,
 )
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits
 from imgcrypt.luks.options import FormatOptions, KdfOptions, new_region
 from imgcrypt.luks.rules import IMAGE_HOLDS_HEADER, HeaderRuleError
-from imgcrypt.luks.sectors import SectorCipher
 
 # Headers with keyslot areas beyond this are refused before being read into memory: the
 # largest LUKS2 layout cryptsetup allows, two 4 MiB metadata copies and 128 MiB of keyslots.

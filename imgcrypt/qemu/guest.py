@@ -1,11 +1,11 @@
 """The guest content of an image: converted to a raw file, or read in place through qemu-nbd.
 
 :func:`guest_source` has ``qemu-nbd`` export the image read-only on a private UNIX socket and
-reads it with imgcrypt's NBD client (:mod:`imgcrypt.nbd`), one connection per engine thread, with
-the ranges ``qemu-img map`` reports as zeros filled in locally; :func:`raw_view` wraps that as a
-file object and :func:`convert_to_raw` runs ``qemu-img convert``. Each runs the source checks of
-:mod:`imgcrypt.qemu.source` first and names the image to qemu by an explicit-driver ``json:`` spec
-with no backing file.
+reads it with imgcrypt's NBD client (:mod:`imgcrypt.qemu.nbd`), one connection per engine
+thread, with the ranges ``qemu-img map`` reports as zeros filled in locally; :func:`raw_view`
+wraps that as a file object and :func:`convert_to_raw` runs ``qemu-img convert``. Each runs the
+source checks of :mod:`imgcrypt.qemu.source` first and names the image to qemu by an
+explicit-driver ``json:`` spec with no backing file.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, BinaryIO
 from imgcrypt.errors import ToolError
 from imgcrypt.fileio import atomic_file, handle_fds, handle_names
 from imgcrypt.luks.engine import Source, zero_fill
-from imgcrypt.nbd import NbdClient
 from imgcrypt.qemu.info import MAX_SIZE, ImageInfo
+from imgcrypt.qemu.nbd import NbdClient
 from imgcrypt.qemu.source import (
     SourceFile,
     format_by_magic,

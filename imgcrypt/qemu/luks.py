@@ -3,7 +3,7 @@
 The one module for them: the command line and library callers both come here.
 
 The LUKS header lives inside the qcow2 file (found through the qcow2 crypto header extension,
-:mod:`imgcrypt.qcow2`), and the encrypted guest data in qcow2 clusters. imgcrypt reads the
+:mod:`imgcrypt.qemu.qcow2`), and the encrypted guest data in qcow2 clusters. imgcrypt reads the
 header itself (``inspect`` needs no qemu-img and no passphrase); everything that touches guest
 data or rewrites keyslots goes through qemu-img, which owns the qcow2 metadata:
 
@@ -30,13 +30,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from imgcrypt import qcow2
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import ToolError, UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_file
 from imgcrypt.luks.container import LuksHeader
 from imgcrypt.luks.options import FormatOptions, KdfOptions
-from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.stream import RekeyResult, read_header, rekey_file
+from imgcrypt.qemu import qcow2
 from imgcrypt.qemu.info import MAX_INFO_JSON, MAX_SIZE, ImageInfo
 from imgcrypt.qemu.source import (
     INFO_TIMEOUT,
@@ -50,7 +50,7 @@ from imgcrypt.qemu.source import (
 )
 from imgcrypt.qemu.tool import DEFAULT_QEMU_IMG, INFO_LIMITS, QemuImg, secret_object
 
-# Hashes qemu's LUKS writes that imgcrypt computes (luks/backend.py) and cryptsetup's LUKS1
+# Hashes qemu's LUKS writes that imgcrypt computes (crypto/backend.py) and cryptsetup's LUKS1
 # rules accept: not md5, whose 16 bytes are below the LUKS1 digest's 20.
 QEMU_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160")
 

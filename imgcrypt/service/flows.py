@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.errors import UsageError, UsageFault
 from imgcrypt.fileio import ChunkReader, atomic_output
 from imgcrypt.keys.consumers import image_consumer
@@ -31,7 +32,6 @@ from imgcrypt.keys.rules import (
 )
 from imgcrypt.keys.secret import EncryptionSpec
 from imgcrypt.luks.container import payload_span
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.options import FormatOptions
 from imgcrypt.luks.stream import (
     CHUNK_SIZE,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, KdfLimits
 from imgcrypt.digests import DEFAULT_MULTIHASH, MULTIHASHES, new_multihash
 from imgcrypt.errors import (
     FormatError,
@@ -37,7 +38,6 @@ from imgcrypt.luks.container import (
     parse_header,
     payload_span,
 )
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, KdfLimits
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
 from imgcrypt.signing import (
     ImageVerifier,

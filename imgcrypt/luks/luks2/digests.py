@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from imgcrypt.crypto import backend
+from imgcrypt.crypto.kdf import Pbkdf2
+from imgcrypt.crypto.kdfparams import PBKDF2
 from imgcrypt.errors import FormatError, UnsupportedError
-from imgcrypt.luks import backend
-from imgcrypt.luks.base import PBKDF2, Segment
-from imgcrypt.luks.kdf import Pbkdf2
+from imgcrypt.luks.base import Segment
 from imgcrypt.luks.keyslot import SALT_SIZE, MasterKeyDigest
 from imgcrypt.luks.luks2.metadata import Digest, Metadata
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Generic, TypeVar
 
+from imgcrypt.crypto import backend
 from imgcrypt.errors import FormatError, FormatFault
-from imgcrypt.luks import backend
 from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY
 from imgcrypt.luks.layout import declare, raw, uint_be
 from imgcrypt.luks.luks2 import rules as luks2_rules

@@ -6,10 +6,11 @@ import hashlib
 import os
 import uuid as uuidlib
 
+from imgcrypt.crypto import af
+from imgcrypt.crypto.kdf import Kdf, Pbkdf2, pbkdf2_iterations_for
+from imgcrypt.crypto.sectors import SECTOR_SIZES, CipherSpec
 from imgcrypt.errors import UsageError
-from imgcrypt.luks import af
 from imgcrypt.luks.base import MAGIC, PAYLOAD_ALIGN
-from imgcrypt.luks.kdf import Kdf, Pbkdf2, pbkdf2_iterations_for
 from imgcrypt.luks.keyslot import KEYSLOT_ALIGN, MasterKeyDigest, area_size
 from imgcrypt.luks.luks2.disk import SALT_SIZE, BinaryHeader, text_field
 from imgcrypt.luks.luks2.header import Luks2Header
@@ -22,7 +23,6 @@ from imgcrypt.luks.luks2.metadata import (
     validate,
 )
 from imgcrypt.luks.luks2.rules import BINARY_SIZE, HDR_SIZES, MAX_KEYSLOTS_SIZE
-from imgcrypt.luks.sectors import SECTOR_SIZES, CipherSpec
 
 # cryptsetup's LUKS2_DEFAULT_HDR_SIZE: metadata plus keyslots fill the first 16 MiB by default.
 DEFAULT_REGION = 16 << 20

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, check_limits
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import (
     FormatError,
     FormatFault,
@@ -26,7 +28,6 @@ from imgcrypt.errors import (
 )
 from imgcrypt.luks import keyslot
 from imgcrypt.luks.base import MAGIC, MAGIC_SECONDARY, RegionUpdate, Segment
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, check_limits
 from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest
 from imgcrypt.luks.luks2 import digests, keyslots, segments
 from imgcrypt.luks.luks2 import rules as luks2_rules
@@ -52,7 +53,6 @@ from imgcrypt.luks.luks2.metadata import (
     without_keyslot,
 )
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.sectors import CipherSpec
 from imgcrypt.luks.signatures import foreign_signature
 
 MAX_SEQID = (1 << 64) - 1

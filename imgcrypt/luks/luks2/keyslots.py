@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from imgcrypt.crypto import af
+from imgcrypt.crypto.kdf import Argon2, Pbkdf2, check_hash
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import FormatError, FormatFault, UnsupportedError, UsageError
-from imgcrypt.luks import af
-from imgcrypt.luks.kdf import Argon2, Pbkdf2, check_hash
 from imgcrypt.luks.keyslot import KEYSLOT_ALIGN, SlotMaterial
 from imgcrypt.luks.luks2.metadata import MAX_KEY_SIZE, MAX_OBJECTS, MAX_STRIPES, Keyslot, Metadata
-from imgcrypt.luks.sectors import CipherSpec
 
 PRIORITY_NAMES = {0: "ignore", 1: "normal", 2: "prefer"}
 

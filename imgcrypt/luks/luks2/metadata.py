@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from imgcrypt.crypto.kdf import Argon2, Kdf, Pbkdf2
+from imgcrypt.crypto.kdfparams import ARGON2I, ARGON2ID, PBKDF2
 from imgcrypt.errors import FormatError, FormatFault
-from imgcrypt.luks.base import ARGON2I, ARGON2ID, PBKDF2, Segment
-from imgcrypt.luks.kdf import Argon2, Kdf, Pbkdf2
+from imgcrypt.luks.base import Segment
 from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest, material_size
 from imgcrypt.luks.luks2 import rules as luks2_rules
 from imgcrypt.luks.luks2.jsonc import MAX_DEPTH, JsonCError, strict_text

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, TypeGuard
 
-from imgcrypt.luks.base import ARGON2I, ARGON2ID, PBKDF2
+from imgcrypt.crypto.kdfparams import ARGON2I, ARGON2ID, PBKDF2
 from imgcrypt.luks.rules import HeaderRuleError, Rule, rule
 
 # Every metadata size cryptsetup accepts: 16 KiB .. 4 MiB, powers of two.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from imgcrypt.crypto.sectors import SECTOR_SIZES, CipherSpec
 from imgcrypt.errors import UnsupportedError
 from imgcrypt.luks.base import Segment
 from imgcrypt.luks.luks2.metadata import Metadata
-from imgcrypt.luks.sectors import SECTOR_SIZES, CipherSpec
 
 
 def crypt_segment(metadata: Metadata) -> Segment:

@@ -1,10 +1,10 @@
 """Sector ciphers as dm-crypt applies them: every cipher spec of the crypto table.
 
-A spec is a block cipher of :mod:`imgcrypt.luks.backend` (AES, camellia, sm4, cast5), a chaining
+A spec is a block cipher of :mod:`imgcrypt.crypto.backend` (AES, camellia, sm4, cast5), a chaining
 mode (xts, cbc, ecb, ctr) and an IV generator (plain, plain64, plain64be, benbi, null,
 essiv:HASH). AES-XTS and AES-CBC with plain/plain64 (and cbc with essiv:sha256) run on the fast
 paths below, the only forms imgcrypt writes; every other spec runs in
-:mod:`imgcrypt.luks._sector_generic`, on whole buffers with the cipher's ECB from `cryptography`.
+:mod:`imgcrypt.crypto._sector_generic`, on whole buffers with the cipher's ECB from `cryptography`.
 Serpent, twofish and the other tools' IV generators (lmk, tcw...) are refused with a message
 naming the tools that open them and the command that converts them.
 
@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from imgcrypt.crypto import backend
+from imgcrypt.crypto.backend import hash_size
 from imgcrypt.errors import FormatError, UnsupportedError, UsageError
-from imgcrypt.luks import backend
-from imgcrypt.luks.backend import hash_size
 
 try:  # the optional C tweak walker; sectors.py computes identical bytes without it
-    from imgcrypt.luks import _xtsmul
+    from imgcrypt.crypto import _xtsmul
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _xtsmul = None  # type: ignore[assignment]
 
 try:  # the optional OpenSSL EVP AES-XTS loop; the paths below give identical bytes without it
-    from imgcrypt.luks import _evpxts
+    from imgcrypt.crypto import _evpxts
 except ImportError:  # pragma: no cover - exercised where libcrypto's headers were missing
     _evpxts = None  # type: ignore[assignment]
 
@@ -55,8 +55,8 @@ XTS_BACKENDS = tuple(name for name, present in (("openssl", OPENSSL_XTS), ("walk
                                                 ("numpy", True)) if present)
 
 if TYPE_CHECKING:
-    from imgcrypt.luks._sector_generic import GenericKernel
-    from imgcrypt.luks._sector_numpy import NumpyKernel
+    from imgcrypt.crypto._sector_generic import GenericKernel
+    from imgcrypt.crypto._sector_numpy import NumpyKernel
 
 Buffer = bytes | bytearray | memoryview
 
@@ -78,7 +78,7 @@ _FAST_MODES: dict[str, tuple[int, ...]] = {
     "cbc-plain64": (16, 24, 32),
     "cbc-plain": (16, 24, 32),
 }
-# The chaining modes and IV generators the table's ciphers run in (imgcrypt.luks._sector_generic).
+# The chaining modes and IV generators the table's ciphers run in (imgcrypt.crypto._sector_generic).
 CHAININGS = ("xts", "cbc", "ecb", "ctr")
 IV_GENERATORS = ("plain", "plain64", "plain64be", "benbi", "null", "essiv")
 # dm-crypt IV generators for other tools' formats, named in the refusal.
@@ -199,7 +199,7 @@ class SectorCipher:
         self._evp_cbc: tuple[bytes, bytes] | None = None
         if not spec.fast:
             # Every other cipher, mode and IV generator of the table, on whole buffers.
-            from imgcrypt.luks._sector_generic import GenericKernel
+            from imgcrypt.crypto._sector_generic import GenericKernel
 
             self.xts_backend = None
             self._evp_key = None
@@ -279,7 +279,7 @@ class SectorCipher:
     def _numpy(self) -> NumpyKernel:
         kernel: NumpyKernel | None = self.__dict__.get("_kernel")
         if kernel is None:
-            from imgcrypt.luks._sector_numpy import NumpyKernel
+            from imgcrypt.crypto._sector_numpy import NumpyKernel
 
             kernel = NumpyKernel(self.spec.chaining, self.spec.iv_scheme, self._data,
                                  self._tweak, self.sector_size, self._sub_sectors)

@@ -1,6 +1,6 @@
 /*
  * AES-XTS over whole sectors with OpenSSL's own EVP implementation (AES-NI/VAES where the CPU
- * has them), for imgcrypt.luks.sectors; and AES-CBC decryption of sectors the same way (plain,
+ * has them), for imgcrypt.crypto.sectors; and AES-CBC decryption of sectors the same way (plain,
  * plain64 or ESSIV IVs), the one CBC direction that needs no chaining across blocks.
  *
  * One EVP context per call, keyed once; for every sector the IV (the plain64/plain sector

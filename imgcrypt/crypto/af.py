@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+from imgcrypt.crypto import backend
 from imgcrypt.errors import FormatError
-from imgcrypt.luks import backend
 
 
 def _xor(a: bytes, b: bytes | memoryview) -> bytes:

@@ -12,6 +12,9 @@ import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
+from imgcrypt.crypto import af, backend
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
+from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import (
     FormatError,
     FormatFault,
@@ -19,12 +22,11 @@ from imgcrypt.errors import (
     UsageError,
     WrongPassphraseError,
 )
-from imgcrypt.luks import af, backend, keyslot, luks1_rules
+from imgcrypt.luks import keyslot
 from imgcrypt.luks.base import MAGIC, PAYLOAD_ALIGN, RegionUpdate, Segment
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
 from imgcrypt.luks.keyslot import MasterKeyDigest, SlotMaterial
 from imgcrypt.luks.layout import Kind, declare, flag, raw, text, uint_be
-from imgcrypt.luks.sectors import CipherSpec
+from imgcrypt.luks.luks1 import rules as luks1_rules
 
 SECTOR = luks1_rules.SECTOR
 NUM_KEYSLOTS = 8
@@ -102,7 +104,7 @@ class Luks1Header:
             KEYSLOT_LAYOUT.pack_record(slot) for slot in self.keyslots)
 
     def validate(self) -> None:
-        """cryptsetup's rules (:mod:`imgcrypt.luks.luks1_rules`), then imgcrypt's own bound."""
+        """cryptsetup's rules (:mod:`imgcrypt.luks.luks1.rules`), then imgcrypt's own bound."""
         luks1_rules.check(self)
         if self.region_size > MAX_REGION and self.payload_offset_sectors:
             raise FormatError(f"LUKS1 keyslots reach beyond {MAX_REGION} bytes",

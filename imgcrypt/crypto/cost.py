@@ -6,7 +6,7 @@ one unit, the price of one PBKDF2-HMAC-SHA-256 iteration for one 32-byte block (
 the machine docs/security.md describes), so one budget covers everything an unlock may compute:
 every keyslot it tries and the digest check after each.
 
-The per-hash weights are a column of the one crypto table (:mod:`imgcrypt.luks.backend`, where
+The per-hash weights are a column of the one crypto table (:mod:`imgcrypt.crypto.backend`, where
 their measurement is described). Argon2id was measured with ``cryptography`` (OpenSSL 3) on that
 machine: 11.6 per KiB and pass at 256 MiB in wall time, 7.5 at 1 GiB in CPU time.
 """
@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from imgcrypt.crypto.backend import hash_size, pbkdf2_cost_weight
+from imgcrypt.crypto.kdfparams import Argon2, Kdf, Pbkdf2
 from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
-from imgcrypt.luks.backend import hash_size, pbkdf2_cost_weight
-from imgcrypt.luks.base import Argon2, Kdf, Pbkdf2
 
 # Price of one KiB of argon2 memory for one pass: measured 11.6 (wall time, 256 MiB, 4 lanes
 # on 2 cores) and 7.5 (CPU time, 1 GiB, 4 lanes), rounded up.
@@ -40,7 +40,7 @@ def argon2_cost(memory_kib: int, passes: int) -> int:
 
 
 def kdf_cost(kdf: Kdf, length: int) -> int:
-    """Cost of one derivation of ``length`` bytes with a :mod:`imgcrypt.luks.kdf` KDF."""
+    """Cost of one derivation of ``length`` bytes with a :mod:`imgcrypt.crypto.kdf` KDF."""
     if isinstance(kdf, Pbkdf2):
         return pbkdf2_cost(kdf.hash, kdf.iterations, length)
     if isinstance(kdf, Argon2):

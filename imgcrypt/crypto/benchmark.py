@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from imgcrypt.crypto.cost import ARGON2_KIB_PASS_COST
+from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Argon2, derive
 from imgcrypt.errors import UsageError
-from imgcrypt.luks.cost import ARGON2_KIB_PASS_COST
-from imgcrypt.luks.kdf import DEFAULT_LIMITS, Argon2, derive
 
 MIN_TIME = 4
 MIN_MEMORY_KIB = 32
@@ -36,7 +36,7 @@ MAX_PARALLEL = 4
 # imgcrypt's own caps for reading headers (kdf.KdfLimits): a keyslot made here must open here.
 MAX_TIME = DEFAULT_LIMITS.max_argon2_time
 MAX_WORK_KIB = DEFAULT_LIMITS.max_argon2_work  # memory x passes
-# ... and within half the cost budget of one unlock (luks/cost.py): what the upload hook allows.
+# ... and within half the cost budget of one unlock (crypto/cost.py): what the upload hook allows.
 MAX_KEYSLOT_COST = DEFAULT_LIMITS.max_unlock_cost // 2
 PROBE_MS = 250
 PROBE_FAST_MS = 10

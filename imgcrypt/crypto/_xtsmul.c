@@ -1,5 +1,5 @@
 /*
- * Optional accelerator for the XTS tweak arithmetic of imgcrypt.luks.sectors.
+ * Optional accelerator for the XTS tweak arithmetic of imgcrypt.crypto.sectors.
  *
  * AES itself stays in `cryptography` (two AES-ECB calls a batch); this only does what numpy
  * needs about fourteen passes for: walking each sector's tweak T, T*x, T*x^2, ... through
@@ -179,7 +179,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_xtsmul", "XTS tweak arithmetic for imgcrypt.luks.sectors.", -1,
+    PyModuleDef_HEAD_INIT, "_xtsmul", "XTS tweak arithmetic for imgcrypt.crypto.sectors.", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 

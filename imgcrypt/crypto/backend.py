@@ -17,7 +17,7 @@ legacy provider, which cryptsetup's backend loads too: it is loaded here, throug
 that links the same libcrypto as hashlib, the first time such a hash is asked for.
 
 Cost weights are the price of one PBKDF2 iteration for one output block, in units of one
-PBKDF2-HMAC-SHA-256 iteration (see :mod:`imgcrypt.luks.cost`). They were measured with the
+PBKDF2-HMAC-SHA-256 iteration (see :mod:`imgcrypt.crypto.cost`). They were measured with the
 implementation named in the row on the machine docs/security.md describes (process time, best
 of nine interleaved runs of 50,000 iterations; SHA-256 123 ns) and rounded up by about 10 %:
 SHA-1 1.01, SHA-224 1.02, SHA-384 3.09, SHA-512 3.09, SHA-512/224 3.19, SHA-512/256 3.11,
@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from imgcrypt.errors import UnsupportedError
 
 try:  # the C module links the system libcrypto that hashlib uses; it loads the legacy provider
-    from imgcrypt.luks import _evpxts
+    from imgcrypt.crypto import _evpxts
 except ImportError:  # pragma: no cover - exercised where libcrypto's headers were missing
     _evpxts = None  # type: ignore[assignment]
 

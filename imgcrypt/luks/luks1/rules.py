@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Protocol
 
-from imgcrypt.luks import backend
+from imgcrypt.crypto import backend
 
 # LUKS1 counts offsets in 512-byte sectors whatever the device's sector size.
 from imgcrypt.luks.base import SECTOR as SECTOR

@@ -1,4 +1,4 @@
-"""The numpy kernels behind :class:`imgcrypt.luks.sectors.SectorCipher`.
+"""The numpy kernels behind :class:`imgcrypt.crypto.sectors.SectorCipher`.
 
 XTS without the C tweak walker: the tweak of block 32g of each sector by multiplying by x^32,
 then T * x^j for the 32 blocks of each group with per-block shift tables, in sub-batches of
@@ -84,7 +84,7 @@ class NumpyKernel:
         self._blocks = sector_size // 16
         self._iv_step = sector_size // 512
         self._sub_sectors = sub_sectors
-        # The other IV generators (imgcrypt.luks._sector_generic) hand their IVs in; XTS then
+        # The other IV generators (imgcrypt.crypto._sector_generic) hand their IVs in; XTS then
         # encrypts them into tweaks as it does the plain64 numbers.
         self._iv_source = iv_source
         self._local = threading.local()

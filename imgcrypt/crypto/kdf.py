@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
 
+from imgcrypt.crypto import backend
+from imgcrypt.crypto.cost import check_cost
+from imgcrypt.crypto.kdfparams import Argon2, Kdf, Pbkdf2
 from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
-from imgcrypt.luks import backend
-from imgcrypt.luks.base import Argon2, Kdf, Pbkdf2
-from imgcrypt.luks.cost import check_cost
 
-# The KDF parameter types are leaf types (imgcrypt.luks.base), shared with the cost model;
+# The KDF parameter types are leaf types (imgcrypt.crypto.kdfparams), shared with the cost model;
 # they are imported from here as well, where they are run.
 __all__ = ["DEFAULT_LIMITS", "Argon2", "Kdf", "KdfLimits", "Pbkdf2", "argon2_time_for",
            "check_hash", "check_limits", "check_total", "derive", "pbkdf2_iterations_for"]
@@ -46,7 +46,7 @@ class KdfLimits:
     max_argon2_work: int = 64 * 1024 * 1024
     max_total_pbkdf2_iterations: int = 200_000_000
     max_total_argon2_work: int = 256 * 1024 * 1024
-    # All KDF work one unlock may do, as cost (see imgcrypt.luks.cost): one unit is one
+    # All KDF work one unlock may do, as cost (see imgcrypt.crypto.cost): one unit is one
     # PBKDF2-HMAC-SHA-256 iteration for one 32-byte block (~120 ns here), so the default is
     # about 48 s of one core here: eight keyslots of cryptsetup's 2-second benchmark made on a
     # machine three times as fast, each with its digest check.

@@ -1,6 +1,6 @@
 """Sector ciphers beyond the hot path: every block cipher, mode and IV generator of the table.
 
-:class:`imgcrypt.luks.sectors.SectorCipher` keeps AES-XTS (plain, plain64) and AES-CBC
+:class:`imgcrypt.crypto.sectors.SectorCipher` keeps AES-XTS (plain, plain64) and AES-CBC
 (plain, plain64, essiv:sha256) on its fast paths; everything else a LUKS header may name and
 OpenSSL computes runs here, built on one primitive, the block cipher in ECB mode from
 `cryptography`, applied to whole buffers:
@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from imgcrypt.luks._sector_numpy import NumpyKernel
-from imgcrypt.luks.backend import CipherInfo, hashlib_name
+from imgcrypt.crypto._sector_numpy import NumpyKernel
+from imgcrypt.crypto.backend import CipherInfo, hashlib_name
 
 U8Array = npt.NDArray[np.uint8]
 _MASK64 = (1 << 64) - 1
