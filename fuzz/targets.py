@@ -6,7 +6,8 @@ a finding. Targets whose modules are not built yet are simply absent from :func:
 missing module never breaks the others.
 
 Targets that derive keys use :data:`FUZZ_LIMITS`, far below the default caps, so one input
-costs milliseconds; the default caps themselves are tested in ``tests/test_security_bounds.py``.
+costs milliseconds; the default caps themselves are tested in
+``tests/security/test_security_bounds.py``.
 """
 
 from __future__ import annotations

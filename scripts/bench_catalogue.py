@@ -37,7 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.catalogue_cloud import (  # noqa: E402
+from tests.cloud.test_glance_e2e import flip_stored_byte  # noqa: E402
+from tests.helpers.catalogue_cloud import (  # noqa: E402
     BATCH,
     _luks1,
     cli_env,
@@ -46,13 +47,12 @@ from tests.catalogue_cloud import (  # noqa: E402
     imgcrypt,
     json_lines,
 )
-from tests.jobboard_servers import _stop, start_mariadb, start_redis  # noqa: E402
-from tests.openstack_servers import (  # noqa: E402
+from tests.helpers.jobboard_servers import _stop, start_mariadb, start_redis  # noqa: E402
+from tests.helpers.openstack_servers import (  # noqa: E402
     start_glance,
     start_keystone,
     start_keystone_barbican,
 )
-from tests.test_glance_e2e import flip_stored_byte  # noqa: E402
 
 SMALL = 3 << 20
 LARGE = 48 << 20

@@ -47,7 +47,7 @@ def grub_fstest() -> str:
 def openssl() -> str:
     return require_tool("openssl")
 
-from tests.barbican_server import barbican  # noqa: F401, E402
-from tests.catalogue_cloud import catalogue_glance  # noqa: F401, E402
-from tests.jobboard_servers import mariadb_server, redis_server  # noqa: F401, E402
-from tests.openstack_servers import keystone, keystone_barbican  # noqa: F401, E402
+from tests.helpers.barbican_server import barbican  # noqa: F401, E402
+from tests.helpers.catalogue_cloud import catalogue_glance  # noqa: F401, E402
+from tests.helpers.jobboard_servers import mariadb_server, redis_server  # noqa: F401, E402
+from tests.helpers.openstack_servers import keystone, keystone_barbican  # noqa: F401, E402

@@ -1,0 +1,1 @@
+"""The imgcrypt command as a person uses it: terminal, JSON, sources, properties."""

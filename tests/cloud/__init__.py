@@ -1,0 +1,1 @@
+"""The image and volume services: Glance plugins, hooks, faults, metadefs, catalogue jobs."""

@@ -1,0 +1,1 @@
+"""The crypto layer: the crypto table, sector ciphers and kernels, the cipher matrix."""

@@ -1,0 +1,1 @@
+"""The package as shipped: its API reference, conventions, import graph, wheel, README."""

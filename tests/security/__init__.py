@@ -1,0 +1,1 @@
+"""Hostile input, secrets, crashes and concurrency."""

@@ -1,0 +1,1 @@
+"""Signatures: schemes, certificates, storage in properties, Glance/cursive compatibility."""
