@@ -49,9 +49,13 @@ TOKEN_LIFE = 90
 # before each request: cheap password hashes keep that from stalling the module.
 KEYSTONE_CONF = f"[token]\nexpiration = {TOKEN_LIFE}\n[identity]\npassword_hash_rounds = 4\n"
 STAGING_CAP = 40 << 20  # Glance's image_size_cap: what one upload may stage
-GLANCE_CONF = """\
+# How long the plugins wait for each key-manager request: longer than the --timeout the
+# frozen-Barbican upload test gives the person, so that the person gives up first there.
+KEY_MANAGER_TIMEOUT = 20
+GLANCE_CONF = f"""\
 [imgcrypt]
 allowed_luks_versions = 1
+key_manager_timeout = {KEY_MANAGER_TIMEOUT}
 """
 # 512-byte store writes: storing an 8 MiB image takes long enough to kill the worker during it.
 GLANCE_DEFAULT = f"image_size_cap = {STAGING_CAP}\n"
@@ -328,6 +332,43 @@ def test_barbican_frozen_during_upload(person: Person, cloud: Cloud) -> None:
     if leaked:
         clean_stale(person, key_id, leaked)
     assert unfinished_consumers(cloud, key_id) == []
+
+
+def test_barbican_frozen_during_a_plugin_import(person: Person, cloud: Cloud) -> None:
+    """An image staged through Glance's API and imported while Barbican is stopped (SIGSTOP):
+    imgcrypt_verify's key-manager request gives up after ``[imgcrypt] key_manager_timeout``,
+    so the import fails within that bound (it used to wait for ever); the image is back to
+    ``queued``, its verdict ``unchecked`` with what to do, and once Barbican is back no
+    consumer is registered for it."""
+    from imgcrypt.service.verdict import effective_verdict, is_unchecked
+
+    image, key_id, props = encrypted_image(person, 1 << 20)
+    images = images_of(cloud)
+    record = images.create("frozen-barbican-plugin", "raw", "bare",
+                           json.loads(props.read_text()))
+    with image.open("rb") as f:
+        images.upload(record.image_id, f, image.stat().st_size, stage=True)
+    os.kill(cloud.barbican_process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        images.start_import(record.image_id)
+        status = settled(cloud, record.image_id)
+        took = time.monotonic() - started
+    finally:
+        os.kill(cloud.barbican_process.pid, signal.SIGCONT)
+    shown = images.get(record.image_id)
+    verdict = shown.properties.get("imgcrypt_verdict")
+    message = images.last_task_message(record.image_id)
+    leaked = unfinished_consumers(cloud, key_id)
+    consumers = [c.resource_id for c in barbican_of(cloud).list_consumers(key_id)]
+    print(f"frozen Barbican, plugin import: failed after {took:.1f} s, image {status}, "
+          f"verdict {verdict!r}, task {message!r}, consumers {consumers}")
+    assert took < KEY_MANAGER_TIMEOUT + 60, took
+    assert status == "queued"
+    assert is_unchecked(verdict), verdict
+    assert effective_verdict(shown.status, shown.properties) != "accepted"
+    assert message is not None and "retry the import once the key manager answers" in message
+    assert consumers == [] and leaked == []
 
 
 def test_glance_worker_killed_while_storing(person: Person, cloud: Cloud) -> None:
