@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.openstack_client import Person, barbican_of, connection, demo_person, images_of
 from tests.openstack_servers import (
     Glance,
     Keystone,
@@ -155,62 +155,9 @@ def service_glance(tmp_path_factory: pytest.TempPathFactory, cloud: Cloud) -> It
             stop(process)
 
 
-@dataclass
-class Person:
-    env: dict[str, str]
-    workdir: Path
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "imgcrypt", *args]
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.command(*args), capture_output=True, text=True,
-                                cwd=self.workdir, env=self.env, timeout=600, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"imgcrypt {args[0]} exited {result.returncode}: "
-                                 f"{result.stderr}")
-        return result
-
-    def json(self, *args: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.run(*args, "--json").stdout)
-        return data
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=self.workdir,
-                                env=self.env)
-
-
 @pytest.fixture
 def person(tmp_path: Path, cloud: Cloud) -> Person:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env.update(cloud.keystone.credentials("demo"))
-    env["HOME"] = str(tmp_path)
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    return Person(env, tmp_path)
-
-
-def connection(cloud: Cloud, glance: Glance | None = None) -> Any:
-    import openstack
-
-    creds = cloud.keystone.credentials("demo")
-    override = {"image_endpoint_override": glance.endpoint} if glance is not None else {}
-    return openstack.connect(
-        auth_url=creds["OS_AUTH_URL"], username="demo", password=creds["OS_PASSWORD"],
-        project_name="demo", user_domain_id="default", project_domain_id="default",
-        region_name="RegionOne", load_yaml_config=False, load_envvars=False, **override)
-
-
-def images_of(cloud: Cloud, glance: Glance | None = None) -> Any:
-    from imgcrypt.imageservice import ImageService
-
-    return ImageService(connection(cloud, glance))
-
-
-def barbican_of(cloud: Cloud) -> Any:
-    from imgcrypt.keys.barbican import BarbicanKeyManager
-
-    return BarbicanKeyManager.from_session(connection(cloud).session, region_name="RegionOne")
+    return demo_person(tmp_path, cloud.keystone)
 
 
 def encrypted_image(person: Person, size: int) -> tuple[Path, str, Path]:
@@ -230,7 +177,7 @@ def encrypted_image(person: Person, size: int) -> tuple[Path, str, Path]:
 def record_of(cloud: Cloud, name: str, upload: subprocess.Popen[str],
               glance: Glance | None = None) -> dict[str, Any]:
     """The image record ``upload`` creates, as soon as it exists."""
-    conn = connection(cloud, glance)
+    conn = connection(cloud.keystone, glance)
 
     def created() -> dict[str, Any] | None:
         if upload.poll() is not None:
@@ -259,7 +206,7 @@ def wait_until(what: str, check: Any, timeout: float = 120.0, every: float = 0.0
 
 def settled(cloud: Cloud, image_id: str) -> str:
     """The image's status once no import is running on it any more."""
-    images = images_of(cloud)
+    images = images_of(cloud.keystone)
 
     def done() -> str | None:
         image = images.get(image_id)
@@ -274,9 +221,9 @@ def unfinished_consumers(cloud: Cloud, key_id: str) -> list[str]:
     """The key's image consumers whose image is not active (or no longer exists)."""
     from imgcrypt.errors import ImgcryptError
 
-    images = images_of(cloud)
+    images = images_of(cloud.keystone)
     leaked = []
-    for consumer in barbican_of(cloud).list_consumers(key_id):
+    for consumer in barbican_of(cloud.keystone).list_consumers(key_id):
         try:
             status = images.get(consumer.resource_id).status
         except ImgcryptError:
@@ -327,7 +274,7 @@ def test_barbican_frozen_during_upload(person: Person, cloud: Cloud) -> None:
     line = one_line(stderr)
     assert upload.returncode == 5, line
     assert "key manager" in line and "retry" in line, line
-    verdict = images_of(cloud).get(found["id"]).properties.get("imgcrypt_verdict")
+    verdict = images_of(cloud.keystone).get(found["id"]).properties.get("imgcrypt_verdict")
     assert status == "active" or verdict != "accepted"
     if leaked:
         clean_stale(person, key_id, leaked)
@@ -343,7 +290,7 @@ def test_barbican_frozen_during_a_plugin_import(person: Person, cloud: Cloud) ->
     from imgcrypt.service.verdict import effective_verdict, is_unchecked
 
     image, key_id, props = encrypted_image(person, 1 << 20)
-    images = images_of(cloud)
+    images = images_of(cloud.keystone)
     record = images.create("frozen-barbican-plugin", "raw", "bare",
                            json.loads(props.read_text()))
     with image.open("rb") as f:
@@ -360,7 +307,7 @@ def test_barbican_frozen_during_a_plugin_import(person: Person, cloud: Cloud) ->
     verdict = shown.properties.get("imgcrypt_verdict")
     message = images.last_task_message(record.image_id)
     leaked = unfinished_consumers(cloud, key_id)
-    consumers = [c.resource_id for c in barbican_of(cloud).list_consumers(key_id)]
+    consumers = [c.resource_id for c in barbican_of(cloud.keystone).list_consumers(key_id)]
     print(f"frozen Barbican, plugin import: failed after {took:.1f} s, image {status}, "
           f"verdict {verdict!r}, task {message!r}, consumers {consumers}")
     assert took < KEY_MANAGER_TIMEOUT + 60, took
@@ -383,9 +330,9 @@ def test_glance_worker_killed_while_storing(person: Person, cloud: Cloud) -> Non
     wait_until("the store to begin", stored.exists, timeout=120, every=0.002)
     os.kill(cloud.glance_worker(), signal.SIGKILL)
     _, stderr = upload.communicate(timeout=300)
-    wait_until("a new Glance worker", lambda: images_of(cloud).get(found["id"]), timeout=60,
-               every=0.5)
-    shown = images_of(cloud).get(found["id"])
+    wait_until("a new Glance worker", lambda: images_of(cloud.keystone).get(found["id"]),
+               timeout=60, every=0.5)
+    shown = images_of(cloud.keystone).get(found["id"])
     leaked = unfinished_consumers(cloud, key_id)
     print(f"killed worker: exit {upload.returncode}, stderr {stderr!r}, image {shown.status}, "
           f"verdict {shown.properties.get('imgcrypt_verdict')!r}, consumers of unfinished "
@@ -429,7 +376,7 @@ def test_a_poll_survives_a_paused_glance_worker(cloud: Cloud) -> None:
     with the request unread: Linux answers with a reset. A GET is idempotent and the server
     never read it (RFC 9112 section 9.3.1), so imgcrypt sends it once more and gets the image.
     """
-    images = images_of(cloud)
+    images = images_of(cloud.keystone)
     image = images.create("paused-worker", "raw", "bare", {})
     images.get(image.image_id)  # leaves a kept-alive connection in the session's pool
     worker = cloud.glance_worker()
@@ -468,7 +415,7 @@ def upload_outliving_its_token(person: Person, cloud: Cloud, glance: Glance, nam
     upload = person.start("upload", str(image), "--name", name, "--properties", str(props),
                           "--timeout", "300", "--json")
     found = record_of(cloud, name, upload, glance)
-    images = images_of(cloud, glance)
+    images = images_of(cloud.keystone, glance)
     wait_until("the import", lambda: images.get(found["id"]).status == "importing",
                every=0.01)
     worker = cloud.glance_worker(glance)
@@ -502,10 +449,10 @@ def test_service_tokens_carry_an_import_past_the_user_s_token(person: Person, cl
         person, cloud, service_glance, "service-token")
     print(f"service token: exit {upload.returncode}, stderr {stderr!r}")
     assert upload.returncode == 0, stderr
-    images = images_of(cloud, service_glance)
+    images = images_of(cloud.keystone, service_glance)
     shown = images.get(image_id)
     from imgcrypt.service.verdict import effective_verdict
 
     assert shown.status == "active"
     assert effective_verdict(shown.status, shown.properties) == "accepted"
-    assert [c.resource_id for c in barbican_of(cloud).list_consumers(key_id)] == [image_id]
+    assert [c.resource_id for c in barbican_of(cloud.keystone).list_consumers(key_id)] == [image_id]
