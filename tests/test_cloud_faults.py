@@ -49,14 +49,25 @@ TOKEN_LIFE = 90
 # before each request: cheap password hashes keep that from stalling the module.
 KEYSTONE_CONF = f"[token]\nexpiration = {TOKEN_LIFE}\n[identity]\npassword_hash_rounds = 4\n"
 STAGING_CAP = 40 << 20  # Glance's image_size_cap: what one upload may stage
-# How long the plugins wait for each key-manager request: longer than the --timeout the
-# frozen-Barbican upload test gives the person, so that the person gives up first there.
-KEY_MANAGER_TIMEOUT = 20
-GLANCE_CONF = f"""\
+# How long the token tests pause the Glance worker: longer than a token lives.
+PAUSE = TOKEN_LIFE + 5
+# [imgcrypt] key_manager_timeout of the Glance the frozen-Barbican plugin import uses.
+KEY_MANAGER_TIMEOUT = 10
+
+
+def glance_conf(key_manager_timeout: float) -> str:
+    return f"""\
 [imgcrypt]
 allowed_luks_versions = 1
-key_manager_timeout = {KEY_MANAGER_TIMEOUT}
+key_manager_timeout = {key_manager_timeout}
 """
+
+
+# The other Glances' key_manager_timeout: longer than the --timeout the frozen-Barbican upload
+# gives the person (the person gives up first there), and than the token tests' pause: a
+# socket's deadline runs on while its process is stopped, so a key-manager request in flight
+# when the worker is paused must not time out the moment it resumes.
+GLANCE_CONF = glance_conf(2 * PAUSE)
 # 512-byte store writes: storing an 8 MiB image takes long enough to kill the worker during it.
 GLANCE_DEFAULT = f"image_size_cap = {STAGING_CAP}\n"
 SLOW_STORE = "[fs]\nfilesystem_store_chunk_size = 512\n"
@@ -155,6 +166,19 @@ def service_glance(tmp_path_factory: pytest.TempPathFactory, cloud: Cloud) -> It
             stop(process)
 
 
+@pytest.fixture(scope="module")
+def bounded_glance(tmp_path_factory: pytest.TempPathFactory, cloud: Cloud) -> Iterator[Glance]:
+    """A Glance whose plugins give up on the key manager after KEY_MANAGER_TIMEOUT."""
+    glance = start_glance(tmp_path_factory.mktemp("faults-glance-bounded"), cloud.keystone,
+                          cloud.barbican, ("imgcrypt_verify",),
+                          glance_conf(KEY_MANAGER_TIMEOUT))
+    try:
+        yield glance
+    finally:
+        for process in glance.processes:
+            stop(process)
+
+
 @pytest.fixture
 def person(tmp_path: Path, cloud: Cloud) -> Person:
     return demo_person(tmp_path, cloud.keystone)
@@ -204,9 +228,9 @@ def wait_until(what: str, check: Any, timeout: float = 120.0, every: float = 0.0
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def settled(cloud: Cloud, image_id: str) -> str:
+def settled(cloud: Cloud, image_id: str, glance: Glance | None = None) -> str:
     """The image's status once no import is running on it any more."""
-    images = images_of(cloud.keystone)
+    images = images_of(cloud.keystone, glance)
 
     def done() -> str | None:
         image = images.get(image_id)
@@ -217,11 +241,11 @@ def settled(cloud: Cloud, image_id: str) -> str:
     return str(wait_until(f"image {image_id} to settle", done, timeout=180, every=0.5))
 
 
-def unfinished_consumers(cloud: Cloud, key_id: str) -> list[str]:
+def unfinished_consumers(cloud: Cloud, key_id: str, glance: Glance | None = None) -> list[str]:
     """The key's image consumers whose image is not active (or no longer exists)."""
     from imgcrypt.errors import ImgcryptError
 
-    images = images_of(cloud.keystone)
+    images = images_of(cloud.keystone, glance)
     leaked = []
     for consumer in barbican_of(cloud.keystone).list_consumers(key_id):
         try:
@@ -281,7 +305,8 @@ def test_barbican_frozen_during_upload(person: Person, cloud: Cloud) -> None:
     assert unfinished_consumers(cloud, key_id) == []
 
 
-def test_barbican_frozen_during_a_plugin_import(person: Person, cloud: Cloud) -> None:
+def test_barbican_frozen_during_a_plugin_import(person: Person, cloud: Cloud,
+                                                bounded_glance: Glance) -> None:
     """An image staged through Glance's API and imported while Barbican is stopped (SIGSTOP):
     imgcrypt_verify's key-manager request gives up after ``[imgcrypt] key_manager_timeout``,
     so the import fails within that bound (it used to wait for ever); the image is back to
@@ -290,7 +315,7 @@ def test_barbican_frozen_during_a_plugin_import(person: Person, cloud: Cloud) ->
     from imgcrypt.service.verdict import effective_verdict, is_unchecked
 
     image, key_id, props = encrypted_image(person, 1 << 20)
-    images = images_of(cloud.keystone)
+    images = images_of(cloud.keystone, bounded_glance)
     record = images.create("frozen-barbican-plugin", "raw", "bare",
                            json.loads(props.read_text()))
     with image.open("rb") as f:
@@ -299,14 +324,14 @@ def test_barbican_frozen_during_a_plugin_import(person: Person, cloud: Cloud) ->
     try:
         started = time.monotonic()
         images.start_import(record.image_id)
-        status = settled(cloud, record.image_id)
+        status = settled(cloud, record.image_id, bounded_glance)
         took = time.monotonic() - started
     finally:
         os.kill(cloud.barbican_process.pid, signal.SIGCONT)
     shown = images.get(record.image_id)
     verdict = shown.properties.get("imgcrypt_verdict")
     message = images.last_task_message(record.image_id)
-    leaked = unfinished_consumers(cloud, key_id)
+    leaked = unfinished_consumers(cloud, key_id, bounded_glance)
     consumers = [c.resource_id for c in barbican_of(cloud.keystone).list_consumers(key_id)]
     print(f"frozen Barbican, plugin import: failed after {took:.1f} s, image {status}, "
           f"verdict {verdict!r}, task {message!r}, consumers {consumers}")
@@ -421,7 +446,7 @@ def upload_outliving_its_token(person: Person, cloud: Cloud, glance: Glance, nam
     worker = cloud.glance_worker(glance)
     os.kill(worker, signal.SIGSTOP)
     try:
-        time.sleep(TOKEN_LIFE + 5)
+        time.sleep(PAUSE)
     finally:
         os.kill(worker, signal.SIGCONT)
     _, stderr = upload.communicate(timeout=300)
