@@ -448,9 +448,20 @@ def upload_outliving_its_token(person: Person, cloud: Cloud, glance: Glance, nam
     try:
         time.sleep(PAUSE)
     finally:
-        os.kill(worker, signal.SIGCONT)
+        resume(worker, glance)
     _, stderr = upload.communicate(timeout=300)
     return upload, stderr, str(found["id"]), key_id
+
+
+def resume(worker: int, glance: Glance) -> None:
+    """SIGCONT to the paused worker; a worker gone meanwhile (seen once in a loaded run, with
+    no log kept) fails the test with the end of Glance's log, which says why."""
+    try:
+        os.kill(worker, signal.SIGCONT)
+    except ProcessLookupError:
+        tail = glance.log_path.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"Glance's worker {worker} went away while paused; its log "
+                             f"ends:\n{tail}") from None
 
 
 def test_token_expires_while_the_import_verifies(person: Person, cloud: Cloud) -> None:
