@@ -8,6 +8,7 @@ connection's authenticated image adapter; every failure becomes a typed imgcrypt
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, BinaryIO
 
 from imgcrypt.errors import (
@@ -107,6 +109,41 @@ def _translate(what: str) -> Iterator[None]:
         raise ToolError(f"{what}: {exc}") from None
 
 
+class _Drop(Enum):
+    """How a server dropped a connection instead of answering."""
+
+    RESET = "reset"  # before reading the request (reset, or closed before it was sent)
+    CLOSED = "closed"  # after reading it: the process that held it went away
+
+
+def _dropped(exc: BaseException) -> _Drop | None:
+    """How the server dropped the connection behind keystoneauth's ConnectFailure, found in
+    the chain of requests' and urllib3's wrappers (causes, contexts and their arguments)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        # RemoteDisconnected is a ConnectionResetError: it must be told apart first.
+        if isinstance(item, http.client.RemoteDisconnected):
+            return _Drop.CLOSED
+        if isinstance(item, ConnectionResetError | BrokenPipeError):
+            return _Drop.RESET
+        todo.extend((item.__cause__, item.__context__, *item.args, getattr(item, "reason", None)))
+    return None
+
+
+def _import_dropped(image_id: str) -> str:
+    return (f"image {image_id}: the image service (Glance) closed the connection without "
+            "answering while the image was importing (a Glance worker stopped: killed, out of "
+            "memory or restarted); the image is left 'importing' and its import is probably "
+            f"lost: look at it (openstack image show {image_id}) and if it stays 'importing', "
+            "delete it and upload again (Glance holds its import lock for up to 60 minutes; "
+            "see \"An import that died half-way\" in the README)")
+
+
 def _detail(exc: Any) -> str:
     """A service's error answer as one short line: its JSON message, or its HTML page's
     text without the markup, never the page itself."""
@@ -181,11 +218,25 @@ class ImageService:
             self._api = conn.image
 
     def _call(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+        with _translate(what):
+            return self._request(method, url, **kwargs)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One request. A GET the server reset without reading it is sent once more, on a
+        fresh connection: a kept-alive connection the server closes just as a request
+        arrives on it (gunicorn does after any pause longer than its keep-alive) is reset,
+        and RFC 9112 section 9.3.1 lets a client retry an idempotent request then."""
+        from keystoneauth1 import exceptions as kexc
+
         headers = kwargs.pop("headers", {})
         if self._timeouts is not None:
             kwargs.setdefault("timeout", (self._timeouts.connect, self._timeouts.read))
-        with _translate(what):
+        try:
             return self._api.request(url, method, headers=headers, raise_exc=True, **kwargs)
+        except kexc.ConnectFailure as exc:
+            if method != "GET" or _dropped(exc) is not _Drop.RESET:
+                raise
+        return self._api.request(url, method, headers=headers, raise_exc=True, **kwargs)
 
     def import_methods(self) -> list[str]:
         response = self._call("GET", "/info/import", "listing import methods")
@@ -244,7 +295,7 @@ class ImageService:
         ``timeout`` passes, ``on_timeout`` may raise a better explanation than the timeout."""
         deadline = time.monotonic() + timeout
         while True:
-            image = self.get(image_id)
+            image = self._poll(image_id)
             failed = image.properties.get("os_glance_failed_import")
             if image.status == "active":
                 return image
@@ -271,8 +322,29 @@ class ImageService:
                 if on_timeout is not None:
                     on_timeout()
                 raise ToolError(f"image {image_id} is still {image.status} after "
-                                        f"{timeout:.0f} s")
+                                f"{timeout:.0f} s; the import goes on in the image service "
+                                "(look at the image later); if it stays 'importing' it may "
+                                "have died with a Glance worker: see \"An import that died "
+                                "half-way\" in the README")
             time.sleep(IMPORT_POLL_SECONDS)
+
+    def _poll(self, image_id: str) -> Image:
+        """The image, during its import. A server that read the poll and closed the
+        connection without answering lost the process that held it (a Glance worker killed,
+        out of memory, restarted), most often the one that ran the import too: look once
+        more, and an image still importing is reported as such, with what to do."""
+        from keystoneauth1 import exceptions as kexc
+
+        with _translate(f"image {image_id}"):
+            try:
+                return _image(self._request("GET", f"/images/{image_id}").json())
+            except kexc.ConnectFailure as exc:
+                if _dropped(exc) is not _Drop.CLOSED:
+                    raise
+        image = self.get(image_id)
+        if image.status != "importing":
+            return image
+        raise ToolError(_import_dropped(image_id))
 
     def download(self, image_id: str, size: int) -> Iterator[bytes]:
         """Exactly the ``size`` bytes the image record declares, never one more: a body that

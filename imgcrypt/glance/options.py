@@ -8,6 +8,8 @@ from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, DELETION_POLICIES
 from imgcrypt.service.upload import UploadPolicy
 
 GROUP = "imgcrypt"
+# Seconds: a Barbican answers in well under one; the margin covers a loaded one.
+KEY_MANAGER_TIMEOUT = 60.0
 # What each deletion policy means, as the sample configuration shows it.
 _POLICY_HELP = {
     "on_image_deletion": "the key is deleted with the image, unless another consumer "
@@ -34,6 +36,11 @@ def _options() -> list[Any]:
         cfg.BoolOpt("register_consumer", default=True,
                     help="Register the image as a Barbican consumer of its key, so the key "
                          "is not deleted while another image still uses it."),
+        cfg.FloatOpt("key_manager_timeout", default=KEY_MANAGER_TIMEOUT, min=1.0,
+                     help="Seconds the plugins wait for the key manager (castellan's Barbican "
+                          "backend) to connect and then to answer each request; a key "
+                          "manager that stops answering fails the import, verdict "
+                          "'unchecked', instead of holding it for ever."),
         cfg.StrOpt("encrypt_key_deletion_policy", default=DEFAULT_DELETION_POLICY,
                    choices=[(policy, _POLICY_HELP[policy]) for policy in DELETION_POLICIES],
                    help="Deletion policy imgcrypt_encrypt gives the keys it orders."),

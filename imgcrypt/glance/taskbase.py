@@ -9,7 +9,7 @@ from typing import Any
 
 from imgcrypt.errors import KeyManagerError, KeyManagerFault, KeyManagerUnavailableError
 from imgcrypt.glance.checks import MAX_PROPERTY, refusal_properties, unchecked_properties
-from imgcrypt.keys.castellan import CastellanKeyManager, user_token_context
+from imgcrypt.keys.castellan import CastellanKeyManager, bound_requests, user_token_context
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.service.verdict import LEFTOVER_PROPERTY
 
@@ -31,11 +31,15 @@ def key_manager_for(context: Any) -> KeyManager:
 
     With ``[barbican] send_service_user_token = true`` (and ``[barbican_service_user]``), the
     user's token goes to Barbican as it is, beside a service token, so an import that outlives
-    the user's token still reaches its keys (:func:`user_token_context`)."""
+    the user's token still reaches its keys (:func:`user_token_context`). Each request gives
+    up after ``[imgcrypt] key_manager_timeout`` seconds (:func:`bound_requests`)."""
     from castellan import key_manager
+
+    from imgcrypt.glance import options
 
     conf = glance_conf()
     api = key_manager.API(conf)  # registers castellan's [barbican] options
+    bound_requests(api, conf[options.GROUP].key_manager_timeout)
     return CastellanKeyManager(api, _service_token_context(conf, context))
 
 

@@ -322,3 +322,39 @@ def user_token_context(token: str, endpoint: str, *, project_id: str | None = No
             return token_endpoint.Token(endpoint, token)
 
     return UserTokenContext(auth_token=token, project_id=project_id, user_id=user_id)
+
+
+def bound_requests(manager: Any, timeout: float) -> bool:
+    """Make castellan's Barbican backend give up on a request after ``timeout`` seconds
+    (connecting, and each wait for an answer); True where it applies.
+
+    castellan builds a keystoneauth session for every call without a timeout (it registers
+    keystoneauth's ``[barbican] timeout`` option but never reads it), and barbicanclient asks
+    Barbican for its API versions while the client is being built: a Barbican that stops
+    answering would hold the call, and the Glance import around it, for ever. So the client
+    is built the way castellan builds it, from castellan's own auth and endpoint helpers, with
+    the timeout on the session before its first request. Another backend (Vault), or a
+    castellan without those helpers, is left as it is."""
+    auth_for = getattr(manager, "_get_keystone_auth", None)
+    endpoint_for = getattr(manager, "_get_barbican_endpoint", None)
+    build = getattr(manager, "_get_barbican_client", None)
+    if auth_for is None or endpoint_for is None or build is None:
+        return False
+    from barbicanclient import client as barbican_client
+    from castellan.common import exception as cexc
+    from keystoneauth1 import session
+
+    def bounded_client(context: Any) -> Any:
+        if not context:
+            return build(context)  # castellan's own refusal (Forbidden)
+        try:
+            auth = auth_for(context)
+            sess = session.Session(auth=auth, verify=getattr(manager, "_verify", True),
+                                   timeout=timeout)
+            return barbican_client.Client(version=manager.conf.barbican.barbican_api_version,
+                                          session=sess, endpoint=endpoint_for(auth, sess))
+        except Exception as exc:  # as castellan reports a client it could not build
+            raise cexc.KeyManagerError(reason=exc) from exc
+
+    manager._get_barbican_client = bounded_client
+    return True

@@ -11,14 +11,18 @@ import io
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.helpers.openstack_client import (
+    Person,
+    barbican_of,
+    connection,
+    demo_person,
+    images_of,
+)
 from tests.helpers.openstack_servers import (
     Glance,
     Keystone,
@@ -76,60 +80,9 @@ def glance_encrypt(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone,
             stop(process)
 
 
-@dataclass
-class Person:
-    """Someone at a terminal with OS_* credentials for the demo project."""
-
-    env: dict[str, str]
-    workdir: Path
-
-    def run(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "imgcrypt", *args], capture_output=True,
-                                text=True, cwd=self.workdir, env={**self.env, **env},
-                                timeout=600, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"imgcrypt {args[0]} exited {result.returncode}: "
-                                 f"{result.stderr}")
-        return result
-
-    def json(self, *args: str, **env: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.run(*args, "--json", **env).stdout)
-        return data
-
-
 @pytest.fixture
 def person(tmp_path: Path, keystone: Keystone, glance_verify: Glance) -> Person:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env.update(keystone.credentials("demo"))
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    env["HOME"] = str(tmp_path)  # no clouds.yaml of the machine's user
-    return Person(env, tmp_path)
-
-
-def connection(keystone: Keystone, glance: Glance | None = None) -> Any:
-    import openstack
-
-    creds = keystone.credentials("demo")
-    kwargs: dict[str, Any] = {}
-    if glance is not None:
-        kwargs["image_endpoint_override"] = glance.endpoint
-    return openstack.connect(
-        auth_url=creds["OS_AUTH_URL"], username="demo", password=creds["OS_PASSWORD"],
-        project_name="demo", user_domain_id="default", project_domain_id="default",
-        region_name="RegionOne", load_yaml_config=False, load_envvars=False, **kwargs)
-
-
-def barbican_of(keystone: Keystone) -> Any:
-    from imgcrypt.keys.barbican import BarbicanKeyManager
-
-    return BarbicanKeyManager.from_session(connection(keystone).session,
-                                           region_name="RegionOne")
-
-
-def images_of(keystone: Keystone, glance: Glance | None = None) -> Any:
-    from imgcrypt.imageservice import ImageService
-
-    return ImageService(connection(keystone, glance))
+    return demo_person(tmp_path, keystone)
 
 
 def make_plain(path: Path, size: int = 3 << 20) -> bytes:

@@ -1,6 +1,11 @@
 """A hostile image service on loopback: answers the few Glance v2 calls ``imgcrypt download``
 makes, and misbehaves on purpose in the ways a compromised cloud or a man in the middle of
 plain HTTP can (more bytes than declared, truncation, a trickle, silence, changed bytes).
+With ``import_methods = ["glance-direct"]`` it takes ``imgcrypt upload``'s staged import too,
+and ``poll_fault`` drops the connection of the first status poll of an importing image the way
+a real Glance does now and then: ``"reset"`` (a reset, as gunicorn's worker resets a kept-alive
+connection after a pause) or ``"drop"`` (read, then closed without an answer: the worker that
+held it was killed).
 
 ``openstacksdk`` reaches it with ``OS_AUTH_TYPE=none`` and ``OS_IMAGE_ENDPOINT_OVERRIDE``.
 """
@@ -11,6 +16,8 @@ import hashlib
 import http.server
 import json
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +39,9 @@ class HostileGlance:
     def __init__(self) -> None:
         self.images: dict[str, Served] = {}
         self.created_status = "active"  # what a created image's record says
+        self.import_methods: list[str] = []
+        self.poll_fault: str | None = None  # None | reset | drop, see the module's docstring
+        self.polls = 0  # status polls of importing images answered or dropped
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.glance = self  # type: ignore[attr-defined]
@@ -80,10 +90,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_POST(self) -> None:
-        """Image creation: the record comes back with whatever the service wants in it."""
+        """Image creation: the record comes back with whatever the service wants in it. An
+        import leaves the image ``importing``."""
         glance: HostileGlance = self.server.glance  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
+        parts = self.path.strip("/").split("/")
+        if len(parts) == 4 and parts[3] == "import" and parts[2] in glance.images:
+            glance.images[parts[2]].record["status"] = "importing"
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         image_id = f"created-{len(glance.images)}"
         glance.add(image_id, b"", **{**body, "status": glance.created_status})
         self._json(glance.images[image_id].record)
@@ -103,7 +121,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         glance: HostileGlance = self.server.glance  # type: ignore[attr-defined]
         parts = self.path.strip("/").split("/")
         if parts == ["v2", "info", "import"]:
-            self._json({"import-methods": {"value": []}})
+            self._json({"import-methods": {"value": glance.import_methods}})
             return
         if parts in (["v2"], [""]):
             self._json({"versions": [{"id": "v2.16", "status": "CURRENT", "links": [
@@ -115,9 +133,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._body(served)
                 return
             if not parts[3:]:
+                if served.record.get("status") == "importing":
+                    self._poll(glance, served)
+                    return
                 self._json(served.record)
                 return
         self.send_error(404)
+
+    def _poll(self, glance: HostileGlance, served: Served) -> None:
+        """A status poll of an importing image: the first one meets ``poll_fault``; after a
+        reset the import has finished, after a drop it never will."""
+        glance.polls += 1
+        if glance.polls == 1 and glance.poll_fault == "reset":
+            served.record["status"] = "active"
+            # No linger: close() sends a reset at once, as for a request never read.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if glance.polls == 1 and glance.poll_fault == "drop":
+            self.close_connection = True  # read, and closed without a word
+            return
+        self._json(served.record)
 
     def _body(self, served: Served) -> None:
         self.send_response(200)
