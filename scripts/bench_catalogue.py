@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,36 @@ LARGE = 48 << 20
 def say(text: str) -> None:
     sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
     sys.stderr.flush()
+
+
+class LoadAverage:
+    """The one-minute load average, sampled every few seconds while a phase runs: the machine
+    is shared, so each figure is reported beside the load it was taken under."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self._every = every
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self._samples.append(os.getloadavg()[0])
+            if self._stop.wait(self._every):
+                return
+
+    def __enter__(self) -> LoadAverage:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self) -> dict[str, float]:
+        return {"load_min": round(min(self._samples), 2),
+                "load_mean": round(statistics.fmean(self._samples), 2),
+                "load_max": round(max(self._samples), 2)}
 
 
 @contextlib.contextmanager
@@ -232,43 +263,55 @@ def main() -> int:
     openssl = shutil.which("openssl") or "/usr/bin/openssl"
     figures: dict[str, Any] = {"images": args.images, "cpus": os.cpu_count()}
     with services(workdir) as svc:
-        groups = build(svc, workdir, args.images, cryptsetup, openssl)
+        with LoadAverage() as load:
+            groups = build(svc, workdir, args.images, cryptsetup, openssl)
+        figures["populate"] = load.figures()
         total = sum(len(v) for v in groups.values())
         figures["catalogue"] = {g: len(v) for g, v in groups.items()}
         env = cli_env(svc["keystone"], svc["glance"], workdir)
         say("audit, single process (parallel engine, 8 workers, SQLite)")
-        elapsed, records = timed(env, "audit", "--filter", f"{BATCH}=bench", "--workers", "8",
-                                 "--state", str(workdir / "audit.sqlite"))
+        with LoadAverage() as load:
+            elapsed, records = timed(env, "audit", "--filter", f"{BATCH}=bench", "--workers",
+                                     "8", "--state", str(workdir / "audit.sqlite"))
         figures["audit_local"] = {"seconds": round(elapsed, 1),
-                                  "images_per_second": round(total / elapsed, 1)}
+                                  "images_per_second": round(total / elapsed, 1),
+                                  **load.figures()}
         read = {g: sorted({records[i]["bytes_read"] for i in ids})
                 for g, ids in groups.items()}
         figures["bytes_read_per_image"] = {
             g: (v[0] if len(v) == 1 else {"min": v[0], "median": statistics.median(v),
                                           "max": v[-1]}) for g, v in read.items()}
+        say(f"so far: {json.dumps(figures)}")  # a run cut short still leaves its figures
         figures["audit_conductors"] = {}
         for run, n in enumerate(int(x) for x in args.conductors.split(",")):
             say(f"audit, {n} conductor(s) (4 jobs each), Redis jobboard, MariaDB")
-            elapsed = distributed_audit(env, svc, workdir, n, run)
+            with LoadAverage() as load:
+                elapsed = distributed_audit(env, svc, workdir, n, run)
             figures["audit_conductors"][n] = {"seconds": round(elapsed, 1),
-                                              "images_per_second": round(total / elapsed, 1)}
+                                              "images_per_second": round(total / elapsed, 1),
+                                              **load.figures()}
+            say(f"so far: {json.dumps(figures)}")
         signed = groups["signed"]
         say("verify of the signed images, and the copy ceiling")
-        elapsed, records = timed(env, "verify", "--filter", f"{BATCH}=bench", "--workers", "4",
-                                 "--state", str(workdir / "verify.sqlite"))
-        verified = [records[i] for i in signed]
-        copy_s, copied = copy_ceiling(svc, signed)
+        with LoadAverage() as load:
+            elapsed, records = timed(env, "verify", "--filter", f"{BATCH}=bench", "--workers",
+                                     "4", "--state", str(workdir / "verify.sqlite"))
+            verified = [records[i] for i in signed]
+            copy_s, copied = copy_ceiling(svc, signed)
         figures["verify"] = {
             "seconds_whole_catalogue": round(elapsed, 1),
             "signed_images": len(signed),
             "tampered_found": sum("tampered" in r["findings"] for r in verified),
             "copy_ceiling_mib_per_second": round(copied / copy_s / (1 << 20), 1),
+            **load.figures(),
         }
-        verify_only, _ = timed(env, "verify", "--filter", f"{BATCH}=bench", "--filter",
-                               "img_signature_hash_method=SHA-384", "--workers", "1",
-                               "--state", str(workdir / "verify1.sqlite"))
+        with LoadAverage() as load:
+            verify_only, _ = timed(env, "verify", "--filter", f"{BATCH}=bench", "--filter",
+                                   "img_signature_hash_method=SHA-384", "--workers", "1",
+                                   "--state", str(workdir / "verify1.sqlite"))
         figures["verify"]["signed_only_one_worker_mib_per_second"] = round(
             copied / verify_only / (1 << 20), 1)
+        figures["verify"]["signed_only_one_worker"] = load.figures()
     print(json.dumps(figures, indent=2))
     return 0
 

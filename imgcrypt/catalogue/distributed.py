@@ -28,7 +28,6 @@ from imgcrypt.catalogue.engine import (
     META,
     JobContext,
     RunInfo,
-    create_run,
     stored_records,
     task_class,
     taskflow,
@@ -112,18 +111,6 @@ def open_board(url: str, backend: Any, *, name: str, claim_expiry: float = CLAIM
     return board
 
 
-def post_run(board: Any, backend: Any, cloud: Cloud, job: str, filters: dict[str, str],
-             options: JobOptions) -> RunInfo:
-    """Store the run and post one job an image."""
-    images = cloud.list_images(filters)
-    everything = cloud.list_images({}) if filters else images
-    snapshot = Snapshot.of(everything)
-    info, _, _ = create_run(backend, job, [i.image_id for i in images], options, snapshot,
-                            filters)
-    post(board, backend, info, info.image_ids)
-    return info
-
-
 def on_board(board: Any, run_id: str) -> set[str]:
     """The images whose job of run ``run_id`` is still on the board (posted or claimed)."""
     return {str(job.details.get("image")) for job in board.iterjobs(ensure_fresh=True)
@@ -169,21 +156,25 @@ def collect(backend: Any, info: RunInfo, have: dict[str, dict[str, Any]]) -> Non
                 have.update(stored_records(detail))
 
 
-def wait_for_run(board: Any, backend: Any, info: RunInfo, *, resume: bool = False,
-                 timeout: float | None = None,
+def repost_missing(board: Any, backend: Any, info: RunInfo) -> dict[str, dict[str, Any]]:
+    """The records stored so far; the jobs of the images that have neither a record nor a job
+    on the board are posted again (the poster stopped while posting, or the board lost them)."""
+    have: dict[str, dict[str, Any]] = {}
+    collect(backend, info, have)
+    waiting = on_board(board, info.run_id)
+    post(board, backend, info, [i for i in info.image_ids if i not in have and i not in waiting])
+    return have
+
+
+def wait_for_run(board: Any, backend: Any, info: RunInfo, *,
+                 have: dict[str, dict[str, Any]] | None = None, timeout: float | None = None,
                  progress: Callable[[], None] = lambda: None) -> dict[str, dict[str, Any]]:
     """Wait until no job of the run is left on the board (or ``timeout`` passes, or Ctrl-C),
     then collect the records. Watching the board costs one Redis listing a poll, whatever the
-    number of images; the records are read from the database once, at the end.
-
-    With ``resume``, first post again the jobs of images that have no record and no job on
-    the board (the poster stopped while posting, or the board lost them)."""
-    have: dict[str, dict[str, Any]] = {}
-    if resume:
-        collect(backend, info, have)
-        waiting = on_board(board, info.run_id)
-        post(board, backend, info, [i for i in info.image_ids
-                                    if i not in have and i not in waiting])
+    number of images; the records are read from the database once, at the end. ``have``: the
+    records already stored when the wait starts (:func:`repost_missing`); ``progress`` is
+    called once for each image done after that."""
+    have = dict(have or {})
     deadline = None if timeout is None else time.monotonic() + timeout
     ticked = len(have)
     try:
@@ -251,4 +242,5 @@ class Conductor:
 
 
 __all__ = ["CLAIM_EXPIRY", "Conductor", "collect", "image_job_flow", "job_book_id", "on_board",
-           "open_board", "parse_board_url", "post", "post_run", "wait_for_run"]
+           "open_board", "parse_board_url", "post", "repost_missing",
+           "wait_for_run"]

@@ -229,12 +229,20 @@ def _run_distributed(args: argparse.Namespace) -> int:
             if found is None:
                 raise UsageError(f"no unfinished {args.job} run to resume")
             info = found[0]
+            have = distributed.repost_missing(board, backend, info)
         else:
-            info = distributed.post_run(board, backend, cloud, args.job, _filters(args.filter),
-                                        _options(args))
-        with _image_bar(args, len(info.image_ids), 0) as tick:
-            records = distributed.wait_for_run(board, backend, info, timeout=args.wait,
-                                               progress=tick, resume=bool(args.resume))
+            info, _, _ = engine.prepare_run(backend, cloud, args.job, _filters(args.filter),
+                                            _options(args))
+            have = {}
+            try:
+                distributed.post(board, backend, info, info.image_ids)
+            except KeyboardInterrupt:
+                # Stored, partly posted: --resume posts the rest.
+                return _finish(args, info.job, info.run_id, info.image_ids, have,
+                               interrupted=True)
+        with _image_bar(args, len(info.image_ids), len(have)) as tick:
+            records = distributed.wait_for_run(board, backend, info, have=have,
+                                               timeout=args.wait, progress=tick)
     finally:
         board.close()
     return _finish(args, info.job, info.run_id, info.image_ids, records,

@@ -8,6 +8,7 @@ sharing a key, verify the signed images; an audit interrupted with SIGINT resume
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 from tests.helpers.catalogue_cloud import (
@@ -136,7 +138,7 @@ def test_migrate_properties_adds_the_missing_family_and_reports_disagreement(
 def test_backfill_registers_only_where_the_key_opens_the_header(
         env: dict[str, str], catalogue: Catalogue, keystone: Keystone) -> None:
     from imgcrypt.keys.consumers import image_consumer
-    from tests.cloud.test_glance_e2e import barbican_of
+    from tests.helpers.openstack_client import barbican_of
 
     barbican = barbican_of(keystone)
     _, dry, _ = run_job(env, catalogue, "backfill-consumers", "--dry-run")
@@ -166,7 +168,7 @@ def test_after_backfill_no_encrypted_image_lacks_a_consumer_and_a_shared_key_sur
         catalogue_glance: Glance) -> None:
     from imgcrypt.catalogue.cloud import CatalogueImages
     from imgcrypt.errors import SecretNotFoundError
-    from tests.cloud.test_glance_e2e import barbican_of
+    from tests.helpers.openstack_client import barbican_of
 
     _, records, summary = run_job(env, catalogue, "audit")
     assert "no-consumer" not in summary["summary"]["findings"]
@@ -241,3 +243,68 @@ def _done(state: Path) -> int:
     except sqlite3.Error:
         return 0
     return int(row[0])
+
+
+BAR = re.compile(r"audit: +\d+%\|[^|]*\| *(\d+)/(\d+) \[\d\d:\d\d<(\d\d:\d\d|\?), +"
+                 r"([\d.]+img/s|[\d.]+s/img|\?img/s)\]")
+CONTROL = re.compile(r"\x1b|\r(?!\n)")  # an escape, or a carriage return not ending a line
+
+
+def spawn_audit(env: dict[str, str], cat: Catalogue, home: Path, *args: str) -> Any:
+    """``imgcrypt catalogue audit`` on a fresh pseudo-terminal, as a shell would run it."""
+    return pexpect.spawn(sys.executable, ["-m", "imgcrypt", "catalogue", "audit", "--filter",
+                                          f"{BATCH}={cat.batch}", *args],
+                         cwd=str(home), env={**env, "COLUMNS": "120"}, timeout=300,
+                         dimensions=(24, 120), encoding="utf-8", codec_errors="replace")
+
+
+def test_a_terminal_sees_images_done_rate_and_remaining_and_ctrl_c_resumes(
+        env: dict[str, str], catalogue: Catalogue, home: Path) -> None:
+    total = len(catalogue.images)
+    state = str(home / "terminal.sqlite")
+    slow = ("--workers", "1", "--max-requests", "1", "--state", state)
+    child = spawn_audit(env, catalogue, home, *slow)
+    child.expect(BAR)
+    while int(child.match.group(1)) < 2:  # two images stored: now the rate is a rate
+        child.expect(BAR)
+    child.expect(BAR)
+    done, shown_total, remaining, rate = child.match.groups()
+    assert int(shown_total) == total and 2 <= int(done) < total
+    assert re.fullmatch(r"\d\d:\d\d", remaining) and "?" not in rate
+    child.sendintr()  # Ctrl-C typed at the terminal: the whole foreground group gets SIGINT
+    rest = child.read()
+    child.close()
+    assert child.exitstatus == 130, rest
+    stopped = re.search(r"interrupted: (\d+) of (\d+) image\(s\) done; continue with: "
+                        r"imgcrypt catalogue audit --resume ([0-9a-f-]{36})", rest)
+    assert stopped and int(stopped.group(2)) == total, rest
+    assert "Traceback" not in rest
+    stored = _done(Path(state))
+    assert int(stopped.group(1)) == stored and int(done) <= stored < total
+
+    child = spawn_audit(env, catalogue, home, *slow, "--resume", stopped.group(3))
+    child.expect(BAR)
+    # the bar starts from the images already done, not from zero
+    assert int(child.match.group(1)) >= stored and int(child.match.group(2)) == total
+    rest = child.read()
+    child.close()
+    assert child.exitstatus == 4, rest  # the catalogue has images needing attention
+    assert f"audit: {total} image(s)" in rest and "needs attention" in rest
+    assert _done(Path(state)) == total
+
+
+def test_no_bar_and_no_control_characters_off_a_terminal_or_with_json(
+        env: dict[str, str], catalogue: Catalogue, home: Path) -> None:
+    piped = imgcrypt(env, "catalogue", "audit", "--filter", f"{BATCH}={catalogue.batch}",
+                     "--state", str(home / "piped.sqlite"))
+    assert piped.returncode == 4, piped.stderr
+    assert piped.stderr == ""
+    assert not CONTROL.search(piped.stdout) and "img/s" not in piped.stdout
+
+    child = spawn_audit(env, catalogue, home, "--json", "--state", str(home / "json.sqlite"))
+    shown = child.read()
+    child.close()
+    assert child.exitstatus == 4, shown
+    assert not CONTROL.search(shown) and "img/s" not in shown
+    records, summary = json_lines(shown.replace("\r\n", "\n"))
+    assert set(records) == set(catalogue.images.values()) and summary["complete"] is True
