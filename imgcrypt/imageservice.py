@@ -191,6 +191,14 @@ class Image:
                               "(is the image active?); nothing is downloaded without one")
         return size
 
+    @classmethod
+    def from_api(cls, body: Mapping[str, Any]) -> Image:
+        """The image an image API answer describes (the JSON of one image record, as Glance
+        v2 returns it); :class:`~imgcrypt.errors.ToolError` when the answer is not one."""
+        if not isinstance(body, Mapping) or not isinstance(body.get("id"), str):
+            raise ToolError("the image service answered without an image")
+        return cls(str(body["id"]), str(body.get("status")), dict(body))
+
 
 @dataclass(frozen=True)
 class Timeouts:
@@ -248,10 +256,10 @@ class ImageService:
         body = {**properties, "name": name, "disk_format": disk_format,
                 "container_format": container_format}
         response = self._call("POST", "/images", "creating the image", json=body)
-        return _image(response.json())
+        return Image.from_api(response.json())
 
     def get(self, image_id: str) -> Image:
-        return _image(self._call("GET", f"/images/{image_id}", f"image {image_id}").json())
+        return Image.from_api(self._call("GET", f"/images/{image_id}", f"image {image_id}").json())
 
     def find(self, image_id: str) -> Image | None:
         """The image, or None where the image service has none by that id for this user."""
@@ -261,7 +269,7 @@ class ImageService:
             return None
         if response.status_code >= 400:
             return self.get(image_id)  # raises the typed error for any other refusal
-        return _image(response.json())
+        return Image.from_api(response.json())
 
     def delete(self, image_id: str) -> None:
         self._call("DELETE", f"/images/{image_id}", f"deleting image {image_id}")
@@ -407,12 +415,6 @@ RECORD_FIELDS = frozenset({"id", "name", "status", "visibility", "protected", "c
                            "updated_at", "tags", "self", "file", "schema", "disk_format",
                            "container_format", "direct_url", "locations", "os_hidden",
                            "os_hash_algo", "os_hash_value", "stores"})
-
-
-def _image(body: Mapping[str, Any]) -> Image:
-    if not isinstance(body, Mapping) or not isinstance(body.get("id"), str):
-        raise ToolError("the image service answered without an image")
-    return Image(str(body["id"]), str(body.get("status")), dict(body))
 
 
 def extra_properties(image: Image) -> dict[str, str]:

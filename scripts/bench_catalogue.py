@@ -48,11 +48,12 @@ from tests.helpers.catalogue_cloud import (  # noqa: E402
     imgcrypt,
     json_lines,
 )
-from tests.helpers.jobboard_servers import _stop, start_mariadb, start_redis  # noqa: E402
+from tests.helpers.jobboard_servers import start_mariadb, start_redis  # noqa: E402
 from tests.helpers.openstack_servers import (  # noqa: E402
     start_glance,
     start_keystone,
     start_keystone_barbican,
+    stop,
 )
 
 SMALL = 3 << 20
@@ -101,16 +102,16 @@ def services(workdir: Path) -> Iterator[dict[str, Any]]:
     stack = contextlib.ExitStack()
     with stack:
         keystone, kp = start_keystone(workdir / "keystone")
-        stack.callback(_stop, kp)
+        stack.callback(stop, kp)
         barbican, bp = start_keystone_barbican(workdir / "barbican", keystone)
-        stack.callback(_stop, bp)
+        stack.callback(stop, bp)
         glance = start_glance(workdir / "glance", keystone, barbican, ())
         for p in glance.processes:
-            stack.callback(_stop, p)
+            stack.callback(stop, p)
         redis, rp = start_redis(workdir / "redis")
-        stack.callback(_stop, rp)
+        stack.callback(stop, rp)
         maria, mp = start_mariadb(workdir / "mariadb")
-        stack.callback(_stop, mp)
+        stack.callback(stop, mp)
         yield {"keystone": keystone, "glance": glance, "redis": redis, "mariadb": maria}
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from imgcrypt.errors import ImgcryptError, KeyManagerUnavailableError, ToolError
-from imgcrypt.imageservice import Image, ImageService, _image
+from imgcrypt.imageservice import Image, ImageService
 from imgcrypt.keys.clienterrors import exception_chain
 from imgcrypt.keys.manager import Consumer, KeyManager, KeyOrder, SecretInfo
 from imgcrypt.keys.secret import Secret
@@ -119,7 +119,7 @@ class CatalogueImages(ImageService):
         url: str | None = "/images"
         while url is not None:
             body = self._call("GET", url, "listing images", params=params).json()
-            yield [_image(entry) for entry in body.get("images", [])]
+            yield [Image.from_api(entry) for entry in body.get("images", [])]
             following = body.get("next")
             # ``next`` is an absolute path (/v2/images?marker=...) that carries the filters.
             url = str(following).removeprefix("/v2") if following else None
@@ -151,7 +151,7 @@ class CatalogueImages(ImageService):
                for name, value in sorted(properties.items())]
         response = self._call("PATCH", f"/images/{image_id}", f"updating image {image_id}",
                               json=ops, headers={"Content-Type": JSON_PATCH})
-        return _image(response.json())
+        return Image.from_api(response.json())
 
 
 class GatedKeyManager:

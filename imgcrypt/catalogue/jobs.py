@@ -221,16 +221,21 @@ def _families(properties: Mapping[str, Any]) -> list[str]:
 # -- the jobs --------------------------------------------------------------------------------
 
 
+def _look_up(cloud: Cloud, image_id: str) -> tuple[Image, dict[str, str], dict[str, Any]]:
+    """The image's record, its properties as imgcrypt reads them, and the details every job's
+    record starts with (name and owner)."""
+    image = cloud.image(image_id)
+    return image, extra_properties(image), {"name": image.properties.get("name"),
+                                            "owner": image.properties.get("owner")}
+
+
 def audit(cloud: Cloud, image_id: str, options: JobOptions, snapshot: Snapshot
           ) -> dict[str, Any]:
-    image = cloud.image(image_id)
-    props = extra_properties(image)
+    image, props, details = _look_up(cloud, image_id)
     codes: set[str] = set()
     families = _families(props)
-    details: dict[str, Any] = {"name": image.properties.get("name"),
-                               "owner": image.properties.get("owner"),
-                               "status": image.status, "families": families,
-                               "signature": list(schemes_present(props))}
+    details.update(status=image.status, families=families,
+                   signature=list(schemes_present(props)))
     if details["signature"]:
         codes.add("signed")
     if families == ["cinder"]:
@@ -306,10 +311,7 @@ def _sharing(snapshot: Snapshot, key_id: str, image_id: str, codes: set[str],
 
 def backfill_consumers(cloud: Cloud, image_id: str, options: JobOptions, snapshot: Snapshot
                        ) -> dict[str, Any]:
-    image = cloud.image(image_id)
-    props = extra_properties(image)
-    details: dict[str, Any] = {"name": image.properties.get("name"),
-                               "owner": image.properties.get("owner")}
+    image, props, details = _look_up(cloud, image_id)
     try:
         claim = encryption_claim(props)
     except FormatError as exc:
@@ -344,10 +346,7 @@ def backfill_consumers(cloud: Cloud, image_id: str, options: JobOptions, snapsho
 
 def migrate_properties(cloud: Cloud, image_id: str, options: JobOptions, snapshot: Snapshot
                        ) -> dict[str, Any]:
-    image = cloud.image(image_id)
-    props = extra_properties(image)
-    details: dict[str, Any] = {"name": image.properties.get("name"),
-                               "owner": image.properties.get("owner")}
+    image, props, details = _look_up(cloud, image_id)
     if not claims_encryption(props):
         return record("migrate-properties", image_id, {"not-encrypted"}, **details)
     pairs = PROPERTY_PAIRS if options.direction == "to-os-encrypt" else [
@@ -390,10 +389,7 @@ def _same(name: str, a: str, b: str) -> bool:
 
 def verify(cloud: Cloud, image_id: str, options: JobOptions, snapshot: Snapshot
            ) -> dict[str, Any]:
-    image = cloud.image(image_id)
-    props = extra_properties(image)
-    details: dict[str, Any] = {"name": image.properties.get("name"),
-                               "owner": image.properties.get("owner")}
+    image, props, details = _look_up(cloud, image_id)
     if not schemes_present(props):
         return record("verify", image_id, {"unsigned"}, **details)
     if image.status != "active":

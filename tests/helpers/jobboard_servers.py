@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.barbican_server import free_port
+from tests.helpers.barbican_server import base_env, free_port, spawn
+from tests.helpers.openstack_servers import stop
 
 STARTUP_TIMEOUT = 120.0
 
@@ -35,6 +36,8 @@ class MariaDB:
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the server accepts connections on ``port`` (``wait_ready`` asks HTTP servers;
+    these two speak their own protocols); the log's tail when it exits first."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -47,16 +50,6 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"server not listening on {port} after {STARTUP_TIMEOUT} s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def require_tool(name: str) -> str:
     from tests.conftest import require_tool as required  # conftest imports this module
 
@@ -67,15 +60,13 @@ def start_redis(workdir: Path) -> tuple[Redis, subprocess.Popen[bytes]]:
     server = require_tool("redis-server")
     port = free_port()
     log = workdir / "redis.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    process = spawn([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir)],
+                    log, workdir, base_env(workdir))
     try:
         _wait_port(port, process, log)
     except BaseException:
-        _stop(process)
+        stop(process)
         raise
     return Redis(f"redis://127.0.0.1:{port}", port), process
 
@@ -91,13 +82,12 @@ def start_mariadb(workdir: Path) -> tuple[MariaDB, subprocess.Popen[bytes]]:
                         "--auth-root-authentication-method=socket"], check=True, stdout=out,
                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
     port = free_port()
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [server, "--no-defaults", "--user=root", f"--datadir={datadir}", f"--socket={sock}",
-             f"--port={port}", "--bind-address=127.0.0.1", "--skip-log-bin",
-             "--innodb-buffer-pool-size=64M", f"--pid-file={workdir / 'mysqld.pid'}",
-             f"--log-error={workdir / 'mariadbd.err'}"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    process = spawn([server, "--no-defaults", "--user=root", f"--datadir={datadir}",
+                     f"--socket={sock}", f"--port={port}", "--bind-address=127.0.0.1",
+                     "--skip-log-bin", "--innodb-buffer-pool-size=64M",
+                     f"--pid-file={workdir / 'mysqld.pid'}",
+                     f"--log-error={workdir / 'mariadbd.err'}"],
+                    log, workdir, base_env(workdir))
     try:
         _wait_port(port, process, log)
         password = base64.b32encode(os.urandom(10)).decode("ascii").lower()
@@ -106,7 +96,7 @@ def start_mariadb(workdir: Path) -> tuple[MariaDB, subprocess.Popen[bytes]]:
         subprocess.run([client, "--no-defaults", f"--socket={sock}", "-u", "root"],
                        input=setup.encode(), check=True, capture_output=True, timeout=60)
     except BaseException:
-        _stop(process)
+        stop(process)
         raise
     return MariaDB(f"mysql+pymysql://imgcrypt:{password}@127.0.0.1:{port}/imgcrypt"), process
 
@@ -117,7 +107,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     try:
         yield server
     finally:
-        _stop(process)
+        stop(process)
 
 
 @pytest.fixture(scope="session")
@@ -126,4 +116,4 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
     try:
         yield server
     finally:
-        _stop(process)
+        stop(process)
