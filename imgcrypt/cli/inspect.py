@@ -84,6 +84,9 @@ def human(info: dict[str, Any]) -> str:
     if not info.get("decryptable", True):
         reasons = "; ".join(escape(r) for r in info.get("unsupported", []))
         lines.append("  NOT DECRYPTABLE by imgcrypt: " + reasons)
+    if info.get("cryptsetup_refuses"):
+        lines.append("  cryptsetup REFUSES this header (qemu-img opens it): "
+                     + escape(info["cryptsetup_refuses"]))
     lines.append(f"  keyslots       {len(info['keyslots'])} active")
     for slot in info["keyslots"]:
         details = ", ".join(

@@ -19,14 +19,12 @@ OpenSSL computes runs here, built on one primitive, the block cipher in ECB mode
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from imgcrypt.crypto._sector_numpy import NumpyKernel
-from imgcrypt.crypto.backend import CipherInfo, hashlib_name
+from imgcrypt.crypto.backend import CipherInfo, new_hash
 
 U8Array = npt.NDArray[np.uint8]
 _MASK64 = (1 << 64) - 1
@@ -54,7 +52,7 @@ class GenericKernel:
         self._blocks = sector_size // info.block_size
         self._iv_step = sector_size // 512
         self._benbi_shift = 9 - (info.block_size.bit_length() - 1)
-        self._essiv = (_ecb(info, hashlib.new(hashlib_name(essiv_hash), key).digest())
+        self._essiv = (_ecb(info, new_hash(essiv_hash, key).digest())
                        if ivgen == "essiv" else None)
         self._xts: NumpyKernel | None = None
         if chaining == "xts":

@@ -6,7 +6,6 @@ it, so destroying any part of a keyslot's material destroys the key.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from imgcrypt.crypto import backend
@@ -23,9 +22,9 @@ class _Diffuser:
     since a re-key runs this 8000 times."""
 
     def __init__(self, hash_name: str, size: int) -> None:
-        digest_size = hashlib.new(hash_name).digest_size
+        digest_size = backend.new_hash(hash_name).digest_size
         self._parts = [
-            (hashlib.new(hash_name, index.to_bytes(4, "big")), start,
+            (backend.new_hash(hash_name, index.to_bytes(4, "big")), start,
              min(start + digest_size, size))
             for index, start in enumerate(range(0, size, digest_size))
         ]
@@ -46,7 +45,7 @@ def check_hash(hash_name: str) -> str:
 
 def split(key: bytes, stripes: int, hash_name: str, *, randbytes: bytes | None = None) -> bytes:
     """Split ``key`` into ``stripes`` blocks; ``randbytes`` fixes the random part (tests only)."""
-    hash_name = check_hash(hash_name)
+    check_hash(hash_name)
     n = len(key)
     rand = randbytes if randbytes is not None else os.urandom(n * (stripes - 1))
     if len(rand) != n * (stripes - 1):
@@ -60,7 +59,7 @@ def split(key: bytes, stripes: int, hash_name: str, *, randbytes: bytes | None =
 
 def merge(material: bytes, key_size: int, stripes: int, hash_name: str) -> bytes:
     """Recover the key from split ``material`` (at least ``key_size * stripes`` bytes)."""
-    hash_name = check_hash(hash_name)
+    check_hash(hash_name)
     if stripes < 1 or len(material) < key_size * stripes:
         raise FormatError("keyslot material is shorter than its stripes need")
     diffuse = _Diffuser(hash_name, key_size)

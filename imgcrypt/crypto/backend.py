@@ -11,10 +11,13 @@ compute it here (then keyslots and payloads that use it can be opened). :func:`h
 Each hash row holds its names, output size, implementation and PBKDF2 cost weight, so what a
 header may use, what imgcrypt computes and what the cost budget charges cannot drift apart.
 PBKDF2 runs in `cryptography` (its OpenSSL, measured 3.5x faster per iteration than the system
-OpenSSL behind hashlib) where it has the hash, else in OpenSSL through hashlib; the AF
-diffusion always uses hashlib. Whirlpool (and ripemd160 on some builds) lives in OpenSSL's
-legacy provider, which cryptsetup's backend loads too: it is loaded here, through the C module
-that links the same libcrypto as hashlib, the first time such a hash is asked for.
+OpenSSL behind hashlib); the AF diffusion uses hashlib where it has the hash, else
+`cryptography`. Whirlpool (and ripemd160 on some builds) lives in OpenSSL's legacy provider,
+which cryptsetup's backend loads too. `cryptography` has no class for them but fetches any
+digest its own OpenSSL names, with the legacy provider loaded: :class:`OpenSSLDigest` asks it
+by name, so they are computable on every install, the pure one (no C extension) included.
+Where the C module is built, it loads the legacy provider into the system libcrypto too, and
+hashlib then serves the AF diffusion.
 
 Cost weights are the price of one PBKDF2 iteration for one output block, in units of one
 PBKDF2-HMAC-SHA-256 iteration (see :mod:`imgcrypt.crypto.cost`). They were measured with the
@@ -22,7 +25,9 @@ implementation named in the row on the machine docs/security.md describes (proce
 of nine interleaved runs of 50,000 iterations; SHA-256 123 ns) and rounded up by about 10 %:
 SHA-1 1.01, SHA-224 1.02, SHA-384 3.09, SHA-512 3.09, SHA-512/224 3.19, SHA-512/256 3.11,
 SHA3-224 5.44, SHA3-256 5.43, SHA3-384 5.58, SHA3-512 5.56, BLAKE2b-512 5.69, BLAKE2s-256
-4.59, SM3 3.36, MD5 1.64, and through hashlib RIPEMD-160 4.75 and Whirlpool 12.28.
+4.59, SM3 3.36, MD5 1.64, and through hashlib RIPEMD-160 4.75 and Whirlpool 12.28. Through
+`cryptography` (:class:`OpenSSLDigest`) RIPEMD-160 measured 3.98 and Whirlpool 11.05; their rows
+keep the slower hashlib figure, which covers either implementation.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, algorithms
@@ -43,6 +50,26 @@ try:  # the C module links the system libcrypto that hashlib uses; it loads the 
     from imgcrypt.crypto import _evpxts
 except ImportError:  # pragma: no cover - exercised where libcrypto's headers were missing
     _evpxts = None  # type: ignore[assignment]
+
+
+class OpenSSLDigest(hashes.HashAlgorithm):
+    """A digest `cryptography` has no class for, fetched by its OpenSSL name from
+    `cryptography`'s own OpenSSL (which has the legacy provider loaded)."""
+
+    def __init__(self, name: str, digest_size: int, block_size: int) -> None:
+        self._name, self._digest_size, self._block_size = name, digest_size, block_size
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def digest_size(self) -> int:
+        return self._digest_size
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
 
 
 @dataclass(frozen=True)
@@ -67,8 +94,8 @@ _TABLE = (
     HashInfo("blake2b-512", 64, "blake2b", lambda: hashes.BLAKE2b(64), 6.3),
     HashInfo("blake2s-256", 32, "blake2s", lambda: hashes.BLAKE2s(32), 5.1),
     HashInfo("sm3", 32, "sm3", hashes.SM3, 3.7),
-    HashInfo("ripemd160", 20, "ripemd160", None, 5.3),
-    HashInfo("whirlpool", 64, "whirlpool", None, 13.6),
+    HashInfo("ripemd160", 20, "ripemd160", lambda: OpenSSLDigest("ripemd160", 20, 64), 5.3),
+    HashInfo("whirlpool", 64, "whirlpool", lambda: OpenSSLDigest("whirlpool", 64, 64), 13.6),
     HashInfo("sha512-224", 28, "sha512_224", hashes.SHA512_224, 3.6),
     HashInfo("sha512-256", 32, "sha512_256", hashes.SHA512_256, 3.5),
     HashInfo("md5", 16, "md5", hashes.MD5, 1.9),
@@ -115,11 +142,26 @@ def _hashlib_has(name: str) -> bool:
     return False  # pragma: no cover - the loop returns
 
 
+@functools.cache
+def _cryptography_has(name: str) -> bool:
+    """Does `cryptography`'s OpenSSL compute the LUKS hash ``name`` (a table name)?"""
+    info = _BY_NAME[name]
+    if info.algorithm is None:
+        return False
+    algorithm = info.algorithm()
+    try:
+        hashes.Hash(algorithm).finalize()
+    except UnsupportedAlgorithm:
+        return False
+    return True
+
+
 def _usable(name: str) -> HashInfo:
     info = lookup_hash(name)
     if info is None:
         raise UnsupportedError(f"unsupported hash {name[:32]!r}: no tool knows it")
-    if not info.hashlib_name or info.cost is None or not _hashlib_has(info.hashlib_name):
+    if not info.hashlib_name or info.cost is None or not (
+            _hashlib_has(info.hashlib_name) or _cryptography_has(info.name)):
         raise UnsupportedError(
             f"unsupported hash {info.name!r}: OpenSSL here cannot compute it for PBKDF2 and the "
             "anti-forensic splitter; cryptsetup with a crypto backend that has it opens the image")
@@ -129,6 +171,35 @@ def _usable(name: str) -> HashInfo:
 def hashlib_name(name: str) -> str:
     """The hashlib name of a hash imgcrypt can compute here; UnsupportedError otherwise."""
     return _usable(name).hashlib_name
+
+
+class _CryptographyHash:
+    """hashlib's hash-object interface (update, copy, digest) over `cryptography`'s Hash."""
+
+    def __init__(self, context: hashes.Hash) -> None:
+        self._context = context
+        self.digest_size = context.algorithm.digest_size
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._context.update(data)
+
+    def copy(self) -> _CryptographyHash:
+        return _CryptographyHash(self._context.copy())
+
+    def digest(self) -> bytes:
+        return self._context.copy().finalize()
+
+
+def new_hash(name: str, data: bytes = b"") -> Any:  # hashlib's hash object has no public type
+    """A hash object (update, copy, digest) for the LUKS hash ``name``: hashlib's where it has
+    the hash, else `cryptography`'s; UnsupportedError if neither computes it."""
+    info = _usable(name)
+    if _hashlib_has(info.hashlib_name):
+        return hashlib.new(info.hashlib_name, data)
+    assert info.algorithm is not None  # _usable checked `cryptography` has it
+    made = _CryptographyHash(hashes.Hash(info.algorithm()))
+    made.update(data)
+    return made
 
 
 def hash_algorithm(name: str) -> hashes.HashAlgorithm:
@@ -149,7 +220,7 @@ def pbkdf2_cost_weight(name: str) -> float:
 def pbkdf2(name: str, secret: bytes, salt: bytes, iterations: int, length: int) -> bytes:
     """PBKDF2-HMAC with the LUKS hash ``name``, by the implementation its row names."""
     info = _usable(name)
-    if info.algorithm is not None:
+    if info.algorithm is not None and _cryptography_has(info.name):
         return PBKDF2HMAC(algorithm=info.algorithm(), length=length, salt=salt,
                           iterations=iterations).derive(secret)
     return hashlib.pbkdf2_hmac(info.hashlib_name, secret, salt, iterations, length)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from imgcrypt.errors import FormatError
+from imgcrypt.luks.luks1 import Luks1Header
+from imgcrypt.luks.luks1 import rules as luks1_rules
 from imgcrypt.luks.rules import HeaderRuleError
 from imgcrypt.luks.stream import read_header
 
@@ -59,17 +61,24 @@ def cryptsetup_verdict(cryptsetup: str, image: bytes, workdir: Path) -> bool:
 
 
 def imgcrypt_verdict(image: bytes, workdir: Path) -> tuple[bool, str | None]:
-    """(valid, rule name if a rule was broken) from imgcrypt's reading of a file."""
+    """(valid, rule name if a rule was broken) from imgcrypt's reading of a file: its verdict
+    on what cryptsetup loads, including the headers imgcrypt opens as qemu does but reports
+    cryptsetup refusing."""
     path = workdir / "imgcrypt.img"
     path.write_bytes(image)
     try:
         with path.open("rb") as f:
             header, _ = read_header(f)
-        header.describe()
+        info = header.describe()
     except HeaderRuleError as err:
         return False, err.rule.name
     except FormatError:
         return False, None
+    if isinstance(header, Luks1Header):
+        refusal = luks1_rules.cryptsetup_refusal(header)
+        if refusal is not None:
+            assert info["cryptsetup_refuses"] == str(refusal)
+            return False, refusal.rule.name
     return True, None
 
 

@@ -350,3 +350,17 @@ def test_output_size_is_what_decrypt_payload_writes(tmp_path: pytest.TempPathFac
             out = io.BytesIO()
             assert decrypt_payload(opened, f, out, size=size) == expected
     assert out.getvalue()[:length] == payload
+
+
+def test_a_header_cryptsetup_refuses_is_read_but_never_written() -> None:
+    """md5 (16 bytes) breaks cryptsetup's LUKS1 rule luks1-hash-size, not qemu's: a header with
+    it parses and opens (qemu writes them), and imgcrypt's writer refuses to make one."""
+    key = os.urandom(64)
+    data = bytearray(region(b"pw", key))
+    data[72:104] = b"md5".ljust(32, b"\0")  # the hash field, as qemu-img writes it
+    header = luks1.Luks1Header.parse(bytes(data))
+    assert "luks1-hash-size" in (header.cryptsetup_refusal() or "")
+    assert header.describe()["cryptsetup_refuses"] == header.cryptsetup_refusal()
+    with pytest.raises(UsageError, match="cryptsetup would refuse this image.*luks1-hash-size"):
+        region(b"pw", key, hash_spec="md5")
+    assert "cryptsetup_refuses" not in luks1.Luks1Header.parse(region()).describe()

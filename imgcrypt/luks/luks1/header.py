@@ -123,6 +123,12 @@ class Luks1Header:
             reasons.append("detached header: the image holds no payload")
         return tuple(reasons)
 
+    def cryptsetup_refusal(self) -> str | None:
+        """Why cryptsetup refuses this header, which qemu and imgcrypt open; None if it loads
+        it (:func:`imgcrypt.luks.luks1.rules.cryptsetup_refusal`)."""
+        refusal = luks1_rules.cryptsetup_refusal(self)
+        return str(refusal) if refusal else None
+
     def check_decryptable(self) -> None:
         reasons = self.unsupported()
         if reasons:
@@ -167,6 +173,7 @@ class Luks1Header:
         return tuple(i for i, s in enumerate(self.keyslots) if s.active)
 
     def describe(self) -> dict[str, Any]:
+        refusal = self.cryptsetup_refusal()
         return {
             "format": "luks1",
             "version": 1,
@@ -179,6 +186,7 @@ class Luks1Header:
             "mk_digest_iterations": self.mk_digest_iter,
             "decryptable": not self.unsupported(),
             "unsupported": list(self.unsupported()),
+            **({"cryptsetup_refuses": refusal} if refusal else {}),
             "keyslots": [
                 {"slot": i, "kdf": "pbkdf2", "hash": self.hash_spec,
                  "iterations": s.iterations, "stripes": s.stripes,
@@ -318,5 +326,8 @@ def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, h
         mk_digest=digest.value, mk_digest_salt=digest.kdf.salt, mk_digest_iter=digest_iterations,
         uuid=uuid or str(uuidlib.uuid4()), keyslots=slots,
     )
+    refusal = header.cryptsetup_refusal()
+    if refusal:  # imgcrypt reads such images (qemu writes them) but never writes one
+        raise UsageError(f"cryptsetup would refuse this image: {refusal}")
     kdf = Pbkdf2(hash_spec, iterations, os.urandom(SALT_SIZE))
     return header.add_keyslot(bytes(payload_offset), master_key, passphrase, kdf, slot).region

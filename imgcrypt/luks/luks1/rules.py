@@ -4,6 +4,11 @@ cryptsetup checks every keyslot, active or not: a damaged disabled keyslot makes
 header invalid (its area could later be handed to a new passphrase). Ciphers are not checked
 when loading; whether imgcrypt can decrypt is a separate question
 (:meth:`imgcrypt.luks.luks1.Luks1Header.unsupported`).
+
+One rule is cryptsetup's alone: a header hash of fewer than 20 bytes (md5). qemu's LUKS driver
+writes and opens such images (it derives the 20-byte master-key digest with PBKDF2, which
+stretches any hash to any length), so imgcrypt opens them as qemu does, and reports
+cryptsetup's refusal beside the header (:func:`cryptsetup_refusal`) instead of raising it.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ class RuledHeader(Protocol):
 
 
 RULES: dict[str, Rule] = {}
-HASH_KNOWN = rule(RULES, "luks1-hash",
-                  "the header hash is one cryptsetup's backend knows, of at least 20 bytes")
+HASH_KNOWN = rule(RULES, "luks1-hash", "the header hash is one cryptsetup's backend knows")
+HASH_SIZE = rule(RULES, "luks1-hash-size",
+                 "the header hash gives at least 20 bytes (the master-key digest's size)")
 STRIPES_4000 = rule(RULES, "luks1-stripes", "every keyslot, active or not, has 4000 stripes")
 AFTER_HEADER = rule(RULES, "luks1-keyslot-after-header",
                     "every keyslot's material starts after the 592-byte header")
@@ -66,10 +72,19 @@ def area_sectors(key_bytes: int) -> int:
     return material_size(key_bytes, STRIPES) // SECTOR
 
 
-def check(header: RuledHeader) -> None:
-    """Raise HeaderRuleError for the first rule ``header`` breaks, in cryptsetup's order."""
+def cryptsetup_refusal(header: RuledHeader) -> HeaderRuleError | None:
+    """Why cryptsetup refuses a header that qemu and imgcrypt open, or None if it loads it
+    (given that :func:`check` passed)."""
     size = backend.hash_size(header.hash_spec)
-    if size is None or size < MIN_DIGEST:
+    if size is not None and size < MIN_DIGEST:
+        return HeaderRuleError(HASH_SIZE, f"{header.hash_spec[:32]!r} gives {size}")
+    return None
+
+
+def check(header: RuledHeader) -> None:
+    """Raise HeaderRuleError for the first rule ``header`` breaks, in cryptsetup's order,
+    except the one :func:`cryptsetup_refusal` reports."""
+    if backend.hash_size(header.hash_spec) is None:
         raise HeaderRuleError(HASH_KNOWN, repr(header.hash_spec[:32]))
     span = area_sectors(header.key_bytes)
     payload = header.payload_offset_sectors
