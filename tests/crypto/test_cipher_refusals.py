@@ -8,14 +8,13 @@ for a cipher OpenSSL lacks, the tools that open it and the command that converts
 from __future__ import annotations
 
 import json
-import lzma
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.helpers import headerkit as hk
-from tests.helpers.util import imgcrypt, secret_file
+from tests.helpers.util import dump_volume_key, imgcrypt, qemu_secret_args, run_qemu_img, secret_file
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 PASSPHRASE = b"refusal passphrase"
 
 
@@ -50,16 +49,19 @@ def _cryptsetup_loads(cryptsetup: str, image: Path) -> bool:
                           timeout=60).returncode == 0
 
 
-def test_cipher_openssl_lacks_names_tools_and_conversion(tmp_path: Path) -> None:
+def test_cipher_openssl_lacks_names_tools_and_conversion(tmp_path: Path, qemu_img: str) -> None:
     """qemu-img's serpent image: not decryptable, and decrypt says who opens it and how to
     convert it."""
+    key = secret_file(tmp_path, "pass", PASSPHRASE)
     image = tmp_path / "serpent.luks"
-    packed = FIXTURES / "qemu-matrix" / "serpent-256-xts-plain64-sha256.luks.xz"
-    image.write_bytes(lzma.decompress(packed.read_bytes()))
+    made = run_qemu_img(["create", "-f", "luks", *qemu_secret_args(key), "-o",
+                         "key-secret=s0,cipher-alg=serpent-256,cipher-mode=xts,"
+                         "ivgen-alg=plain64,iter-time=10", str(image), "1M"])
+    assert made.returncode == 0, made.stderr
     info = _verdict(image)
     assert info["decryptable"] is False
     assert any("serpent" in reason for reason in info["unsupported"])  # type: ignore[attr-defined]
-    _refused(image, FIXTURES / "passphrase.txt", "serpent-xts-plain64", "nettle or gcrypt",
+    _refused(image, key, "serpent-xts-plain64", "nettle or gcrypt",
              "cryptsetup reencrypt --cipher aes-xts-plain64", "qemu-img convert")
 
 
@@ -116,3 +118,41 @@ def test_sha3_384_luks1_is_decryptable_and_decrypts(tmp_path: Path, cryptsetup: 
                    check=True, capture_output=True, timeout=120)
     assert _verdict(image)["decryptable"] is True
     _decrypts(image, key)
+
+
+# Run with the C extensions absent, as an install without a compiler has them: the import of
+# each raises ImportError, exactly as when the sdist built none.
+PURE_UNLOCK = """
+import sys
+sys.modules["imgcrypt.crypto._evpxts"] = None
+sys.modules["imgcrypt.crypto._xtsmul"] = None
+import hashlib
+from imgcrypt.luks.stream import unlock_stream
+try:
+    hashlib.new("whirlpool")
+except ValueError:
+    print("hashlib lacks whirlpool")
+with open(sys.argv[1], "rb") as f:
+    print(unlock_stream(f, open(sys.argv[2], "rb").read()).master_key.hex())
+print("_evpxts" in str(sys.modules.get("imgcrypt.crypto.backend").__dict__.get("_evpxts")))
+"""
+
+
+def test_whirlpool_without_the_c_extension(tmp_path: Path, cryptsetup: str) -> None:
+    """A cryptsetup whirlpool image on the pure path: hashlib (the system OpenSSL without its
+    legacy provider) lacks whirlpool, and imgcrypt computes it through `cryptography`'s OpenSSL,
+    recovering cryptsetup's volume key."""
+    key = secret_file(tmp_path, "pass", PASSPHRASE)
+    image = tmp_path / "whirlpool.luks"
+    with open(image, "wb") as f:
+        f.truncate(3 << 20)
+    subprocess.run([cryptsetup, "luksFormat", "-q", "--type", "luks1", "--hash", "whirlpool",
+                    "--key-file", str(key), "--pbkdf-force-iterations", "1000", str(image)],
+                   check=True, capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", PURE_UNLOCK, str(image), str(key)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lacks, master_key, loaded = proc.stdout.splitlines()
+    assert lacks == "hashlib lacks whirlpool"
+    assert bytes.fromhex(master_key) == dump_volume_key(cryptsetup, image, key)
+    assert loaded == "False"  # the backend ran without the C module
