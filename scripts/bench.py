@@ -323,7 +323,7 @@ def verify_rates(src: Path) -> tuple[float, float]:
 def rekey_kdf_seconds(image: Path, passphrase: bytes, new_iterations: int) -> float:
     """The PBKDF2 work ``rekey --change`` cannot avoid: open the old slot, check the digest,
     derive the new slot's key; best of 3."""
-    from imgcrypt.luks.stream import read_header
+    from imgcrypt.luks.unlock import read_header
 
     with open(image, "rb") as f:
         header, _ = read_header(f)
@@ -348,7 +348,7 @@ def rekey_in_process_seconds(image: Path, passphrases: list[Path], current: int,
                              iterations: int) -> float:
     """``rekey_file`` itself, without interpreter start and argument parsing; best of 5."""
     from imgcrypt.crypto.kdf import Pbkdf2
-    from imgcrypt.luks.stream import rekey_file
+    from imgcrypt.luks.rekey import rekey_file
 
     secrets = [p.read_bytes() for p in passphrases]
     times = []

@@ -19,7 +19,7 @@ from typing import Any
 
 from imgcrypt.errors import FormatError
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.stream import read_header
+from imgcrypt.luks.unlock import read_header
 
 PASSPHRASE = b"header rules"
 LUKS1_KEYSLOT = 208

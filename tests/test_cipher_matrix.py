@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imgcrypt.errors import UnsupportedError
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.stream import decrypt_payload, read_header, unlock_stream
+from imgcrypt.luks.transfer import decrypt_payload
+from imgcrypt.luks.unlock import read_header, unlock_stream
 
 from .dmcrypt_oracle import OPENSSL_CIPHERS, ctr_by_blocks, oracle_encrypt
 from .luksdump import parse_luks1, parse_luks2

@@ -11,7 +11,8 @@ import pytest
 
 from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import encrypt_stream, read_header, unlock_stream
+from imgcrypt.luks.transfer import encrypt_stream
+from imgcrypt.luks.unlock import read_header, unlock_stream
 
 from .util import dump_volume_key, imgcrypt, qemu_secret_args, run_qemu_img, secret_file
 from .util import test_passphrase as cs_test_passphrase

@@ -15,7 +15,7 @@ from imgcrypt.errors import UnsupportedError, UsageError, WrongPassphraseError
 from imgcrypt.luks.container import RegionUpdate, bytes_to_parse, parse_header
 from imgcrypt.luks.luks2 import Luks2Header
 from imgcrypt.luks.options import KdfOptions
-from imgcrypt.luks.stream import rekey_file
+from imgcrypt.luks.rekey import rekey_file
 
 from .luksdump import parse_luks1
 from .test_luks2_support import PASS, cheap_kdf, make_region, rewrite_json

@@ -31,10 +31,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.container import LuksHeader, payload_span, whole_sectors
+
+if TYPE_CHECKING:
+    from imgcrypt.crypto.sectors import SectorCipher
 
 try:
     from imgcrypt.crypto._xtsmul import nonzero_spans as _nonzero_spans
@@ -146,6 +149,18 @@ def plan_decrypt(header: LuksHeader, *, size: int | None, available: int | None)
         assert span.length is not None
         plan.check_end(span.length)  # a file's end is known now: refuse before writing
     return plan
+
+
+def xts_transform(cipher: SectorCipher, iv_base: int, *, encrypt: bool) -> Transform:
+    """The transform of a payload under ``cipher`` whose first sector has IV ``iv_base``: a
+    chunk at input offset ``at`` starts at IV ``iv_base + at // 512`` (IVs count 512-byte
+    units whatever the sector size)."""
+    run = cipher.encrypt_into if encrypt else cipher.decrypt_into
+
+    def transform(view: memoryview, at: int) -> None:
+        run(view, iv_base + at // 512, view)
+
+    return transform
 
 
 # -- sources and targets -----------------------------------------------------------------------
