@@ -111,7 +111,7 @@ class Workspace:
     def __init__(self, directory: Path, size: int = 24 << 20, *, cryptsetup: str | None = None,
                  seed: int = 0) -> None:
         from imgcrypt.luks.options import FormatOptions
-        from imgcrypt.luks.stream import encrypt_stream
+        from imgcrypt.luks.transfer import encrypt_stream
 
         self.dir = directory
         self.cryptsetup = cryptsetup
@@ -247,7 +247,7 @@ class Workspace:
         return f"{count} secret(s)"
 
     def _opens(self, image: Path, passphrase: bytes) -> bool:
-        from imgcrypt.luks.stream import unlock_stream
+        from imgcrypt.luks.unlock import unlock_stream
 
         try:
             with open(image, "rb") as f:
@@ -276,7 +276,7 @@ class Workspace:
             yield from self._check_keystore(w / "keystore")
 
     def _check_encrypted(self, out: Path) -> Iterator[str]:
-        from imgcrypt.luks.stream import decrypt_stream
+        from imgcrypt.luks.transfer import decrypt_stream
 
         if not out.exists():
             return
@@ -291,7 +291,7 @@ class Workspace:
             yield "encrypt left an output that decrypts to other bytes"
 
     def _check_rekeyed(self, image: Path, pristine: Path) -> Iterator[str]:
-        from imgcrypt.luks.stream import read_header
+        from imgcrypt.luks.unlock import read_header
 
         old, new = self._opens(image, OLD), self._opens(image, NEW)
         if not (old or new):

@@ -152,7 +152,7 @@ def _unlock(header: LuksHeader, region: bytes) -> None:
 
 
 def stream_read_header(data: bytes) -> None:
-    from imgcrypt.luks.stream import read_header
+    from imgcrypt.luks.unlock import read_header
 
     header, region = read_header(io.BytesIO(data), FUZZ_LIMITS)
     if len(region) < header.region_size:
@@ -170,7 +170,8 @@ def luks_unlock(data: bytes) -> None:
 
 
 def stream_decrypt(data: bytes) -> None:
-    from imgcrypt.luks.stream import decrypt_stream, open_payload
+    from imgcrypt.luks.reader import open_payload
+    from imgcrypt.luks.transfer import decrypt_stream
 
     if len(data) >= 8 and data[6:8] == b"\0\2":
         data = _luks2_with_checksums(data)

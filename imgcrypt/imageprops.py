@@ -249,7 +249,7 @@ def attach_properties(
     # need neither the LUKS code nor the key manager's property rules (start-up time).
     from imgcrypt.keys.properties import encryption_properties
     from imgcrypt.luks.container import is_luks
-    from imgcrypt.luks.stream import read_header, unlock_stream
+    from imgcrypt.luks.unlock import read_header, unlock_stream
 
     properties: dict[str, str] = {"disk_format": "raw", "container_format": "bare"}
     prefix = stream.read(8)

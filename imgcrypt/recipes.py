@@ -34,7 +34,8 @@ from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY
 from imgcrypt.luks.options import FormatOptions, KdfOptions
-from imgcrypt.luks.stream import decrypt_stream, encrypt_stream, rekey_file
+from imgcrypt.luks.rekey import rekey_file
+from imgcrypt.luks.transfer import decrypt_stream, encrypt_stream
 from imgcrypt.service.flows import (
     VolumeImage,
     VolumeResult,

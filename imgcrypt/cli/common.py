@@ -11,8 +11,8 @@ from typing import Any
 
 from imgcrypt.cli.output import add_json_argument
 from imgcrypt.crypto.kdfparams import KDF_NAMES
+from imgcrypt.luks.engine import Progress
 from imgcrypt.luks.options import DEFAULT_ITER_TIME_MS, FormatOptions
-from imgcrypt.luks.stream import Progress
 
 
 def command_parser(sub: Any, name: str, *, summary: str, description: str, example: str,

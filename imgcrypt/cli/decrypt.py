@@ -10,7 +10,8 @@ from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
-from imgcrypt.luks.stream import decrypt_payload, unlock_stream
+from imgcrypt.luks.transfer import decrypt_payload
+from imgcrypt.luks.unlock import unlock_stream
 
 EXAMPLE = """example:
   imgcrypt decrypt disk.luks disk.raw --passphrase-file pass.txt

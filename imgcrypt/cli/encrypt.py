@@ -15,7 +15,7 @@ from imgcrypt.fileio import atomic_output
 from imgcrypt.keys.consumers import file_consumer_for, release_file_elsewhere
 from imgcrypt.keys.lease import KeyLease
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import encrypt_stream
+from imgcrypt.luks.transfer import encrypt_stream
 
 EXAMPLE = """example:
   imgcrypt encrypt disk.raw disk.luks --passphrase-file pass.txt

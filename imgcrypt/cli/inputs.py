@@ -215,6 +215,9 @@ def sniff_stdin() -> tuple[BinaryIO, str | None]:
     if _regular_file(stdin):
         # a redirected file: look without moving, so the file-to-file fast path stays
         return stdin, sniff_format(os.pread(stdin.fileno(), SNIFF_SIZE, stdin.tell()))
+    from imgcrypt.luks.engine import widen_pipe
+
+    widen_pipe(stdin)  # the wrapper returned below has no descriptor for the engine to widen
     head = b""
     while len(head) < SNIFF_SIZE:
         chunk = stdin.read(SNIFF_SIZE - len(head))

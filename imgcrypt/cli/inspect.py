@@ -8,7 +8,7 @@ from typing import Any
 from imgcrypt.cli import common, inputs
 from imgcrypt.cli.output import emit
 from imgcrypt.luks.base import SECTOR
-from imgcrypt.luks.stream import read_header
+from imgcrypt.luks.unlock import read_header
 from imgcrypt.text import escape
 
 

@@ -21,8 +21,9 @@ from imgcrypt.keys.manager import KeyManager, KeyOrder
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY
 from imgcrypt.luks.container import PROBE_SIZE, is_luks
+from imgcrypt.luks.engine import CHUNK_SIZE
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import CHUNK_SIZE, encrypt_stream
+from imgcrypt.luks.transfer import encrypt_stream
 from imgcrypt.service.claims import claims_encryption
 from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict
 from imgcrypt.service.verdict import (

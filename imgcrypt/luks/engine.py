@@ -31,10 +31,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from imgcrypt.errors import FormatError, FormatFault
 from imgcrypt.luks.container import LuksHeader, payload_span, whole_sectors
+
+if TYPE_CHECKING:
+    from imgcrypt.crypto.sectors import SectorCipher
 
 try:
     from imgcrypt.crypto._xtsmul import nonzero_spans as _nonzero_spans
@@ -46,6 +49,14 @@ CHUNK_SIZE = 4 << 20
 # between the read, the cipher and the write (three passes over it), large enough that the
 # per-chunk cost (a few system calls and Python calls) stays under 2 %.
 TRANSFER_CHUNK = 256 << 10
+# What one worker moves at a time when the source or the target is a stream (a pipe, a
+# socket): each chunk passes a read turn and a write turn, two thread hand-offs that cost more
+# than the cache misses of a larger buffer (1 MiB chunks cut the context switches of a piped
+# decrypt threefold), and a pipe's 1 MiB buffer is then filled or drained in one system call.
+STREAM_CHUNK = 1 << 20
+# A regular file's pages already read are dropped from the cache in windows of this size:
+# posix_fadvise costs tens of microseconds a call (tmpfs walks its pages), too much per chunk.
+FADVISE_WINDOW = 16 << 20
 # Progress is reported in steps of this many bytes, not for every chunk.
 PROGRESS_STEP = 4 << 20
 # After a stop, how long to wait for workers before leaving one blocked on a stalled stream.
@@ -55,6 +66,7 @@ SPARSE_BLOCK = 4096
 MAX_WORKERS = 4
 # Linux: a pipe buffer of 1 MiB instead of 64 KiB cuts the wake-ups of a stream 16-fold.
 _F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
 _PIPE_SIZE = 1 << 20
 _ZEROS = memoryview(bytes(CHUNK_SIZE))
 
@@ -139,6 +151,18 @@ def plan_decrypt(header: LuksHeader, *, size: int | None, available: int | None)
     return plan
 
 
+def xts_transform(cipher: SectorCipher, iv_base: int, *, encrypt: bool) -> Transform:
+    """The transform of a payload under ``cipher`` whose first sector has IV ``iv_base``: a
+    chunk at input offset ``at`` starts at IV ``iv_base + at // 512`` (IVs count 512-byte
+    units whatever the sector size)."""
+    run = cipher.encrypt_into if encrypt else cipher.decrypt_into
+
+    def transform(view: memoryview, at: int) -> None:
+        run(view, iv_base + at // 512, view)
+
+    return transform
+
+
 # -- sources and targets -----------------------------------------------------------------------
 
 
@@ -184,12 +208,16 @@ def regular_fd(stream: Any) -> int | None:
         return None
 
 
-def _widen_pipe(stream: Any) -> None:
+def widen_pipe(stream: Any) -> None:
+    """Give the pipe behind ``stream`` (a file object or a descriptor) a 1 MiB buffer, where
+    the system allows it (an unprivileged process is bounded by /proc/sys/fs/pipe-max-size);
+    anything that is not a pipe is left alone."""
     import fcntl
 
     with contextlib.suppress(AttributeError, OSError, ValueError):
-        fd = stream.fileno()
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+        fd = stream if isinstance(stream, int) else stream.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and \
+                fcntl.fcntl(fd, _F_GETPIPE_SZ) < _PIPE_SIZE:
             fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
 
 
@@ -219,9 +247,17 @@ class FileSource:
                 _pread_full(self.fd, view[data - self.offset - at : hole - self.offset - at],
                             data)
             position = hole
-        with contextlib.suppress(OSError, AttributeError):
-            os.posix_fadvise(self.fd, self.offset + at, want, os.POSIX_FADV_DONTNEED)
+        end = at + want
+        edge = end - end % FADVISE_WINDOW
+        if edge > at:  # this chunk reached the edge of a window: that window is read
+            self._drop(max(0, edge - FADVISE_WINDOW), edge)
+        if end == self.length and end > edge:
+            self._drop(edge, end)
         return want
+
+    def _drop(self, start: int, end: int) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(self.fd, self.offset + start, end - start, os.POSIX_FADV_DONTNEED)
 
     def _next_data(self, position: int, end: int) -> tuple[int, int]:
         """The next data range [data, hole) at or after ``position``, clipped to ``end``.
@@ -262,7 +298,7 @@ class StreamSource:
         self.stream = stream
         self._prefix = memoryview(prefix)
         self._readinto = getattr(stream, "readinto", None)
-        _widen_pipe(stream)
+        widen_pipe(stream)
 
     def read(self, view: memoryview, at: int) -> int:
         done = min(len(self._prefix), len(view))
@@ -313,7 +349,7 @@ class StreamTarget:
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
-        _widen_pipe(stream)
+        widen_pipe(stream)
 
     def write(self, view: memoryview, at: int) -> None:
         self.stream.write(view)
@@ -523,24 +559,29 @@ class _Engine:
 
 
 def _engine(plan: PayloadPlan, source: Source, target: Target | None, transform: Transform,
-            workers: int | None, chunk_size: int) -> _Engine:
+            workers: int | None, chunk_size: int | None) -> _Engine:
+    streaming = source.sequential or target is None or target.sequential
+    if chunk_size is None:
+        chunk_size = STREAM_CHUNK if streaming else TRANSFER_CHUNK
     if chunk_size <= 0 or chunk_size % plan.sector_size or chunk_size > CHUNK_SIZE:
         raise ValueError("chunk_size must be a multiple of the sector size, at most 4 MiB")
     count = default_workers() if workers is None else workers
     if count < 1:
         raise ValueError("workers must be at least 1")
-    if workers is None and (source.sequential or target is None or target.sequential):
+    if workers is None and streaming:
         count += 1  # one more so that a read, a transform and a write can all be under way
     return _Engine(plan, source, target, transform, count, chunk_size)
 
 
 def transfer(plan: PayloadPlan, source: Source, target: Target, transform: Transform, *,
              progress: Progress | None = None, workers: int | None = None,
-             chunk_size: int = TRANSFER_CHUNK) -> TransferResult:
+             chunk_size: int | None = None) -> TransferResult:
     """Move the planned payload from ``source`` to ``target`` through ``transform``.
 
     ``transform(view, at)`` rewrites the sector-padded chunk at input offset ``at`` in place.
-    ``progress`` gets the input bytes of each chunk, in the caller's thread. Any error stops
+    ``progress`` gets the input bytes of each chunk, in the caller's thread. ``chunk_size``
+    defaults to :data:`STREAM_CHUNK` when the source or the target is a stream, else
+    :data:`TRANSFER_CHUNK`. Any error stops
     every worker and is raised here once they have all ended.
     """
     engine = _engine(plan, source, target, transform, workers, chunk_size)

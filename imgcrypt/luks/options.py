@@ -120,7 +120,7 @@ class KdfOptions:
 
     def format_options(self) -> FormatOptions:
         """These KDF choices over :class:`FormatOptions`' defaults (the header overrides
-        version, hash, cipher and key size: :func:`imgcrypt.luks.stream.kdf_for`)."""
+        version, hash, cipher and key size: :func:`imgcrypt.luks.rekey.kdf_for`)."""
         return FormatOptions(
             iter_time_ms=self.iter_time_ms, iterations=self.iterations, pbkdf=self.pbkdf,
             pbkdf_memory_kib=self.pbkdf_memory_kib, pbkdf_parallel=self.pbkdf_parallel,

@@ -25,7 +25,7 @@ from imgcrypt.luks.luks2.disk import (
     pack_copy,
 )
 from imgcrypt.luks.luks2.metadata import check_area
-from imgcrypt.luks.stream import read_header
+from imgcrypt.luks.unlock import read_header
 
 
 @dataclass(frozen=True)

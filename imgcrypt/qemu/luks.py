@@ -35,7 +35,8 @@ from imgcrypt.errors import ToolError, UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_file
 from imgcrypt.luks.container import LuksHeader
 from imgcrypt.luks.options import FormatOptions, KdfOptions
-from imgcrypt.luks.stream import RekeyResult, read_header, rekey_file
+from imgcrypt.luks.rekey import RekeyResult, rekey_file
+from imgcrypt.luks.unlock import read_header
 from imgcrypt.qemu import qcow2
 from imgcrypt.qemu.info import MAX_INFO_JSON, MAX_SIZE, ImageInfo
 from imgcrypt.qemu.source import (
@@ -336,7 +337,7 @@ def rekey_image(path: str, passphrase: bytes, *, new_passphrase: bytes | None = 
                 new_slot: int | None = None,
                 qemu_img: QemuImg = DEFAULT_QEMU_IMG) -> RekeyResult:
     """Add, change or remove a passphrase of the image at ``path``, a LUKS container
-    (:func:`imgcrypt.luks.stream.rekey_file`) or a qcow2 with qemu's built-in LUKS
+    (:func:`imgcrypt.luks.rekey.rekey_file`) or a qcow2 with qemu's built-in LUKS
     (:func:`rekey`, by its magic): the header only, in place. ``kdf`` describes the new
     keyslot (default :class:`KdfOptions`); qemu-img amend picks a qcow2's keyslots itself, so
     ``opened_slot`` and ``new_slot`` are for LUKS images only."""

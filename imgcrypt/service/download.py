@@ -27,7 +27,9 @@ from imgcrypt.errors import FormatError, UsageError, VerificationError
 from imgcrypt.fileio import ChunkReader
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.rules import passphrase_for
-from imgcrypt.luks.stream import CHUNK_SIZE, iter_payload, unlock_stream
+from imgcrypt.luks.engine import CHUNK_SIZE
+from imgcrypt.luks.transfer import iter_payload
+from imgcrypt.luks.unlock import unlock_stream
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
 from imgcrypt.service.upload import HASH_ALGORITHMS, UploadInspector, UploadPolicy
 from imgcrypt.signing import schemes_present

@@ -32,17 +32,11 @@ from imgcrypt.keys.rules import (
 )
 from imgcrypt.keys.secret import EncryptionSpec
 from imgcrypt.luks.container import payload_span
+from imgcrypt.luks.engine import CHUNK_SIZE
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import (
-    CHUNK_SIZE,
-    decrypt_payload,
-    encrypt_stream,
-    iter_payload,
-    kdf_for,
-    read_header,
-    rekey_file,
-    unlock_stream,
-)
+from imgcrypt.luks.rekey import kdf_for, rekey_file
+from imgcrypt.luks.transfer import decrypt_payload, encrypt_stream, iter_payload
+from imgcrypt.luks.unlock import read_header, unlock_stream
 from imgcrypt.service.claims import encryption_claim
 from imgcrypt.service.upload import UploadInspector, UploadPolicy, UploadVerdict
 from imgcrypt.signing.verify import schemes_present

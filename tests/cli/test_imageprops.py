@@ -37,7 +37,7 @@ from imgcrypt.imageprops import (
     upload_properties,
 )
 from imgcrypt.keys.properties import encryption_properties
-from imgcrypt.luks.stream import read_header
+from imgcrypt.luks.unlock import read_header
 from imgcrypt.signing.imgcrypt_mode import ImgcryptSigner
 from imgcrypt.signing.manifest import BOUND_PROPERTIES
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties, parse_properties

@@ -31,7 +31,7 @@ from imgcrypt.glance.checks import (
 from imgcrypt.keys.local import LocalKeyStore
 from imgcrypt.keys.manager import KeyOrder
 from imgcrypt.keys.rules import passphrase_for
-from imgcrypt.luks.stream import decrypt_stream
+from imgcrypt.luks.transfer import decrypt_stream
 from imgcrypt.service.upload import UploadPolicy
 from tests.helpers.util import raises_fault
 

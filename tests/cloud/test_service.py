@@ -35,7 +35,8 @@ from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
 from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import encrypt_stream, unlock_stream
+from imgcrypt.luks.transfer import encrypt_stream
+from imgcrypt.luks.unlock import unlock_stream
 from imgcrypt.service.flows import (
     create_volume_from_image,
     delete_hook,

@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imgcrypt.crypto.sectors import SectorCipher
 from imgcrypt.errors import UnsupportedError
-from imgcrypt.luks.stream import decrypt_payload, read_header, unlock_stream
+from imgcrypt.luks.transfer import decrypt_payload
+from imgcrypt.luks.unlock import read_header, unlock_stream
 from imgcrypt.qemu.luks import read_qcow2_luks
 
 from tests.helpers.dmcrypt_oracle import OPENSSL_CIPHERS, ctr_by_blocks, oracle_encrypt

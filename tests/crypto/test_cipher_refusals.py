@@ -127,7 +127,7 @@ import sys
 sys.modules["imgcrypt.crypto._evpxts"] = None
 sys.modules["imgcrypt.crypto._xtsmul"] = None
 import hashlib
-from imgcrypt.luks.stream import unlock_stream
+from imgcrypt.luks.unlock import unlock_stream
 try:
     hashlib.new("whirlpool")
 except ValueError:

@@ -21,7 +21,7 @@ from imgcrypt.errors import FormatError
 from imgcrypt.luks.luks1 import Luks1Header
 from imgcrypt.luks.luks1 import rules as luks1_rules
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.stream import read_header
+from imgcrypt.luks.unlock import read_header
 
 PASSPHRASE = b"header rules"
 LUKS1_KEYSLOT = 208

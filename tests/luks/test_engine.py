@@ -24,7 +24,7 @@ from imgcrypt.luks.engine import (
     transfer,
 )
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import decrypt_stream, encrypt_stream
+from imgcrypt.luks.transfer import decrypt_stream, encrypt_stream
 from tests.conftest import require_tool
 from tests.helpers.util import raises_fault
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from imgcrypt.luks.stream import read_header
+from imgcrypt.luks.unlock import read_header
 from imgcrypt.qemu import parse_image_info, sniff_format
 from tests.helpers import luksdump
 

@@ -22,16 +22,11 @@ from imgcrypt.errors import (
 from imgcrypt.luks import luks1
 from imgcrypt.luks.container import parse_header
 from imgcrypt.luks.options import FormatOptions
+from imgcrypt.luks.reader import open_payload
+from imgcrypt.luks.rekey import rekey_file
 from imgcrypt.luks.rules import LUKS_VERSION, HeaderRuleError
-from imgcrypt.luks.stream import (
-    decrypt_payload,
-    decrypt_stream,
-    encrypt_stream,
-    open_payload,
-    read_header,
-    rekey_file,
-    unlock_stream,
-)
+from imgcrypt.luks.transfer import decrypt_payload, decrypt_stream, encrypt_stream
+from imgcrypt.luks.unlock import read_header, unlock_stream
 from tests.helpers.util import raises_fault
 
 FAST = FormatOptions(iterations=1000)

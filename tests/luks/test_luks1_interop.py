@@ -11,7 +11,8 @@ import pytest
 
 from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import encrypt_stream, read_header, unlock_stream
+from imgcrypt.luks.transfer import encrypt_stream
+from imgcrypt.luks.unlock import read_header, unlock_stream
 from tests.helpers.util import (
     dump_volume_key,
     imgcrypt,

@@ -15,7 +15,7 @@ from imgcrypt.errors import UnsupportedError, UsageError, WrongPassphraseError
 from imgcrypt.luks.container import RegionUpdate, bytes_to_parse, parse_header
 from imgcrypt.luks.luks2 import Luks2Header
 from imgcrypt.luks.options import KdfOptions
-from imgcrypt.luks.stream import rekey_file
+from imgcrypt.luks.rekey import rekey_file
 from tests.helpers.luksdump import parse_luks1
 from tests.helpers.util import dump_volume_key, secret_file
 from tests.helpers.util import test_passphrase as cs_test_passphrase

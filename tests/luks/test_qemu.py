@@ -275,7 +275,7 @@ def test_encrypt_through_raw_view_then_qemu_decrypts(tmp_path: Path, qemu_img: s
                                                      guest: tuple[Path, bytes], fmt: str) -> None:
     # the path `imgcrypt encrypt disk.qcow2 disk.luks` takes once wired to raw_view
     from imgcrypt.luks.options import FormatOptions
-    from imgcrypt.luks.stream import encrypt_stream
+    from imgcrypt.luks.transfer import encrypt_stream
 
     raw, data = guest
     image = make_image(qemu_img, raw, fmt, tmp_path / f"disk.{fmt}")

@@ -36,7 +36,8 @@ from imgcrypt.errors import (
 from imgcrypt.luks import luks1
 from imgcrypt.luks.container import parse_header
 from imgcrypt.luks.rules import HeaderRuleError
-from imgcrypt.luks.stream import decrypt_stream, read_header
+from imgcrypt.luks.transfer import decrypt_stream
+from imgcrypt.luks.unlock import read_header
 
 FAST = 1.0
 PW = seeds.PASSPHRASE
@@ -277,7 +278,7 @@ def test_luks2_largest_region_from_a_short_stream() -> None:
     """4 MiB metadata copies and 128 MiB of keyslots (the largest legal region) announced by a
     stream that ends after the metadata: a FormatError (TRUNCATED), fast, within the stream cap."""
     from imgcrypt.luks.luks2.disk import BINARY_SIZE, MAX_HDR_SIZE
-    from imgcrypt.luks.stream import MAX_REGION_SIZE
+    from imgcrypt.luks.unlock import MAX_REGION_SIZE
 
     obj = luks2_doc()
     obj["config"]["json_size"] = str(MAX_HDR_SIZE - BINARY_SIZE)
@@ -302,7 +303,7 @@ def test_luks2_largest_region_from_a_short_stream() -> None:
 def test_luks2_keyslots_size_cap_keeps_regions_within_the_stream_cap() -> None:
     from imgcrypt.luks.luks2.disk import MAX_HDR_SIZE
     from imgcrypt.luks.luks2.metadata import MAX_KEYSLOTS_SIZE
-    from imgcrypt.luks.stream import MAX_REGION_SIZE
+    from imgcrypt.luks.unlock import MAX_REGION_SIZE
 
     assert 2 * MAX_HDR_SIZE + MAX_KEYSLOTS_SIZE <= MAX_REGION_SIZE
 

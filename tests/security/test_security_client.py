@@ -564,7 +564,7 @@ def test_luks2_json_with_300000_values_opens_as_cryptsetup_opens_it(tmp_path: Pa
     dump = cs("luksDump", image)
     assert dump.returncode == 0 and b"user-many" in dump.stdout
     assert cs("open", "--test-passphrase", "--key-file", keyfile, image).returncode == 0
-    from imgcrypt.luks.stream import read_header
+    from imgcrypt.luks.unlock import read_header
 
     with open(image, "rb") as f:
         header, _ = read_header(f)
@@ -595,7 +595,7 @@ def test_a_decrypting_download_reads_exactly_the_declared_size(
     from imgcrypt.keys.properties import encryption_properties
     from imgcrypt.keys.secret import Secret
     from imgcrypt.luks.options import FormatOptions
-    from imgcrypt.luks.stream import encrypt_stream
+    from imgcrypt.luks.transfer import encrypt_stream
     from imgcrypt.service.download import open_download
 
     store = LocalKeyStore(tmp_path / "keys")

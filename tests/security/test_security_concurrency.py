@@ -21,7 +21,9 @@ from fuzz import seeds, targets
 from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import decrypt_stream, encrypt_stream, open_payload, unlock_stream
+from imgcrypt.luks.reader import open_payload
+from imgcrypt.luks.transfer import decrypt_stream, encrypt_stream
+from imgcrypt.luks.unlock import unlock_stream
 from tests.conftest import require_tool
 from tests.helpers.util import secret_file
 from tests.helpers.util import test_passphrase as cryptsetup_opens
@@ -190,7 +192,7 @@ def test_two_processes_add_to_the_same_image(rekey_setup: dict[str, Path], round
     for name in ("old", "a", "b"):
         assert _opens(s["image"], s[name], cryptsetup), name
     with open(s["image"], "rb") as f:
-        from imgcrypt.luks.stream import read_header
+        from imgcrypt.luks.unlock import read_header
 
         header, _ = read_header(f)
     assert len(header.active_keyslots()) == 3

@@ -43,7 +43,7 @@ from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.properties import encryption_properties
 from imgcrypt.keys.rules import DeletionOutcome, passphrase_for
 from imgcrypt.keys.secret import EncryptionSpec, KeySizeMeaning, Secret
-from imgcrypt.luks.stream import decrypt_stream
+from imgcrypt.luks.transfer import decrypt_stream
 from imgcrypt.service.flows import create_volume_from_image, delete_hook, download_hook
 from imgcrypt.service.upload import UPLOAD_UNLOCK_LIMITS, UploadInspector, inspect_upload
 from imgcrypt.signing import GlanceSigner, ImgcryptSigner

@@ -24,7 +24,8 @@ from fuzz import seeds
 from imgcrypt.cli.main import main as cli_main
 from imgcrypt.errors import WrongPassphraseError
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.stream import encrypt_stream, unlock_stream
+from imgcrypt.luks.transfer import encrypt_stream
+from imgcrypt.luks.unlock import unlock_stream
 from tests.helpers.util import secret_file
 
 ROOT = Path(__file__).resolve().parents[2]
