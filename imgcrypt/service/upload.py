@@ -187,7 +187,7 @@ class UploadInspector:
                     return PROBE_SIZE
                 return max(bytes_to_parse(head[:PROBE_SIZE]), PROBE_SIZE)
             self._head_final = True
-            return _unlock_extent(parse_header(head, self._policy.unlock_limits))
+            return unlock_extent(parse_header(head, self._policy.unlock_limits))
         except ImgcryptError:
             self._head_final = True  # judged at the end, from what was kept
             return len(head)
@@ -211,7 +211,7 @@ class UploadInspector:
 
     def _check_payload(self, header: LuksHeader, claim: EncryptionClaim) -> None:
         """The payload the header and the properties describe lies inside the image."""
-        if _unlock_extent(header) > len(self._head):
+        if unlock_extent(header) > len(self._head):
             raise FormatError("the image ends inside its LUKS header or keyslots",
                               reason=FormatFault.ENCRYPTION_CLAIM)
         if header.payload_offset >= self._size:
@@ -292,17 +292,10 @@ class UploadInspector:
         )
 
 
-def _unlock_extent(header: LuksHeader) -> int:
-    """Bytes from the image's start that hold the header and every keyslot's material."""
-    from imgcrypt.luks.luks2 import Luks2Header
-
-    if not isinstance(header, Luks2Header):
-        return header.region_size
-    ends = [2 * header.hdr_size] + [
-        ks.area_offset + ks.area_size for ks in header.metadata.keyslots
-        if ks.area_offset is not None and ks.area_size is not None
-    ]
-    return max(ends)
+def unlock_extent(header: LuksHeader) -> int:
+    """Bytes from the image's start that hold the header and every keyslot's material: what
+    an upload must keep to prove its key opens it (the header's own answer, either version)."""
+    return header.unlock_extent
 
 
 def inspect_upload(chunks: Iterable[bytes], properties: Mapping[str, str], *,
