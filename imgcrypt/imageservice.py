@@ -345,7 +345,7 @@ class ImageService:
 
         with _translate(f"image {image_id}"):
             try:
-                return _image(self._request("GET", f"/images/{image_id}").json())
+                return Image.from_api(self._request("GET", f"/images/{image_id}").json())
             except kexc.ConnectFailure as exc:
                 if _dropped(exc) is not _Drop.CLOSED:
                     raise

@@ -41,7 +41,7 @@ from imgcrypt.service.upload import (
     UPLOAD_UNLOCK_LIMITS,
     UploadInspector,
     UploadPolicy,
-    _unlock_extent,
+    unlock_extent,
 )
 from imgcrypt.signing import schemes_present
 
@@ -182,7 +182,7 @@ def material_extent(header: LuksHeader) -> int:
     from imgcrypt.luks.luks1 import HEADER_SIZE, SECTOR, Luks1Header
 
     if not isinstance(header, Luks1Header):
-        return _unlock_extent(header)
+        return unlock_extent(header)
     return max([HEADER_SIZE] + [
         header.keyslots[i].key_material_offset * SECTOR
         + header.keyslots[i].material_size(header.key_bytes) for i in header.active_keyslots()])

@@ -3,7 +3,8 @@
 The hook never buffers the image. It passes each chunk through unchanged while computing the
 multihash and the legacy md5 checksum, verifying any signature the properties carry, and
 keeping the first bytes (at most :data:`MAX_HEADER_CAPTURE`) to check the encryption claims
-against the LUKS header once the stream ends.
+against the LUKS header once the stream ends. The digests run on threads of their own
+(:mod:`imgcrypt.service.lanes`), so the md5 costs no time beside the multihash on two cores.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from imgcrypt.luks.container import (
     payload_span,
 )
 from imgcrypt.service.claims import EncryptionClaim, encryption_claim
+from imgcrypt.service.lanes import ParallelDigests
 from imgcrypt.signing import (
     ImageVerifier,
     VerificationResult,
@@ -145,6 +147,10 @@ class UploadInspector:
         elif self._policy.require_signature:
             raise VerificationError("this deployment requires signed images",
                                     reason=VerificationFault.SIGNATURE_REQUIRED)
+        # Each digest on its own core: the sha512 and the md5 together take as long as the
+        # slower of the two, not their sum.
+        self._digests = ParallelDigests([self._multihash.update, self._md5.update] + (
+            [self._verifier.update] if self._verifier is not None else []))
 
     def _certificate(self, clock: Clock, cert_id: str | None = None) -> CheckedCertificate:
         cert_id = cert_id or certificate_uuid(self._properties)
@@ -156,10 +162,7 @@ class UploadInspector:
                                  policy=self._policy.certificate_policy)
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
-        self._multihash.update(chunk)
-        self._md5.update(chunk)
-        if self._verifier is not None:
-            self._verifier.update(chunk)
+        self._digests.update(chunk)
         self._capture(chunk)
         self._size += len(chunk)
 
@@ -187,7 +190,7 @@ class UploadInspector:
                     return PROBE_SIZE
                 return max(bytes_to_parse(head[:PROBE_SIZE]), PROBE_SIZE)
             self._head_final = True
-            return _unlock_extent(parse_header(head, self._policy.unlock_limits))
+            return unlock_extent(parse_header(head, self._policy.unlock_limits))
         except ImgcryptError:
             self._head_final = True  # judged at the end, from what was kept
             return len(head)
@@ -211,7 +214,7 @@ class UploadInspector:
 
     def _check_payload(self, header: LuksHeader, claim: EncryptionClaim) -> None:
         """The payload the header and the properties describe lies inside the image."""
-        if _unlock_extent(header) > len(self._head):
+        if unlock_extent(header) > len(self._head):
             raise FormatError("the image ends inside its LUKS header or keyslots",
                               reason=FormatFault.ENCRYPTION_CLAIM)
         if header.payload_offset >= self._size:
@@ -245,6 +248,7 @@ class UploadInspector:
             ) from None
 
     def finalize(self) -> UploadVerdict:
+        self._digests.close()
         signature = self._verifier.finalize() if self._verifier is not None else None
         warnings: list[str] = []
         try:
@@ -292,17 +296,10 @@ class UploadInspector:
         )
 
 
-def _unlock_extent(header: LuksHeader) -> int:
-    """Bytes from the image's start that hold the header and every keyslot's material."""
-    from imgcrypt.luks.luks2 import Luks2Header
-
-    if not isinstance(header, Luks2Header):
-        return header.region_size
-    ends = [2 * header.hdr_size] + [
-        ks.area_offset + ks.area_size for ks in header.metadata.keyslots
-        if ks.area_offset is not None and ks.area_size is not None
-    ]
-    return max(ends)
+def unlock_extent(header: LuksHeader) -> int:
+    """Bytes from the image's start that hold the header and every keyslot's material: what
+    an upload must keep to prove its key opens it (the header's own answer, either version)."""
+    return header.unlock_extent
 
 
 def inspect_upload(chunks: Iterable[bytes], properties: Mapping[str, str], *,

@@ -23,7 +23,13 @@ import pytest
 from imgcrypt.errors import FormatError
 from tests.helpers.dmcrypt_oracle import oracle_encrypt
 from tests.helpers.luksdump import parse_luks1, parse_luks2
-from tests.helpers.util import IMGCRYPT, dump_volume_key, qemu_secret_args, run_qemu_img, secret_file
+from tests.helpers.util import (
+    IMGCRYPT,
+    dump_volume_key,
+    qemu_secret_args,
+    run_qemu_img,
+    secret_file,
+)
 
 FAST = ("--iterations", "1000")
 MIB = 1 << 20

@@ -48,7 +48,6 @@ from imgcrypt.errors import UnsupportedError
 from imgcrypt.luks.transfer import decrypt_payload
 from imgcrypt.luks.unlock import read_header, unlock_stream
 from imgcrypt.qemu.luks import read_qcow2_luks
-
 from tests.helpers.dmcrypt_oracle import OPENSSL_CIPHERS, ctr_by_blocks, oracle_encrypt
 from tests.helpers.luksdump import parse_luks1, parse_luks2
 from tests.helpers.util import dump_volume_key, qemu_secret_args, secret_file, test_passphrase

@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 from tests.helpers import headerkit as hk
-from tests.helpers.util import dump_volume_key, imgcrypt, qemu_secret_args, run_qemu_img, secret_file
+from tests.helpers.util import (
+    dump_volume_key,
+    imgcrypt,
+    qemu_secret_args,
+    run_qemu_img,
+    secret_file,
+)
 
 PASSPHRASE = b"refusal passphrase"
 

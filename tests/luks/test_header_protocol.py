@@ -132,3 +132,30 @@ def test_payload_span_refuses_what_no_image_holds() -> None:
     image_size = dynamic.payload_offset + 3_146_752
     assert payload_span(dynamic, image_size=image_size).size == 3_146_752
     assert payload_span(dynamic, image_size=image_size, decrypt_size=3_146_505).size == 3_146_505
+
+
+# -- the unlock extent: what an upload keeps to prove its key --------------------------------
+
+
+@pytest.mark.parametrize("kind", ["luks1", "luks2"])
+def test_both_versions_answer_the_bytes_an_unlock_reads(kind: str) -> None:
+    """``unlock_extent`` is the protocol's answer for both versions: the bytes from the image's
+    start that an unlock reads. Zeros past it change nothing."""
+    if kind == "luks1":
+        region = luks1.format_region(os.urandom(32), b"pw", cipher=XTS, hash_spec="sha256",
+                                     iterations=1000, digest_iterations=1000)
+    else:
+        region = luks2.format_region(os.urandom(64), b"pw", cipher=XTS,
+                                     kdf=Pbkdf2("sha256", 1000, os.urandom(32)),
+                                     digest_iterations=1000)
+    header = parse_header(region)
+    extent = header.unlock_extent
+    assert header.payload_offset >= header.region_size >= extent > 0
+    if kind == "luks1":
+        assert extent == header.region_size  # LUKS1's keyslot areas are the whole region
+    else:  # the keyslot area the JSON places ends it, not the 16 MiB keyslots area
+        (slot,) = header.describe()["keyslots"]
+        assert extent == slot["area_offset"] + slot["area_size"] < header.region_size
+    kept = region[:extent] + bytes(header.region_size - extent)
+    slot_index, key = header.unlock(kept, b"pw")
+    assert (slot_index, len(key)) == (0, header.key_bytes)

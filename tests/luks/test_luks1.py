@@ -356,6 +356,6 @@ def test_a_header_cryptsetup_refuses_is_read_but_never_written() -> None:
     header = luks1.Luks1Header.parse(bytes(data))
     assert "luks1-hash-size" in (header.cryptsetup_refusal() or "")
     assert header.describe()["cryptsetup_refuses"] == header.cryptsetup_refusal()
-    with pytest.raises(UsageError, match="cryptsetup would refuse this image.*luks1-hash-size"):
+    with pytest.raises(UsageError, match=r"cryptsetup would refuse this image.*luks1-hash-size"):
         region(b"pw", key, hash_spec="md5")
     assert "cryptsetup_refuses" not in luks1.Luks1Header.parse(region()).describe()

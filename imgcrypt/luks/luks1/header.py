@@ -155,6 +155,12 @@ class Luks1Header:
         return max(HEADER_SIZE, luks1_rules.end_sectors(self) * SECTOR)
 
     @property
+    def unlock_extent(self) -> int:
+        """Bytes from the image's start that an unlock may read: the whole region (the
+        protocol's answer; LUKS1 keyslot areas are fixed by the header)."""
+        return self.region_size
+
+    @property
     def requirements(self) -> tuple[str, ...]:
         return ()  # LUKS1 has no requirement flags
 

@@ -218,6 +218,14 @@ class Luks2Header:
         return 2 * self.hdr_size + self.metadata.keyslots_size
 
     @property
+    def unlock_extent(self) -> int:
+        """Bytes from the image's start that an unlock may read: both metadata copies and the
+        keyslot areas the JSON places, not the rest of the keyslots area (16 MiB by default)."""
+        return max([2 * self.hdr_size] + [
+            ks.area_offset + ks.area_size for ks in self.metadata.keyslots
+            if ks.area_offset is not None and ks.area_size is not None])
+
+    @property
     def requirements(self) -> tuple[str, ...]:
         """The mandatory requirements (config.requirements.mandatory), as the JSON lists them."""
         return self.metadata.requirements
