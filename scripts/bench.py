@@ -19,7 +19,9 @@ In one run, on the same data on tmpfs, it measures against the ceilings that bou
 * the upload hook's verification (multihash + md5 + header capture) against a bare hash;
 * the XTS kernel in-process on 1 and 2 threads, and the file-to-file engine with 1 and 2
   workers (the scaling);
-* ``imgcrypt rekey --change`` of a 10 GiB sparse LUKS1 image against the KDF time alone.
+* ``imgcrypt rekey --change`` of a 10 GiB sparse LUKS1 image against the KDF time alone;
+* with ``--http``: ``imgcrypt upload`` and ``download`` against a real Glance on loopback,
+  beside the same transfers by ``curl`` (``scripts/bench_http.py``).
 
 Every imgcrypt process's peak RSS comes from ``os.wait4``. It prints the table, then PASS/FAIL
 per target. It exits 0 when it could measure everything (``--strict``: 1 when a target fails)
@@ -427,6 +429,9 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=1000,
                         help="KDF iterations for imgcrypt (default 1000)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument("--http", action="store_true",
+                        help="also time imgcrypt upload/download against a real Glance "
+                        "(needs the Keystone, Barbican and Glance virtualenvs, and curl)")
     parser.add_argument("--imgcrypt", metavar="COMMAND",
                         help="command that runs imgcrypt (default: this virtualenv's console "
                         "script), e.g. to compare two checkouts")
@@ -602,6 +607,14 @@ def bench(args: argparse.Namespace) -> int:
             rate = engine_mib_s(src, work / "engine.out", workers)
             rows.append((f"engine file -> file encrypt in-process, {workers} worker(s)", "", "",
                          f"{rate:.0f}", f"{rate / cp_rate:.0%} of cp", "", "", ""))
+        if args.http:  # bench_http imports this module's helpers as ``bench``
+            sys.modules.setdefault("bench", sys.modules[__name__])
+            from bench_http import section
+
+            http_rows, http_checks = section(imgcrypt, work, src, repeat=n,
+                                             iterations=args.iterations)
+            rows += http_rows
+            checks += http_checks
         src.unlink()
 
         # -- qcow2: 4x the size, a quarter data ----------------------------------------------

@@ -11,11 +11,10 @@ atomic output never shows unchecked bytes.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -72,9 +71,9 @@ class Download:
     def write_to(self, out: BinaryIO,
                  progress: Callable[[int], None] | None = None) -> DownloadResult:
         written = 0
-        md5 = hashlib.md5(usedforsecurity=False)  # the legacy checksum: integrity, no more
-        stream = self.inspector.wrap(_tapped(self.images.download(self.image_id, self.size),
-                                             md5))
+        # The inspector computes the multihash and the legacy md5 checksum on threads of
+        # their own, while this thread receives, decrypts and writes.
+        stream = self.inspector.wrap(self.images.download(self.image_id, self.size))
         if self.decrypt:
             assert self.claim is not None and self.manager is not None
             reader = io.BufferedReader(ChunkReader(stream), buffer_size=CHUNK_SIZE)
@@ -103,18 +102,12 @@ class Download:
             checked.append("os_hash_value")
         checksum = str(self.properties.get("checksum") or "")
         if checksum:
-            if not hmac.compare_digest(checksum.lower(), md5.hexdigest()):
+            if not hmac.compare_digest(checksum.lower(), verdict.checksum):
                 raise VerificationError(f"image {self.image_id}: the downloaded bytes do not "
                                         "match its checksum (md5)")
             checked.append("checksum")
         return DownloadResult(written, self.decrypt, len(checked) > 1, verdict.signature,
                               tuple(checked), self.trusted and verdict.signature is not None)
-
-
-def _tapped(chunks: Iterable[bytes], md5: Any) -> Iterator[bytes]:
-    for chunk in chunks:
-        md5.update(chunk)
-        yield chunk
 
 
 def open_download(conn: Any, image_id: str, *, keep_encrypted: bool = False,
