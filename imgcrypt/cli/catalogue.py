@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -275,19 +274,15 @@ def _finish(args: argparse.Namespace, job: str, run_id: str, image_ids: tuple[st
 
 
 def _write_report(path: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w") as f:
-            for rec in records:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-            f.write(json.dumps(summary, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from imgcrypt.fileio import atomic_file
+
+    # The one atomic write (fsync, rename, no temporary file left behind on any failure); a
+    # report from an earlier run is replaced.
+    with atomic_file(path, force=True) as out, os.fdopen(os.dup(out.fd), "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.write(json.dumps(summary, sort_keys=True) + "\n")
+        f.flush()
 
 
 @contextlib.contextmanager

@@ -30,12 +30,13 @@ from imgcrypt.errors import (
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
 from imgcrypt.keys.rules import passphrase_for
-from imgcrypt.signing.algorithms import PrivateKey
-from imgcrypt.signing.keyfile import load_private_key
-from imgcrypt.signing.stream import CHUNK_SIZE, Consumer, feed_file
 
 if TYPE_CHECKING:
+    # The signing stack (cryptography.x509 and the algorithm families) is imported by the
+    # functions that sign or verify, so that encrypt, decrypt and the others never load it.
     from imgcrypt.luks.engine import Source
+    from imgcrypt.signing.algorithms import PrivateKey
+    from imgcrypt.signing.stream import Consumer
 
 # A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
 MAX_PASSPHRASE_FILE = 8 << 20
@@ -312,6 +313,8 @@ def key_manager(args: argparse.Namespace) -> KeyManager:
 
 
 def feed_image(consumer: Consumer[Any], image: str) -> Any:
+    from imgcrypt.signing.stream import CHUNK_SIZE, feed_file
+
     if image == "-":
         stdin = sys.stdin.buffer
         while chunk := stdin.read(CHUNK_SIZE):
@@ -338,6 +341,8 @@ def signing_key(path: str, passphrase_file: str | None) -> PrivateKey:
     """The private key in ``path`` (PEM or DER), decrypted with the passphrase in
     ``passphrase_file`` (the one passphrase-file rule: the bytes exactly), or with one typed at
     the terminal when the key is encrypted and no file is given."""
+    from imgcrypt.signing.keyfile import load_private_key
+
     with open(path, "rb") as handle:
         data = handle.read()
     if passphrase_file:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
 
 from imgcrypt.crypto import backend
 from imgcrypt.crypto.cost import check_cost
-from imgcrypt.crypto.kdfparams import Argon2, Kdf, Pbkdf2
+from imgcrypt.crypto.kdfparams import ARGON2I, ARGON2ID, Argon2, Kdf, Pbkdf2
 from imgcrypt.errors import FormatError, FormatFault, UnsupportedError
 
 # The KDF parameter types are leaf types (imgcrypt.crypto.kdfparams), shared with the cost model;
@@ -74,7 +74,7 @@ def check_limits(kdf: Kdf, length: int, limits: KdfLimits = DEFAULT_LIMITS) -> N
             )
         _check_cost(kdf, length, limits)
         return
-    if kdf.variant not in ("argon2i", "argon2id"):
+    if kdf.variant not in (ARGON2I, ARGON2ID):
         raise UnsupportedError(f"unsupported KDF {kdf.variant!r}")
     if not 1 <= kdf.time <= limits.max_argon2_time:
         raise FormatError(f"argon2 time cost {kdf.time} outside 1..{limits.max_argon2_time}",
@@ -128,7 +128,7 @@ def derive(kdf: Kdf, secret: bytes, length: int, limits: KdfLimits = DEFAULT_LIM
     check_limits(kdf, length, limits)
     if isinstance(kdf, Pbkdf2):
         return backend.pbkdf2(kdf.hash, secret, kdf.salt, kdf.iterations, length)
-    argon = Argon2id if kdf.variant == "argon2id" else Argon2i
+    argon = Argon2id if kdf.variant == ARGON2ID else Argon2i
     return argon(
         salt=kdf.salt, length=length, iterations=kdf.time, lanes=kdf.parallel,
         memory_cost=kdf.memory_kib,

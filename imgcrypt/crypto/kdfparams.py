@@ -28,7 +28,7 @@ class Pbkdf2:
 
 @dataclass(frozen=True)
 class Argon2:
-    variant: str  # "argon2i" or "argon2id"
+    variant: str  # ARGON2I or ARGON2ID
     time: int
     memory_kib: int
     parallel: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, DELETION_POLICIES
+from imgcrypt.keys.rules import DEFAULT_DELETION_POLICY, DELETION_POLICIES, KEEP_POLICY
 from imgcrypt.service.upload import UploadPolicy
 
 GROUP = "imgcrypt"
@@ -12,9 +12,9 @@ GROUP = "imgcrypt"
 KEY_MANAGER_TIMEOUT = 60.0
 # What each deletion policy means, as the sample configuration shows it.
 _POLICY_HELP = {
-    "on_image_deletion": "the key is deleted with the image, unless another consumer "
+    DEFAULT_DELETION_POLICY: "the key is deleted with the image, unless another consumer "
                          "(an image or volume) still uses it",
-    "do_not_delete": "the key outlives the image",
+    KEEP_POLICY: "the key outlives the image",
 }
 
 

@@ -33,7 +33,8 @@ from imgcrypt.keys.secret import PASSPHRASE, SYMMETRIC, EncryptionSpec, Secret
 # What happens to an image's key when the image is deleted; the first is the default, as in
 # Glance and Cinder.
 DEFAULT_DELETION_POLICY = "on_image_deletion"
-DELETION_POLICIES = (DEFAULT_DELETION_POLICY, "do_not_delete")
+KEEP_POLICY = "do_not_delete"
+DELETION_POLICIES = (DEFAULT_DELETION_POLICY, KEEP_POLICY)
 
 def passphrase_for(secret: Secret) -> bytes:
     """The LUKS keyslot passphrase a secret stands for, as castellan and os-brick make it.
@@ -331,7 +332,7 @@ def apply_deletion_policy(
                 # Barbican answers 404 both for a missing secret and for a consumer that was
                 # never registered; only the first means the key is gone.
                 manager.describe(key_id)
-        if policy == "do_not_delete":
+        if policy == KEEP_POLICY:
             return report(DeletionOutcome.KEPT_BY_POLICY, "policy is do_not_delete", removed)
         if not bound:
             return report(DeletionOutcome.KEPT_UNBOUND,

@@ -30,16 +30,16 @@ from imgcrypt.crypto.kdf import (
 )
 from imgcrypt.crypto.sectors import CipherSpec, SectorCipher
 from imgcrypt.errors import WrongPassphraseError
+from imgcrypt.luks.base import SECTOR
 
 STRIPES = 4000  # what cryptsetup writes, and all LUKS1 accepts
-MATERIAL_SECTOR = 512  # keyslot material is encrypted in 512-byte sectors, IVs from 0
 SALT_SIZE = 32  # keyslot and digest salts, in both versions
 KEYSLOT_ALIGN = 4096  # cryptsetup allots keyslot areas in 4 KiB units, in both versions
 
 
 def material_size(key_size: int, stripes: int) -> int:
     """Bytes of AF material as stored: ``key_size * stripes`` rounded up to whole sectors."""
-    return -(-key_size * stripes // MATERIAL_SECTOR) * MATERIAL_SECTOR
+    return -(-key_size * stripes // SECTOR) * SECTOR
 
 
 def area_size(key_size: int, stripes: int = STRIPES) -> int:
@@ -125,5 +125,5 @@ def seal(cipher: CipherSpec, master_key: bytes, passphrase: bytes, kdf: Kdf, af_
     derived from ``passphrase`` (as long as the master key)."""
     derived = derive(kdf, passphrase, len(master_key))
     material = af.split(master_key, stripes, af_hash)
-    padded = material + bytes(-len(material) % MATERIAL_SECTOR)
+    padded = material + bytes(-len(material) % SECTOR)
     return SectorCipher(cipher, derived).encrypt(padded, 0)

@@ -9,6 +9,7 @@ from imgcrypt.crypto.kdf import Argon2, Kdf, Pbkdf2, pbkdf2_iterations_for
 from imgcrypt.crypto.kdfparams import ARGON2ID, KDF_NAMES, PBKDF2
 from imgcrypt.crypto.sectors import SECTOR_SIZES, CipherSpec
 from imgcrypt.errors import UsageError
+from imgcrypt.luks.base import SECTOR
 
 DEFAULT_ITER_TIME_MS = 2000
 DEFAULT_ARGON2_MEMORY_KIB = 1024 * 1024
@@ -44,7 +45,7 @@ class FormatOptions:
     def data_sector_size(self) -> int:
         if self.sector_size is not None:
             return self.sector_size
-        return 512 if self.version == 1 else DEFAULT_LUKS2_SECTOR_SIZE
+        return SECTOR if self.version == 1 else DEFAULT_LUKS2_SECTOR_SIZE
 
     def validate(self) -> CipherSpec:
         if self.version not in (1, 2):
@@ -54,7 +55,7 @@ class FormatOptions:
         spec = CipherSpec.parse(self.cipher)
         spec.check_key_size(self.key_size // 8)
         spec.check_writable(self.key_size // 8)
-        if self.version == 1 and self.data_sector_size != 512:
+        if self.version == 1 and self.data_sector_size != SECTOR:
             raise UsageError("LUKS1 supports 512-byte sectors only")
         if self.data_sector_size not in SECTOR_SIZES:
             *most, last = SECTOR_SIZES

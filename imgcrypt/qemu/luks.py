@@ -30,9 +30,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from imgcrypt.crypto.kdfparams import PBKDF2
 from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import ToolError, UnsupportedError, UsageError
 from imgcrypt.fileio import atomic_file
+from imgcrypt.luks.base import SECTOR
 from imgcrypt.luks.container import LuksHeader
 from imgcrypt.luks.options import FormatOptions, KdfOptions
 from imgcrypt.luks.rekey import RekeyResult, rekey_file
@@ -155,7 +157,7 @@ def qemu_encrypt_options(options: FormatOptions) -> str:
     spec = options.validate()
     if options.version != 1:
         raise UsageError("qemu's qcow2 encryption writes LUKS1 only: drop --format luks2")
-    if options.sector_size not in (None, 512) or options.pbkdf not in (None, "pbkdf2"):
+    if options.sector_size not in (None, SECTOR) or options.pbkdf not in (None, PBKDF2):
         raise UsageError("qemu's qcow2 encryption uses 512-byte sectors and pbkdf2")
     if options.iterations is not None:
         raise UsageError("qemu-img takes a time budget, not iterations: use --iter-time")
@@ -173,7 +175,7 @@ def qemu_encrypt_options(options: FormatOptions) -> str:
 def qemu_iter_time(kdf: KdfOptions) -> int:
     """The time budget ``qemu-img amend`` takes for a new keyslot; the rest of ``kdf`` is
     imgcrypt's own and refused here."""
-    if kdf.iterations is not None or kdf.pbkdf not in (None, "pbkdf2") \
+    if kdf.iterations is not None or kdf.pbkdf not in (None, PBKDF2) \
             or kdf.pbkdf_memory_kib is not None or kdf.pbkdf_parallel is not None:
         raise UsageError("qemu's qcow2 encryption takes --iter-time only (pbkdf2, LUKS1)")
     return kdf.iter_time_ms

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from imgcrypt.crypto import af, backend
 from imgcrypt.crypto.kdf import DEFAULT_LIMITS, Kdf, KdfLimits, Pbkdf2
+from imgcrypt.crypto.kdfparams import PBKDF2
 from imgcrypt.crypto.sectors import CipherSpec
 from imgcrypt.errors import (
     FormatError,
@@ -194,7 +195,7 @@ class Luks1Header:
             "unsupported": list(self.unsupported()),
             **({"cryptsetup_refuses": refusal} if refusal else {}),
             "keyslots": [
-                {"slot": i, "kdf": "pbkdf2", "hash": self.hash_spec,
+                {"slot": i, "kdf": PBKDF2, "hash": self.hash_spec,
                  "iterations": s.iterations, "stripes": s.stripes,
                  "key_material_offset": s.key_material_offset * SECTOR}
                 for i, s in enumerate(self.keyslots) if s.active

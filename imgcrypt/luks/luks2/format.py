@@ -10,7 +10,7 @@ from imgcrypt.crypto import af
 from imgcrypt.crypto.kdf import Kdf, Pbkdf2, pbkdf2_iterations_for
 from imgcrypt.crypto.sectors import SECTOR_SIZES, CipherSpec
 from imgcrypt.errors import UsageError
-from imgcrypt.luks.base import MAGIC, PAYLOAD_ALIGN
+from imgcrypt.luks.base import MAGIC, PAYLOAD_ALIGN, SECTOR
 from imgcrypt.luks.keyslot import KEYSLOT_ALIGN, MasterKeyDigest, area_size
 from imgcrypt.luks.luks2.disk import SALT_SIZE, BinaryHeader, text_field
 from imgcrypt.luks.luks2.header import Luks2Header
@@ -30,7 +30,7 @@ DIGEST_MS = 100
 
 
 def format_region(master_key: bytes, passphrase: bytes, *, cipher: CipherSpec, kdf: Kdf,
-                  sector_size: int = 512, digest_iterations: int | None = None,
+                  sector_size: int = SECTOR, digest_iterations: int | None = None,
                   uuid: str | None = None, label: str = "", metadata_size: int = HDR_SIZES[0],
                   keyslots_size: int | None = None, payload_align: int = PAYLOAD_ALIGN,
                   slot: int = 0) -> bytes:

@@ -89,7 +89,7 @@ def describe(ks: Keyslot) -> dict[str, Any]:
     out: dict[str, Any] = {"slot": ks.id, "type": ks.type,
                            "priority": PRIORITY_NAMES[ks.priority]}
     if isinstance(ks.kdf, Pbkdf2):
-        out.update(kdf="pbkdf2", hash=ks.kdf.hash, iterations=ks.kdf.iterations)
+        out.update(kdf=ks.kdf.name, hash=ks.kdf.hash, iterations=ks.kdf.iterations)
     elif isinstance(ks.kdf, Argon2):
         out.update(kdf=ks.kdf.variant, time=ks.kdf.time, memory=ks.kdf.memory_kib,
                    parallel=ks.kdf.parallel)

@@ -22,7 +22,7 @@ from typing import Any
 from imgcrypt.crypto.kdf import Argon2, Kdf, Pbkdf2
 from imgcrypt.crypto.kdfparams import ARGON2I, ARGON2ID, PBKDF2
 from imgcrypt.errors import FormatError, FormatFault
-from imgcrypt.luks.base import Segment
+from imgcrypt.luks.base import SECTOR, Segment
 from imgcrypt.luks.keyslot import STRIPES, MasterKeyDigest, material_size
 from imgcrypt.luks.luks2 import rules as luks2_rules
 from imgcrypt.luks.luks2.jsonc import MAX_DEPTH, JsonCError, strict_text
@@ -297,7 +297,7 @@ def _segment(ident: int, obj: dict[str, Any]) -> Segment:
     return Segment(
         ident, obj["type"], decimal_u64(obj["offset"]) or 0, size,
         iv_tweak=decimal_u64(_opt_str(obj, "iv_tweak")) or 0,
-        cipher=_opt_str(obj, "encryption"), sector_size=_opt_int(obj, "sector_size", 512),
+        cipher=_opt_str(obj, "encryption"), sector_size=_opt_int(obj, "sector_size", SECTOR),
         integrity="integrity" in obj,
         flags=tuple(obj.get("flags", ())),
     )
