@@ -32,12 +32,16 @@ _ERRORS = (
 _EXPORTS = {
     # a person: one call per job
     "encrypt_image": "imgcrypt.recipes",
+    "encrypting": "imgcrypt.recipes",
     "decrypt_image": "imgcrypt.recipes",
+    "unlock_image": "imgcrypt.recipes",
     "rekey_image": "imgcrypt.recipes",
     "sign_image": "imgcrypt.recipes",
     "verify_image": "imgcrypt.recipes",
     "EncryptedImage": "imgcrypt.recipes",
+    "EncryptionJob": "imgcrypt.recipes",
     "DecryptedImage": "imgcrypt.recipes",
+    "OpenedImage": "imgcrypt.recipes",
     "RekeyedImage": "imgcrypt.recipes",
     "Signature": "imgcrypt.recipes",
     "DEFAULT_KEY_ORDER": "imgcrypt.recipes",

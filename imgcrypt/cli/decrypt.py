@@ -10,8 +10,7 @@ from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
-from imgcrypt.luks.transfer import decrypt_payload
-from imgcrypt.luks.unlock import unlock_stream
+from imgcrypt.recipes import image_passphrase, unlock_image
 
 EXAMPLE = """example:
   imgcrypt decrypt disk.luks disk.raw --passphrase-file pass.txt
@@ -55,38 +54,38 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "-" and args.passphrase_file == "-":
         raise UsageError("stdin cannot carry both the image and the passphrase")
     inputs.check_target(args.target, force=args.force)
-    passphrase, resolved = inputs.resolve_passphrase(args, creating=False)
+    key = inputs.decryption_key(args)
     from imgcrypt.qemu.luks import is_qcow2_file
 
     if is_qcow2_file(args.source):
-        return _decrypt_qcow2(args, passphrase, resolved)
+        return _decrypt_qcow2(args, key)
     with inputs.luks_input(args.source) as src:
         # Unlock before creating the target, so a wrong passphrase leaves nothing behind.
-        opened = unlock_stream(src, passphrase, slot=args.key_slot)
+        opened = unlock_image(src, **key, slot=args.key_slot)
         total = opened.output_size(args.size, inputs.input_size(src))
         with atomic_output(args.target, force=args.force, source=args.source,
                            mode=args.mode, size=total, max_size=args.max_size) as dst, \
                 common.progress_bar(args, total, "decrypt") as progress:
-            written = decrypt_payload(opened, src, dst, size=args.size, progress=progress)
-    header = opened.header
+            written = opened.decrypt(src, dst, size=args.size, progress=progress)
     data = {
-        "source": args.source, "target": args.target, "format": f"luks{header.version}",
-        "keyslot": opened.slot, "bytes_written": written,
+        "source": args.source, "target": args.target, "format": f"luks{opened.luks_version}",
+        "keyslot": opened.keyslot, "bytes_written": written,
     }
-    if resolved is not None:
-        data["key_id"] = resolved.key_id
+    if opened.key_id is not None:
+        data["key_id"] = opened.key_id
     emit(args, data, f"decrypted {args.source} -> {args.target}: {written} bytes "
-         f"(LUKS{header.version}, keyslot {opened.slot})", to_stderr=args.target == "-")
+         f"(LUKS{opened.luks_version}, keyslot {opened.keyslot})", to_stderr=args.target == "-")
     return 0
 
 
-def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -> int:
+def _decrypt_qcow2(args: argparse.Namespace, key: dict[str, Any]) -> int:
     """A qcow2 with qemu's built-in LUKS: qemu-img writes the guest's raw disk."""
     from imgcrypt.qemu import luks as qemu_luks
 
     if args.size is not None:
         raise UsageError("--size applies to LUKS containers; a qcow2 knows its virtual size")
     found = qemu_luks.read_qcow2_luks(args.source)
+    passphrase = image_passphrase(**key)
     if args.target != "-":
         written = qemu_luks.decrypt(args.source, passphrase, args.target, force=args.force,
                                      mode=args.mode, max_size=args.max_size)
@@ -95,10 +94,8 @@ def _decrypt_qcow2(args: argparse.Namespace, passphrase: bytes, resolved: Any) -
                                        max_size=args.max_size)
     data = {"source": args.source, "target": args.target, "format": "qcow2",
             "encryption": f"luks{found.luks.version}", "bytes_written": written}
-    if resolved is not None:
-        data["key_id"] = resolved.key_id
+    if key.get("key_id") is not None:
+        data["key_id"] = key["key_id"]
     emit(args, data, f"decrypted {args.source} -> {args.target}: {written} bytes (qcow2 with "
          f"LUKS{found.luks.version}, through qemu-img)", to_stderr=args.target == "-")
     return 0
-
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 from typing import Any
@@ -12,10 +11,8 @@ from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
-from imgcrypt.keys.consumers import file_consumer_for, release_file_elsewhere
-from imgcrypt.keys.lease import KeyLease
 from imgcrypt.luks.options import FormatOptions
-from imgcrypt.luks.transfer import encrypt_stream
+from imgcrypt.recipes import EncryptionJob, encrypting
 
 EXAMPLE = """example:
   imgcrypt encrypt disk.raw disk.luks --passphrase-file pass.txt
@@ -51,21 +48,6 @@ def register(sub: Any) -> None:
     common.finish_command(parser, run)
 
 
-def _leased(resolved: Any, target: str) -> contextlib.AbstractContextManager[Any]:
-    """The key's lease around the writing of ``target``: a new key is deleted if the command
-    fails, and the written image recorded as the key's consumer (local keystore) if it works."""
-    if resolved is None:
-        return contextlib.nullcontext()
-    lease: KeyLease = resolved.lease
-    lease.consume_as(file_consumer_for(resolved.manager, target))
-    return lease
-
-
-def _after_success(resolved: Any, target: str) -> None:
-    if resolved is not None:
-        release_file_elsewhere(resolved.manager, resolved.key_id, target)
-
-
 def target_format(args: argparse.Namespace) -> str:
     """luks or qcow2. Like qemu-img, imgcrypt does not pick a format from a file name, and a
     raw LUKS file named .qcow2 would mislead every tool after it: such a TARGET needs
@@ -89,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", args.source)
     if target_format(args) == "qcow2":
         return _encrypt_qcow2(args, options)
-    passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
-    with _leased(resolved, args.target):
+    with encrypting(args.target, **inputs.encryption_key(args)) as job:
         room = inputs.room_for_luks(args.target, options, args.max_size)
         with inputs.guest_input(args.source, args.source_format, planned=room) as (
                 src, source_format, size), \
@@ -98,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
                               size=inputs.planned_luks_size(size, options),
                               max_size=args.max_size) as dst, \
                 common.progress_bar(args, size, "encrypt") as progress:
-            result = encrypt_stream(src, dst, passphrase, options, progress=progress)
-    _after_success(resolved, args.target)
+            result = job.encrypt(src, dst, options, progress=progress)
     header = result.header
     data: dict[str, Any] = {
         "source": args.source,
@@ -124,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         f"  payload     {result.payload_size} bytes at offset {header.payload_offset}",
         f"  image size  {result.image_size} bytes",
     ]
-    if resolved is not None:
-        _report_key(resolved, header.version, result.payload_size, data, lines)
+    _report_key(job, data, lines)
     emit(args, data, "\n".join(lines), to_stderr=args.target == "-")
     return 0
 
@@ -142,12 +121,11 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
     source_format = args.source_format
     if source_format is None:
         source_format = format_by_magic(args.source)
-    passphrase, resolved = inputs.resolve_passphrase(args, creating=True)
-    with _leased(resolved, args.target):
-        info = qemu_luks.encrypt(args.source, args.target, passphrase, options,
+    with encrypting(args.target, **inputs.encryption_key(args)) as job:
+        info = qemu_luks.encrypt(args.source, args.target, job.passphrase, options,
                                  source_format=source_format, force=args.force,
                                  max_size=args.max_size, note=inputs.note)
-    _after_success(resolved, args.target)
+        job.written(options.version, info.virtual_size, os.path.getsize(args.target))
     header = qemu_luks.read_qcow2_luks(args.target).luks
     data: dict[str, Any] = {
         "source": args.source, "source_format": source_format, "target": args.target,
@@ -158,21 +136,19 @@ def _encrypt_qcow2(args: argparse.Namespace, options: FormatOptions) -> int:
              f"  format      qcow2 with qemu's built-in LUKS{header.version}, {header.cipher}, "
              f"{header.key_bytes * 8}-bit key (written by qemu-img)",
              f"  virtual size {info.virtual_size} bytes (disk_format=qcow2)"]
-    if resolved is not None:
-        _report_key(resolved, header.version, info.virtual_size, data, lines)
+    _report_key(job, data, lines)
     emit(args, data, "\n".join(lines))
     return 0
 
 
-def _report_key(resolved: Any, version: int, payload_size: int, data: dict[str, Any],
-                lines: list[str]) -> None:
+def _report_key(job: EncryptionJob, data: dict[str, Any], lines: list[str]) -> None:
     """The key the image was encrypted with, and the image properties that name it."""
-    from imgcrypt.keys.properties import encryption_properties
-
-    properties = encryption_properties(resolved.key_id, version, payload_size)
-    data.update(key_id=resolved.key_id, key_manager=resolved.manager_name,
-                key_created=resolved.created, properties=properties)
-    lines.append(f"  key         {resolved.key_id} ({resolved.manager_name}"
-                 f"{', new' if resolved.created else ''})")
+    if job.lease is None:
+        return
+    image, manager = job.image, job.lease.manager.name
+    properties = image.property_dict()
+    data.update(key_id=image.key_id, key_manager=manager, key_created=image.key_created,
+                properties=properties)
+    lines.append(f"  key         {image.key_id} ({manager}{', new' if image.key_created else ''})")
     lines.append("  properties to attach:")
     lines += [f"    {k}={v}" for k, v in sorted(properties.items())]

@@ -29,14 +29,12 @@ from imgcrypt.errors import (
 )
 from imgcrypt.fileio import open_input
 from imgcrypt.keys.manager import KeyManager
-from imgcrypt.keys.rules import passphrase_for
 
 if TYPE_CHECKING:
     # The signing stack (cryptography.x509 and the algorithm families) is imported by the
     # functions that sign or verify, so that encrypt, decrypt and the others never load it.
     from imgcrypt.luks.engine import Source
     from imgcrypt.signing.algorithms import PrivateKey
-    from imgcrypt.signing.stream import Consumer
 
 # A passphrase file larger than this is not a passphrase (cryptsetup's keyfile limit is 8 MiB).
 MAX_PASSPHRASE_FILE = 8 << 20
@@ -147,17 +145,6 @@ def passphrase_from(path: str | None, *, confirm: bool, prompt: str = "Passphras
     return prompt_passphrase(prompt, confirm=confirm)
 
 
-def passphrase_by_id_or_file(args: argparse.Namespace, key_id: str | None, path: str | None,
-                             *, label: str, confirm: bool) -> bytes:
-    """One passphrase given either as a key-manager secret id or as a file (or typed: the
-    prompt names it by ``label``), as rekey's current and new passphrases are."""
-    if key_id is not None and path is not None:
-        raise UsageError(f"give either a file or a key id for the {label} passphrase")
-    if key_id is not None:
-        return passphrase_for(key_manager(args).get(key_id))
-    return passphrase_from(path, confirm=confirm, prompt=f"{label.capitalize()} passphrase: ")
-
-
 def check_target(target: str, *, force: bool) -> None:
     """Refuse an output before any work (or any new key): it exists, or its directory does
     not. The error names the target, not the temporary file that would sit beside it."""
@@ -176,16 +163,28 @@ def input_size(stream: BinaryIO) -> int | None:
     return os.fstat(stream.fileno()).st_size if _regular_file(stream) else None
 
 
-def resolve_passphrase(args: argparse.Namespace, *, creating: bool) -> tuple[bytes, Any]:
-    """The passphrase, and the key-manager secret it came from (or None)."""
-    resolved = keyopts.resolve_key(args, creating=creating)
-    if resolved is not None:
-        if args.passphrase_file is not None:
-            failure = UsageError("give either --passphrase-file or a key-manager key, not both")
-            resolved.lease.rollback(failure)  # a --new-key made for nothing goes again
-            raise failure
-        return resolved.passphrase, resolved
-    return passphrase_from(args.passphrase_file, confirm=creating), None
+def decryption_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What opens an image's keyslot, as :func:`imgcrypt.recipes.unlock_image` takes it: the
+    key-manager secret ``--key-id`` (read by the recipe) or a passphrase (``--passphrase-file``,
+    or typed)."""
+    request = keyopts.key_request(args, creating=False)
+    if request is None:
+        return {"passphrase": passphrase_from(args.passphrase_file, confirm=False)}
+    if args.passphrase_file is not None:
+        raise UsageError("give either --passphrase-file or a key-manager key, not both")
+    return {"key_manager": request.manager, "key_id": request.key_id}
+
+
+def encryption_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What opens the keyslot of a new image, as :func:`imgcrypt.recipes.encrypting` takes it:
+    a key-manager key (``--key-id``, ``--new-key``; ordered or read by the recipe) or a
+    passphrase (``--passphrase-file``, or typed twice). Refused before any key is made: both."""
+    request = keyopts.key_request(args, creating=True)
+    if request is None:
+        return {"passphrase": passphrase_from(args.passphrase_file, confirm=True)}
+    if args.passphrase_file is not None:
+        raise UsageError("give either --passphrase-file or a key-manager key, not both")
+    return {"key_manager": request.manager, "key_id": request.key_id, "new_key": request.order}
 
 
 class _Prefixed(io.RawIOBase):
@@ -310,17 +309,6 @@ def _regular_file(stream: BinaryIO) -> bool:
 def key_manager(args: argparse.Namespace) -> KeyManager:
     """The key manager the command-line options (and imgcrypt.toml) name."""
     return keyopts.key_manager_from_args(args)
-
-
-def feed_image(consumer: Consumer[Any], image: str) -> Any:
-    from imgcrypt.signing.stream import CHUNK_SIZE, feed_file
-
-    if image == "-":
-        stdin = sys.stdin.buffer
-        while chunk := stdin.read(CHUNK_SIZE):
-            consumer.update(chunk)
-        return consumer.finalize()
-    return feed_file(consumer, image)
 
 
 @contextlib.contextmanager

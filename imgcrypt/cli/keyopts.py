@@ -162,8 +162,26 @@ def key_manager_from_args(args: argparse.Namespace) -> KeyManager:
     return CastellanKeyManager.from_config_file(Path(castellan_config).expanduser())
 
 
-def resolve_key(args: argparse.Namespace, *, creating: bool) -> ResolvedKey | None:
-    """The secret named by ``--key-id``, or a new one for ``--new-key``; None for neither."""
+@dataclass(frozen=True)
+class KeyRequest:
+    """The key the options name, not yet fetched or made: an existing secret (``key_id``) or
+    a new one (``order``), in ``manager``."""
+
+    manager: KeyManager = field(repr=False)
+    key_id: str | None = None
+    order: KeyOrder | None = None
+
+
+def new_key_order(secret_type: str) -> KeyOrder:
+    """What ``--new-key`` orders: a symmetric AES-512-XTS key (the recipes' default order), or
+    a passphrase secret."""
+    if secret_type == PASSPHRASE:
+        return KeyOrder(secret_type=PASSPHRASE, mode=None)
+    return KeyOrder(secret_type=SYMMETRIC, algorithm="AES", bit_length=512, mode="XTS")
+
+
+def key_request(args: argparse.Namespace, *, creating: bool) -> KeyRequest | None:
+    """``--key-id`` or ``--new-key`` (in the key manager the options name); None for neither."""
     key_id = getattr(args, "key_id", None)
     new_key = bool(getattr(args, "new_key", False)) if creating else False
     if key_id and new_key:
@@ -173,15 +191,21 @@ def resolve_key(args: argparse.Namespace, *, creating: bool) -> ResolvedKey | No
     manager = key_manager_from_args(args)
     if new_key:
         secret_type = getattr(args, "new_key_type", SYMMETRIC) or SYMMETRIC
-        order = (
-            KeyOrder(secret_type=PASSPHRASE, mode=None)
-            if secret_type == PASSPHRASE
-            else KeyOrder(secret_type=SYMMETRIC, algorithm="AES", bit_length=512, mode="XTS")
-        )
-        lease = KeyLease.new(manager, order)
+        return KeyRequest(manager, order=new_key_order(secret_type))
+    return KeyRequest(manager, key_id=key_id)
+
+
+def resolve_key(args: argparse.Namespace, *, creating: bool) -> ResolvedKey | None:
+    """The secret named by ``--key-id``, or a new one for ``--new-key``; None for neither."""
+    request = key_request(args, creating=creating)
+    if request is None:
+        return None
+    manager = request.manager
+    if request.order is not None:
+        lease = KeyLease.new(manager, request.order)
     else:
-        assert key_id is not None
-        lease = KeyLease.existing(manager, key_id)
+        assert request.key_id is not None
+        lease = KeyLease.existing(manager, request.key_id)
     try:
         secret = lease.secret
         passphrase = lease.passphrase

@@ -8,8 +8,8 @@ from typing import Any
 from imgcrypt.cli import common, inputs, keyopts
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
-from imgcrypt.keys.consumers import register_file_consumer, unregister_file_consumer
 from imgcrypt.luks.options import KdfOptions
+from imgcrypt.recipes import rekey_image
 
 EXAMPLE = """examples:
   imgcrypt rekey disk.luks --passphrase-file old.txt --add --new-passphrase-file new.txt
@@ -45,19 +45,6 @@ def register(sub: Any) -> None:
     common.finish_command(parser, run)
 
 
-def _move_consumers(args: argparse.Namespace) -> None:
-    """The local keystore learns that the new key opens IMAGE and, after --change, that the
-    old one no longer does."""
-    old_id, new_id = getattr(args, "key_id", None), getattr(args, "new_key_id", None)
-    if old_id is None and new_id is None:
-        return
-    manager = inputs.key_manager(args)
-    if new_id is not None:
-        register_file_consumer(manager, new_id, args.image)
-    if old_id is not None and args.change and old_id != new_id:
-        unregister_file_consumer(manager, old_id, args.image)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.passphrase_file == "-" and args.new_passphrase_file == "-":
         raise UsageError("stdin cannot carry both passphrases")
@@ -67,19 +54,24 @@ def run(args: argparse.Namespace) -> int:
                          "and --change")
     if not adding and (args.new_passphrase_file or getattr(args, "new_key_id", None)):
         raise UsageError("--remove-slot takes no new passphrase")
-    old = inputs.passphrase_by_id_or_file(args, getattr(args, "key_id", None),
-                                          args.passphrase_file, label="current", confirm=False)
-    new = None
-    if adding:
-        new = inputs.passphrase_by_id_or_file(args, getattr(args, "new_key_id", None),
-                                              args.new_passphrase_file, label="new", confirm=True)
-    from imgcrypt.qemu.luks import rekey_image
-
-    result = rekey_image(args.image, old, new_passphrase=new, remove_old=args.change,
+    old_id, new_id = getattr(args, "key_id", None), getattr(args, "new_key_id", None)
+    manager = inputs.key_manager(args) if old_id is not None or new_id is not None else None
+    old = new = None
+    if old_id is None:
+        old = inputs.passphrase_from(args.passphrase_file, confirm=False,
+                                     prompt="Current passphrase: ")
+    elif args.passphrase_file is not None:
+        raise UsageError("give either a file or a key id for the current passphrase")
+    if adding and new_id is None:
+        new = inputs.passphrase_from(args.new_passphrase_file, confirm=True,
+                                     prompt="New passphrase: ")
+    elif adding and args.new_passphrase_file is not None:
+        raise UsageError("give either a file or a key id for the new passphrase")
+    result = rekey_image(args.image, key_manager=manager, key_id=old_id, passphrase=old,
+                         new_key_id=new_id, new_passphrase=new, keep_old=args.add,
                          remove_slot=args.remove_slot, kdf=_kdf_options(args),
                          opened_slot=args.key_slot if args.change else None,
                          new_slot=args.key_slot if args.add else None)
-    _move_consumers(args)
     data = {"target": args.image, "opened_slot": result.opened_slot,
             "added_slot": result.added_slot, "removed_slot": result.removed_slot}
     parts = []

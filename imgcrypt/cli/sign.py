@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from imgcrypt.cli import common, inputs, keyopts
@@ -11,6 +12,7 @@ from imgcrypt.digests import GLANCE_HASHES, IMGCRYPT_HASHES, abbreviated
 from imgcrypt.errors import UsageError
 from imgcrypt.fileio import atomic_output
 from imgcrypt.imageprops import bound_properties
+from imgcrypt.recipes import sign_image
 from imgcrypt.signing import glance, imgcrypt_mode, storage
 from imgcrypt.signing.algorithms import IMGCRYPT_ALGORITHMS, PrivateKey
 from imgcrypt.signing.certs import (
@@ -19,7 +21,7 @@ from imgcrypt.signing.certs import (
     load_certificate_file,
 )
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES, dump_properties
-from imgcrypt.signing.signer import MODES, make_signer
+from imgcrypt.signing.signer import MODES
 
 
 def register(sub: Any) -> None:
@@ -132,12 +134,12 @@ def run(args: argparse.Namespace) -> int:
     private_key = inputs.signing_key(args.key, args.key_passphrase_file)
     _check_certificate_matches(args, private_key)
     uuid = _certificate_uuid(args)
-    signer = make_signer(
-        private_key, mode=args.mode, hash_name=args.hash, certificate_uuid=uuid,
-        properties=_bound_properties(args), max_value_length=args.max_value_length,
-        algorithm=args.algorithm,
+    signature = sign_image(
+        sys.stdin.buffer if args.image == "-" else args.image, private_key, mode=args.mode,
+        hash_name=args.hash, certificate_uuid=uuid, bind=_bound_properties(args),
+        max_value_length=args.max_value_length, algorithm=args.algorithm,
     )
-    properties: dict[str, str] = inputs.feed_image(signer, args.image)
+    properties = signature.property_dict()
     document = dump_properties(properties)
     # One JSON shape whether or not the properties also went to a file.
     data = {"source": args.image, "properties": properties,

@@ -8,13 +8,14 @@ import sys
 from typing import Any
 
 from imgcrypt.cli import common, keyopts
-from imgcrypt.cli.inputs import feed_image, key_manager
+from imgcrypt.cli.inputs import key_manager
 from imgcrypt.cli.output import emit
 from imgcrypt.errors import UsageError
 from imgcrypt.imageprops import image_show_properties, unknown_properties
+from imgcrypt.recipes import verify_image
 from imgcrypt.signing.algorithms import family_named
 from imgcrypt.signing.propfile import MAX_DOCUMENT_BYTES
-from imgcrypt.signing.verify import CertificateSources, VerificationResult, open_verifier
+from imgcrypt.signing.verify import CertificateSources, VerificationResult
 from imgcrypt.text import escape
 
 
@@ -113,9 +114,9 @@ def run(args: argparse.Namespace) -> int:
         glance_cert_file=args.glance_cert, glance_cert_id=args.glance_cert_id,
         trust_files=tuple(args.trust), trust_ids=tuple(args.trust_id),
     )
-    verifier = open_verifier(properties, sources, key_manager=lambda: key_manager(args),
-                             clock=lambda: at, allow_legacy=args.allow_legacy)
-    result: VerificationResult = feed_image(verifier, args.image)
+    result = verify_image(sys.stdin.buffer if args.image == "-" else args.image, properties,
+                          certificates=sources, key_manager=lambda: key_manager(args),
+                          clock=lambda: at, allow_legacy=args.allow_legacy)
     ignored = unknown_properties(properties)
     for scheme in result.schemes:
         family = family_named(scheme.algorithm)

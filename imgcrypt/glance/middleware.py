@@ -30,6 +30,7 @@ from typing import Any
 from imgcrypt.errors import ImgcryptError
 from imgcrypt.glance.taskbase import LOG, key_manager_for
 from imgcrypt.keys.consumers import image_consumer
+from imgcrypt.keys.lease import KeyLease
 from imgcrypt.service.claims import encryption_claim
 
 _IMAGE_PATH = re.compile(r"/v2/images/([0-9a-fA-F-]{36})/?")
@@ -61,7 +62,8 @@ class ReleaseConsumers:
         body = list(self.app(environ, recording))
         if released is not None and not (status and status[0].startswith("2")):
             try:
-                released[0].add_consumer(released[1], image_consumer(image_id))
+                with KeyLease.existing(*released) as lease:  # the one way a consumer is added
+                    lease.consume_as(image_consumer(image_id))
             except ImgcryptError as exc:
                 # The image stays, without its hold on the key: say so, never hide it.
                 LOG.warning("image %s: deletion refused, and its consumer of key %s could not "

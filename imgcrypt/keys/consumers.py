@@ -45,16 +45,6 @@ def file_consumer_for(manager: KeyManager, path: str) -> Consumer | None:
     return file_consumer(path)
 
 
-def register_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
-    """Record in the local keystore that ``key_id`` opens the image at ``path``; True when an
-    entry was written."""
-    consumer = file_consumer_for(manager, path)
-    if consumer is None:
-        return False
-    manager.add_consumer(key_id, consumer)
-    return True
-
-
 def release_file_elsewhere(manager: KeyManager, key_id: str, path: str) -> None:
     """Take ``path`` off every key but ``key_id`` in the local keystore: the image they opened
     there is gone (``encrypt --force`` replaced it), and a stale entry would make ``keys
@@ -70,15 +60,6 @@ def release_file_elsewhere(manager: KeyManager, key_id: str, path: str) -> None:
         for info in manager.list():
             if info.secret_id != key_id and entry in manager.list_consumers(info.secret_id):
                 manager.remove_consumer(info.secret_id, entry)
-
-
-def replace_file_consumer(manager: KeyManager, key_id: str, path: str) -> bool:
-    """Record that ``key_id`` opens the new image written at ``path`` and take ``path`` off
-    every other key in the local keystore. True when an entry was written."""
-    if not register_file_consumer(manager, key_id, path):
-        return False
-    release_file_elsewhere(manager, key_id, path)
-    return True
 
 
 def unregister_file_consumer(manager: KeyManager, key_id: str, path: str) -> None:
@@ -105,8 +86,6 @@ __all__ = [
     "file_consumer",
     "file_consumer_for",
     "image_consumer",
-    "register_file_consumer",
     "release_file_elsewhere",
-    "replace_file_consumer",
     "unregister_file_consumer",
 ]

@@ -518,3 +518,31 @@ def test_the_library_upload_registers_the_consumer_and_takes_it_back_on_failure(
             io.BytesIO(tampered), len(tampered), name="tampered", disk_format="raw",
             container_format="bare", timeout=300)
     assert [c.resource_id for c in barbican.list_consumers(key_id)] == [result.image.image_id]
+
+
+def test_a_refused_deletion_keeps_the_image_s_hold_on_its_key(person: Person,
+                                                              keystone: Keystone,
+                                                              glance_verify: Glance) -> None:
+    """imgcrypt_consumers releases the image's consumer before Glance deletes; when Glance
+    refuses (a protected image), the consumer is registered again (through the key lease), so
+    the key still cannot be deleted from under the image."""
+    plain = person.workdir / "plain.raw"
+    make_plain(plain, 1 << 20)
+    image = person.workdir / "kept.luks"
+    key_id, files = encrypt_and_sign(person, plain, image, "", sign=False)
+    uploaded = person.json(*upload_args(image, "kept", files))
+    image_id = uploaded["image_id"]
+    barbican = barbican_of(keystone)
+    assert {c.resource_id for c in barbican.list_consumers(key_id)} == {image_id}
+    images = images_of(keystone)
+    sdk = connection(keystone).image
+    sdk.update_image(image_id, is_protected=True)
+    with pytest.raises(Exception, match=r"(?i)protected|forbidden|403"):
+        images.delete(image_id)
+    assert {c.resource_id for c in barbican.list_consumers(key_id)} == {image_id}
+    sdk.update_image(image_id, is_protected=False)
+    images.delete(image_id)
+    from imgcrypt.errors import SecretNotFoundError
+
+    with pytest.raises(SecretNotFoundError):  # nothing else held it: it went with the image
+        barbican.describe(key_id)

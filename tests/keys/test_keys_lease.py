@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imgcrypt.cli.main import main
-from imgcrypt.errors import KeyManagerUnavailableError, UsageError
+from imgcrypt.errors import FormatError, KeyManagerUnavailableError, UsageError
 from imgcrypt.keys.consumers import file_consumer, image_consumer
 from imgcrypt.keys.lease import LEFTOVER_NOTE, KeyLease, leftover_notes
 from imgcrypt.keys.local import LocalKeyStore
@@ -83,8 +83,8 @@ def test_a_consumer_that_cannot_be_registered_rolls_the_key_back(tmp_path: Path)
 
 
 def test_cli_new_key_with_a_passphrase_file_leaves_no_key(tmp_path: Path) -> None:
-    """The conflict is found after --new-key made its key: that key goes again (it stayed,
-    an orphan, before the lease)."""
+    """The conflict leaves no key: it is refused before --new-key makes one (before the lease
+    the key stayed, an orphan; then it was made and rolled back)."""
     src = tmp_path / "disk.raw"
     src.write_bytes(os.urandom(1 << 16))
     pw = tmp_path / "pw"
@@ -103,12 +103,12 @@ def test_cli_warns_of_a_key_it_could_not_roll_back(
     monkeypatch.setattr(LocalKeyStore, "delete", Unreachable.delete)
     src = tmp_path / "disk.raw"
     src.write_bytes(os.urandom(1 << 16))
-    pw = tmp_path / "pw"
-    pw.write_bytes(b"lease test passphrase\n")
-    code = main(["encrypt", str(src), str(tmp_path / "t.luks"), "--new-key",
-                 "--passphrase-file", str(pw), "--keystore", str(tmp_path / "ks")])
-    assert code == UsageError.exit_code
+    # The key is made, then the image would not fit under --max-size: the command fails
+    # inside the lease, whose rollback cannot delete the key.
+    code = main(["encrypt", str(src), str(tmp_path / "t.luks"), "--new-key", "--max-size",
+                 "1M", "--keystore", str(tmp_path / "ks")])
+    assert code == FormatError.exit_code
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2
     assert err[0].startswith("imgcrypt: warning: left behind: key ") and "went away" in err[0]
-    assert err[1].startswith("imgcrypt: error: give either --passphrase-file")
+    assert err[1].startswith("imgcrypt: error: ") and "the output would be" in err[1]

@@ -345,15 +345,17 @@ def test_a_key_that_opens_image_files_is_deleted_only_with_force(
     from imgcrypt.errors import SecretInUseError
     from imgcrypt.keys.consumers import (
         consumer_name,
-        register_file_consumer,
+        file_consumer_for,
         unregister_file_consumer,
     )
+    from imgcrypt.keys.lease import KeyLease
     from imgcrypt.keys.rules import delete_secret
 
     key_id = store.create_key(KeyOrder(secret_type="passphrase", mode=None))
-    assert register_file_consumer(store, key_id, "a.luks")
-    assert register_file_consumer(store, key_id, str(tmp_path / "b.luks"))
-    assert not register_file_consumer(store, key_id, "-")  # stdout has no path to record
+    assert file_consumer_for(store, "-") is None  # stdout has no path to record
+    for path in ("a.luks", str(tmp_path / "b.luks"), "-"):
+        with KeyLease.existing(store, key_id) as lease:  # the one way a consumer is added
+            lease.consume_as(file_consumer_for(store, path))
     names = sorted(consumer_name(c) for c in store.list_consumers(key_id))
     assert names == sorted([os.path.abspath("a.luks"), str(tmp_path / "b.luks")])
     with pytest.raises(SecretInUseError, match=r"still opens .*b\.luks"):

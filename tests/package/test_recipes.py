@@ -162,3 +162,79 @@ def test_every_name_the_readme_presents_as_public_is_the_public_api() -> None:
     assert "expert layer" in (imgcrypt.hazmat.__doc__ or "")
     # The primitives are not presented as recipes.
     assert not {"parse_header", "encrypt_stream", "KdfLimits"} & set(imgcrypt.__all__)
+
+
+def test_rekey_moves_a_qcow2_with_qemu_luks_to_a_new_key(tmp_path: Path, store: LocalKeyStore,
+                                                         qemu_img: str) -> None:
+    """The re-key recipe takes what ``imgcrypt rekey`` takes: a qcow2 with qemu's built-in
+    LUKS is re-keyed by qemu-img amend, and qemu-img opens it with the new key only."""
+    from tests.test_qcow2_luks import qemu_opens
+    from tests.util import secret_file
+
+    src, _ = plain_image(tmp_path, 1 << 20)
+    old = secret_file(tmp_path, "old", b"qcow2 old passphrase")
+    target = tmp_path / "disk.qcow2"
+    subprocess.run([qemu_img, "convert", "--object", f"secret,id=s0,file={old}", "-f", "raw",
+                    "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,"
+                    "encrypt.iter-time=10", str(src), str(target)], check=True,
+                   capture_output=True, timeout=120)
+    moved = imgcrypt.rekey_image(str(target), passphrase=old.read_bytes(), key_manager=store,
+                                 new_key=imgcrypt.DEFAULT_KEY_ORDER,
+                                 kdf=imgcrypt.KdfOptions(iter_time_ms=10))
+    assert moved.key_id is not None and moved.key_created
+    new = secret_file(tmp_path, "new", passphrase_for(store.get(moved.key_id)))
+    assert qemu_opens(target, new)
+    assert not qemu_opens(target, old)
+    assert store.list_consumers(moved.key_id) == [file_consumer(str(target))]
+
+
+def test_decrypt_opens_a_qcow2_with_qemu_luks(tmp_path: Path, store: LocalKeyStore,
+                                              qemu_img: str) -> None:
+    """As ``imgcrypt decrypt`` does, the recipe hands a qcow2 with qemu's built-in LUKS to
+    qemu-img and writes the guest's raw disk."""
+    from tests.util import secret_file
+
+    src, data = plain_image(tmp_path, 1 << 20)
+    key_id = store.create_key(imgcrypt.DEFAULT_KEY_ORDER)
+    pw = secret_file(tmp_path, "pw", passphrase_for(store.get(key_id)))
+    image = tmp_path / "disk.qcow2"
+    subprocess.run([qemu_img, "convert", "--object", f"secret,id=s0,file={pw}", "-f", "raw",
+                    "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,"
+                    "encrypt.iter-time=10", str(src), str(image)], check=True,
+                   capture_output=True, timeout=120)
+    out = imgcrypt.decrypt_image(str(image), str(tmp_path / "out.raw"), key_manager=store,
+                                 key_id=key_id)
+    assert (out.container, out.luks_version, out.size) == ("qcow2", 1, len(data))
+    assert (tmp_path / "out.raw").read_bytes() == data
+    with pytest.raises(WrongPassphraseError):
+        imgcrypt.decrypt_image(str(image), str(tmp_path / "no.raw"), passphrase=b"wrong")
+    assert not (tmp_path / "no.raw").exists()
+
+
+def test_encrypting_around_the_caller_s_own_streams(tmp_path: Path,
+                                                     store: LocalKeyStore) -> None:
+    """``encrypting`` is the key lifecycle without the files: the caller's streams, the new
+    key deleted when the caller's block fails, the properties when it succeeds."""
+    import io
+
+    data = os.urandom(70_000)
+    with pytest.raises(OSError, match="the caller's disk is full"), \
+            imgcrypt.encrypting("nowhere.luks", key_manager=store,
+                                new_key=imgcrypt.DEFAULT_KEY_ORDER) as job:
+        raise OSError("the caller's disk is full")
+    assert job.key_created and store.list() == []
+    out = io.BytesIO()
+    target = str(tmp_path / "mine.luks")
+    with imgcrypt.encrypting(target, key_manager=store,
+                             new_key=imgcrypt.DEFAULT_KEY_ORDER) as job:
+        job.encrypt(io.BytesIO(data), out, FAST)
+    image = job.image
+    assert image.decrypt_size == len(data) and image.image_size == len(out.getvalue())
+    assert image.property_dict()["os_decrypt_size"] == str(len(data))
+    assert image.key_id is not None
+    assert store.list_consumers(image.key_id) == [file_consumer(target)]
+    plain = io.BytesIO()
+    out.seek(0)
+    opened = imgcrypt.unlock_image(out, key_manager=store, key_id=image.key_id)
+    assert opened.decrypt(out, plain, size=image.decrypt_size) == len(data)
+    assert plain.getvalue() == data
