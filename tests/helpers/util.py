@@ -119,3 +119,16 @@ def test_passphrase(cryptsetup: str, image: Path, keyfile: Path) -> int:
 
 
 test_passphrase.__test__ = False  # type: ignore[attr-defined]
+
+
+def qemu_opens(image: Path, passphrase: Path) -> bool:
+    """Whether qemu-img can read guest data with ``passphrase`` (``info`` never unlocks)."""
+    out = image.with_suffix(".probe")
+    proc = subprocess.run(["qemu-img", "convert", *qemu_secret_args(passphrase),
+                           "--image-opts",
+                           f"driver=qcow2,encrypt.key-secret=s0,file.filename={image}",
+                           "-O", "raw", str(out)], capture_output=True, text=True, timeout=120)
+    out.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        assert "Invalid password" in proc.stderr, proc.stderr
+    return proc.returncode == 0

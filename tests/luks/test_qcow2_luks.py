@@ -24,7 +24,7 @@ from imgcrypt.qemu.qcow2 import (
     Qcow2Header,
     parse_header,
 )
-from tests.helpers.util import imgcrypt, qemu_secret_args, run_qemu_img, secret_file
+from tests.helpers.util import imgcrypt, qemu_opens, qemu_secret_args, run_qemu_img, secret_file
 
 ITER = ("--iter-time", "10")
 
@@ -48,21 +48,6 @@ def qemu_guest(tmp_path: Path, image: Path, passphrase: Path) -> bytes:
                   f"driver=qcow2,encrypt.key-secret=s0,file.filename={image}", "-O", "raw",
                   str(out)])
     return out.read_bytes()
-
-
-def qemu_opens(image: Path, passphrase: Path) -> bool:
-    """Whether qemu-img can read guest data with ``passphrase`` (``info`` never unlocks)."""
-    import subprocess
-
-    out = image.with_suffix(".probe")
-    proc = subprocess.run(["qemu-img", "convert", *qemu_secret_args(passphrase),
-                           "--image-opts",
-                           f"driver=qcow2,encrypt.key-secret=s0,file.filename={image}",
-                           "-O", "raw", str(out)], capture_output=True, text=True, timeout=120)
-    out.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        assert "Invalid password" in proc.stderr, proc.stderr
-    return proc.returncode == 0
 
 
 @pytest.fixture

@@ -168,16 +168,14 @@ def test_rekey_moves_a_qcow2_with_qemu_luks_to_a_new_key(tmp_path: Path, store: 
                                                          qemu_img: str) -> None:
     """The re-key recipe takes what ``imgcrypt rekey`` takes: a qcow2 with qemu's built-in
     LUKS is re-keyed by qemu-img amend, and qemu-img opens it with the new key only."""
-    from tests.test_qcow2_luks import qemu_opens
-    from tests.util import secret_file
+    from tests.helpers.util import qemu_opens, run_qemu_img, secret_file
 
     src, _ = plain_image(tmp_path, 1 << 20)
     old = secret_file(tmp_path, "old", b"qcow2 old passphrase")
     target = tmp_path / "disk.qcow2"
-    subprocess.run([qemu_img, "convert", "--object", f"secret,id=s0,file={old}", "-f", "raw",
-                    "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,"
-                    "encrypt.iter-time=10", str(src), str(target)], check=True,
-                   capture_output=True, timeout=120)
+    run_qemu_img(["convert", "--object", f"secret,id=s0,file={old}", "-f", "raw", "-O", "qcow2",
+                  "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+                  str(src), str(target)])
     moved = imgcrypt.rekey_image(str(target), passphrase=old.read_bytes(), key_manager=store,
                                  new_key=imgcrypt.DEFAULT_KEY_ORDER,
                                  kdf=imgcrypt.KdfOptions(iter_time_ms=10))
@@ -192,16 +190,15 @@ def test_decrypt_opens_a_qcow2_with_qemu_luks(tmp_path: Path, store: LocalKeySto
                                               qemu_img: str) -> None:
     """As ``imgcrypt decrypt`` does, the recipe hands a qcow2 with qemu's built-in LUKS to
     qemu-img and writes the guest's raw disk."""
-    from tests.util import secret_file
+    from tests.helpers.util import run_qemu_img, secret_file
 
     src, data = plain_image(tmp_path, 1 << 20)
     key_id = store.create_key(imgcrypt.DEFAULT_KEY_ORDER)
     pw = secret_file(tmp_path, "pw", passphrase_for(store.get(key_id)))
     image = tmp_path / "disk.qcow2"
-    subprocess.run([qemu_img, "convert", "--object", f"secret,id=s0,file={pw}", "-f", "raw",
-                    "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,"
-                    "encrypt.iter-time=10", str(src), str(image)], check=True,
-                   capture_output=True, timeout=120)
+    run_qemu_img(["convert", "--object", f"secret,id=s0,file={pw}", "-f", "raw", "-O", "qcow2",
+                  "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+                  str(src), str(image)])
     out = imgcrypt.decrypt_image(str(image), str(tmp_path / "out.raw"), key_manager=store,
                                  key_id=key_id)
     assert (out.container, out.luks_version, out.size) == ("qcow2", 1, len(data))
