@@ -49,12 +49,7 @@ from tests.helpers.catalogue_cloud import (  # noqa: E402
     json_lines,
 )
 from tests.helpers.jobboard_servers import start_mariadb, start_redis  # noqa: E402
-from tests.helpers.openstack_servers import (  # noqa: E402
-    start_glance,
-    start_keystone,
-    start_keystone_barbican,
-    stop,
-)
+from tests.helpers.openstack_servers import running_cloud, stop  # noqa: E402
 
 SMALL = 3 << 20
 LARGE = 48 << 20
@@ -97,17 +92,9 @@ class LoadAverage:
 
 @contextlib.contextmanager
 def services(workdir: Path) -> Iterator[dict[str, Any]]:
-    for name in ("keystone", "barbican", "glance", "redis", "mariadb"):
+    for name in ("redis", "mariadb"):
         (workdir / name).mkdir()
-    stack = contextlib.ExitStack()
-    with stack:
-        keystone, kp = start_keystone(workdir / "keystone")
-        stack.callback(stop, kp)
-        barbican, bp = start_keystone_barbican(workdir / "barbican", keystone)
-        stack.callback(stop, bp)
-        glance = start_glance(workdir / "glance", keystone, barbican, ())
-        for p in glance.processes:
-            stack.callback(stop, p)
+    with running_cloud(workdir) as (keystone, _, glance), contextlib.ExitStack() as stack:
         redis, rp = start_redis(workdir / "redis")
         stack.callback(stop, rp)
         maria, mp = start_mariadb(workdir / "mariadb")

@@ -20,7 +20,6 @@ password from a 0600 clouds.yaml, never from a command line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -28,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +43,8 @@ from bench import (  # noqa: E402
     machine_load,
     make_random_file,
     parse_size,
-    print_table,
     rate_row,
+    report,
     run_timed,
     same_content,
 )
@@ -59,29 +57,6 @@ Check = tuple[str, bool, str]
 def say(text: str) -> None:
     sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
     sys.stderr.flush()
-
-
-@contextlib.contextmanager
-def cloud(workdir: Path) -> Iterator[tuple[Any, Any]]:
-    """Keystone, Barbican (behind Keystone) and Glance, stopped on the way out."""
-    from tests.helpers.openstack_servers import (
-        start_glance,
-        start_keystone,
-        start_keystone_barbican,
-        stop,
-    )
-
-    for name in ("keystone", "barbican", "glance"):
-        (workdir / name).mkdir()
-    with contextlib.ExitStack() as stack:
-        keystone, kp = start_keystone(workdir / "keystone")
-        stack.callback(stop, kp)
-        barbican, bp = start_keystone_barbican(workdir / "barbican", keystone)
-        stack.callback(stop, bp)
-        glance = start_glance(workdir / "glance", keystone, barbican, ())
-        for process in glance.processes:
-            stack.callback(stop, process)
-        yield keystone, glance
 
 
 def _private(path: Path, text: str) -> Path:
@@ -124,7 +99,7 @@ def _run(imgcrypt: list[str], env: dict[str, str], *args: str) -> dict[str, Any]
 def section(imgcrypt: list[str], work: Path, src: Path, *, repeat: int,
             iterations: int) -> tuple[list[tuple[str, ...]], list[Check]]:
     """The HTTP rows and checks, measured on ``src`` (a raw image) under ``work``."""
-    from tests.helpers.openstack_servers import DEMO_PASSWORD, keystone_token
+    from tests.helpers.openstack_servers import DEMO_PASSWORD, keystone_token, running_cloud
 
     rows: list[tuple[str, ...]] = []
     checks: list[Check] = []
@@ -133,7 +108,7 @@ def section(imgcrypt: list[str], work: Path, src: Path, *, repeat: int,
     services = work / "services"
     services.mkdir()
     say("starting Keystone, Barbican and Glance")
-    with cloud(services) as (keystone, glance):
+    with running_cloud(services) as (keystone, _, glance):
         home = work / "home"
         env = person_env(keystone, glance, home)
         # The timed commands get that environment and nothing else of this process's.
@@ -245,14 +220,7 @@ def main() -> int:
         return 2
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"at end: {machine_load()}\n")
-    print_table(("step", "seconds", "CPU s", "MiB/s", "vs ceiling", "vs qemu-img",
-                 "peak RSS MiB", "scratch MiB"), rows)
-    print()
-    failed = sum(not ok for _, ok, _ in checks)
-    for name, ok, detail in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
-    return 1 if failed and args.strict else 0
+    return report(rows, checks, strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -112,16 +112,22 @@ def test_hash_no_pbkdf2_can_use(tmp_path: Path, cryptsetup: str) -> None:
     _refused(image, key, "shake256")
 
 
+def _cryptsetup_luks1(tmp_path: Path, cryptsetup: str, hash_name: str) -> tuple[Path, Path]:
+    """A 3 MiB LUKS1 image cryptsetup formats with ``hash_name``, and its passphrase file."""
+    key = secret_file(tmp_path, "pass", PASSPHRASE)
+    image = tmp_path / f"{hash_name}.luks"
+    with open(image, "wb") as f:
+        f.truncate(3 << 20)
+    subprocess.run([cryptsetup, "luksFormat", "-q", "--type", "luks1", "--hash", hash_name,
+                    "--key-file", str(key), "--pbkdf-force-iterations", "1000", str(image)],
+                   check=True, capture_output=True, timeout=120)
+    return image, key
+
+
 def test_sha3_384_luks1_is_decryptable_and_decrypts(tmp_path: Path, cryptsetup: str) -> None:
     """The issue's example: inspect called it decryptable and unlock refused it (the cost
     table lacked the hash). Now both say yes."""
-    key = secret_file(tmp_path, "pass", PASSPHRASE)
-    image = tmp_path / "sha3.luks"
-    with open(image, "wb") as f:
-        f.truncate(3 << 20)
-    subprocess.run([cryptsetup, "luksFormat", "-q", "--type", "luks1", "--hash", "sha3-384",
-                    "--key-file", str(key), "--pbkdf-force-iterations", "1000", str(image)],
-                   check=True, capture_output=True, timeout=120)
+    image, key = _cryptsetup_luks1(tmp_path, cryptsetup, "sha3-384")
     assert _verdict(image)["decryptable"] is True
     _decrypts(image, key)
 
@@ -148,13 +154,7 @@ def test_whirlpool_without_the_c_extension(tmp_path: Path, cryptsetup: str) -> N
     """A cryptsetup whirlpool image on the pure path: hashlib (the system OpenSSL without its
     legacy provider) lacks whirlpool, and imgcrypt computes it through `cryptography`'s OpenSSL,
     recovering cryptsetup's volume key."""
-    key = secret_file(tmp_path, "pass", PASSPHRASE)
-    image = tmp_path / "whirlpool.luks"
-    with open(image, "wb") as f:
-        f.truncate(3 << 20)
-    subprocess.run([cryptsetup, "luksFormat", "-q", "--type", "luks1", "--hash", "whirlpool",
-                    "--key-file", str(key), "--pbkdf-force-iterations", "1000", str(image)],
-                   check=True, capture_output=True, timeout=120)
+    image, key = _cryptsetup_luks1(tmp_path, cryptsetup, "whirlpool")
     proc = subprocess.run([sys.executable, "-c", PURE_UNLOCK, str(image), str(key)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
