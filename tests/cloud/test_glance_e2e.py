@@ -522,14 +522,16 @@ def test_the_library_upload_registers_the_consumer_and_takes_it_back_on_failure(
 
 def test_a_refused_deletion_keeps_the_image_s_hold_on_its_key(person: Person,
                                                               keystone: Keystone,
-                                                              glance_verify: Glance) -> None:
+                                                              glance_verify: Glance,
+                                                              openssl: str) -> None:
     """imgcrypt_consumers releases the image's consumer before Glance deletes; when Glance
     refuses (a protected image), the consumer is registered again (through the key lease), so
     the key still cannot be deleted from under the image."""
     plain = person.workdir / "plain.raw"
     make_plain(plain, 1 << 20)
     image = person.workdir / "kept.luks"
-    key_id, files = encrypt_and_sign(person, plain, image, "", sign=False)
+    cert_id = make_signer(person.workdir, person, openssl)  # this deployment wants signatures
+    key_id, files = encrypt_and_sign(person, plain, image, cert_id)
     uploaded = person.json(*upload_args(image, "kept", files))
     image_id = uploaded["image_id"]
     barbican = barbican_of(keystone)
