@@ -234,7 +234,7 @@ def copy_ceiling(svc: dict[str, Any], ids: list[str]) -> tuple[float, int]:
     start = time.monotonic()
     total = 0
     for image_id in ids:
-        for chunk in images.download(image_id):
+        for chunk in images.download(image_id, images.get(image_id).declared_size()):
             total += len(chunk)
     return time.monotonic() - start, total
 
@@ -243,7 +243,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--conductors", default="1,2,4")
+    parser.add_argument("--conductors", default="1,2,4",
+                        help="conductor counts to audit with; 'none' measures only the "
+                        "single process and verify")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-catalogue-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -271,7 +273,8 @@ def main() -> int:
                                           "max": v[-1]}) for g, v in read.items()}
         say(f"so far: {json.dumps(figures)}")  # a run cut short still leaves its figures
         figures["audit_conductors"] = {}
-        for run, n in enumerate(int(x) for x in args.conductors.split(",")):
+        counts = [] if args.conductors == "none" else args.conductors.split(",")
+        for run, n in enumerate(int(x) for x in counts):
             say(f"audit, {n} conductor(s) (4 jobs each), Redis jobboard, MariaDB")
             with LoadAverage() as load:
                 elapsed = distributed_audit(env, svc, workdir, n, run)
